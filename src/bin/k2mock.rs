@@ -1,0 +1,132 @@
+//! Mock K2Think upstream, runnable by hand.
+//!
+//! cargo run --bin k2mock -- --listen 127.0.0.1:9100 --account me@example.com:secret
+//! curl -N http://127.0.0.1:9100/api/chat/completions -H 'Authorization: Bearer tok;pace_ms=100' \
+//!   -d '{"model":"MBZUAI-IFM/K2-Think-v2","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Parser;
+use k2proxy::mock::{Account, Delivery, Directives, Form, MockConfig, MockServer};
+
+const DIRECTIVES_HELP: &str = "\
+DIRECTIVES (later layers win):
+  1. these flags / config defaults
+  2. the last user message: [[mock: key=value; key=value]] anywhere in the text
+  3. the bearer token: NAME;key=value;key=value   (e.g. tok-b;fault=429;retry_after=3)
+  Unknown keys and bad values are ignored.
+
+  form=v1|v2|v2-answer|v2-noopen|details|none   markup (default v1)
+  delivery=cumulative|incremental|delta          SSE payload shape (default cumulative)
+  end=done|marker|both|none                      stream end (default both)
+  usage=true|false                               usage event / field (default true)
+  chunk=N                                        chars per content event (default 8)
+  pace_ms=N                                      sleep between events (default 0)
+  crlf=true|false                                \\r\\n line ends (default false)
+  split=N                                        write each event in N-byte frames (default 0 = off)
+  gate=NAME gate_after=K                         after K events wait for POST /__mock/gates/NAME/open (K default 1)
+  fault=401|403|429|500|502|503|<4xx/5xx>|cut|slowhead|garbage|html|close|stall|error_event
+  retry_after=N|date:N                           Retry-After of a 429 (default 2)
+  cut_after=N                                    events before cut/stall/error_event (default 2)
+  slowhead_ms=N (default 3000)  stall_ms=N (default 60000)
+  reasoning_words=N answer_words=N               filler words (default 0)
+  duration=N                                     seconds in v2/details markup (default 3)
+  json=compact|python                            python = json.dumps style with \\uXXXX escapes
+
+CONTROL:
+  GET /__mock/requests   DELETE /__mock/requests   POST /__mock/gates/NAME/open";
+
+#[derive(Parser, Debug)]
+#[command(name = "k2mock", about = "Mock K2Think (Open WebUI) upstream for k2proxy tests and benches", after_help = DIRECTIVES_HELP)]
+struct Args {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    listen: SocketAddr,
+    /// Default markup form.
+    #[arg(long, default_value = "v1")]
+    form: String,
+    /// Default delivery.
+    #[arg(long, default_value = "cumulative")]
+    delivery: String,
+    /// Default pause between SSE events, in ms.
+    #[arg(long, default_value_t = 0)]
+    pace_ms: u64,
+    /// Default characters per content event.
+    #[arg(long, default_value_t = 8)]
+    chunk: usize,
+    /// More default directives, `key=value;key=value`.
+    #[arg(long, default_value = "")]
+    directives: String,
+    /// Do not record requests (for benches).
+    #[arg(long)]
+    no_record: bool,
+    /// Sign-in account `email:password` (repeatable).
+    #[arg(long = "account", value_name = "EMAIL:PASSWORD")]
+    accounts: Vec<String>,
+    /// Accept only tokens issued by sign-in or given with --valid-token.
+    #[arg(long)]
+    strict_tokens: bool,
+    /// A token name accepted with --strict-tokens (repeatable).
+    #[arg(long = "valid-token", value_name = "TOKEN")]
+    valid_tokens: Vec<String>,
+    /// Model ids served (repeatable; default MBZUAI-IFM/K2-Think-v2 and MBZUAI-IFM/K2-Think).
+    #[arg(long = "model", value_name = "ID")]
+    models: Vec<String>,
+}
+
+fn config(args: &Args) -> Result<MockConfig, String> {
+    let mut d = Directives {
+        form: Form::parse(&args.form).ok_or_else(|| format!("unknown form {:?}", args.form))?,
+        delivery: Delivery::parse(&args.delivery)
+            .ok_or_else(|| format!("unknown delivery {:?}", args.delivery))?,
+        pace_ms: args.pace_ms,
+        chunk: args.chunk.max(1),
+        ..Directives::default()
+    };
+    d.apply(&args.directives);
+    let mut accounts = Vec::new();
+    for a in &args.accounts {
+        let (email, password) = a
+            .split_once(':')
+            .ok_or_else(|| format!("--account wants email:password, got {a:?}"))?;
+        accounts.push(Account::new(email, password));
+    }
+    let mut cfg = MockConfig {
+        defaults: d,
+        accounts,
+        record: !args.no_record,
+        strict_tokens: args.strict_tokens,
+        valid_tokens: args.valid_tokens.clone(),
+        ..MockConfig::default()
+    };
+    if !args.models.is_empty() {
+        cfg.models = args.models.clone();
+    }
+    Ok(cfg)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("k2mock: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let server = match MockServer::start(args.listen, cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("k2mock: cannot listen on {}: {e}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("k2mock listening on {}", server.base_url());
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        eprintln!("k2mock: waiting for Ctrl-C failed: {e}");
+    }
+    server.shutdown().await;
+    ExitCode::SUCCESS
+}

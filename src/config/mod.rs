@@ -1,0 +1,700 @@
+//! The operator's YAML configuration: schema, defaults, `${ENV}` expansion and validation.
+//!
+//! Every section rejects unknown keys, so a typo is an error that names the key instead of a
+//! setting that silently does nothing. `Config::load` parses and validates; errors carry the
+//! dotted path of the offending key and, where the parser knows it, the line and column.
+//! The commented reference for every key is `conf/k2proxy.yaml`.
+
+mod values;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use values::{de_duration, de_opt_string, de_string, de_string_list, de_string_map};
+pub use values::{expand_env, ByteSize};
+
+/// A configuration that failed to load: where, which key, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or `<inline>`) the error comes from.
+    pub source: String,
+    /// Dotted path of the key at fault (`upstream.mode`, `models[1].id`); empty for the document.
+    pub key: String,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.source, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.source, self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerSection,
+    pub auth: AuthSection,
+    pub upstream: UpstreamSection,
+    pub models: Vec<ModelEntry>,
+    pub pool: PoolSection,
+    pub retry: RetrySection,
+    pub reasoning: ReasoningSection,
+    pub limits: LimitsSection,
+    pub logging: LoggingSection,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Addresses the OpenAI-compatible API listens on.
+    #[serde(deserialize_with = "de_string_list")]
+    pub listen: Vec<String>,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// Accept cleartext HTTP/2 (prior knowledge) next to HTTP/1.1 on the same port.
+    pub h2c: bool,
+    /// On SIGTERM/SIGQUIT, keep serving in-flight streams this long.
+    #[serde(deserialize_with = "de_duration")]
+    pub grace_period: Duration,
+    /// After the grace period, how long the runtimes get to stop.
+    #[serde(deserialize_with = "de_duration")]
+    pub graceful_shutdown_timeout: Duration,
+    /// Pingora pid file (daemon mode).
+    #[serde(deserialize_with = "de_opt_string")]
+    pub pid_file: Option<String>,
+    /// Unix socket used to hand listeners over during a graceful upgrade (`-u`).
+    #[serde(deserialize_with = "de_opt_string")]
+    pub upgrade_sock: Option<String>,
+    /// Where stderr goes in daemon mode.
+    #[serde(deserialize_with = "de_opt_string")]
+    pub error_log: Option<String>,
+    /// CA bundle used to verify the upstream; system roots when unset.
+    #[serde(deserialize_with = "de_opt_string")]
+    pub ca_file: Option<String>,
+    /// Idle upstream connections kept for reuse.
+    pub upstream_keepalive_pool_size: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: vec!["0.0.0.0:8080".to_string()],
+            threads: 2,
+            h2c: true,
+            grace_period: Duration::from_secs(60),
+            graceful_shutdown_timeout: Duration::from_secs(5),
+            pid_file: None,
+            upgrade_sock: None,
+            error_log: None,
+            ca_file: None,
+            upstream_keepalive_pool_size: 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Client API keys; none means the API is open to anyone who can reach it.
+    pub api_keys: Vec<ApiKeyEntry>,
+}
+
+/// A client key: either a bare string or `{name, key}` (the name goes to logs, never the key).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyEntry {
+    pub name: String,
+    pub key: String,
+}
+
+impl<'de> Deserialize<'de> for ApiKeyEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Named {
+            #[serde(deserialize_with = "de_string")]
+            name: String,
+            #[serde(deserialize_with = "de_string")]
+            key: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Bare(String),
+            Named(Named),
+        }
+        match Either::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a key string or a map with `name` and `key`")
+        })? {
+            Either::Bare(key) => {
+                let key = expand_env(&key).map_err(serde::de::Error::custom)?;
+                Ok(ApiKeyEntry {
+                    name: String::new(),
+                    key,
+                })
+            }
+            Either::Named(n) => Ok(ApiKeyEntry {
+                name: n.name,
+                key: n.key,
+            }),
+        }
+    }
+}
+
+/// Which K2Think endpoint family to use.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamMode {
+    /// `user` when any token is configured, else `guest`.
+    #[default]
+    Auto,
+    /// `/api/chat/completions` with a bearer token from the pool.
+    User,
+    /// `/api/guest/chat/completions`, no token.
+    Guest,
+}
+
+/// Shape of the upstream request body.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadStyle {
+    /// `stream`, `model`, `messages`, `params`, `features`.
+    #[default]
+    Minimal,
+    /// The full Open WebUI body the ZX proxies send (adds `variables`, `model_item`,
+    /// `background_tasks`, and fresh `chat_id`/`id`/`session_id`).
+    Webui,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSection {
+    /// Scheme, host and optional port of the K2Think web chat.
+    #[serde(deserialize_with = "de_string")]
+    pub base_url: String,
+    pub mode: UpstreamMode,
+    /// Path of the authenticated chat endpoint.
+    #[serde(deserialize_with = "de_string")]
+    pub user_path: String,
+    /// Path of the guest chat endpoint.
+    #[serde(deserialize_with = "de_string")]
+    pub guest_path: String,
+    pub payload: PayloadStyle,
+    /// Ask the upstream for SSE (`stream: true`); every answer form is accepted either way.
+    pub stream: bool,
+    /// TCP (and TLS) connect timeout.
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    /// Time allowed until the upstream response head and first body bytes (prefill).
+    #[serde(deserialize_with = "de_duration")]
+    pub header_timeout: Duration,
+    /// Longest silence between two upstream body chunks once streaming.
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// How long an idle upstream connection is kept for reuse.
+    #[serde(deserialize_with = "de_duration")]
+    pub keepalive: Duration,
+    /// Verify the upstream TLS certificate and host name.
+    pub tls_verify: bool,
+    /// Browser-like headers sent upstream.
+    pub headers: HeaderSection,
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        UpstreamSection {
+            base_url: "https://www.k2think.ai".to_string(),
+            mode: UpstreamMode::Auto,
+            user_path: "/api/chat/completions".to_string(),
+            guest_path: "/api/guest/chat/completions".to_string(),
+            payload: PayloadStyle::Minimal,
+            stream: true,
+            connect_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(120),
+            keepalive: Duration::from_secs(60),
+            tls_verify: true,
+            headers: HeaderSection::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderSection {
+    #[serde(deserialize_with = "de_string")]
+    pub user_agent: String,
+    #[serde(deserialize_with = "de_string")]
+    pub origin: String,
+    /// Referer sent upstream; `{chat_id}` is replaced by the request's chat id (webui payload).
+    #[serde(deserialize_with = "de_string")]
+    pub referer: String,
+    #[serde(deserialize_with = "de_string")]
+    pub accept_language: String,
+    /// More headers, name to value.
+    #[serde(deserialize_with = "de_string_map")]
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Default for HeaderSection {
+    fn default() -> Self {
+        HeaderSection {
+            user_agent: "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/140.0.0.0 Safari/537.36 Edg/140.0.0.0".to_string(),
+            origin: "https://www.k2think.ai".to_string(),
+            referer: "https://www.k2think.ai/".to_string(),
+            accept_language: "en-US,en;q=0.9".to_string(),
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+/// A model the proxy offers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// Public id clients send.
+    #[serde(deserialize_with = "de_string")]
+    pub id: String,
+    /// Model id sent upstream.
+    #[serde(deserialize_with = "de_string")]
+    pub upstream: String,
+    /// Show reasoning (`true`) or drop it (`false`, the `-nothink` variants).
+    #[serde(default = "yes")]
+    pub reasoning: bool,
+    /// Other names that resolve to this model (not listed by `/v1/models`).
+    #[serde(default, deserialize_with = "de_string_list")]
+    pub aliases: Vec<String>,
+    #[serde(default = "owner", deserialize_with = "de_string")]
+    pub owned_by: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn owner() -> String {
+    "MBZUAI".to_string()
+}
+
+/// The models served when the file lists none.
+pub fn default_models() -> Vec<ModelEntry> {
+    let m = |id: &str, reasoning: bool, aliases: &[&str]| ModelEntry {
+        id: id.to_string(),
+        upstream: "MBZUAI-IFM/K2-Think-v2".to_string(),
+        reasoning,
+        aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        owned_by: owner(),
+    };
+    vec![
+        m(
+            "MBZUAI-IFM/K2-Think-v2",
+            true,
+            &["MBZUAI-IFM/K2-Think", "K2-Think", "k2-think"],
+        ),
+        m(
+            "MBZUAI-IFM/K2-Think-v2-nothink",
+            false,
+            &["MBZUAI-IFM/K2-Think-nothink", "K2-Think-nothink"],
+        ),
+    ]
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSection {
+    /// Bearer tokens (JWTs) for user mode.
+    #[serde(deserialize_with = "de_string_list")]
+    pub tokens: Vec<String>,
+    /// File with one token per line (`#` comments and blank lines ignored).
+    #[serde(deserialize_with = "de_opt_string")]
+    pub tokens_file: Option<String>,
+    /// Strikes (401/403/5xx/timeouts) before a token is disabled.
+    pub max_failures: u32,
+    /// Cooldown after a 429 without `Retry-After`; doubles on each further 429.
+    #[serde(deserialize_with = "de_duration")]
+    pub cooldown: Duration,
+    /// Upper bound of that exponential cooldown.
+    #[serde(deserialize_with = "de_duration")]
+    pub max_cooldown: Duration,
+}
+
+impl Default for PoolSection {
+    fn default() -> Self {
+        PoolSection {
+            tokens: Vec::new(),
+            tokens_file: None,
+            max_failures: 3,
+            cooldown: Duration::from_secs(30),
+            max_cooldown: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySection {
+    /// Upstream attempts per client request, all before the client sees a byte.
+    pub max_attempts: u32,
+    /// Upstream statuses that move on to the next attempt (with another token in user mode).
+    pub on_status: Vec<u16>,
+    /// Pause before retrying when the same credential is used again (guest mode).
+    #[serde(deserialize_with = "de_duration")]
+    pub backoff: Duration,
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        RetrySection {
+            max_attempts: 3,
+            on_status: vec![401, 403, 408, 429, 500, 502, 503, 504],
+            backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Where reasoning goes in the output.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasoningOutput {
+    /// `delta.reasoning_content` / `message.reasoning_content`.
+    #[default]
+    ReasoningContent,
+    /// Inline `<think>…</think>` at the start of `content`.
+    Inline,
+    /// Never shown, for every model.
+    Drop,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReasoningSection {
+    pub output: ReasoningOutput,
+    /// Treat untagged text at the start of an answer as reasoning until `</think>` proves it
+    /// (K2-Think-v2 sometimes omits the opening `<think>`). If the answer ends with no closing
+    /// tag, that text is delivered as content too, so nothing is lost.
+    pub implicit_think: bool,
+}
+
+impl Default for ReasoningSection {
+    fn default() -> Self {
+        ReasoningSection {
+            output: ReasoningOutput::ReasoningContent,
+            implicit_think: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Largest request body accepted (413 above it, checked on `Content-Length` first).
+    pub max_body_bytes: ByteSize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_body_bytes: ByteSize(10 * 1024 * 1024),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingSection {
+    /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` overrides it.
+    #[serde(deserialize_with = "de_string")]
+    pub level: String,
+    /// One line per request at `info`.
+    pub access_log: bool,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        LoggingSection {
+            level: "info".to_string(),
+            access_log: true,
+        }
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source: source.clone(),
+            key: String::new(),
+            message: format!("cannot read the file: {e}"),
+        })?;
+        let mut config = Config::parse(&text, &source)?;
+        config.resolve_paths(path.parent());
+        Ok(config)
+    }
+
+    /// Parse and validate configuration text; `source` names it in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let fail = |key: String, message: String| ConfigError {
+            source: source.to_string(),
+            key,
+            message,
+        };
+        let empty = serde_yaml::from_str::<serde_yaml::Value>(text)
+            .map(|v| v.is_null())
+            .unwrap_or(false);
+        let mut config: Config = if empty {
+            Config::default()
+        } else {
+            let de = serde_yaml::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let key = e.path().to_string();
+                let inner = e.into_inner();
+                let mut message = inner.to_string();
+                if let Some(loc) = inner.location() {
+                    let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+                    if let Some(stripped) = message.strip_suffix(&suffix) {
+                        message = stripped.to_string();
+                    }
+                    message = format!("{message} (line {}, column {})", loc.line(), loc.column());
+                }
+                let key = if key == "." { String::new() } else { key };
+                // serde_yaml prefixes nested errors with its own path; ours is more exact.
+                if let Some((head, tail)) = message.split_once(": ") {
+                    if !head.contains(' ') && key.starts_with(head) {
+                        message = tail.to_string();
+                    }
+                }
+                fail(key, message)
+            })?
+        };
+        if config.models.is_empty() {
+            config.models = default_models();
+        }
+        config
+            .validate()
+            .map_err(|(key, message)| fail(key, message))?;
+        Ok(config)
+    }
+
+    /// Relative file paths in the config are relative to the config file's directory.
+    fn resolve_paths(&mut self, base: Option<&Path>) {
+        let Some(base) = base else { return };
+        if let Some(p) = self.pool.tokens_file.as_mut() {
+            let path = PathBuf::from(&*p);
+            if path.is_relative() {
+                *p = base.join(path).display().to_string();
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, m: &str| Err((k.to_string(), m.to_string()));
+        if self.server.listen.is_empty() {
+            return err("server.listen", "at least one address is needed");
+        }
+        for (i, addr) in self.server.listen.iter().enumerate() {
+            if addr.parse::<SocketAddr>().is_err() {
+                return Err((
+                    format!("server.listen[{i}]"),
+                    format!("`{addr}` is not an IP:port address"),
+                ));
+            }
+        }
+        if self.server.threads == 0 {
+            return err("server.threads", "must be at least 1");
+        }
+        UpstreamTarget::parse(&self.upstream.base_url)
+            .map_err(|m| ("upstream.base_url".to_string(), m))?;
+        for (key, path) in [
+            ("upstream.user_path", &self.upstream.user_path),
+            ("upstream.guest_path", &self.upstream.guest_path),
+        ] {
+            if !path.starts_with('/') {
+                return err(key, "must start with `/`");
+            }
+        }
+        for (key, d) in [
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.header_timeout", self.upstream.header_timeout),
+            ("upstream.idle_timeout", self.upstream.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return err(key, "must be greater than zero");
+            }
+        }
+        for (name, value) in &self.upstream.headers.extra {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err((
+                    format!("upstream.headers.extra.{name}"),
+                    "is not a valid header name".to_string(),
+                ));
+            }
+            if http::HeaderValue::from_str(value).is_err() {
+                return Err((
+                    format!("upstream.headers.extra.{name}"),
+                    "is not a valid header value".to_string(),
+                ));
+            }
+        }
+        let mut seen = HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            if m.id.trim().is_empty() {
+                return Err((format!("models[{i}].id"), "must not be empty".to_string()));
+            }
+            if m.upstream.trim().is_empty() {
+                return Err((
+                    format!("models[{i}].upstream"),
+                    "must not be empty".to_string(),
+                ));
+            }
+            for name in std::iter::once(&m.id).chain(m.aliases.iter()) {
+                if !seen.insert(name.as_str()) {
+                    return Err((
+                        format!("models[{i}]"),
+                        format!("the name `{name}` is used twice"),
+                    ));
+                }
+            }
+        }
+        for (i, k) in self.auth.api_keys.iter().enumerate() {
+            if k.key.is_empty() {
+                return Err((
+                    format!("auth.api_keys[{i}]"),
+                    "an empty key would let anyone in; remove it instead".to_string(),
+                ));
+            }
+        }
+        for (i, t) in self.pool.tokens.iter().enumerate() {
+            if t.trim().is_empty() || t.chars().any(|c| c.is_whitespace()) {
+                return Err((
+                    format!("pool.tokens[{i}]"),
+                    "a token must be non-empty and contain no whitespace".to_string(),
+                ));
+            }
+        }
+        if self.pool.max_failures == 0 {
+            return err("pool.max_failures", "must be at least 1");
+        }
+        if self.retry.max_attempts == 0 {
+            return err("retry.max_attempts", "must be at least 1");
+        }
+        if self.retry.max_attempts > 16 {
+            return err("retry.max_attempts", "must be at most 16");
+        }
+        for (i, s) in self.retry.on_status.iter().enumerate() {
+            if !(400..=599).contains(s) {
+                return Err((
+                    format!("retry.on_status[{i}]"),
+                    format!("{s} is not an HTTP error status (400-599)"),
+                ));
+            }
+        }
+        if self.limits.max_body_bytes.0 < 1024 {
+            return err("limits.max_body_bytes", "must be at least 1 KiB");
+        }
+        if self.logging.level.parse::<log::LevelFilter>().is_err() {
+            return err(
+                "logging.level",
+                "must be one of off, error, warn, info, debug, trace",
+            );
+        }
+        Ok(())
+    }
+
+    /// The upstream mode after resolving `auto`.
+    pub fn effective_mode(&self) -> UpstreamMode {
+        match self.upstream.mode {
+            UpstreamMode::Auto => {
+                if self.pool.tokens.is_empty() && self.pool.tokens_file.is_none() {
+                    UpstreamMode::Guest
+                } else {
+                    UpstreamMode::User
+                }
+            }
+            m => m,
+        }
+    }
+}
+
+/// Where the upstream lives, taken apart from `upstream.base_url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Value of the `Host` header (host, plus the port when it is not the default).
+    pub authority: String,
+}
+
+impl UpstreamTarget {
+    pub fn parse(url: &str) -> Result<UpstreamTarget, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(format!("`{url}` must start with http:// or https://"));
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') || rest.contains('?') || rest.contains('@') {
+            return Err(format!(
+                "`{url}` must be scheme://host[:port] only; paths go in upstream.user_path/guest_path"
+            ));
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("`{url}` has an unclosed IPv6 bracket"))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| format!("bad port in `{url}`"))?,
+                None if after.is_empty() => default_port,
+                None => return Err(format!("`{url}` is not a valid URL")),
+            };
+            (h.to_string(), port)
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse().map_err(|_| format!("bad port in `{url}`"))?,
+                ),
+                None => (rest.to_string(), default_port),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("`{url}` has no host"));
+        }
+        let authority = if port == default_port {
+            if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.clone()
+            }
+        } else if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Ok(UpstreamTarget {
+            tls,
+            host,
+            port,
+            authority,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

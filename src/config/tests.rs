@@ -1,0 +1,134 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "test.yaml")
+}
+
+#[test]
+fn empty_file_gives_defaults_in_guest_mode() {
+    let c = parse("# nothing here\n").unwrap();
+    assert_eq!(c.server.listen, vec!["0.0.0.0:8080"]);
+    assert_eq!(c.effective_mode(), UpstreamMode::Guest);
+    assert_eq!(c.models.len(), 2);
+    assert_eq!(c.retry.max_attempts, 3);
+    assert_eq!(c.limits.max_body_bytes, ByteSize(10 * 1024 * 1024));
+}
+
+#[test]
+fn shipped_config_is_valid_and_matches_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/k2proxy.yaml");
+    let c = Config::load(&path).unwrap();
+    let d = Config {
+        models: default_models(),
+        ..Config::default()
+    };
+    assert_eq!(c, d, "conf/k2proxy.yaml must document exactly the defaults");
+}
+
+#[test]
+fn unknown_key_is_named_with_its_path_and_location() {
+    let e = parse("upstream:\n  base_url: http://127.0.0.1:1\n  moed: user\n").unwrap_err();
+    assert_eq!(e.key, "upstream.moed");
+    assert!(e.message.contains("unknown field `moed`"), "{e}");
+    assert!(e.message.contains("line 3"), "{e}");
+    let e = parse("serverr: {}\n").unwrap_err();
+    assert_eq!(e.key, "serverr");
+    assert!(e.message.contains("unknown field `serverr`"), "{e}");
+    let e = parse("models:\n  - id: a\n    upstream: b\n    reasoningg: true\n").unwrap_err();
+    assert_eq!(e.key, "models[0].reasoningg");
+    assert!(
+        e.to_string()
+            .starts_with("test.yaml: models[0].reasoningg: unknown field `reasoningg`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_types_and_values_name_the_key() {
+    let e = parse("upstream:\n  mode: usr\n").unwrap_err();
+    assert_eq!(e.key, "upstream.mode");
+    assert!(e.message.contains("unknown variant `usr`"), "{e}");
+    let e = parse("retry:\n  max_attempts: lots\n").unwrap_err();
+    assert_eq!(e.key, "retry.max_attempts");
+    let e = parse("retry:\n  max_attempts: 0\n").unwrap_err();
+    assert_eq!(e.key, "retry.max_attempts");
+    let e = parse("upstream:\n  connect_timeout: 5 parsecs\n").unwrap_err();
+    assert_eq!(e.key, "upstream.connect_timeout");
+    let e = parse("server:\n  listen: [\"nowhere\"]\n").unwrap_err();
+    assert_eq!(e.key, "server.listen[0]");
+    let e = parse("upstream:\n  base_url: ftp://x\n").unwrap_err();
+    assert_eq!(e.key, "upstream.base_url");
+    let e = parse("retry:\n  on_status: [200]\n").unwrap_err();
+    assert_eq!(e.key, "retry.on_status[0]");
+    let e = parse("auth:\n  api_keys: [\"\"]\n").unwrap_err();
+    assert_eq!(e.key, "auth.api_keys[0]");
+    let e = parse("models:\n  - {id: a, upstream: x}\n  - {id: b, upstream: x, aliases: [a]}\n")
+        .unwrap_err();
+    assert_eq!(e.key, "models[1]");
+    let e = parse("limits:\n  max_body_bytes: 12 parsecs\n").unwrap_err();
+    assert_eq!(e.key, "limits.max_body_bytes");
+}
+
+#[test]
+fn durations_sizes_and_keys_parse() {
+    let c = parse(
+        "upstream:\n  connect_timeout: 250ms\n  header_timeout: 2m\n  idle_timeout: 45\n\
+         limits:\n  max_body_bytes: 2MiB\n\
+         auth:\n  api_keys:\n    - sk-plain\n    - {name: team-a, key: sk-a}\n",
+    )
+    .unwrap();
+    assert_eq!(c.upstream.connect_timeout, Duration::from_millis(250));
+    assert_eq!(c.upstream.header_timeout, Duration::from_secs(120));
+    assert_eq!(c.upstream.idle_timeout, Duration::from_secs(45));
+    assert_eq!(c.limits.max_body_bytes, ByteSize(2 * 1024 * 1024));
+    assert_eq!(c.auth.api_keys[0].key, "sk-plain");
+    assert_eq!(c.auth.api_keys[1].name, "team-a");
+}
+
+#[test]
+fn env_expansion_in_strings() {
+    std::env::set_var("K2P_TEST_KEY", "sk-from-env");
+    let c = parse(
+        "auth:\n  api_keys: [\"${K2P_TEST_KEY}\"]\npool:\n  tokens: [\"${K2P_TEST_UNSET:-fallback}\"]\n",
+    )
+    .unwrap();
+    assert_eq!(c.auth.api_keys[0].key, "sk-from-env");
+    assert_eq!(c.pool.tokens, vec!["fallback"]);
+    assert_eq!(c.effective_mode(), UpstreamMode::User);
+    let e = parse("pool:\n  tokens: [\"${K2P_TEST_DEFINITELY_UNSET}\"]\n").unwrap_err();
+    assert_eq!(e.key, "pool.tokens");
+    assert!(e.message.contains("K2P_TEST_DEFINITELY_UNSET"), "{e}");
+    assert_eq!(expand_env("a$${b}c").unwrap(), "a${b}c");
+    assert!(expand_env("${unclosed").is_err());
+}
+
+#[test]
+fn upstream_target_parsing() {
+    let t = UpstreamTarget::parse("https://www.k2think.ai").unwrap();
+    assert_eq!(
+        (t.tls, t.port, t.authority.as_str()),
+        (true, 443, "www.k2think.ai")
+    );
+    let t = UpstreamTarget::parse("http://127.0.0.1:9100/").unwrap();
+    assert_eq!((t.tls, t.host.as_str(), t.port), (false, "127.0.0.1", 9100));
+    assert_eq!(t.authority, "127.0.0.1:9100");
+    let t = UpstreamTarget::parse("http://[::1]:81").unwrap();
+    assert_eq!((t.host.as_str(), t.authority.as_str()), ("::1", "[::1]:81"));
+    assert!(UpstreamTarget::parse("https://x/api").is_err());
+    assert!(UpstreamTarget::parse("https://:80").is_err());
+    assert!(UpstreamTarget::parse("http://h:99999").is_err());
+}
+
+#[test]
+fn tokens_file_path_is_relative_to_the_config() {
+    let dir = std::env::temp_dir().join(format!("k2p-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.yaml");
+    std::fs::write(&file, "pool:\n  tokens_file: tokens.txt\n").unwrap();
+    let c = Config::load(&file).unwrap();
+    assert_eq!(
+        c.pool.tokens_file.as_deref(),
+        Some(dir.join("tokens.txt").display().to_string().as_str())
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,284 @@
+//! Upstream wire types: the K2Think (Open WebUI) chat payload and its pieces.
+//!
+//! Two body styles (k2think-protocol.md §2.2–2.3): `Minimal` is what the guest proxies and
+//! HED-B send with `stream: true` and is confirmed to stream SSE; `Webui` is the full body
+//! of the ZX family (variables, model_item, background_tasks and fresh chat/session ids).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyStyle {
+    Minimal,
+    Webui,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UpMessage {
+    pub role: &'static str,
+    pub content: UpContent,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum UpContent {
+    Text(String),
+    Parts(Vec<UpPart>),
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum UpPart {
+    Text { text: String },
+    ImageUrl { image_url: ImageUrl },
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ImageUrl {
+    pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Sampling parameters, sent in `params` (only those the client set).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Params {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+}
+
+/// The upstream request body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Payload {
+    pub stream: bool,
+    pub model: String,
+    pub messages: Vec<UpMessage>,
+    pub params: Params,
+    pub style: BodyStyle,
+    /// Fresh per request in the `Webui` style (also used in its Referer).
+    pub chat_id: String,
+}
+
+#[derive(Serialize)]
+struct Features {
+    image_generation: bool,
+    code_interpreter: bool,
+    web_search: bool,
+}
+
+const FEATURES: Features = Features {
+    image_generation: false,
+    code_interpreter: false,
+    web_search: false,
+};
+
+#[derive(Serialize)]
+struct MinimalBody<'a> {
+    stream: bool,
+    model: &'a str,
+    messages: &'a [UpMessage],
+    params: &'a Params,
+    features: Features,
+}
+
+#[derive(Serialize)]
+struct WebuiBody<'a> {
+    stream: bool,
+    model: &'a str,
+    messages: &'a [UpMessage],
+    params: &'a Params,
+    tool_servers: [u8; 0],
+    features: Features,
+    variables: serde_json::Value,
+    model_item: serde_json::Value,
+    background_tasks: serde_json::Value,
+    chat_id: &'a str,
+    id: String,
+    session_id: String,
+}
+
+impl Payload {
+    /// Serialize the body for the wire.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let r = match self.style {
+            BodyStyle::Minimal => serde_json::to_vec(&MinimalBody {
+                stream: self.stream,
+                model: &self.model,
+                messages: &self.messages,
+                params: &self.params,
+                features: FEATURES,
+            }),
+            BodyStyle::Webui => serde_json::to_vec(&WebuiBody {
+                stream: self.stream,
+                model: &self.model,
+                messages: &self.messages,
+                params: &self.params,
+                tool_servers: [],
+                features: FEATURES,
+                variables: variables(SystemTime::now()),
+                model_item: serde_json::json!({
+                    "id": self.model, "object": "model", "owned_by": "MBZUAI",
+                    "root": "ifm-k2-think-v2", "parent": null, "status": "active",
+                    "connection_type": "external", "name": self.model,
+                }),
+                background_tasks: serde_json::json!({
+                    "title_generation": false, "tags_generation": false
+                }),
+                chat_id: &self.chat_id,
+                id: uuid_v4(),
+                session_id: uuid_v4(),
+            }),
+        };
+        // Serializing plain strings, numbers and vectors cannot fail.
+        r.unwrap_or_default()
+    }
+}
+
+/// A random RFC 4122 version 4 UUID.
+pub fn uuid_v4() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!(
+        "{}-{}-{}-{}-{}",
+        h(0..4),
+        h(4..6),
+        h(6..8),
+        h(8..10),
+        h(10..16)
+    )
+}
+
+/// Open WebUI template variables for "now" (UTC).
+fn variables(now: SystemTime) -> serde_json::Value {
+    let secs = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let (y, m, d) = civil_from_days(days);
+    let (hh, mm, ss) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    const WEEKDAYS: [&str; 7] = [
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+    ];
+    let weekday = WEEKDAYS[days.rem_euclid(7) as usize];
+    let date = format!("{y:04}-{m:02}-{d:02}");
+    let time = format!("{hh:02}:{mm:02}:{ss:02}");
+    serde_json::json!({
+        "{{USER_NAME}}": "User",
+        "{{USER_LOCATION}}": "Unknown",
+        "{{CURRENT_DATETIME}}": format!("{date} {time}"),
+        "{{CURRENT_DATE}}": date,
+        "{{CURRENT_TIME}}": time,
+        "{{CURRENT_WEEKDAY}}": weekday,
+        "{{CURRENT_TIMEZONE}}": "UTC",
+        "{{USER_LANGUAGE}}": "en-US",
+    })
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn payload(style: BodyStyle) -> Payload {
+        Payload {
+            stream: true,
+            model: "MBZUAI-IFM/K2-Think-v2".into(),
+            messages: vec![UpMessage {
+                role: "user",
+                content: UpContent::Parts(vec![
+                    UpPart::Text { text: "hi".into() },
+                    UpPart::ImageUrl {
+                        image_url: ImageUrl {
+                            url: "https://x/y.png".into(),
+                            detail: None,
+                        },
+                    },
+                ]),
+            }],
+            params: Params {
+                temperature: Some(0.2),
+                ..Params::default()
+            },
+            style,
+            chat_id: uuid_v4(),
+        }
+    }
+
+    #[test]
+    fn minimal_body_shape() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&payload(BodyStyle::Minimal).to_bytes()).unwrap();
+        assert_eq!(v["stream"], true);
+        assert_eq!(v["params"], serde_json::json!({"temperature": 0.2}));
+        assert_eq!(v["messages"][0]["content"][1]["type"], "image_url");
+        assert_eq!(
+            v["messages"][0]["content"][1]["image_url"]["url"],
+            "https://x/y.png"
+        );
+        assert_eq!(v["features"]["web_search"], false);
+        assert!(v.get("chat_id").is_none());
+    }
+
+    #[test]
+    fn webui_body_has_ids_and_variables() {
+        let p = payload(BodyStyle::Webui);
+        let v: serde_json::Value = serde_json::from_slice(&p.to_bytes()).unwrap();
+        assert_eq!(v["chat_id"], p.chat_id.as_str());
+        assert_ne!(v["id"], v["session_id"]);
+        assert_eq!(v["model_item"]["id"], "MBZUAI-IFM/K2-Think-v2");
+        assert!(v["variables"]["{{CURRENT_DATE}}"].as_str().unwrap().len() == 10);
+    }
+
+    #[test]
+    fn uuid_format() {
+        let u = uuid_v4();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"));
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        let v = variables(UNIX_EPOCH + Duration::from_secs(1_758_362_400));
+        assert_eq!(v["{{CURRENT_DATETIME}}"], "2025-09-20 10:00:00");
+        assert_eq!(v["{{CURRENT_WEEKDAY}}"], "Saturday");
+    }
+}

@@ -1,0 +1,124 @@
+//! Mock K2Think upstream: an Open WebUI-shaped HTTP server imitating www.k2think.ai
+//! (`k2think-protocol.md` §1–§5), for tests, benches and demos.
+//!
+//! Start it in-process with [`MockServer::start`] or by hand with the `k2mock` binary.
+//! Every answer is deterministic ([`reply_for`], [`markup_for`]) and shaped by
+//! [`Directives`] taken from the config, the last user message (`[[mock: key=value; ...]]`)
+//! and the bearer token (`name;key=value;...`), later wins.
+
+mod body;
+pub mod directives;
+pub mod script;
+mod server;
+#[cfg(test)]
+mod tests;
+mod util;
+
+use std::time::{Duration, Instant};
+
+pub use directives::{Delivery, Directives, End, Fault, Form, JsonStyle, RetryAfter};
+pub use script::{last_user_text, markup_for, reply_for};
+pub use server::MockServer;
+
+/// Where sign-in hands out the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenIn {
+    /// JSON field `token` only.
+    Body,
+    /// `Set-Cookie: token=...` only.
+    Cookie,
+    /// Both (what Open WebUI does).
+    #[default]
+    Both,
+}
+
+/// An account accepted by `POST /api/v1/auths/signin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub email: String,
+    pub password: String,
+    pub token_in: TokenIn,
+    /// When set, sign-in with the right password answers this status instead.
+    pub fail_status: Option<u16>,
+    /// Sleep before answering sign-in.
+    pub delay: Duration,
+}
+
+impl Account {
+    pub fn new(email: &str, password: &str) -> Account {
+        Account {
+            email: email.to_string(),
+            password: password.to_string(),
+            token_in: TokenIn::Both,
+            fail_status: None,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// Server-wide settings.
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    /// Directive defaults (layer 1).
+    pub defaults: Directives,
+    pub accounts: Vec<Account>,
+    /// Lifetime of JWTs issued by sign-in (`exp` claim, and strict-token expiry).
+    pub token_ttl: Duration,
+    /// Keep a [`RecordedRequest`] for every request.
+    pub record: bool,
+    /// Model ids accepted by the chat endpoints and listed by `/api/models`.
+    pub models: Vec<String>,
+    /// Accept only unexpired sign-in tokens and `valid_tokens` (by token name).
+    pub strict_tokens: bool,
+    pub valid_tokens: Vec<String>,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            defaults: Directives::default(),
+            accounts: Vec::new(),
+            token_ttl: Duration::from_secs(3600),
+            record: true,
+            models: vec![
+                "MBZUAI-IFM/K2-Think-v2".to_string(),
+                "MBZUAI-IFM/K2-Think".to_string(),
+            ],
+            strict_tokens: false,
+            valid_tokens: Vec::new(),
+        }
+    }
+}
+
+/// One request the mock received, and what it did with it so far.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Lower-case names, in arrival order.
+    pub headers: Vec<(String, String)>,
+    /// The `Authorization: Bearer` value.
+    pub bearer: Option<String>,
+    /// The `token` cookie value.
+    pub cookie: Option<String>,
+    pub body: Vec<u8>,
+    pub json: Option<serde_json::Value>,
+    pub received_at: Instant,
+    /// Status the mock chose (0 when it closed the connection without a response).
+    pub response_status: u16,
+    /// SSE events handed to the connection so far.
+    pub events_written: usize,
+    /// Whether the whole response was handed over.
+    pub completed: bool,
+}
+
+impl RecordedRequest {
+    /// First header value with this (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}

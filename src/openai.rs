@@ -1,0 +1,501 @@
+//! Downstream wire types: the OpenAI chat request we accept and the error body we return.
+//!
+//! Parsing is strict about the fields we use (a wrong type is a 400 that names the field,
+//! as `param`) and lenient about the rest: unknown fields that OpenAI clients send are
+//! ignored.
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// An error as the client sees it: `{"error":{"message","type","param","code"}}` + status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, kind: &'static str, code: &'static str, message: String) -> ApiError {
+        ApiError {
+            status,
+            message,
+            kind,
+            param: None,
+            code: Some(code),
+            retry_after: None,
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>, param: Option<String>) -> ApiError {
+        ApiError {
+            param,
+            ..ApiError::new(
+                400,
+                "invalid_request_error",
+                "invalid_request",
+                message.into(),
+            )
+        }
+    }
+
+    pub fn with_retry_after(mut self, secs: Option<u64>) -> ApiError {
+        self.retry_after = secs;
+        self
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        let v = serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        });
+        serde_json::to_vec(&v).unwrap_or_default()
+    }
+}
+
+/// `POST /v1/chat/completions` body (the fields we act on).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub stream: bool,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub n: Option<u32>,
+    /// Kept for the tool emulation; validated there.
+    #[serde(default)]
+    pub tools: Option<Vec<Value>>,
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+}
+
+fn null_as_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+    Function,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    #[serde(default)]
+    pub content: Content,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub tool_calls: Vec<ToolCall>,
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct ToolCall {
+    #[serde(default)]
+    pub id: String,
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+fn function_type() -> String {
+    "function".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct FunctionCall {
+    pub name: String,
+    /// A JSON document as a string (OpenAI's wire form); objects are accepted too.
+    #[serde(default, deserialize_with = "arguments_string")]
+    pub arguments: String,
+}
+
+fn arguments_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) => Ok(s),
+        Value::Null => Ok(String::new()),
+        v @ Value::Object(_) => Ok(v.to_string()),
+        _ => Err(de::Error::custom(
+            "expected a JSON string (or object) of arguments",
+        )),
+    }
+}
+
+/// Message content: absent/null, a string, or an array of parts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Content {
+    #[default]
+    None,
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    Text(String),
+    Image {
+        url: String,
+        detail: Option<String>,
+    },
+    /// A part type we do not carry (e.g. `input_audio`, `file`): rejected in validation.
+    Unsupported(String),
+}
+
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Content;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string, an array of content parts, or null")
+            }
+            fn visit_unit<E>(self) -> Result<Content, E> {
+                Ok(Content::None)
+            }
+            fn visit_none<E>(self) -> Result<Content, E> {
+                Ok(Content::None)
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Content, E> {
+                Ok(Content::Text(s.to_string()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Content, E> {
+                Ok(Content::Text(s))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(p) = seq.next_element::<Part>()? {
+                    parts.push(p);
+                }
+                Ok(Content::Parts(parts))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Part {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Part;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a content part object with a `type`")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Part, A::Error> {
+                let mut kind: Option<String> = None;
+                let mut text: Option<String> = None;
+                let mut image: Option<Value> = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "type" => kind = Some(map.next_value()?),
+                        "text" => text = Some(map.next_value()?),
+                        "image_url" => image = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                let kind = kind.ok_or_else(|| de::Error::missing_field("type"))?;
+                match kind.as_str() {
+                    "text" => Ok(Part::Text(
+                        text.ok_or_else(|| de::Error::missing_field("text"))?,
+                    )),
+                    "image_url" => {
+                        let (url, detail) = match image {
+                            Some(Value::String(u)) => (u, None),
+                            Some(Value::Object(o)) => {
+                                let url = match o.get("url") {
+                                    Some(Value::String(u)) => u.clone(),
+                                    _ => {
+                                        return Err(de::Error::custom(
+                                            "image_url.url must be a string",
+                                        ))
+                                    }
+                                };
+                                let detail =
+                                    o.get("detail").and_then(Value::as_str).map(str::to_string);
+                                (url, detail)
+                            }
+                            _ => return Err(de::Error::missing_field("image_url")),
+                        };
+                        Ok(Part::Image { url, detail })
+                    }
+                    _ => Ok(Part::Unsupported(kind)),
+                }
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl Content {
+    /// The text of the content, parts joined with a newline; images are left out.
+    pub fn text(&self) -> String {
+        match self {
+            Content::None => String::new(),
+            Content::Text(s) => s.clone(),
+            Content::Parts(parts) => {
+                let mut out = String::new();
+                for p in parts {
+                    if let Part::Text(t) = p {
+                        if !out.is_empty() {
+                            out.push('\n');
+                        }
+                        out.push_str(t);
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+impl ChatRequest {
+    /// Parse and validate a request body; the error says which field is wrong.
+    pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        match first {
+            None => return Err(ApiError::invalid("the request body is empty", None)),
+            Some(b'{') => {}
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "the request body must be a JSON object",
+                    None,
+                ))
+            }
+        }
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let req: ChatRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                return ApiError::invalid(
+                    format!("the request body is not valid JSON: {inner}"),
+                    None,
+                );
+            }
+            let msg = strip_position(&inner.to_string());
+            // `missing field` errors point at the parent; name the field itself.
+            let param = match msg.strip_prefix("missing field `") {
+                Some(rest) => {
+                    let field = rest.split('`').next().unwrap_or_default();
+                    if path == "." || path.is_empty() {
+                        field.to_string()
+                    } else {
+                        format!("{path}.{field}")
+                    }
+                }
+                None => path.clone(),
+            };
+            ApiError::invalid(format!("{param}: {msg}"), Some(param))
+        })?;
+        if de.end().is_err() {
+            return Err(ApiError::invalid(
+                "the request body has trailing characters after the JSON object",
+                None,
+            ));
+        }
+        req.validate()?;
+        Ok(req)
+    }
+
+    fn validate(&self) -> Result<(), ApiError> {
+        let bad = |param: &str, msg: String| Err(ApiError::invalid(msg, Some(param.to_string())));
+        if self.model.trim().is_empty() {
+            return bad("model", "model must not be empty".to_string());
+        }
+        if self.messages.is_empty() {
+            return bad(
+                "messages",
+                "messages must contain at least one message".to_string(),
+            );
+        }
+        for (i, m) in self.messages.iter().enumerate() {
+            if let Content::Parts(parts) = &m.content {
+                for (j, p) in parts.iter().enumerate() {
+                    if let Part::Unsupported(kind) = p {
+                        return Err(ApiError {
+                            code: Some("unsupported_content_type"),
+                            ..ApiError::invalid(
+                                format!("content part type `{kind}` is not supported; use `text` or `image_url`"),
+                                Some(format!("messages[{i}].content[{j}].type")),
+                            )
+                        });
+                    }
+                }
+            }
+            if m.role == Role::Tool && m.tool_call_id.is_none() && m.name.is_none() {
+                return bad(
+                    &format!("messages[{i}].tool_call_id"),
+                    "a tool message needs `tool_call_id`".to_string(),
+                );
+            }
+        }
+        let range = |param: &str, v: Option<f64>, lo: f64, hi: f64| match v {
+            Some(x) if !(lo..=hi).contains(&x) => Err(ApiError::invalid(
+                format!("{param} must be between {lo} and {hi}, got {x}"),
+                Some(param.to_string()),
+            )),
+            _ => Ok(()),
+        };
+        range("temperature", self.temperature, 0.0, 2.0)?;
+        range("top_p", self.top_p, 0.0, 1.0)?;
+        range("presence_penalty", self.presence_penalty, -2.0, 2.0)?;
+        range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?;
+        if self.max_tokens == Some(0) || self.max_completion_tokens == Some(0) {
+            return bad("max_tokens", "max_tokens must be at least 1".to_string());
+        }
+        if self.n.unwrap_or(1) != 1 {
+            return bad("n", "only n = 1 is supported".to_string());
+        }
+        Ok(())
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(body: &str) -> ApiError {
+        ChatRequest::parse(body.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn parses_a_full_request() {
+        let r = ChatRequest::parse(
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},
+            "temperature":0.5,"max_tokens":100,"stop":["x"],"user":"ignored","logprobs":false,
+            "messages":[{"role":"system","content":"s"},
+              {"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAA","detail":"low"}},{"type":"text","text":"b"}]},
+              {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"x\":1}"}}]},
+              {"role":"tool","tool_call_id":"call_1","content":"42"}]}"#,
+        )
+        .unwrap();
+        assert!(r.stream && r.include_usage());
+        assert_eq!(r.messages.len(), 4);
+        assert_eq!(r.messages[1].content.text(), "a\nb");
+        assert_eq!(r.messages[2].tool_calls[0].function.arguments, "{\"x\":1}");
+        assert_eq!(r.stop, Some(Stop::Many(vec!["x".into()])));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = err(r#"{"messages":[{"role":"user","content":"x"}]}"#);
+        assert_eq!((e.status, e.param.as_deref()), (400, Some("model")));
+        let e = err(r#"{"model":"m"}"#);
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        let e = err(r#"{"model":"m","messages":[]}"#);
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        let e = err(r#"{"model":"m","messages":"hi"}"#);
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        let e = err(r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#);
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+        let e = err(r#"{"model":"m","messages":[{"role":"user","content":5}]}"#);
+        assert_eq!(e.param.as_deref(), Some("messages[0].content"));
+        let e =
+            err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#);
+        assert_eq!(e.param.as_deref(), Some("temperature"));
+        let e = err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#);
+        assert_eq!(e.param.as_deref(), Some("temperature"));
+        let e = err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#);
+        assert_eq!(e.param.as_deref(), Some("stream"));
+        let e =
+            err(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"input_audio"}]}]}"#);
+        assert_eq!(e.param.as_deref(), Some("messages[0].content[0].type"));
+        assert!(e.message.contains("input_audio"));
+        let e = err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#);
+        assert_eq!(e.param.as_deref(), Some("n"));
+        let e = err(r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#);
+        assert_eq!(e.param.as_deref(), Some("messages[0].tool_call_id"));
+    }
+
+    #[test]
+    fn syntax_errors_and_non_objects() {
+        for body in [
+            "",
+            "   ",
+            "[1]",
+            "\"x\"",
+            "{\"model\":",
+            "{bad json}",
+            "{} {}",
+        ] {
+            let e = err(body);
+            assert_eq!(e.status, 400, "{body}");
+            assert_eq!(e.kind, "invalid_request_error");
+        }
+    }
+
+    #[test]
+    fn error_body_shape() {
+        let e = ApiError::invalid("bad", Some("model".into()));
+        let v: Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["message"], "bad");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "model");
+        assert_eq!(v["error"]["code"], "invalid_request");
+    }
+}

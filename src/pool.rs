@@ -1,0 +1,524 @@
+//! The upstream token pool: round-robin leases, outcome rules, strikes and cooldowns.
+//!
+//! Pure and clock-injected (`now: Instant` is an argument everywhere), so every rule is
+//! unit-tested without a server or a sleep. One short mutex section per lease or report;
+//! nothing here waits on I/O.
+//!
+//! Rules (design §6):
+//! - a lease takes the next usable token in round-robin order that the request has not
+//!   tried yet, so one request never sees the same token twice;
+//! - success clears the token's strikes and its 429 streak;
+//! - 401/403, 5xx, timeouts and unusable answers add a strike; `max_failures` strikes
+//!   disable the token until a reset or a new token list;
+//! - 429 cools the token for `Retry-After`, or `cooldown · 2^(streak-1)` capped at
+//!   `max_cooldown` when the upstream gives none; no strike;
+//! - network errors (connect refused, reset before the head) are not the token's fault and
+//!   change nothing.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::secret::Secret;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub max_failures: u32,
+    pub cooldown: Duration,
+    pub max_cooldown: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_failures: 3,
+            cooldown: Duration::from_secs(30),
+            max_cooldown: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Where a token came from (file-backed and account-backed tokens are managed differently).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Inline,
+    File,
+}
+
+/// What happened to one upstream attempt made with a leased token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// 401 or 403: the token was refused.
+    Rejected(u16),
+    /// 429, with the upstream's `Retry-After` when it gave one.
+    RateLimited(Option<Duration>),
+    /// 5xx or another unexpected status.
+    ServerError(u16),
+    /// No head (or first byte) in time.
+    Timeout,
+    /// A 200 whose body is not a K2Think answer (an HTML challenge page, garbage).
+    BadResponse,
+    /// Connect or I/O error before any response: not the token's fault.
+    Network,
+}
+
+impl Outcome {
+    fn label(&self) -> String {
+        match self {
+            Outcome::Success => "ok".to_string(),
+            Outcome::Rejected(s) => format!("HTTP {s} (token refused)"),
+            Outcome::RateLimited(_) => "HTTP 429 (rate limited)".to_string(),
+            Outcome::ServerError(s) => format!("HTTP {s}"),
+            Outcome::Timeout => "timeout".to_string(),
+            Outcome::BadResponse => "unusable response body".to_string(),
+            Outcome::Network => "network error".to_string(),
+        }
+    }
+}
+
+/// A token handed out for one attempt.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// Stable id of the pool entry (survives reloads of the token list).
+    pub id: u64,
+    pub token: Secret,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseError {
+    /// The pool holds no token at all.
+    Empty,
+    /// Every usable token was already tried by this request.
+    AllTried,
+    /// Every token is disabled or cooling; `retry_after` is the earliest cooldown end.
+    Exhausted { retry_after: Option<Duration> },
+}
+
+/// Per-token state, as shown to operators (token masked).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenView {
+    pub id: u64,
+    pub token: String,
+    pub state: &'static str,
+    pub strikes: u32,
+    pub cooling_for_secs: Option<u64>,
+    pub uses: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PoolStats {
+    pub total: usize,
+    pub active: usize,
+    pub cooling: usize,
+    pub disabled: usize,
+    pub tokens: Vec<TokenView>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    token: Secret,
+    source: Source,
+    strikes: u32,
+    disabled: bool,
+    cooling_until: Option<Instant>,
+    rate_limit_streak: u32,
+    uses: u64,
+    failures: u64,
+    last_error: Option<String>,
+}
+
+impl Entry {
+    fn new(id: u64, token: Secret, source: Source) -> Entry {
+        Entry {
+            id,
+            token,
+            source,
+            strikes: 0,
+            disabled: false,
+            cooling_until: None,
+            rate_limit_streak: 0,
+            uses: 0,
+            failures: 0,
+            last_error: None,
+        }
+    }
+
+    fn cooling(&self, now: Instant) -> Option<Duration> {
+        self.cooling_until
+            .and_then(|t| t.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
+    }
+
+    fn usable(&self, now: Instant) -> bool {
+        !self.disabled && self.cooling(now).is_none()
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: PoolSettings,
+    entries: Vec<Entry>,
+    cursor: usize,
+    next_id: u64,
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    inner: Mutex<Inner>,
+}
+
+impl Pool {
+    pub fn new(settings: PoolSettings) -> Pool {
+        Pool {
+            inner: Mutex::new(Inner {
+                settings,
+                entries: Vec::new(),
+                cursor: 0,
+                next_id: 1,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the pool half-updated in a way that
+        // matters more than refusing service, so recover the guard instead of propagating.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_settings(&self, settings: PoolSettings) {
+        self.lock().settings = settings;
+    }
+
+    /// Replace the token list. Tokens that stay keep their id and state; duplicates collapse.
+    pub fn set_tokens(&self, tokens: Vec<(Secret, Source)>) {
+        let mut inner = self.lock();
+        let mut old: Vec<Entry> = std::mem::take(&mut inner.entries);
+        let mut entries = Vec::with_capacity(tokens.len());
+        for (token, source) in tokens {
+            if entries.iter().any(|e: &Entry| e.token == token) {
+                continue;
+            }
+            match old.iter().position(|e| e.token == token) {
+                Some(i) => {
+                    let mut e = old.swap_remove(i);
+                    e.source = source;
+                    entries.push(e);
+                }
+                None => {
+                    let id = inner.next_id;
+                    inner.next_id += 1;
+                    entries.push(Entry::new(id, token, source));
+                }
+            }
+        }
+        inner.entries = entries;
+        if inner.cursor >= inner.entries.len() {
+            inner.cursor = 0;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Take the next usable token that is not in `tried`.
+    pub fn lease(&self, tried: &[u64], now: Instant) -> Result<Lease, LeaseError> {
+        let mut inner = self.lock();
+        let n = inner.entries.len();
+        if n == 0 {
+            return Err(LeaseError::Empty);
+        }
+        let start = inner.cursor % n;
+        let mut any_usable = false;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let e = &mut inner.entries[i];
+            if !e.usable(now) {
+                continue;
+            }
+            any_usable = true;
+            if tried.contains(&e.id) {
+                continue;
+            }
+            e.cooling_until = None;
+            e.uses += 1;
+            let lease = Lease {
+                id: e.id,
+                token: e.token.clone(),
+            };
+            inner.cursor = (i + 1) % n;
+            return Ok(lease);
+        }
+        if any_usable {
+            return Err(LeaseError::AllTried);
+        }
+        let retry_after = inner
+            .entries
+            .iter()
+            .filter(|e| !e.disabled)
+            .filter_map(|e| e.cooling(now))
+            .min();
+        Err(LeaseError::Exhausted { retry_after })
+    }
+
+    /// Apply the outcome of an attempt made with lease `id`. Unknown ids (the token was
+    /// removed meanwhile) are ignored.
+    pub fn report(&self, id: u64, outcome: &Outcome, now: Instant) {
+        let mut inner = self.lock();
+        let settings = inner.settings;
+        let Some(e) = inner.entries.iter_mut().find(|e| e.id == id) else {
+            return;
+        };
+        match outcome {
+            Outcome::Success => {
+                e.strikes = 0;
+                e.rate_limit_streak = 0;
+            }
+            Outcome::Network => {}
+            Outcome::RateLimited(retry_after) => {
+                e.failures += 1;
+                e.rate_limit_streak = e.rate_limit_streak.saturating_add(1);
+                let wait = retry_after.unwrap_or_else(|| {
+                    let exp = e.rate_limit_streak.saturating_sub(1).min(20);
+                    settings
+                        .cooldown
+                        .saturating_mul(1u32 << exp)
+                        .min(settings.max_cooldown)
+                });
+                e.cooling_until = Some(now + wait);
+                e.last_error = Some(outcome.label());
+            }
+            Outcome::Rejected(_)
+            | Outcome::ServerError(_)
+            | Outcome::Timeout
+            | Outcome::BadResponse => {
+                e.failures += 1;
+                e.strikes += 1;
+                if e.strikes >= settings.max_failures {
+                    e.disabled = true;
+                }
+                e.last_error = Some(outcome.label());
+            }
+        }
+    }
+
+    /// Clear strikes, cooldown and the disabled flag of one token; false if no such id.
+    pub fn reset(&self, id: u64) -> bool {
+        let mut inner = self.lock();
+        match inner.entries.iter_mut().find(|e| e.id == id) {
+            Some(e) => {
+                e.strikes = 0;
+                e.disabled = false;
+                e.cooling_until = None;
+                e.rate_limit_streak = 0;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn stats(&self, now: Instant) -> PoolStats {
+        let inner = self.lock();
+        let mut stats = PoolStats {
+            total: inner.entries.len(),
+            active: 0,
+            cooling: 0,
+            disabled: 0,
+            tokens: Vec::with_capacity(inner.entries.len()),
+        };
+        for e in &inner.entries {
+            let cooling = e.cooling(now);
+            let state = if e.disabled {
+                stats.disabled += 1;
+                "disabled"
+            } else if cooling.is_some() {
+                stats.cooling += 1;
+                "cooling"
+            } else {
+                stats.active += 1;
+                "active"
+            };
+            stats.tokens.push(TokenView {
+                id: e.id,
+                token: e.token.masked(),
+                state,
+                strikes: e.strikes,
+                cooling_for_secs: cooling.map(|d| d.as_secs_f64().ceil() as u64),
+                uses: e.uses,
+                failures: e.failures,
+                last_error: e.last_error.clone(),
+            });
+        }
+        stats
+    }
+}
+
+/// Parse a tokens file: one token per line; blank lines and `#` comments are skipped,
+/// surrounding whitespace trimmed.
+pub fn parse_tokens_file(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(tokens: &[&str]) -> Pool {
+        let p = Pool::new(PoolSettings::default());
+        p.set_tokens(
+            tokens
+                .iter()
+                .map(|t| (Secret::new(*t), Source::Inline))
+                .collect(),
+        );
+        p
+    }
+
+    fn take(p: &Pool, tried: &mut Vec<u64>, now: Instant) -> Result<String, LeaseError> {
+        let l = p.lease(tried, now)?;
+        tried.push(l.id);
+        Ok(l.token.expose().to_string())
+    }
+
+    #[test]
+    fn round_robin_across_requests_and_never_twice_within_one() {
+        let p = pool(&["a", "b", "c"]);
+        let now = Instant::now();
+        let firsts: Vec<String> = (0..6)
+            .map(|_| take(&p, &mut Vec::new(), now).unwrap())
+            .collect();
+        assert_eq!(firsts, ["a", "b", "c", "a", "b", "c"]);
+        let mut tried = Vec::new();
+        let mut seen: Vec<String> = (0..3).map(|_| take(&p, &mut tried, now).unwrap()).collect();
+        seen.sort();
+        assert_eq!(seen, ["a", "b", "c"]);
+        assert_eq!(p.lease(&tried, now).unwrap_err(), LeaseError::AllTried);
+    }
+
+    #[test]
+    fn strikes_disable_and_success_clears() {
+        let p = pool(&["a", "b"]);
+        let now = Instant::now();
+        let a = p.lease(&[], now).unwrap();
+        p.report(a.id, &Outcome::Rejected(401), now);
+        p.report(a.id, &Outcome::ServerError(500), now);
+        p.report(a.id, &Outcome::Success, now);
+        assert_eq!(p.stats(now).tokens[0].strikes, 0);
+        for o in [
+            Outcome::Timeout,
+            Outcome::BadResponse,
+            Outcome::Rejected(403),
+        ] {
+            p.report(a.id, &o, now);
+        }
+        let s = p.stats(now);
+        assert_eq!((s.active, s.disabled), (1, 1));
+        assert_eq!(s.tokens[0].state, "disabled");
+        assert_eq!(
+            s.tokens[0].last_error.as_deref(),
+            Some("HTTP 403 (token refused)")
+        );
+        for _ in 0..4 {
+            assert_eq!(take(&p, &mut Vec::new(), now).unwrap(), "b");
+        }
+        assert!(p.reset(a.id));
+        assert_eq!(p.stats(now).active, 2);
+    }
+
+    #[test]
+    fn network_errors_do_not_strike() {
+        let p = pool(&["a"]);
+        let now = Instant::now();
+        for _ in 0..10 {
+            p.report(1, &Outcome::Network, now);
+        }
+        assert_eq!(p.stats(now).active, 1);
+    }
+
+    #[test]
+    fn rate_limit_cools_for_retry_after_or_exponential_backoff() {
+        let p = pool(&["a", "b"]);
+        let t0 = Instant::now();
+        p.report(1, &Outcome::RateLimited(Some(Duration::from_secs(7))), t0);
+        p.report(2, &Outcome::RateLimited(None), t0);
+        match p.lease(&[], t0) {
+            Err(LeaseError::Exhausted { retry_after }) => {
+                assert_eq!(retry_after, Some(Duration::from_secs(7)))
+            }
+            other => panic!("{other:?}"),
+        }
+        let s = p.stats(t0);
+        assert_eq!((s.cooling, s.tokens[1].cooling_for_secs), (2, Some(30)));
+        // a is usable again after 7 s; b is still cooling for 30 s
+        let t7 = t0 + Duration::from_secs(7);
+        assert_eq!(take(&p, &mut Vec::new(), t7).unwrap(), "a");
+        // b's second 429 without Retry-After doubles the wait
+        let t30 = t0 + Duration::from_secs(30);
+        p.report(2, &Outcome::RateLimited(None), t30);
+        assert_eq!(p.stats(t30).tokens[1].cooling_for_secs, Some(60));
+        // no strikes from 429s
+        assert_eq!(p.stats(t30).tokens[1].strikes, 0);
+        // the backoff is capped
+        for _ in 0..30 {
+            p.report(2, &Outcome::RateLimited(None), t30);
+        }
+        assert_eq!(p.stats(t30).tokens[1].cooling_for_secs, Some(600));
+    }
+
+    #[test]
+    fn empty_and_exhausted_without_cooldown() {
+        let p = pool(&[]);
+        assert_eq!(p.lease(&[], Instant::now()).unwrap_err(), LeaseError::Empty);
+        let p = pool(&["a"]);
+        let now = Instant::now();
+        for _ in 0..3 {
+            p.report(1, &Outcome::ServerError(502), now);
+        }
+        assert_eq!(
+            p.lease(&[], now).unwrap_err(),
+            LeaseError::Exhausted { retry_after: None }
+        );
+    }
+
+    #[test]
+    fn set_tokens_keeps_state_of_tokens_that_stay() {
+        let p = pool(&["a", "b"]);
+        let now = Instant::now();
+        p.report(2, &Outcome::Rejected(401), now);
+        p.set_tokens(vec![
+            (Secret::new("b"), Source::File),
+            (Secret::new("c"), Source::File),
+            (Secret::new("c"), Source::File),
+        ]);
+        let s = p.stats(now);
+        assert_eq!(s.total, 2);
+        assert_eq!((s.tokens[0].id, s.tokens[0].strikes), (2, 1));
+        assert_eq!(s.tokens[1].id, 3);
+        p.report(1, &Outcome::Rejected(401), now); // removed token: ignored
+    }
+
+    #[test]
+    fn stats_mask_tokens() {
+        let p = pool(&["eyJhbGciOiJIUzI1NiJ9.secret-part.sig1"]);
+        let s = p.stats(Instant::now());
+        assert_eq!(s.tokens[0].token, "eyJh…sig1");
+        assert!(!serde_json::to_string(&s).unwrap().contains("secret-part"));
+    }
+
+    #[test]
+    fn tokens_file_format() {
+        let t = parse_tokens_file("# comment\n\n  tok-a  \r\ntok-b\n#tok-c\n");
+        assert_eq!(t, ["tok-a", "tok-b"]);
+    }
+}

@@ -1,0 +1,879 @@
+//! `POST /v1/chat/completions`: one owned upstream exchange (design.md §3).
+//!
+//! 1. reject on `Content-Length` above the limit, read the body (bounded), parse, rewrite;
+//! 2. attempt loop: lease a token, connect through Pingora's `Connector`, send, read the
+//!    head, then read until the answer is known to be usable (the first decodable event
+//!    for a stream, the whole answer otherwise). Anything that fails before that point
+//!    (connect error, timeout, a status in `retry.on_status`, an HTML page, garbage, an
+//!    error event) is reported to the pool and retried with another token; the client has
+//!    seen nothing yet;
+//! 3. commit: write the head and what was decoded so far, then transform chunk by chunk,
+//!    flushing each batch as it arrives;
+//! 4. end honestly: `[DONE]` only after a clean upstream end; a cut or stalled upstream
+//!    ends the client stream with `finish_reason:"error"` and an error event.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use log::{debug, warn};
+use pingora::connectors::http::Connector;
+use pingora::http::ResponseHeader;
+use pingora::prelude::HttpPeer;
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+use pingora::ErrorType;
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+
+use super::{respond, routes, upstream, App, Ctx, Snapshot};
+use crate::config::{PayloadStyle, ReasoningOutput, UpstreamMode};
+use crate::k2think::BodyStyle;
+use crate::openai::{ApiError, ChatRequest};
+use crate::pool::{Lease, LeaseError, Outcome};
+use crate::transform::complete::{Completion, CompletionResult};
+use crate::transform::request::{to_k2think, RewriteOptions};
+use crate::transform::stream::{ChatStream, ReasoningMode, StreamOptions, UpstreamFormat};
+
+/// Most upstream bytes read before the answer proves usable; past it the answer is junk.
+const PRECOMMIT_LIMIT: usize = 1 << 20;
+/// How much of an error body is read to explain a failed attempt.
+const ERROR_BODY_LIMIT: usize = 4096;
+
+pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut Ctx) {
+    let body = match read_body(snap, session, ctx).await {
+        Ok(b) => b,
+        Err(e) => return respond::error(session, ctx, &e).await,
+    };
+    let req = match ChatRequest::parse(&body) {
+        Ok(r) => r,
+        Err(e) => return respond::error(session, ctx, &e).await,
+    };
+    ctx.model = Some(req.model.clone());
+    let Some(model) = snap.model(&req.model) else {
+        return respond::error(session, ctx, &routes::model_not_found(snap, &req.model)).await;
+    };
+    let up_cfg = &snap.config.upstream;
+    let payload = to_k2think(
+        &req,
+        RewriteOptions {
+            upstream_model: &model.upstream,
+            stream: up_cfg.stream,
+            style: match up_cfg.payload {
+                PayloadStyle::Minimal => BodyStyle::Minimal,
+                PayloadStyle::Webui => BodyStyle::Webui,
+            },
+        },
+    );
+    let reasoning = if !model.reasoning {
+        ReasoningMode::Drop
+    } else {
+        match snap.config.reasoning.output {
+            ReasoningOutput::ReasoningContent => ReasoningMode::Field,
+            ReasoningOutput::Inline => ReasoningMode::Inline,
+            ReasoningOutput::Drop => ReasoningMode::Drop,
+        }
+    };
+    let job = Job {
+        app,
+        snap,
+        body: Bytes::from(payload.to_bytes()),
+        chat_id: payload.chat_id,
+        id: completion_id(),
+        created: unix_now(),
+        model: req.model.clone(),
+        reasoning,
+        stream: req.stream,
+        include_usage: req.include_usage(),
+    };
+    match job.exchange(ctx).await {
+        Ok(Answer::Stream(live)) => job.stream(live, session, ctx).await,
+        Ok(Answer::Complete(result)) => {
+            let body = result.to_json(&job.id, job.created, &job.model, job.reasoning);
+            ctx.outcome = "complete";
+            ctx.ttft = Some(ctx.started.elapsed());
+            if let Err(e) = respond::json(session, ctx, 200, body, &[]).await {
+                debug!("{}: client went away: {e}", ctx.request_id);
+                ctx.outcome = "client_abort";
+            }
+        }
+        Err(e) => {
+            ctx.outcome = "upstream_error";
+            respond::error(session, ctx, &e).await
+        }
+    }
+}
+
+/// Read the whole request body, refusing more than `limits.max_body_bytes`.
+async fn read_body(
+    snap: &Snapshot,
+    session: &mut Session,
+    ctx: &mut Ctx,
+) -> Result<Bytes, ApiError> {
+    let limit = snap.config.limits.max_body_bytes.0 as usize;
+    let too_large = || {
+        ApiError::new(
+            413,
+            "invalid_request_error",
+            "request_too_large",
+            format!("The request body is larger than the limit of {limit} bytes"),
+        )
+    };
+    let headers = &session.req_header().headers;
+    let declared = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let expect_continue = headers
+        .get("expect")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if declared.is_some_and(|n| n > limit as u64) {
+        // Do not read (or drain) what we refuse: close the connection after answering.
+        session.set_keepalive(None);
+        return Err(too_large());
+    }
+    if expect_continue {
+        let _ = session.write_continue_response().await;
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit as u64) as usize);
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > limit {
+                    session.set_keepalive(None);
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                session.set_keepalive(None);
+                return Err(ApiError::invalid(
+                    format!("could not read the request body: {}", e.etype().as_str()),
+                    None,
+                ));
+            }
+        }
+    }
+    ctx.bytes_in = buf.len();
+    Ok(buf.freeze())
+}
+
+fn completion_id() -> String {
+    let s: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect();
+    format!("chatcmpl-{s}")
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// One client request on its way upstream.
+struct Job<'a> {
+    app: &'a App,
+    snap: &'a Snapshot,
+    body: Bytes,
+    chat_id: String,
+    id: String,
+    created: u64,
+    model: String,
+    reasoning: ReasoningMode,
+    stream: bool,
+    include_usage: bool,
+}
+
+/// A usable upstream answer.
+enum Answer {
+    /// Streaming: the upstream is still sending; `out` holds what is ready for the client.
+    Stream(Box<Live>),
+    /// Non-stream: the whole answer.
+    Complete(CompletionResult),
+}
+
+struct Live {
+    up: HttpSession,
+    peer: HttpPeer,
+    stream: ChatStream,
+    out: Vec<u8>,
+    /// The upstream body already ended cleanly (the whole answer arrived before commit).
+    ended: bool,
+}
+
+/// Why an attempt failed, before the client saw a byte.
+#[derive(Debug)]
+enum Failure {
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+        detail: String,
+    },
+    Timeout(&'static str),
+    Network(String),
+    /// A 200 whose body is not a usable K2Think answer.
+    Unusable(String),
+}
+
+impl Failure {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Failure::Status {
+                status,
+                retry_after,
+                ..
+            } => match *status {
+                401 | 403 => Outcome::Rejected(*status),
+                429 => Outcome::RateLimited(*retry_after),
+                s => Outcome::ServerError(s),
+            },
+            Failure::Timeout(_) => Outcome::Timeout,
+            Failure::Network(_) => Outcome::Network,
+            Failure::Unusable(_) => Outcome::BadResponse,
+        }
+    }
+
+    fn retryable(&self, on_status: &[u16]) -> bool {
+        match self {
+            Failure::Status { status, .. } => on_status.contains(status),
+            _ => true,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Failure::Status { status, detail, .. } if detail.is_empty() => format!("HTTP {status}"),
+            Failure::Status { status, detail, .. } => format!("HTTP {status}: {detail}"),
+            Failure::Timeout(what) => format!("timed out waiting for {what}"),
+            Failure::Network(e) => e.clone(),
+            Failure::Unusable(e) => e.clone(),
+        }
+    }
+}
+
+enum Sink {
+    Stream(ChatStream),
+    Collect(Completion),
+}
+
+impl Job<'_> {
+    fn new_sink(&self, format: UpstreamFormat) -> Sink {
+        let implicit = self.snap.config.reasoning.implicit_think;
+        if self.stream {
+            Sink::Stream(ChatStream::new(
+                StreamOptions {
+                    id: self.id.clone(),
+                    created: self.created,
+                    model: self.model.clone(),
+                    reasoning: self.reasoning,
+                    implicit_think: implicit,
+                    include_usage: self.include_usage,
+                },
+                format,
+            ))
+        } else {
+            Sink::Collect(Completion::new(format, implicit))
+        }
+    }
+
+    /// The attempt loop: a usable answer, or the error the client gets.
+    async fn exchange(&self, ctx: &mut Ctx) -> Result<Answer, ApiError> {
+        let cfg = &self.snap.config;
+        let user_mode = self.snap.mode == UpstreamMode::User;
+        let pool = &self.app.pool;
+        let mut tried: Vec<u64> = Vec::new();
+        let mut last: Option<Failure> = None;
+        for attempt in 0..cfg.retry.max_attempts {
+            let lease = if user_mode {
+                match pool.lease(&tried, Instant::now()) {
+                    Ok(l) => Some(l),
+                    Err(LeaseError::Empty) => {
+                        return Err(ApiError::new(
+                            503,
+                            "server_error",
+                            "no_upstream_tokens",
+                            "No upstream token is configured (pool.tokens / pool.tokens_file)"
+                                .to_string(),
+                        ))
+                    }
+                    Err(LeaseError::AllTried) => break,
+                    Err(LeaseError::Exhausted { retry_after }) => {
+                        if last.is_some() {
+                            break;
+                        }
+                        return Err(pool_exhausted(retry_after));
+                    }
+                }
+            } else {
+                if attempt > 0 && !cfg.retry.backoff.is_zero() {
+                    tokio::time::sleep(cfg.retry.backoff).await;
+                }
+                None
+            };
+            if let Some(l) = &lease {
+                tried.push(l.id);
+            }
+            ctx.attempts += 1;
+            let started = Instant::now();
+            let result = self.attempt(lease.as_ref(), ctx).await;
+            let elapsed = started.elapsed();
+            match result {
+                Ok(answer) => {
+                    if let Some(l) = &lease {
+                        pool.report(l.id, &Outcome::Success, Instant::now());
+                        ctx.token = Some(l.token.masked());
+                    }
+                    return Ok(answer);
+                }
+                Err(f) => {
+                    let token = lease.as_ref().map(|l| l.token.masked());
+                    warn!(
+                        "{}: attempt {} (token {}) failed after {:.0}ms: {}",
+                        ctx.request_id,
+                        attempt + 1,
+                        token.as_deref().unwrap_or("-"),
+                        elapsed.as_secs_f64() * 1e3,
+                        f.describe()
+                    );
+                    if let Some(l) = &lease {
+                        pool.report(l.id, &f.outcome(), Instant::now());
+                    }
+                    let retry = f.retryable(&cfg.retry.on_status);
+                    last = Some(f);
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(self.final_error(last))
+    }
+
+    /// The client's error once no attempt succeeded.
+    fn final_error(&self, last: Option<Failure>) -> ApiError {
+        let Some(f) = last else {
+            return pool_exhausted(None);
+        };
+        let what = f.describe();
+        match f {
+            Failure::Status {
+                status: 429,
+                retry_after,
+                ..
+            } => {
+                let pool_wait = match self.app.pool.lease(&[], Instant::now()) {
+                    Err(LeaseError::Exhausted { retry_after }) => retry_after,
+                    _ => None,
+                };
+                ApiError::new(
+                    429,
+                    "rate_limit_error",
+                    "upstream_rate_limited",
+                    format!("K2Think is rate limiting this proxy ({what}); retry later"),
+                )
+                .with_retry_after(retry_after.or(pool_wait).map(ceil_secs))
+            }
+            Failure::Status { status, .. } if status == 401 || status == 403 => ApiError::new(
+                502,
+                "upstream_error",
+                "upstream_auth_failed",
+                format!("K2Think refused the proxy's credentials ({what})"),
+            ),
+            Failure::Status { status, .. } if status >= 500 => ApiError::new(
+                502,
+                "upstream_error",
+                "upstream_error",
+                format!("K2Think failed ({what})"),
+            ),
+            Failure::Status { .. } => ApiError::new(
+                502,
+                "upstream_error",
+                "upstream_rejected",
+                format!("K2Think rejected the request ({what})"),
+            ),
+            Failure::Timeout(_) => ApiError::new(
+                504,
+                "upstream_error",
+                "upstream_timeout",
+                format!("K2Think did not answer in time ({what})"),
+            ),
+            Failure::Network(_) => ApiError::new(
+                502,
+                "upstream_error",
+                "upstream_unreachable",
+                format!("Could not reach K2Think ({what})"),
+            ),
+            Failure::Unusable(_) => ApiError::new(
+                502,
+                "upstream_error",
+                "upstream_invalid_response",
+                format!("K2Think sent an answer the proxy cannot use ({what})"),
+            ),
+        }
+    }
+
+    /// One attempt, up to a usable answer.
+    async fn attempt(&self, lease: Option<&Lease>, ctx: &mut Ctx) -> Result<Answer, Failure> {
+        let snap = self.snap;
+        let up_cfg = &snap.config.upstream;
+        let addr = self
+            .app
+            .resolver
+            .resolve(&snap.target.host, snap.target.port)
+            .await
+            .map_err(Failure::Network)?;
+        let peer = upstream::peer(snap, addr);
+        let connector = &self.app.connector;
+        let req = upstream::request_header(
+            snap,
+            lease.map(|l| &l.token),
+            &self.chat_id,
+            self.body.len(),
+            up_cfg.stream,
+        )
+        .map_err(|e| Failure::Network(format!("cannot build the request: {e}")))?;
+        let deadline = tokio::time::Instant::now() + up_cfg.header_timeout;
+
+        // A pooled connection may have been closed by the upstream meanwhile: if sending on
+        // a reused one fails before any response, try once more on a fresh connection.
+        let mut up = loop {
+            let (mut up, reused) = connector
+                .get_http_session(&peer)
+                .await
+                .map_err(|e| connect_failure(&e))?;
+            up.set_read_timeout(Some(up_cfg.header_timeout));
+            up.set_write_timeout(Some(up_cfg.connect_timeout.max(Duration::from_secs(30))));
+            let sent = tokio::time::timeout_at(deadline, async {
+                up.write_request_header(Box::new(req.clone())).await?;
+                up.write_request_body(self.body.clone(), true).await?;
+                up.finish_request_body().await?;
+                up.read_response_header().await
+            })
+            .await;
+            match sent {
+                Err(_) => return Err(Failure::Timeout("the response head")),
+                Ok(Ok(())) => break up,
+                Ok(Err(e)) if reused => {
+                    debug!(
+                        "{}: reused upstream connection failed ({e}); reconnecting",
+                        ctx.request_id
+                    );
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    return Err(if is_timeout(e.etype()) {
+                        Failure::Timeout("the response head")
+                    } else {
+                        Failure::Network(format!(
+                            "upstream connection failed: {}",
+                            e.etype().as_str()
+                        ))
+                    })
+                }
+            }
+        };
+
+        let head = up
+            .response_header()
+            .ok_or_else(|| Failure::Network("no response head".to_string()))?;
+        let status = head.status.as_u16();
+        let content_type = head
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if !(200..300).contains(&status) {
+            let retry_after = head
+                .headers
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let detail = error_detail(&mut up).await;
+            return Err(Failure::Status {
+                status,
+                retry_after,
+                detail,
+            });
+        }
+        if content_type.contains("text/html") {
+            return Err(Failure::Unusable(
+                "an HTML page instead of an answer (bot check or outage page)".to_string(),
+            ));
+        }
+
+        // Read until the answer is known to be usable.
+        let mut seen = 0usize;
+        let mut sink: Option<Sink> = None;
+        let mut out = Vec::with_capacity(1024);
+        loop {
+            let wait = if sink
+                .as_ref()
+                .is_some_and(|s| matches!(s, Sink::Collect(_)) && seen > 0)
+            {
+                tokio::time::Instant::now() + up_cfg.idle_timeout
+            } else {
+                deadline
+            };
+            let chunk = match tokio::time::timeout_at(wait, up.read_response_body()).await {
+                Err(_) => return Err(Failure::Timeout("the answer")),
+                Ok(Err(e)) => {
+                    return Err(Failure::Network(format!(
+                        "upstream connection lost before the answer completed: {}",
+                        e.etype().as_str()
+                    )))
+                }
+                Ok(Ok(c)) => c,
+            };
+            let Some(chunk) = chunk else {
+                // The body ended: the whole answer is here.
+                let Some(sink) = sink else {
+                    return Err(Failure::Unusable("an empty body".to_string()));
+                };
+                return match sink {
+                    Sink::Collect(mut c) => {
+                        let result = c.finish().map_err(Failure::Unusable)?;
+                        release(connector, up, &peer, up_cfg.keepalive).await;
+                        Ok(Answer::Complete(result))
+                    }
+                    Sink::Stream(mut stream) => {
+                        stream.finish(&mut out).map_err(Failure::Unusable)?;
+                        Ok(Answer::Stream(Box::new(Live {
+                            up,
+                            peer,
+                            stream,
+                            out,
+                            ended: true,
+                        })))
+                    }
+                };
+            };
+            if chunk.is_empty() {
+                continue;
+            }
+            if sink.is_none() {
+                let format = detect_format(&content_type, &chunk)?;
+                let mut s = self.new_sink(format);
+                if let Sink::Stream(st) = &mut s {
+                    st.start(&mut out);
+                }
+                sink = Some(s);
+            }
+            seen += chunk.len();
+            match sink.as_mut() {
+                Some(Sink::Stream(st)) => {
+                    st.push(&chunk, &mut out);
+                    if st.decoder().usable() {
+                        break;
+                    }
+                    if let Some(e) = st.upstream_error() {
+                        return Err(Failure::Unusable(format!("an error event: {e}")));
+                    }
+                }
+                Some(Sink::Collect(c)) => c.push(&chunk),
+                None => {}
+            }
+            if seen > PRECOMMIT_LIMIT && matches!(sink, Some(Sink::Stream(_))) {
+                return Err(Failure::Unusable(
+                    "more than 1 MiB without a single usable event".to_string(),
+                ));
+            }
+        }
+        match sink {
+            Some(Sink::Stream(stream)) => Ok(Answer::Stream(Box::new(Live {
+                up,
+                peer,
+                stream,
+                out,
+                ended: false,
+            }))),
+            _ => Err(Failure::Unusable("no answer".to_string())),
+        }
+    }
+
+    /// Commit and relay a streaming answer chunk by chunk.
+    async fn stream(&self, live: Box<Live>, session: &mut Session, ctx: &mut Ctx) {
+        let Live {
+            mut up,
+            peer,
+            mut stream,
+            mut out,
+            ended,
+        } = *live;
+        let idle = self.snap.config.upstream.idle_timeout;
+        let head = match sse_head(ctx) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!("{}: cannot build the response head: {e}", ctx.request_id);
+                return;
+            }
+        };
+        ctx.status = 200;
+        if let Err(e) = session.write_response_header(Box::new(head), false).await {
+            debug!("{}: client went away before the head: {e}", ctx.request_id);
+            ctx.outcome = "client_abort";
+            return;
+        }
+        let mut first = true;
+        let mut clean_end = ended;
+        let mut failed = false;
+        if !ended {
+            loop {
+                if !out.is_empty() {
+                    if first && stream.output_started() {
+                        ctx.ttft = Some(ctx.started.elapsed());
+                        first = false;
+                    }
+                    if !write(session, ctx, &mut out).await {
+                        return;
+                    }
+                }
+                match tokio::time::timeout(idle, up.read_response_body()).await {
+                    Ok(Ok(Some(chunk))) => stream.push(&chunk, &mut out),
+                    Ok(Ok(None)) => {
+                        clean_end = true;
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        warn!(
+                            "{}: upstream failed mid-stream: {}",
+                            ctx.request_id,
+                            e.etype().as_str()
+                        );
+                        stream.fail(
+                            "The upstream connection was lost mid-stream; the answer is incomplete",
+                            &mut out,
+                        );
+                        failed = true;
+                        break;
+                    }
+                    Err(_) => {
+                        warn!(
+                            "{}: upstream stalled for {idle:?} mid-stream",
+                            ctx.request_id
+                        );
+                        stream.fail(
+                            &format!(
+                                "The upstream sent nothing for {}s; the answer is incomplete",
+                                idle.as_secs()
+                            ),
+                            &mut out,
+                        );
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if clean_end && stream.finish(&mut out).is_err() {
+                failed = true;
+            }
+        }
+        if first && stream.output_started() {
+            ctx.ttft = Some(ctx.started.elapsed());
+        }
+        ctx.outcome = if failed { "upstream_error" } else { "complete" };
+        if failed {
+            ctx.error = stream
+                .upstream_error()
+                .map(str::to_string)
+                .or(Some("upstream failed mid-stream".into()));
+        }
+        if !write(session, ctx, &mut out).await {
+            return;
+        }
+        if let Err(e) = session.write_response_body(None, true).await {
+            debug!("{}: could not end the response: {e}", ctx.request_id);
+            ctx.outcome = "client_abort";
+        }
+        if clean_end && !failed {
+            release(
+                &self.app.connector,
+                up,
+                &peer,
+                self.snap.config.upstream.keepalive,
+            )
+            .await;
+        }
+    }
+}
+
+/// Write and clear `out`; false when the client is gone.
+async fn write(session: &mut Session, ctx: &mut Ctx, out: &mut Vec<u8>) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let bytes = Bytes::from(std::mem::take(out));
+    ctx.bytes_out += bytes.len();
+    match session.write_response_body(Some(bytes), false).await {
+        Ok(()) => true,
+        Err(e) => {
+            debug!("{}: client went away mid-stream: {e}", ctx.request_id);
+            ctx.outcome = "client_abort";
+            false
+        }
+    }
+}
+
+fn sse_head(ctx: &Ctx) -> pingora::Result<ResponseHeader> {
+    let mut h = ResponseHeader::build(200, Some(6))?;
+    h.insert_header("content-type", "text/event-stream; charset=utf-8")?;
+    h.insert_header("cache-control", "no-cache")?;
+    h.insert_header("x-accel-buffering", "no")?;
+    h.insert_header("transfer-encoding", "chunked")?;
+    h.insert_header("x-request-id", ctx.request_id.as_str())?;
+    Ok(h)
+}
+
+/// Give a finished upstream connection back to the pool for reuse.
+async fn release(connector: &Connector, mut up: HttpSession, peer: &HttpPeer, keepalive: Duration) {
+    if up.response_done() {
+        connector
+            .release_http_session(up, peer, Some(keepalive))
+            .await;
+    }
+}
+
+/// SSE or a JSON answer, from the content type or, when that says neither, the first byte.
+fn detect_format(content_type: &str, first: &[u8]) -> Result<UpstreamFormat, Failure> {
+    let lead = first.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    if lead == Some(b'<') {
+        return Err(Failure::Unusable("markup instead of an answer".to_string()));
+    }
+    if content_type.contains("event-stream") {
+        return Ok(UpstreamFormat::Sse);
+    }
+    if content_type.contains("json") || lead == Some(b'{') {
+        return Ok(UpstreamFormat::Json);
+    }
+    Ok(UpstreamFormat::Sse)
+}
+
+fn connect_failure(e: &pingora::Error) -> Failure {
+    if is_timeout(e.etype()) {
+        Failure::Timeout("the connection")
+    } else {
+        Failure::Network(format!(
+            "cannot connect to the upstream: {}",
+            e.etype().as_str()
+        ))
+    }
+}
+
+fn is_timeout(t: &ErrorType) -> bool {
+    matches!(
+        t,
+        ErrorType::ConnectTimedout
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::ReadTimedout
+            | ErrorType::WriteTimedout
+    )
+}
+
+/// A short, secret-free explanation from an upstream error body (`detail` / `error.message`).
+async fn error_detail(up: &mut HttpSession) -> String {
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), async {
+        while buf.len() < ERROR_BODY_LIMIT {
+            match up.read_response_body().await {
+                Ok(Some(c)) => buf.extend_from_slice(&c),
+                _ => break,
+            }
+        }
+    })
+    .await;
+    let _ = read;
+    let text = match serde_json::from_slice::<serde_json::Value>(&buf) {
+        Ok(v) => v
+            .get("detail")
+            .or_else(|| v.get("error").and_then(|e| e.get("message").or(Some(e))))
+            .or_else(|| v.get("message"))
+            .map(|d| match d {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    text.chars().take(200).collect()
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    let s = d.as_secs();
+    if d.subsec_nanos() > 0 {
+        s + 1
+    } else {
+        s.max(1)
+    }
+}
+
+fn pool_exhausted(retry_after: Option<Duration>) -> ApiError {
+    ApiError::new(
+        503,
+        "server_error",
+        "pool_exhausted",
+        "Every upstream token is cooling down or disabled; retry later".to_string(),
+    )
+    .with_retry_after(retry_after.map(ceil_secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        let later = SystemTime::now() + Duration::from_secs(120);
+        let d = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!(
+            d <= Duration::from_secs(120) && d >= Duration::from_secs(118),
+            "{d:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(ceil_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(ceil_secs(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn format_detection() {
+        assert!(matches!(
+            detect_format("text/event-stream", b"data: {}"),
+            Ok(UpstreamFormat::Sse)
+        ));
+        assert!(matches!(
+            detect_format("application/json", b"{}"),
+            Ok(UpstreamFormat::Json)
+        ));
+        assert!(matches!(
+            detect_format("", b"  {\"a\":1}"),
+            Ok(UpstreamFormat::Json)
+        ));
+        assert!(matches!(
+            detect_format("text/plain", b"data: x"),
+            Ok(UpstreamFormat::Sse)
+        ));
+        assert!(detect_format("text/event-stream", b"<!DOCTYPE html>").is_err());
+    }
+}

@@ -1,0 +1,303 @@
+//! The Pingora side: server assembly, the `ProxyHttp` implementation and request routing.
+//! This is the only module that imports Pingora.
+//!
+//! Every route is answered from `request_filter`: the local ones (`/health`, `/v1/models`)
+//! directly, and the chat route as one owned upstream exchange through Pingora's
+//! `Connector` (design.md §3), so retries work for bodies of any size and a failed stream
+//! can still end with an explicit error event. `upstream_peer` is never reached.
+
+mod chat;
+mod respond;
+mod routes;
+mod upstream;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use log::{info, warn};
+use pingora::apps::HttpServerOptions;
+use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, ProxyServiceBuilder, Session};
+use pingora::server::configuration::{Opt, ServerConf};
+
+use crate::config::{Config, ModelEntry, UpstreamMode, UpstreamTarget};
+use crate::pool::{parse_tokens_file, Pool, PoolSettings, Source};
+use crate::secret::Secret;
+
+pub use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+
+/// Everything read per request, swapped as a whole on reload; a request keeps the snapshot
+/// it started with.
+pub struct Snapshot {
+    pub config: Config,
+    pub mode: UpstreamMode,
+    pub target: UpstreamTarget,
+    keys: Vec<(String, Secret)>,
+}
+
+impl Snapshot {
+    pub fn new(config: Config) -> Result<Snapshot, String> {
+        let target = UpstreamTarget::parse(&config.upstream.base_url)?;
+        let keys = config
+            .auth
+            .api_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let name = if k.name.is_empty() {
+                    format!("key-{}", i + 1)
+                } else {
+                    k.name.clone()
+                };
+                (name, Secret::new(k.key.as_str()))
+            })
+            .collect();
+        Ok(Snapshot {
+            mode: config.effective_mode(),
+            target,
+            keys,
+            config,
+        })
+    }
+
+    /// The model a client name resolves to (by id or alias).
+    pub fn model(&self, name: &str) -> Option<&ModelEntry> {
+        self.config
+            .models
+            .iter()
+            .find(|m| m.id == name || m.aliases.iter().any(|a| a == name))
+    }
+}
+
+/// Process-wide state shared by all requests.
+pub struct App {
+    state: ArcSwap<Snapshot>,
+    pool: Arc<Pool>,
+    connector: Connector,
+    resolver: upstream::Resolver,
+}
+
+impl App {
+    pub fn new(config: Config, server_conf: &ServerConf) -> Result<App, String> {
+        let snapshot = Snapshot::new(config)?;
+        let pool = Arc::new(Pool::new(pool_settings(&snapshot.config)));
+        pool.set_tokens(load_tokens(&snapshot.config)?);
+        Ok(App {
+            state: ArcSwap::from_pointee(snapshot),
+            pool,
+            connector: Connector::new(Some(ConnectorOptions::from_server_conf(server_conf))),
+            resolver: upstream::Resolver::default(),
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.load_full()
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+}
+
+fn pool_settings(c: &Config) -> PoolSettings {
+    PoolSettings {
+        max_failures: c.pool.max_failures,
+        cooldown: c.pool.cooldown,
+        max_cooldown: c.pool.max_cooldown,
+    }
+}
+
+/// Inline tokens first, then the tokens file.
+fn load_tokens(c: &Config) -> Result<Vec<(Secret, Source)>, String> {
+    let mut tokens: Vec<(Secret, Source)> = c
+        .pool
+        .tokens
+        .iter()
+        .map(|t| (Secret::new(t.as_str()), Source::Inline))
+        .collect();
+    if let Some(path) = &c.pool.tokens_file {
+        match std::fs::read_to_string(path) {
+            Ok(text) => tokens.extend(
+                parse_tokens_file(&text)
+                    .into_iter()
+                    .map(|t| (Secret::new(t), Source::File)),
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                warn!("pool.tokens_file {path} does not exist yet; starting without its tokens")
+            }
+            Err(e) => return Err(format!("pool.tokens_file {path}: {e}")),
+        }
+    }
+    Ok(tokens)
+}
+
+/// Pingora's server settings from ours.
+pub fn server_conf(c: &Config) -> ServerConf {
+    let s = &c.server;
+    let mut conf = ServerConf {
+        threads: s.threads,
+        grace_period_seconds: Some(s.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
+        error_log: s.error_log.clone(),
+        ca_file: s.ca_file.clone(),
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        ..ServerConf::default()
+    };
+    if let Some(p) = &s.pid_file {
+        conf.pid_file = p.clone();
+    }
+    if let Some(p) = &s.upgrade_sock {
+        conf.upgrade_sock = p.clone();
+    }
+    conf
+}
+
+/// Build the Pingora server with the proxy service on every `server.listen` address.
+/// `opt` carries `-d`/`-u` from the command line (its config path is ignored).
+pub fn build_server(config: Config, opt: Option<Opt>) -> Result<(Server, Arc<App>), String> {
+    let listen = config.server.listen.clone();
+    let h2c = config.server.h2c;
+    if config.auth.api_keys.is_empty() {
+        warn!("auth.api_keys is empty: the API is open to every client that can reach it");
+    }
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
+    server.bootstrap();
+    let app = Arc::new(App::new(config, &server.configuration)?);
+    let snap = app.snapshot();
+    info!(
+        "upstream {} in {} mode, {} token(s), {} model(s)",
+        snap.config.upstream.base_url,
+        if snap.mode == UpstreamMode::User {
+            "user"
+        } else {
+            "guest"
+        },
+        app.pool.len(),
+        snap.config.models.len()
+    );
+    let mut options = HttpServerOptions::default();
+    options.h2c = h2c;
+    let mut service = ProxyServiceBuilder::new(&server.configuration, K2Proxy { app: app.clone() })
+        .name("k2proxy")
+        .server_options(options)
+        .build();
+    for addr in &listen {
+        service.add_tcp(addr);
+    }
+    server.add_service(service);
+    Ok((server, app))
+}
+
+/// The `ProxyHttp` implementation.
+pub struct K2Proxy {
+    app: Arc<App>,
+}
+
+/// Per-request state, also what the access log reports.
+pub struct Ctx {
+    pub started: Instant,
+    pub request_id: String,
+    pub route: &'static str,
+    pub key_name: Option<String>,
+    pub model: Option<String>,
+    pub status: u16,
+    pub attempts: u32,
+    /// Masked token of the attempt that answered.
+    pub token: Option<String>,
+    pub ttft: Option<Duration>,
+    pub bytes_in: usize,
+    pub bytes_out: usize,
+    /// `complete`, `upstream_error`, `client_abort`, `rejected` …
+    pub outcome: &'static str,
+    pub error: Option<String>,
+}
+
+#[async_trait]
+impl ProxyHttp for K2Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            request_id: String::new(),
+            route: "-",
+            key_name: None,
+            model: None,
+            status: 0,
+            attempts: 0,
+            token: None,
+            ttft: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            outcome: "-",
+            error: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.request_id = request_id(session);
+        let snap = self.app.snapshot();
+        routes::dispatch(&self.app, &snap, session, ctx).await;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        // Every route is answered in request_filter.
+        Error::e_explain(ErrorType::InternalError, "no route reaches the proxy loop")
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.status == 0 {
+            ctx.status = session.response_written().map_or(0, |r| r.status.as_u16());
+        }
+        let snap = self.app.snapshot();
+        if !snap.config.logging.access_log {
+            return;
+        }
+        let req = session.req_header();
+        info!(
+            target: "access",
+            "{} {} {} {} key={} model={} attempts={} token={} ttft={} dur={:.1}ms in={} out={} outcome={}{}",
+            ctx.request_id,
+            req.method,
+            req.uri.path(),
+            ctx.status,
+            ctx.key_name.as_deref().unwrap_or("-"),
+            ctx.model.as_deref().unwrap_or("-"),
+            ctx.attempts,
+            ctx.token.as_deref().unwrap_or("-"),
+            ctx.ttft
+                .map(|d| format!("{:.1}ms", d.as_secs_f64() * 1e3))
+                .unwrap_or_else(|| "-".into()),
+            ctx.started.elapsed().as_secs_f64() * 1e3,
+            ctx.bytes_in,
+            ctx.bytes_out,
+            ctx.outcome,
+            ctx.error
+                .as_deref()
+                .map(|e| format!(" error=\"{e}\""))
+                .unwrap_or_default(),
+        );
+    }
+}
+
+/// The client's `X-Request-Id` when it is sane, else a fresh one.
+fn request_id(session: &Session) -> String {
+    if let Some(v) = session.req_header().headers.get("x-request-id") {
+        if let Ok(s) = v.to_str() {
+            if !s.is_empty()
+                && s.len() <= 128
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+            {
+                return s.to_string();
+            }
+        }
+    }
+    let r: u128 = rand::random();
+    format!("req_{:024x}", r & ((1u128 << 96) - 1))
+}

@@ -1,0 +1,50 @@
+//! Writing whole responses (JSON bodies and OpenAI errors) to the client.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+use super::Ctx;
+use crate::openai::ApiError;
+
+/// A complete JSON response with `Content-Length` (keeps the connection reusable).
+pub async fn json(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: u16,
+    body: Vec<u8>,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    for (k, v) in extra {
+        resp.insert_header(*k, v.as_str())?;
+    }
+    ctx.status = status;
+    ctx.bytes_out += body.len();
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await
+}
+
+/// An OpenAI error response, with `Retry-After` when the error carries one.
+pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &ApiError) {
+    let mut extra = Vec::new();
+    if let Some(s) = e.retry_after {
+        extra.push(("retry-after", s.to_string()));
+    }
+    if ctx.outcome == "-" {
+        ctx.outcome = "rejected";
+    }
+    ctx.error = Some(e.message.clone());
+    if let Err(err) = json(session, ctx, e.status, e.body(), &extra).await {
+        log::debug!(
+            "{}: could not write the error response: {err}",
+            ctx.request_id
+        );
+    }
+}

@@ -1,0 +1,193 @@
+//! Routing, client authentication and the local routes (`/health`, `/v1/models`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use pingora::proxy::Session;
+use serde_json::json;
+
+use super::{chat, respond, App, Ctx, Snapshot};
+use crate::openai::ApiError;
+use crate::secret::ct_eq;
+
+pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut Ctx) {
+    let method = session.req_header().method.as_str().to_string();
+    let path = session.req_header().uri.path().to_string();
+    let route = match path.as_str() {
+        "/health" => Route::Health,
+        "/v1/models" => Route::Models,
+        "/v1/chat/completions" => Route::Chat,
+        p if p.starts_with("/v1/models/") => Route::Model,
+        _ => {
+            ctx.route = "unknown";
+            let e = ApiError::new(
+                404,
+                "invalid_request_error",
+                "not_found",
+                format!("Unknown path {path}; this server serves /v1/chat/completions, /v1/models and /health"),
+            );
+            return respond::error(session, ctx, &e).await;
+        }
+    };
+    ctx.route = route.name();
+    let allowed = route.method();
+    if method != allowed && !(allowed == "GET" && method == "HEAD") {
+        let e = ApiError::new(
+            405,
+            "invalid_request_error",
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}; use {allowed}"),
+        );
+        let mut extra = vec![("allow", allowed.to_string())];
+        extra.extend(e.retry_after.map(|s| ("retry-after", s.to_string())));
+        ctx.outcome = "rejected";
+        let _ = respond::json(session, ctx, 405, e.body(), &extra).await;
+        return;
+    }
+    if route != Route::Health {
+        if let Err(e) = authenticate(snap, session, ctx) {
+            return respond::error(session, ctx, &e).await;
+        }
+    }
+    match route {
+        Route::Health => {
+            let body = json!({
+                "status": "ok",
+                "mode": if snap.mode == crate::config::UpstreamMode::User { "user" } else { "guest" },
+            });
+            let _ = respond::json(session, ctx, 200, body.to_string().into_bytes(), &[]).await;
+        }
+        Route::Models => {
+            let data: Vec<_> = snap.config.models.iter().map(model_json).collect();
+            let body = json!({"object": "list", "data": data});
+            let _ = respond::json(session, ctx, 200, body.to_string().into_bytes(), &[]).await;
+        }
+        Route::Model => {
+            let name = percent_decode(&path["/v1/models/".len()..]);
+            match snap.model(&name) {
+                Some(m) => {
+                    let mut v = model_json(m);
+                    v["id"] = json!(name);
+                    let _ = respond::json(session, ctx, 200, v.to_string().into_bytes(), &[]).await;
+                }
+                None => respond::error(session, ctx, &model_not_found(snap, &name)).await,
+            }
+        }
+        Route::Chat => chat::handle(app, snap, session, ctx).await,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Health,
+    Models,
+    Model,
+    Chat,
+}
+
+impl Route {
+    fn name(self) -> &'static str {
+        match self {
+            Route::Health => "health",
+            Route::Models => "models",
+            Route::Model => "model",
+            Route::Chat => "chat",
+        }
+    }
+
+    fn method(self) -> &'static str {
+        match self {
+            Route::Chat => "POST",
+            _ => "GET",
+        }
+    }
+}
+
+/// Check `Authorization: Bearer <key>` against every configured key in constant time.
+fn authenticate(snap: &Snapshot, session: &Session, ctx: &mut Ctx) -> Result<(), ApiError> {
+    if snap.keys.is_empty() {
+        return Ok(());
+    }
+    let header = session.req_header().headers.get("authorization");
+    let presented = header
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .unwrap_or("");
+    // Compare with every key, without stopping at the first match.
+    let mut found: Option<&str> = None;
+    for (name, key) in &snap.keys {
+        if ct_eq(presented.as_bytes(), key.expose().as_bytes()) && found.is_none() {
+            found = Some(name);
+        }
+    }
+    match found {
+        Some(name) => {
+            ctx.key_name = Some(name.to_string());
+            Ok(())
+        }
+        None => Err(ApiError::new(
+            401,
+            "invalid_request_error",
+            "invalid_api_key",
+            if header.is_none() {
+                "Missing API key: send it as `Authorization: Bearer <key>`".to_string()
+            } else {
+                "Incorrect API key provided".to_string()
+            },
+        )),
+    }
+}
+
+fn created() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn model_json(m: &crate::config::ModelEntry) -> serde_json::Value {
+    json!({
+        "id": m.id,
+        "object": "model",
+        "created": created(),
+        "owned_by": m.owned_by,
+    })
+}
+
+pub fn model_not_found(snap: &Snapshot, name: &str) -> ApiError {
+    let ids: Vec<&str> = snap.config.models.iter().map(|m| m.id.as_str()).collect();
+    ApiError {
+        param: Some("model".to_string()),
+        ..ApiError::new(
+            404,
+            "invalid_request_error",
+            "model_not_found",
+            format!(
+                "The model `{name}` does not exist. Available models: {}",
+                ids.join(", ")
+            ),
+        )
+    }
+}
+
+/// Decode `%XX` escapes (model ids contain `/`, which clients may send as `%2F`).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    let hex = |c: u8| (c as char).to_digit(16);
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,264 @@
+//! Non-stream aggregation: the same decoder as the stream, collected into one
+//! OpenAI `chat.completion`.
+//!
+//! Speculative reasoning (see [`crate::transform::split`], `implicit_think`)
+//! that was retracted is kept as content only.
+
+use serde::Serialize;
+
+use crate::transform::split::{Delta, Deltas};
+use crate::transform::stream::{K2Decoder, ReasoningMode, UpstreamFormat, Usage, NOT_AN_ANSWER};
+
+/// Collects one upstream body.
+#[derive(Debug)]
+pub struct Completion {
+    decoder: K2Decoder,
+    deltas: Deltas,
+    reasoning: String,
+    content: String,
+}
+
+/// The assembled answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletionResult {
+    pub reasoning: String,
+    pub content: String,
+    pub finish_reason: String,
+    pub usage: Option<Usage>,
+}
+
+impl Completion {
+    /// An aggregator for one upstream body.
+    pub fn new(format: UpstreamFormat, implicit_think: bool) -> Self {
+        Completion {
+            decoder: K2Decoder::new(format, implicit_think),
+            deltas: Deltas::new(),
+            reasoning: String::new(),
+            content: String::new(),
+        }
+    }
+
+    /// Feed the next piece of the body.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.decoder.push(bytes, &mut self.deltas);
+        self.drain();
+    }
+
+    fn drain(&mut self) {
+        for d in &self.deltas {
+            match d {
+                Delta::Reasoning(t) => self.reasoning.push_str(t),
+                Delta::Content(t) => self.content.push_str(t),
+            }
+        }
+        self.deltas.clear();
+    }
+
+    /// The body ended cleanly. `Err` carries the upstream error message (or
+    /// [`NOT_AN_ANSWER`] when nothing usable arrived).
+    pub fn finish(&mut self) -> Result<CompletionResult, String> {
+        self.decoder.finish(&mut self.deltas);
+        self.drain();
+        if let Some(e) = self.decoder.error() {
+            return Err(e.to_string());
+        }
+        if !self.decoder.usable() {
+            return Err(NOT_AN_ANSWER.to_string());
+        }
+        let mut reasoning = std::mem::take(&mut self.reasoning);
+        if self.decoder.reasoning_retracted() {
+            let n = self.decoder.retracted_len().min(reasoning.len());
+            if reasoning.is_char_boundary(n) {
+                reasoning.drain(..n);
+            }
+            let kept = reasoning.trim_start().len();
+            reasoning.drain(..reasoning.len() - kept);
+        }
+        Ok(CompletionResult {
+            reasoning,
+            content: std::mem::take(&mut self.content),
+            finish_reason: self.decoder.finish_reason().unwrap_or("stop").to_string(),
+            usage: self.decoder.usage().cloned(),
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [Choice<'a>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<&'a Usage>,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    message: Message<'a>,
+    logprobs: Option<()>,
+    finish_reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    role: &'static str,
+    content: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+}
+
+impl CompletionResult {
+    /// OpenAI `chat.completion` JSON. `reasoning_content` is omitted when
+    /// empty or dropped; inline mode puts `<think>…</think>\n\n` before the
+    /// content.
+    pub fn to_json(
+        &self,
+        id: &str,
+        created: u64,
+        model: &str,
+        reasoning: ReasoningMode,
+    ) -> Vec<u8> {
+        let inline;
+        let (content, reasoning_content) = match reasoning {
+            ReasoningMode::Field => (
+                self.content.as_str(),
+                Some(self.reasoning.as_str()).filter(|r| !r.is_empty()),
+            ),
+            ReasoningMode::Inline if !self.reasoning.is_empty() => {
+                inline = format!("<think>{}</think>\n\n{}", self.reasoning, self.content);
+                (inline.as_str(), None)
+            }
+            ReasoningMode::Inline | ReasoningMode::Drop => (self.content.as_str(), None),
+        };
+        let body = Body {
+            id,
+            object: "chat.completion",
+            created,
+            model,
+            choices: [Choice {
+                index: 0,
+                message: Message {
+                    role: "assistant",
+                    content,
+                    reasoning_content,
+                },
+                logprobs: None,
+                finish_reason: &self.finish_reason,
+            }],
+            usage: self.usage.as_ref(),
+        };
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn collect(body: &str, implicit: bool) -> Result<CompletionResult, String> {
+        let mut c = Completion::new(UpstreamFormat::Sse, implicit);
+        c.push(body.as_bytes());
+        c.finish()
+    }
+
+    #[test]
+    fn speculative_reasoning_becomes_content_only() {
+        let r = collect(
+            "data: {\"content\":\"Just an answer.\"}\n\ndata: [DONE]\n\n",
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.reasoning.as_str(), r.content.as_str()),
+            ("", "Just an answer.")
+        );
+        // Proved speculation stays reasoning.
+        let r = collect(
+            "data: {\"content\":\"R\"}\n\ndata: {\"content\":\"R</think>A\"}\n\n",
+            true,
+        )
+        .unwrap();
+        assert_eq!((r.reasoning.as_str(), r.content.as_str()), ("R", "A"));
+        // Speculation resolved by upstream reasoning_content keeps that reasoning.
+        let body = concat!(
+            "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"reasoning_content\":\" why\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\" there\"}}]}\n\n",
+        );
+        let r = collect(body, true).unwrap();
+        assert_eq!(
+            (r.reasoning.as_str(), r.content.as_str()),
+            ("why", "Hi there")
+        );
+    }
+
+    #[test]
+    fn to_json_shapes() {
+        let r = CompletionResult {
+            reasoning: "R \"q\"".into(),
+            content: "A\n".into(),
+            finish_reason: "stop".into(),
+            usage: Some(Usage {
+                prompt_tokens: 1,
+                completion_tokens: 2,
+                total_tokens: 3,
+                completion_tokens_details: Some(
+                    crate::transform::stream::CompletionTokensDetails {
+                        reasoning_tokens: Some(1),
+                    },
+                ),
+            }),
+        };
+        let v: Value =
+            serde_json::from_slice(&r.to_json("chatcmpl-9", 5, "m", ReasoningMode::Field)).unwrap();
+        assert_eq!(
+            v,
+            json!({"id":"chatcmpl-9","object":"chat.completion","created":5,"model":"m",
+                "choices":[{"index":0,"message":{"role":"assistant","content":"A\n","reasoning_content":"R \"q\""},
+                "logprobs":null,"finish_reason":"stop"}],
+                "usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,
+                "completion_tokens_details":{"reasoning_tokens":1}}})
+        );
+        let v: Value =
+            serde_json::from_slice(&r.to_json("i", 5, "m", ReasoningMode::Inline)).unwrap();
+        assert_eq!(
+            v["choices"][0]["message"],
+            json!({"role":"assistant","content":"<think>R \"q\"</think>\n\nA\n"})
+        );
+        let v: Value =
+            serde_json::from_slice(&r.to_json("i", 5, "m", ReasoningMode::Drop)).unwrap();
+        assert_eq!(
+            v["choices"][0]["message"],
+            json!({"role":"assistant","content":"A\n"})
+        );
+        let plain = CompletionResult {
+            reasoning: String::new(),
+            usage: None,
+            ..r
+        };
+        let v: Value =
+            serde_json::from_slice(&plain.to_json("i", 5, "m", ReasoningMode::Field)).unwrap();
+        assert_eq!(
+            v["choices"][0]["message"],
+            json!({"role":"assistant","content":"A\n"})
+        );
+        assert!(v.get("usage").is_none());
+    }
+
+    #[test]
+    fn errors_are_err() {
+        let e = collect(
+            "data: {\"content\":\"x\"}\n\ndata: {\"error\":\"bad token\"}\n\n",
+            true,
+        );
+        assert_eq!(e, Err("bad token".to_string()));
+        assert_eq!(
+            collect("<html></html>", true),
+            Err(NOT_AN_ANSWER.to_string())
+        );
+    }
+}

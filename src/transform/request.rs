@@ -1,0 +1,276 @@
+//! OpenAI chat request → K2Think payload. Pure: nothing here knows HTTP or config.
+//!
+//! Nothing the client sent is dropped (k2think-protocol.md §3.1 and §6.3 list what the seed
+//! proxies lose):
+//! - messages keep their order; `system` messages stay separate (`developer` becomes
+//!   `system`);
+//! - string content passes through; text parts are joined with a newline unless an image
+//!   is present, in which case the parts go up as an OpenAI-style content list with
+//!   `image_url` parts carried unchanged (http(s) or `data:` URLs);
+//! - assistant `tool_calls` are appended to the message text as a `<function_calls>`
+//!   block, and `tool` (or legacy `function`) results become `user` messages carrying the
+//!   tool's name, found from the matching `tool_call_id` earlier in this conversation;
+//! - sampling parameters go into `params`.
+
+use crate::k2think::{BodyStyle, ImageUrl, Params, Payload, UpContent, UpMessage, UpPart};
+use crate::openai::{ChatRequest, Content, Message, Part, Role, Stop, ToolCall};
+
+/// What the caller decides about the upstream request.
+#[derive(Debug, Clone, Copy)]
+pub struct RewriteOptions<'a> {
+    pub upstream_model: &'a str,
+    pub stream: bool,
+    pub style: BodyStyle,
+}
+
+pub fn to_k2think(req: &ChatRequest, opts: RewriteOptions<'_>) -> Payload {
+    Payload {
+        stream: opts.stream,
+        model: opts.upstream_model.to_string(),
+        messages: convert_messages(&req.messages),
+        params: params(req),
+        style: opts.style,
+        chat_id: crate::k2think::uuid_v4(),
+    }
+}
+
+fn params(req: &ChatRequest) -> Params {
+    Params {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        max_tokens: req.max_completion_tokens.or(req.max_tokens),
+        stop: req.stop.as_ref().map(|s| match s {
+            Stop::One(s) => vec![s.clone()],
+            Stop::Many(v) => v.clone(),
+        }),
+        presence_penalty: req.presence_penalty,
+        frequency_penalty: req.frequency_penalty,
+        seed: req.seed,
+    }
+}
+
+pub fn convert_messages(messages: &[Message]) -> Vec<UpMessage> {
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| match m.role {
+            Role::System | Role::Developer => UpMessage {
+                role: "system",
+                content: convert_content(&m.content),
+            },
+            Role::User => UpMessage {
+                role: "user",
+                content: convert_content(&m.content),
+            },
+            Role::Assistant => UpMessage {
+                role: "assistant",
+                content: assistant_content(m),
+            },
+            Role::Tool | Role::Function => UpMessage {
+                role: "user",
+                content: UpContent::Text(tool_result_text(m, tool_name(messages, i, m))),
+            },
+        })
+        .collect()
+}
+
+fn convert_content(c: &Content) -> UpContent {
+    match c {
+        Content::Parts(parts) if parts.iter().any(|p| matches!(p, Part::Image { .. })) => {
+            UpContent::Parts(
+                parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        Part::Text(t) if !t.is_empty() => Some(UpPart::Text { text: t.clone() }),
+                        Part::Image { url, detail } => Some(UpPart::ImageUrl {
+                            image_url: ImageUrl {
+                                url: url.clone(),
+                                detail: detail.clone(),
+                            },
+                        }),
+                        _ => None,
+                    })
+                    .collect(),
+            )
+        }
+        other => UpContent::Text(other.text()),
+    }
+}
+
+fn assistant_content(m: &Message) -> UpContent {
+    if m.tool_calls.is_empty() {
+        return convert_content(&m.content);
+    }
+    let mut text = m.content.text();
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    text.push_str(&function_calls_block(&m.tool_calls));
+    UpContent::Text(text)
+}
+
+/// The calls as the XML block the tool emulation teaches the model
+/// (k2think-protocol.md §6.3): argument values as JSON, non-JSON arguments kept raw.
+pub fn function_calls_block(calls: &[ToolCall]) -> String {
+    let mut s = String::from("<function_calls>\n");
+    for c in calls {
+        s.push_str("<function_call>\n<tool>");
+        s.push_str(&c.function.name);
+        s.push_str("</tool>\n<args>\n");
+        match serde_json::from_str::<serde_json::Value>(&c.function.arguments) {
+            Ok(serde_json::Value::Object(map)) => {
+                for (k, v) in map {
+                    s.push_str(&format!("<{k}>{v}</{k}>\n"));
+                }
+            }
+            _ if c.function.arguments.trim().is_empty() => {}
+            _ => {
+                let raw = serde_json::Value::String(c.function.arguments.clone());
+                s.push_str(&format!("<raw_arguments>{raw}</raw_arguments>\n"));
+            }
+        }
+        s.push_str("</args>\n</function_call>\n");
+    }
+    s.push_str("</function_calls>");
+    s
+}
+
+/// The name of the tool whose result message `i` carries: its own `name`, else the
+/// assistant call with the same id earlier in the conversation.
+fn tool_name<'a>(messages: &'a [Message], i: usize, m: &'a Message) -> Option<&'a str> {
+    if let Some(n) = m.name.as_deref() {
+        return Some(n);
+    }
+    let id = m.tool_call_id.as_deref()?;
+    messages[..i]
+        .iter()
+        .rev()
+        .flat_map(|prev| prev.tool_calls.iter())
+        .find(|c| c.id == id)
+        .map(|c| c.function.name.as_str())
+}
+
+fn tool_result_text(m: &Message, name: Option<&str>) -> String {
+    let mut s = String::from("Tool execution result:\n");
+    if let Some(n) = name {
+        s.push_str("- Tool name: ");
+        s.push_str(n);
+        s.push('\n');
+    }
+    if let Some(id) = m.tool_call_id.as_deref() {
+        s.push_str("- Tool call id: ");
+        s.push_str(id);
+        s.push('\n');
+    }
+    s.push_str("- Execution result:\n<tool_result>\n");
+    s.push_str(&m.content.text());
+    s.push_str("\n</tool_result>");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn rewrite(body: Value) -> Value {
+        let req = ChatRequest::parse(body.to_string().as_bytes()).unwrap();
+        let p = to_k2think(
+            &req,
+            RewriteOptions {
+                upstream_model: "MBZUAI-IFM/K2-Think-v2",
+                stream: true,
+                style: BodyStyle::Minimal,
+            },
+        );
+        serde_json::from_slice(&p.to_bytes()).unwrap()
+    }
+
+    #[test]
+    fn keeps_order_system_and_params() {
+        let v = rewrite(json!({
+            "model": "public", "temperature": 0.3, "top_p": 0.9, "max_completion_tokens": 50,
+            "stop": "END", "seed": 7,
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "developer", "content": "dev rule"},
+                {"role": "user", "content": "q1"},
+                {"role": "assistant", "content": "a1"},
+                {"role": "system", "content": "late system"},
+                {"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "text", "text": "y"}]}
+            ]
+        }));
+        assert_eq!(v["model"], "MBZUAI-IFM/K2-Think-v2");
+        assert_eq!(v["stream"], true);
+        assert_eq!(
+            v["params"],
+            json!({"temperature": 0.3, "top_p": 0.9, "max_tokens": 50, "stop": ["END"], "seed": 7})
+        );
+        let roles: Vec<&str> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            roles,
+            ["system", "system", "user", "assistant", "system", "user"]
+        );
+        assert_eq!(v["messages"][1]["content"], "dev rule");
+        assert_eq!(v["messages"][5]["content"], "x\ny");
+    }
+
+    #[test]
+    fn images_are_carried_as_parts() {
+        let v = rewrite(
+            json!({"model": "m", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "what is this"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "high"}},
+                {"type": "image_url", "image_url": "https://example.com/cat.jpg"}
+            ]}]}),
+        );
+        let parts = &v["messages"][0]["content"];
+        assert_eq!(parts[0], json!({"type": "text", "text": "what is this"}));
+        assert_eq!(
+            parts[1],
+            json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "high"}})
+        );
+        assert_eq!(parts[2]["image_url"]["url"], "https://example.com/cat.jpg");
+    }
+
+    #[test]
+    fn tool_history_is_carried_as_text() {
+        let v = rewrite(json!({"model": "m", "messages": [
+            {"role": "user", "content": "weather in Paris and Rome?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                {"id": "call_b", "type": "function", "function": {"name": "get_time", "arguments": "not json"}}
+            ]},
+            {"role": "tool", "tool_call_id": "call_b", "content": "12:00"},
+            {"role": "tool", "tool_call_id": "call_a", "content": "sunny"},
+            {"role": "tool", "tool_call_id": "call_zzz", "content": "orphan"}
+        ]}));
+        let msgs = v["messages"].as_array().unwrap();
+        assert_eq!(msgs.len(), 5);
+        let call = msgs[1]["content"].as_str().unwrap();
+        assert!(call.contains("<tool>get_weather</tool>"), "{call}");
+        assert!(call.contains("<city>\"Paris\"</city>"), "{call}");
+        assert!(
+            call.contains("<raw_arguments>\"not json\"</raw_arguments>"),
+            "{call}"
+        );
+        assert_eq!(msgs[2]["role"], "user");
+        let r = msgs[2]["content"].as_str().unwrap();
+        assert!(
+            r.contains("- Tool name: get_time")
+                && r.contains("<tool_result>\n12:00\n</tool_result>"),
+            "{r}"
+        );
+        assert!(msgs[3]["content"]
+            .as_str()
+            .unwrap()
+            .contains("- Tool name: get_weather"));
+        let orphan = msgs[4]["content"].as_str().unwrap();
+        assert!(!orphan.contains("Tool name") && orphan.contains("orphan"));
+    }
+}

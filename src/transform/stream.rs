@@ -1,0 +1,1440 @@
+//! K2Think upstream body → reasoning/content deltas ([`K2Decoder`]) and →
+//! OpenAI `chat.completion.chunk` SSE ([`ChatStream`]).
+//!
+//! Accepted upstream forms (see `k2think-protocol.md` §4.2–4.7):
+//!
+//! * SSE ([`UpstreamFormat::Sse`]) whose events are `[DONE]`/`DONE`/`done`
+//!   (end), `-1` or empty (skipped), `{"content": …}` (cumulative or
+//!   incremental, see below), `{"done": true, …}`, `{"usage": {…}}`, OpenAI
+//!   chunks `{"choices":[{"delta":{…},"finish_reason":…}]}`, `{"error": …}` /
+//!   `{"detail": …}` without content (upstream error), an `event: error`
+//!   event, or data that is not JSON (raw incremental text). A `data:` block
+//!   that holds several JSON lines (an upstream that never sends blank lines)
+//!   is split into its lines.
+//! * A single JSON completion ([`UpstreamFormat::Json`]): OpenAI
+//!   `choices[0].message` or `{"content": …}`. A JSON body arriving in SSE
+//!   mode, or an SSE body in JSON mode, is recognised too.
+//!
+//! `content` values: the first value sets the text. A later value that
+//! starts with the text so far is cumulative (only the suffix is new; the
+//! mode becomes sticky). A value that does not, but shares a prefix of at
+//! least [`REWRITE_PREFIX`] bytes with the text or contains the text's tail
+//! (a rewritten head), is a cumulative rewrite: the channels are derived
+//! again and only what goes beyond the already emitted output is emitted.
+//! Otherwise, while the mode is unknown, the stream is incremental (sticky)
+//! and values are appended. Per event the work is a prefix compare plus the
+//! new suffix; a full re-derive happens only on a real rewrite.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::sse::{self, SseDecoder};
+use crate::transform::chunk::ChunkEncoder;
+use crate::transform::split::Splitter;
+pub use crate::transform::split::{Delta, Deltas};
+
+/// Shared prefix (bytes) that makes a non-extending `content` a rewrite.
+pub const REWRITE_PREFIX: usize = 8;
+/// Bound for a buffered JSON body (16 MiB).
+pub const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
+/// Message used when the body holds nothing K2Think-like.
+pub const NOT_AN_ANSWER: &str = "upstream returned a body that is not a K2Think answer";
+
+/// How the upstream body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFormat {
+    /// `text/event-stream`.
+    Sse,
+    /// One JSON document.
+    Json,
+}
+
+/// Token usage as OpenAI reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens_details: Option<CompletionTokensDetails>,
+}
+
+/// `usage.completion_tokens_details`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletionTokensDetails {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
+}
+
+impl Usage {
+    /// Lenient read of an upstream `usage` object (numbers may be floats or
+    /// strings; `total_tokens` is computed when missing). `None` when it has
+    /// none of the counters.
+    pub fn from_value(v: &Value) -> Option<Usage> {
+        let obj = v.as_object()?;
+        let num = |v: Option<&Value>| -> Option<u64> {
+            match v? {
+                Value::Number(n) => n
+                    .as_u64()
+                    .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+                Value::String(s) => s.trim().parse().ok(),
+                _ => None,
+            }
+        };
+        let prompt = num(obj.get("prompt_tokens"));
+        let completion = num(obj.get("completion_tokens"));
+        let total = num(obj.get("total_tokens"));
+        if prompt.is_none() && completion.is_none() && total.is_none() {
+            return None;
+        }
+        let (p, c) = (prompt.unwrap_or(0), completion.unwrap_or(0));
+        let reasoning = obj
+            .get("completion_tokens_details")
+            .and_then(|d| num(d.get("reasoning_tokens")));
+        Some(Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            total_tokens: total.unwrap_or(p.saturating_add(c)),
+            completion_tokens_details: reasoning.map(|r| CompletionTokensDetails {
+                reasoning_tokens: Some(r),
+            }),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Unknown,
+    Cumulative,
+    Incremental,
+}
+
+/// Typed fast path for one event payload; anything unexpected falls back to
+/// a [`Value`] parse.
+#[derive(Deserialize)]
+struct WireEvent<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default)]
+    done: Option<Value>,
+    #[serde(default)]
+    usage: Option<Value>,
+    #[serde(borrow, default)]
+    choices: Option<Vec<WireChoice<'a>>>,
+    #[serde(default)]
+    error: Option<Value>,
+    #[serde(default)]
+    detail: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<WireDelta<'a>>,
+    #[serde(borrow, default)]
+    message: Option<WireDelta<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct WireDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning: Option<Cow<'a, str>>,
+}
+
+/// Normalised view of one event.
+#[derive(Default)]
+struct Parsed<'a> {
+    content: Option<Cow<'a, str>>,
+    done: bool,
+    usage: Option<Usage>,
+    has_choices: bool,
+    delta_reasoning: Option<Cow<'a, str>>,
+    delta_content: Option<Cow<'a, str>>,
+    finish_reason: Option<Cow<'a, str>>,
+    error: Option<String>,
+}
+
+fn not_null(v: &Option<Value>) -> Option<&Value> {
+    v.as_ref().filter(|v| !v.is_null())
+}
+
+impl<'a> Parsed<'a> {
+    fn from_wire(w: WireEvent<'a>) -> Parsed<'a> {
+        let mut p = Parsed {
+            content: w.content,
+            done: matches!(w.done, Some(Value::Bool(true))),
+            usage: w.usage.as_ref().and_then(Usage::from_value),
+            ..Parsed::default()
+        };
+        if let Some(choice) = w.choices.and_then(|c| c.into_iter().next()) {
+            p.has_choices = true;
+            p.finish_reason = choice.finish_reason;
+            if let Some(d) = choice.delta.or(choice.message) {
+                p.delta_reasoning = d.reasoning_content.or(d.reasoning);
+                p.delta_content = d.content;
+            }
+        }
+        if p.content.is_none() && !p.has_choices {
+            p.error = not_null(&w.error)
+                .or(not_null(&w.detail))
+                .map(error_message);
+        }
+        p
+    }
+
+    fn from_value(v: &'a Value) -> Parsed<'a> {
+        let str_of = |v: Option<&'a Value>| v.and_then(Value::as_str).map(Cow::Borrowed);
+        let mut p = Parsed {
+            content: str_of(v.get("content")),
+            done: matches!(v.get("done"), Some(Value::Bool(true))),
+            usage: v.get("usage").and_then(Usage::from_value),
+            ..Parsed::default()
+        };
+        if let Some(choice) = v
+            .get("choices")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+        {
+            p.has_choices = true;
+            p.finish_reason = str_of(choice.get("finish_reason"));
+            if let Some(d) = choice
+                .get("delta")
+                .or(choice.get("message"))
+                .filter(|d| d.is_object())
+            {
+                p.delta_reasoning =
+                    str_of(d.get("reasoning_content")).or(str_of(d.get("reasoning")));
+                p.delta_content = str_of(d.get("content"));
+            }
+        }
+        if p.content.is_none() && !p.has_choices {
+            let e = v
+                .get("error")
+                .filter(|e| !e.is_null())
+                .or(v.get("detail").filter(|e| !e.is_null()));
+            p.error = e.map(error_message);
+        }
+        p
+    }
+}
+
+/// Human message out of an upstream error value: a string, or an object's
+/// `message` (looking into `error`/`detail`), or the first array item.
+fn error_message(v: &Value) -> String {
+    fn find(v: &Value, depth: u8) -> Option<String> {
+        if depth > 4 {
+            return None;
+        }
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Object(o) => ["message", "msg", "error", "detail"]
+                .iter()
+                .find_map(|k| o.get(*k).and_then(|x| find(x, depth + 1))),
+            Value::Array(a) => a.first().and_then(|x| find(x, depth + 1)),
+            _ => None,
+        }
+    }
+    let msg = find(v, 0).unwrap_or_else(|| v.to_string());
+    if msg.trim().is_empty() {
+        "upstream error".to_string()
+    } else {
+        msg
+    }
+}
+
+/// Length of the common prefix of `a` and `b`, in bytes.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// `new` contains the last bytes of `old` (a head rewrite of cumulative text).
+fn contains_tail(old: &str, new: &str) -> bool {
+    const TAIL: usize = 16;
+    if old.len() < TAIL {
+        return false;
+    }
+    let tail = &old.as_bytes()[old.len() - TAIL..];
+    new.as_bytes().windows(TAIL).any(|w| w == tail)
+}
+
+/// State shared by the SSE callback (everything but the SSE decoder).
+#[derive(Debug)]
+struct Core {
+    splitter: Splitter,
+    implicit_think: bool,
+    /// The raw answer text so far (for cumulative prefix checks).
+    text: String,
+    mode: Mode,
+    done: bool,
+    usable: bool,
+    usage: Option<Usage>,
+    finish_reason: Option<String>,
+    error: Option<String>,
+    events: u64,
+}
+
+impl Core {
+    fn on_event(&mut self, event: &str, data: &[u8], out: &mut Deltas) {
+        if self.error.is_some() {
+            return;
+        }
+        self.events += 1;
+        let data = String::from_utf8_lossy(data);
+        if event == "error" {
+            self.error = Some(match serde_json::from_str::<Value>(&data) {
+                Ok(v) => error_message(&v),
+                Err(_) if data.trim().is_empty() => "upstream error".to_string(),
+                Err(_) => data.trim().to_string(),
+            });
+            return;
+        }
+        if self.on_payload(&data, out) {
+            return;
+        }
+        if data.contains('\n') {
+            // Several JSON lines in one event: an upstream without blank lines.
+            let lines: Vec<&str> = data.lines().filter(|l| !l.trim().is_empty()).collect();
+            let all_json = lines.iter().all(|l| {
+                let t = l.trim();
+                is_done_marker(t)
+                    || (t.starts_with('{')
+                        && serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok())
+            });
+            if all_json {
+                for l in lines {
+                    self.on_payload(l, out);
+                }
+                return;
+            }
+        }
+        self.usable = true;
+        self.on_append(&data, out);
+    }
+
+    /// Handle a JSON payload or a marker. Returns false when `data` is not
+    /// JSON (the caller treats it as text).
+    fn on_payload(&mut self, data: &str, out: &mut Deltas) -> bool {
+        let t = data.trim();
+        if is_done_marker(t) {
+            self.done = true;
+            self.usable = true;
+            return true;
+        }
+        if t.is_empty() || t == "-1" {
+            return true;
+        }
+        if !t.starts_with('{') {
+            return match serde_json::from_str::<Value>(t) {
+                Ok(Value::String(s)) => {
+                    self.usable = true;
+                    self.on_append(&s, out);
+                    true
+                }
+                Ok(_) => true,
+                Err(_) => false,
+            };
+        }
+        match serde_json::from_str::<WireEvent<'_>>(t) {
+            Ok(w) => {
+                self.apply(Parsed::from_wire(w), out);
+                true
+            }
+            Err(_) => match serde_json::from_str::<Value>(t) {
+                Ok(v) => {
+                    self.apply(Parsed::from_value(&v), out);
+                    true
+                }
+                Err(_) => false,
+            },
+        }
+    }
+
+    fn apply(&mut self, p: Parsed<'_>, out: &mut Deltas) {
+        if let Some(e) = p.error {
+            self.error = Some(e);
+            return;
+        }
+        if p.content.is_some() || p.has_choices || p.done || p.usage.is_some() {
+            self.usable = true;
+        }
+        if let Some(c) = p.content {
+            if p.done && self.mode == Mode::Incremental {
+                self.on_final_content(&c, out);
+            } else {
+                self.on_content(&c, out);
+            }
+        }
+        if let Some(r) = p.delta_reasoning {
+            self.splitter.push_reasoning(&r, out);
+        }
+        if let Some(c) = p.delta_content {
+            self.on_append(&c, out);
+        }
+        if let Some(f) = p.finish_reason {
+            if !f.is_empty() {
+                self.finish_reason = Some(f.into_owned());
+            }
+        }
+        if let Some(u) = p.usage {
+            self.usage = Some(u);
+        }
+        if p.done {
+            self.done = true;
+        }
+    }
+
+    /// Incremental text (OpenAI delta, raw data, incremental `content`).
+    fn on_append(&mut self, s: &str, out: &mut Deltas) {
+        self.text.push_str(s);
+        self.splitter.push(s, out);
+    }
+
+    /// The `content` of a `done: true` event after incremental pieces: sources disagree on
+    /// whether it is the whole text (LLM4FREE reads it as the final answer) or one last
+    /// piece. A value that extends or repeats what arrived is the whole text; anything
+    /// else is a last piece.
+    fn on_final_content(&mut self, s: &str, out: &mut Deltas) {
+        if let Some(suffix) = s.strip_prefix(self.text.as_str()) {
+            let suffix = suffix.to_string();
+            self.on_append(&suffix, out);
+        } else if !self.text.ends_with(s) {
+            self.on_append(s, out);
+        }
+    }
+
+    /// A `content` value under the cumulative/incremental rule.
+    fn on_content(&mut self, s: &str, out: &mut Deltas) {
+        if s.is_empty() {
+            return;
+        }
+        if self.mode == Mode::Incremental || self.text.is_empty() {
+            self.on_append(s, out);
+            return;
+        }
+        let old = self.text.as_bytes();
+        if s.len() >= old.len() && s.as_bytes()[..old.len()] == *old {
+            let suffix = &s[old.len()..];
+            if !suffix.is_empty() || old.len() >= REWRITE_PREFIX {
+                self.mode = Mode::Cumulative;
+            }
+            self.on_append(suffix, out);
+            return;
+        }
+        let rewrite = self.mode == Mode::Cumulative
+            || common_prefix(old, s.as_bytes()) >= REWRITE_PREFIX
+            || contains_tail(&self.text, s);
+        if rewrite {
+            self.mode = Mode::Cumulative;
+            self.splitter.rederive(s, out);
+            self.text.clear();
+            self.text.push_str(s);
+        } else {
+            self.mode = Mode::Incremental;
+            self.on_append(s, out);
+        }
+    }
+
+    /// A whole JSON completion body.
+    fn on_json_body(&mut self, body: &[u8], out: &mut Deltas) {
+        self.events += 1;
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            self.error = Some(NOT_AN_ANSWER.to_string());
+            return;
+        };
+        let p = Parsed::from_value(&v);
+        if let Some(e) = p.error {
+            self.error = Some(e);
+            return;
+        }
+        let text = p
+            .content
+            .as_deref()
+            .or(p.delta_content.as_deref())
+            .unwrap_or("");
+        let has_answer = p.content.is_some() || p.has_choices;
+        if !has_answer {
+            self.error = Some(NOT_AN_ANSWER.to_string());
+            return;
+        }
+        self.usable = true;
+        // The whole text is known: no need to speculate about untagged text.
+        if self.implicit_think && !text.contains("</think>") && !text.contains("<answer>") {
+            self.splitter.disable_implicit(out);
+        }
+        if let Some(r) = p.delta_reasoning.as_deref() {
+            self.splitter.push_reasoning(r, out);
+        }
+        self.on_append(text, out);
+        if let Some(f) = p.finish_reason {
+            if !f.is_empty() {
+                self.finish_reason = Some(f.into_owned());
+            }
+        }
+        self.usage = p.usage;
+        self.done = true;
+    }
+}
+
+fn is_done_marker(t: &str) -> bool {
+    matches!(t, "[DONE]" | "DONE" | "done")
+}
+
+/// Sniffing of the body's first non-whitespace byte.
+#[derive(Debug)]
+enum Body {
+    /// Nothing but whitespace yet.
+    Unknown,
+    /// Buffered bytes: the JSON body in JSON mode, or an SSE-mode body that
+    /// starts with `{` (kept until the first event proves it is SSE).
+    Buffer(Vec<u8>),
+    /// Streaming through the SSE decoder only.
+    Stream,
+}
+
+/// Upstream body → ordered reasoning/content deltas.
+#[derive(Debug)]
+pub struct K2Decoder {
+    format: UpstreamFormat,
+    sse: SseDecoder,
+    body: Body,
+    core: Core,
+    finished: bool,
+}
+
+impl K2Decoder {
+    /// A decoder for one upstream body.
+    pub fn new(format: UpstreamFormat, implicit_think: bool) -> Self {
+        K2Decoder {
+            format,
+            sse: SseDecoder::new(),
+            body: Body::Unknown,
+            core: Core {
+                splitter: Splitter::new(implicit_think),
+                implicit_think,
+                text: String::new(),
+                mode: Mode::Unknown,
+                done: false,
+                usable: false,
+                usage: None,
+                finish_reason: None,
+                error: None,
+                events: 0,
+            },
+            finished: false,
+        }
+    }
+
+    /// Feed the next piece of the body; appends deltas to `out`.
+    pub fn push(&mut self, bytes: &[u8], out: &mut Deltas) {
+        if self.finished || self.core.error.is_some() || bytes.is_empty() {
+            return;
+        }
+        if let Body::Unknown = self.body {
+            match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+                None if self.format == UpstreamFormat::Json => {}
+                None => {}
+                Some(b'{') => self.body = Body::Buffer(Vec::new()),
+                Some(_) if self.format == UpstreamFormat::Json => {
+                    self.body = Body::Buffer(Vec::new())
+                }
+                Some(_) => self.body = Body::Stream,
+            }
+        }
+        match (&mut self.body, self.format) {
+            (Body::Buffer(buf), UpstreamFormat::Json) => {
+                if buf.len() + bytes.len() > MAX_JSON_BODY {
+                    self.core.error = Some(format!("upstream body exceeds {MAX_JSON_BODY} bytes"));
+                    self.body = Body::Stream;
+                } else {
+                    buf.extend_from_slice(bytes);
+                }
+                return;
+            }
+            (Body::Buffer(buf), UpstreamFormat::Sse) => {
+                if self.sse.events() > 0 || buf.len() + bytes.len() > MAX_JSON_BODY {
+                    self.body = Body::Stream;
+                } else {
+                    buf.extend_from_slice(bytes);
+                }
+            }
+            _ => {}
+        }
+        if self.format == UpstreamFormat::Json {
+            // Whitespace before anything else in JSON mode: nothing to do.
+            return;
+        }
+        self.push_sse(bytes, out);
+    }
+
+    fn push_sse(&mut self, bytes: &[u8], out: &mut Deltas) {
+        let core = &mut self.core;
+        if let Err(e) = self
+            .sse
+            .push(bytes, |ev| core.on_event(ev.event, ev.data, out))
+        {
+            if core.error.is_none() {
+                core.error = Some(e.to_string());
+            }
+        }
+    }
+
+    fn finish_sse(&mut self, out: &mut Deltas) {
+        let core = &mut self.core;
+        if let Err(e) = self.sse.finish(|ev| core.on_event(ev.event, ev.data, out)) {
+            if core.error.is_none() {
+                core.error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// The body ended cleanly: flush everything held back.
+    pub fn finish(&mut self, out: &mut Deltas) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if self.core.error.is_none() {
+            let body = std::mem::replace(&mut self.body, Body::Stream);
+            match (body, self.format) {
+                (Body::Buffer(buf), UpstreamFormat::Json) => {
+                    let t = buf.trim_ascii_start();
+                    if t.starts_with(b"data:") || t.starts_with(b"event:") || t.starts_with(b":") {
+                        self.push_sse(&buf, out);
+                        self.finish_sse(out);
+                    } else {
+                        self.core.on_json_body(&buf, out);
+                    }
+                }
+                (Body::Unknown, UpstreamFormat::Json) => {
+                    self.core.error = Some(NOT_AN_ANSWER.to_string())
+                }
+                (Body::Buffer(buf), UpstreamFormat::Sse) => {
+                    self.finish_sse(out);
+                    if self.sse.events() == 0 && self.core.error.is_none() {
+                        self.core.on_json_body(&buf, out);
+                    }
+                }
+                (_, UpstreamFormat::Sse) => self.finish_sse(out),
+                (Body::Stream, UpstreamFormat::Json) => {}
+            }
+        }
+        if self.core.error.is_none() {
+            self.core.splitter.finish(out);
+        }
+    }
+
+    /// A `[DONE]` / `done:true` (or a complete JSON body) was seen.
+    pub fn done_seen(&self) -> bool {
+        self.core.done
+    }
+
+    /// Upstream usage, when reported.
+    pub fn usage(&self) -> Option<&Usage> {
+        self.core.usage.as_ref()
+    }
+
+    /// Upstream's non-null `finish_reason`, when reported.
+    pub fn finish_reason(&self) -> Option<&str> {
+        self.core.finish_reason.as_deref()
+    }
+
+    /// An upstream error (error event, unparseable JSON body, SSE bound).
+    pub fn error(&self) -> Option<&str> {
+        self.core.error.as_deref()
+    }
+
+    /// Events seen (SSE events, or 1 for a JSON body).
+    pub fn events(&self) -> u64 {
+        self.core.events
+    }
+
+    /// Whether anything K2Think-like was seen (text, end marker, usage).
+    pub fn usable(&self) -> bool {
+        self.core.usable
+    }
+
+    /// See [`Splitter::reasoning_retracted`].
+    pub fn reasoning_retracted(&self) -> bool {
+        self.core.splitter.reasoning_retracted()
+    }
+
+    /// See [`Splitter::retracted_len`].
+    pub fn retracted_len(&self) -> usize {
+        self.core.splitter.retracted_len()
+    }
+}
+
+/// Where reasoning goes in the client's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReasoningMode {
+    /// `delta.reasoning_content` / `message.reasoning_content`.
+    Field,
+    /// Inline in content as `<think>…</think>\n\n`.
+    Inline,
+    /// Dropped (the `-nothink` models).
+    Drop,
+}
+
+/// Per-response options of [`ChatStream`].
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// The full response id (e.g. `chatcmpl-…`), used on every chunk.
+    pub id: String,
+    /// `created`, unix seconds.
+    pub created: u64,
+    /// The client's model name.
+    pub model: String,
+    pub reasoning: ReasoningMode,
+    pub implicit_think: bool,
+    /// `stream_options.include_usage`.
+    pub include_usage: bool,
+}
+
+/// Upstream body → OpenAI chunk SSE bytes.
+#[derive(Debug)]
+pub struct ChatStream {
+    decoder: K2Decoder,
+    enc: ChunkEncoder,
+    deltas: Deltas,
+    include_usage: bool,
+    started: bool,
+    end: Option<Result<(), String>>,
+}
+
+impl ChatStream {
+    /// A transformer for one response.
+    pub fn new(opts: StreamOptions, format: UpstreamFormat) -> Self {
+        ChatStream {
+            decoder: K2Decoder::new(format, opts.implicit_think),
+            enc: ChunkEncoder::new(&opts.id, opts.created, &opts.model, opts.reasoning),
+            deltas: Deltas::new(),
+            include_usage: opts.include_usage,
+            started: false,
+            end: None,
+        }
+    }
+
+    /// Write the first chunk (`delta: {"role":"assistant","content":""}`).
+    /// Called implicitly by the other writers when needed.
+    pub fn start(&mut self, out: &mut Vec<u8>) {
+        if !self.started {
+            self.started = true;
+            self.enc.role(out);
+        }
+    }
+
+    /// Feed upstream bytes; appends zero or more `data: {...}\n\n`.
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        if self.end.is_some() {
+            return;
+        }
+        self.start(out);
+        self.deltas.clear();
+        self.decoder.push(chunk, &mut self.deltas);
+        self.enc.deltas(&self.deltas, out);
+    }
+
+    /// Clean end of the upstream body. Writes the finish chunk (upstream's
+    /// `finish_reason` or `stop`), the usage chunk when asked and known, and
+    /// `data: [DONE]`. If the upstream reported an error, or sent nothing
+    /// usable, writes the error ending instead and returns the message.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
+        if let Some(end) = &self.end {
+            return end.clone();
+        }
+        self.start(out);
+        self.deltas.clear();
+        self.decoder.finish(&mut self.deltas);
+        self.enc.deltas(&self.deltas, out);
+        let err = match self.decoder.error() {
+            Some(e) => Some(e.to_string()),
+            None if !self.decoder.usable() => Some(NOT_AN_ANSWER.to_string()),
+            None => None,
+        };
+        if let Some(msg) = err {
+            self.enc.error(&msg, out);
+            self.end = Some(Err(msg.clone()));
+            return Err(msg);
+        }
+        self.enc
+            .finish(self.decoder.finish_reason().unwrap_or("stop"), out);
+        if self.include_usage {
+            if let Some(u) = self.decoder.usage() {
+                self.enc.usage(u, out);
+            }
+        }
+        sse::write_data(out, b"[DONE]");
+        self.end = Some(Ok(()));
+        Ok(())
+    }
+
+    /// The upstream was cut or timed out mid-stream: a chunk with
+    /// `finish_reason: "error"` and an error event; never `[DONE]`.
+    pub fn fail(&mut self, message: &str, out: &mut Vec<u8>) {
+        if self.end.is_some() {
+            return;
+        }
+        self.start(out);
+        self.enc.error(message, out);
+        self.end = Some(Err(message.to_string()));
+    }
+
+    /// The upstream error seen so far, if any.
+    pub fn upstream_error(&self) -> Option<&str> {
+        self.decoder.error()
+    }
+
+    /// Whether any reasoning or content delta was written.
+    pub fn output_started(&self) -> bool {
+        self.enc.output_started()
+    }
+
+    /// Upstream usage, when reported.
+    pub fn usage(&self) -> Option<&Usage> {
+        self.decoder.usage()
+    }
+
+    /// The decoder (for `done_seen`, `finish_reason`, …).
+    pub fn decoder(&self) -> &K2Decoder {
+        &self.decoder
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transform::complete::Completion;
+    use serde_json::json;
+
+    /// What a client assembles from our output.
+    #[derive(Debug, Default, Clone, PartialEq)]
+    struct Assembled {
+        reasoning: String,
+        content: String,
+        finish_reason: Option<String>,
+        usage: Option<Value>,
+        error: Option<String>,
+        done: bool,
+    }
+
+    /// Decode our own SSE output, checking the OpenAI stream contract.
+    fn assemble(out: &[u8]) -> Assembled {
+        let mut events = Vec::new();
+        let mut dec = SseDecoder::new();
+        let mut collect =
+            |e: sse::Event<'_>| events.push(String::from_utf8(e.data.to_vec()).unwrap());
+        dec.push(out, &mut collect).unwrap();
+        dec.finish(&mut collect).unwrap();
+        assert!(out.ends_with(b"\n\n"), "output ends with a blank line");
+        let mut a = Assembled::default();
+        let mut id: Option<Value> = None;
+        let mut finish_seen = false;
+        for (n, data) in events.iter().enumerate() {
+            assert!(!a.done, "[DONE] must be last");
+            assert!(a.error.is_none(), "nothing after the error event");
+            if data == "[DONE]" {
+                assert!(finish_seen, "[DONE] after the finish chunk");
+                a.done = true;
+                continue;
+            }
+            let v: Value =
+                serde_json::from_str(data).unwrap_or_else(|e| panic!("bad JSON {data}: {e}"));
+            if let Some(err) = v.get("error") {
+                assert_eq!(a.finish_reason.as_deref(), Some("error"));
+                assert_eq!(err["type"], "upstream_error");
+                assert_eq!(err["code"], "upstream_stream_error");
+                assert_eq!(err["param"], Value::Null);
+                a.error = Some(err["message"].as_str().unwrap().to_string());
+                continue;
+            }
+            assert_eq!(v["object"], "chat.completion.chunk");
+            assert_eq!(v["model"], "MBZUAI-IFM/K2-Think-v2");
+            assert_eq!(v["created"], 1_700_000_000u64);
+            match &id {
+                None => id = Some(v["id"].clone()),
+                Some(i) => assert_eq!(&v["id"], i, "one id for every chunk"),
+            }
+            let choices = v["choices"].as_array().unwrap();
+            if choices.is_empty() {
+                assert!(finish_seen, "usage chunk after the finish chunk");
+                assert!(a.usage.is_none());
+                a.usage = Some(v["usage"].clone());
+                continue;
+            }
+            assert!(!finish_seen, "finish_reason only on the last choice chunk");
+            assert_eq!(choices.len(), 1);
+            let c = &choices[0];
+            assert_eq!(c["index"], 0);
+            let delta = c["delta"].as_object().unwrap();
+            if n == 0 {
+                assert_eq!(c["delta"], json!({"role": "assistant", "content": ""}));
+                continue;
+            }
+            assert!(delta.get("role").is_none(), "role only on the first chunk");
+            if let Some(f) = c["finish_reason"].as_str() {
+                assert!(delta.is_empty());
+                finish_seen = true;
+                a.finish_reason = Some(f.to_string());
+                continue;
+            }
+            assert_eq!(delta.len(), 1, "one field per delta: {data}");
+            if let Some(r) = delta.get("reasoning_content") {
+                let r = r.as_str().unwrap();
+                assert!(!r.is_empty(), "no empty deltas");
+                a.reasoning.push_str(r);
+            } else {
+                let t = delta["content"].as_str().unwrap();
+                assert!(!t.is_empty(), "no empty deltas");
+                a.content.push_str(t);
+            }
+        }
+        assert_eq!(a.done, a.error.is_none(), "[DONE] exactly when no error");
+        a
+    }
+
+    fn opts(reasoning: ReasoningMode, implicit_think: bool) -> StreamOptions {
+        StreamOptions {
+            id: "chatcmpl-test".into(),
+            created: 1_700_000_000,
+            model: "MBZUAI-IFM/K2-Think-v2".into(),
+            reasoning,
+            implicit_think,
+            include_usage: true,
+        }
+    }
+
+    fn stream(
+        pieces: &[&[u8]],
+        format: UpstreamFormat,
+        o: StreamOptions,
+    ) -> (Vec<u8>, Result<(), String>) {
+        let mut s = ChatStream::new(o, format);
+        let mut out = Vec::new();
+        s.start(&mut out);
+        for p in pieces {
+            s.push(p, &mut out);
+        }
+        let r = s.finish(&mut out);
+        (out, r)
+    }
+
+    struct Fixture {
+        name: String,
+        input: Vec<u8>,
+        format: UpstreamFormat,
+        implicit: bool,
+        expected: Value,
+    }
+
+    fn fixtures() -> Vec<Fixture> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/upstream");
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".expected.json"))
+            .collect();
+        names.sort();
+        assert!(names.len() >= 14, "fixtures present");
+        names
+            .into_iter()
+            .map(|n| {
+                let base = n.trim_end_matches(".expected.json").to_string();
+                let expected: Value =
+                    serde_json::from_slice(&std::fs::read(format!("{dir}/{n}")).unwrap()).unwrap();
+                let (ext, format) = match expected["format"].as_str().unwrap() {
+                    "json" => ("json", UpstreamFormat::Json),
+                    _ => ("sse", UpstreamFormat::Sse),
+                };
+                Fixture {
+                    input: std::fs::read(format!("{dir}/{base}.{ext}")).unwrap(),
+                    name: base,
+                    format,
+                    implicit: expected["implicit_think"].as_bool().unwrap(),
+                    expected,
+                }
+            })
+            .collect()
+    }
+
+    impl Fixture {
+        fn check_stream(&self, pieces: &[&[u8]], what: &str) -> Assembled {
+            let (out, r) = stream(
+                pieces,
+                self.format,
+                opts(ReasoningMode::Field, self.implicit),
+            );
+            let a = assemble(&out);
+            let e = &self.expected;
+            let ctx = format!("{} ({what})", self.name);
+            let want_reasoning = e.get("stream_reasoning").unwrap_or(&e["reasoning"]);
+            assert_eq!(
+                a.reasoning,
+                want_reasoning.as_str().unwrap(),
+                "reasoning: {ctx}"
+            );
+            assert_eq!(a.content, e["content"].as_str().unwrap(), "content: {ctx}");
+            assert_eq!(
+                a.finish_reason.as_deref(),
+                e["finish_reason"].as_str(),
+                "finish: {ctx}"
+            );
+            assert_eq!(
+                a.usage.as_ref().unwrap_or(&Value::Null),
+                &e["usage"],
+                "usage: {ctx}"
+            );
+            assert_eq!(a.error.as_deref(), e["error"].as_str(), "error: {ctx}");
+            assert_eq!(r.err().as_deref(), e["error"].as_str(), "result: {ctx}");
+            a
+        }
+
+        /// (reasoning, content, finish, usage, error) straight from the decoder.
+        fn decode(
+            &self,
+            pieces: &[&[u8]],
+        ) -> (
+            String,
+            String,
+            Option<String>,
+            Option<Usage>,
+            Option<String>,
+        ) {
+            let mut d = K2Decoder::new(self.format, self.implicit);
+            let mut out = Deltas::new();
+            for p in pieces {
+                d.push(p, &mut out);
+            }
+            d.finish(&mut out);
+            let fr = d.finish_reason().map(str::to_string);
+            (
+                out.reasoning_text(),
+                out.content_text(),
+                fr,
+                d.usage().cloned(),
+                d.error().map(str::to_string),
+            )
+        }
+
+        fn check_complete(&self, pieces: &[&[u8]], what: &str) {
+            let mut c = Completion::new(self.format, self.implicit);
+            for p in pieces {
+                c.push(p);
+            }
+            let e = &self.expected;
+            let ctx = format!("{} ({what})", self.name);
+            match c.finish() {
+                Ok(r) => {
+                    assert!(e["error"].is_null(), "{ctx}");
+                    assert_eq!(
+                        r.reasoning,
+                        e["reasoning"].as_str().unwrap(),
+                        "reasoning: {ctx}"
+                    );
+                    assert_eq!(r.content, e["content"].as_str().unwrap(), "content: {ctx}");
+                    assert_eq!(
+                        Some(r.finish_reason.as_str()),
+                        e["finish_reason"].as_str(),
+                        "{ctx}"
+                    );
+                    let u = r
+                        .usage
+                        .map(|u| serde_json::to_value(u).unwrap())
+                        .unwrap_or(Value::Null);
+                    assert_eq!(u, e["usage"], "usage: {ctx}");
+                }
+                Err(m) => assert_eq!(Some(m.as_str()), e["error"].as_str(), "{ctx}"),
+            }
+        }
+    }
+
+    #[test]
+    fn fixtures_whole_bytewise_and_every_split() {
+        for f in fixtures() {
+            let input = &f.input[..];
+            let whole = f.check_stream(&[input], "whole");
+            f.check_complete(&[input], "whole");
+            let bytes: Vec<&[u8]> = input.chunks(1).collect();
+            assert_eq!(f.check_stream(&bytes, "byte by byte"), whole);
+            f.check_complete(&bytes, "byte by byte");
+            for i in 0..=input.len() {
+                let (a, b) = input.split_at(i);
+                assert_eq!(f.check_stream(&[a, b], &format!("split {i}")), whole);
+                f.check_complete(&[a, b], &format!("split {i}"));
+            }
+            if input.len() <= 520 {
+                // Every pair of boundaries, at the decoder level (cheaper than
+                // decoding our own SSE output 100k times).
+                let base = f.decode(&[input]);
+                for i in 0..=input.len() {
+                    for j in i..=input.len() {
+                        let (a, rest) = input.split_at(i);
+                        let (b, c) = rest.split_at(j - i);
+                        assert_eq!(f.decode(&[a, b, c]), base, "{} split {i},{j}", f.name);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fixtures_drop_and_inline_modes() {
+        for f in fixtures() {
+            let e = &f.expected;
+            let reasoning = e
+                .get("stream_reasoning")
+                .unwrap_or(&e["reasoning"])
+                .as_str()
+                .unwrap();
+            let content = e["content"].as_str().unwrap();
+            for pieces in [vec![&f.input[..]], f.input.chunks(7).collect()] {
+                let (out, _) = stream(&pieces, f.format, opts(ReasoningMode::Drop, f.implicit));
+                let a = assemble(&out);
+                assert!(
+                    !String::from_utf8_lossy(&out).contains("reasoning_content"),
+                    "{}",
+                    f.name
+                );
+                assert_eq!(
+                    (a.reasoning.as_str(), a.content.as_str()),
+                    ("", content),
+                    "{}",
+                    f.name
+                );
+                let (out, _) = stream(&pieces, f.format, opts(ReasoningMode::Inline, f.implicit));
+                let a = assemble(&out);
+                let want = if reasoning.is_empty() {
+                    content.to_string()
+                } else if content.is_empty() {
+                    format!("<think>{reasoning}</think>{content}")
+                } else {
+                    format!("<think>{reasoning}</think>\n\n{content}")
+                };
+                assert_eq!(
+                    (a.reasoning.as_str(), a.content.as_str()),
+                    ("", want.as_str()),
+                    "{}",
+                    f.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn streams_answer_before_it_is_closed() {
+        let mut s = ChatStream::new(opts(ReasoningMode::Field, true), UpstreamFormat::Sse);
+        let mut out = Vec::new();
+        s.start(&mut out);
+        assert!(!s.output_started());
+        s.push(
+            b"data: {\"content\":\"<think>a</think><answer>Hel\"}\n\n",
+            &mut out,
+        );
+        assert!(s.output_started());
+        let mut partial = out.clone();
+        partial.extend_from_slice(b"data: [DONE]\n\n");
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.contains("{\"reasoning_content\":\"a\"}"), "{text}");
+        assert!(
+            text.ends_with("{\"content\":\"Hel\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n"),
+            "{text}"
+        );
+        let n = out.len();
+        s.push(
+            b"data: {\"content\":\"<think>a</think><answer>Hello<\"}\n\n",
+            &mut out,
+        );
+        assert!(String::from_utf8_lossy(&out[n..]).contains("{\"content\":\"lo\"}"));
+        let n = out.len();
+        s.push(
+            b"data: {\"content\":\"<think>a</think><answer>Hello</answer>\"}\n\n",
+            &mut out,
+        );
+        assert_eq!(out.len(), n, "the closing tag writes nothing");
+        assert_eq!(s.finish(&mut out), Ok(()));
+        let a = assemble(&out);
+        assert_eq!((a.reasoning.as_str(), a.content.as_str()), ("a", "Hello"));
+    }
+
+    #[test]
+    fn fail_writes_error_ending_without_done() {
+        let mut s = ChatStream::new(opts(ReasoningMode::Field, true), UpstreamFormat::Sse);
+        let mut out = Vec::new();
+        s.push(b"data: {\"content\":\"<think>x</think>ok\"}\n\n", &mut out);
+        s.fail("upstream idle timeout", &mut out);
+        // Later calls write nothing.
+        s.push(b"data: {\"content\":\"more\"}\n\n", &mut out);
+        let n = out.len();
+        assert_eq!(s.finish(&mut out), Err("upstream idle timeout".to_string()));
+        assert_eq!(out.len(), n);
+        let a = assemble(&out);
+        assert_eq!(a.error.as_deref(), Some("upstream idle timeout"));
+        assert_eq!(a.content, "ok");
+        assert!(!String::from_utf8_lossy(&out).contains("[DONE]"));
+    }
+
+    #[test]
+    fn nothing_usable_is_an_error() {
+        for (body, format) in [
+            (
+                &b"<html><body>Just a moment...</body></html>"[..],
+                UpstreamFormat::Sse,
+            ),
+            (b"", UpstreamFormat::Sse),
+            (b": only comments\n\n", UpstreamFormat::Sse),
+            (b"<html>challenge</html>", UpstreamFormat::Json),
+            (b"{\"unexpected\": 1}", UpstreamFormat::Json),
+            (b"", UpstreamFormat::Json),
+        ] {
+            let (out, r) = stream(&[body], format, opts(ReasoningMode::Field, true));
+            assert_eq!(r, Err(NOT_AN_ANSWER.to_string()), "{body:?}");
+            assert_eq!(assemble(&out).error.as_deref(), Some(NOT_AN_ANSWER));
+        }
+        let (_, r) = stream(
+            &[b"{\"detail\":\"Not authenticated\"}"],
+            UpstreamFormat::Json,
+            opts(ReasoningMode::Field, true),
+        );
+        assert_eq!(r, Err("Not authenticated".to_string()));
+        let (_, r) = stream(
+            &[b"{\"detail\":{\"error\":{\"message\":\"boom\",\"type\":\"api_error\"}}}"],
+            UpstreamFormat::Json,
+            opts(ReasoningMode::Field, true),
+        );
+        assert_eq!(r, Err("boom".to_string()));
+        let (_, r) = stream(
+            &[b"event: error\ndata: {\"message\":\"quota\"}\n\n"],
+            UpstreamFormat::Sse,
+            opts(ReasoningMode::Field, true),
+        );
+        assert_eq!(r, Err("quota".to_string()));
+    }
+
+    #[test]
+    fn mismatched_framing_is_recognised() {
+        // A JSON body in SSE mode and an SSE body in JSON mode.
+        let json = br#"{"choices":[{"message":{"content":"<think>r</think><answer>a</answer>"}}]}"#;
+        let sse_body = b"data: {\"content\":\"<think>r</think>a\"}\n\ndata: [DONE]\n\n";
+        for (body, format) in [
+            (&json[..], UpstreamFormat::Sse),
+            (&sse_body[..], UpstreamFormat::Json),
+        ] {
+            let (out, r) = stream(&[body], format, opts(ReasoningMode::Field, true));
+            assert_eq!(r, Ok(()));
+            let a = assemble(&out);
+            assert_eq!((a.reasoning.as_str(), a.content.as_str()), ("r", "a"));
+        }
+    }
+
+    #[test]
+    fn data_lines_without_blank_separators() {
+        let body = b"data: {\"content\":\"<think>r</think>\"}\ndata: {\"content\":\"<think>r</think>Hi\"}\ndata: [DONE]\n";
+        let (out, r) = stream(
+            &[body],
+            UpstreamFormat::Sse,
+            opts(ReasoningMode::Field, true),
+        );
+        assert_eq!(r, Ok(()));
+        let a = assemble(&out);
+        assert_eq!((a.reasoning.as_str(), a.content.as_str()), ("r", "Hi"));
+    }
+
+    #[test]
+    fn long_line_becomes_upstream_error() {
+        let mut d = K2Decoder::new(UpstreamFormat::Sse, true);
+        let mut out = Deltas::new();
+        d.push(b"data: {\"content\":\"ok\"}\n\n", &mut out);
+        let big = vec![b'a'; crate::sse::DEFAULT_MAX_LINE + 1];
+        d.push(b"data: ", &mut out);
+        d.push(&big, &mut out);
+        d.finish(&mut out);
+        assert!(d.error().unwrap().contains("exceeds"), "{:?}", d.error());
+    }
+
+    #[test]
+    fn cumulative_incremental_and_rewrite_rules() {
+        let run = |events: &[&str]| {
+            let mut d = K2Decoder::new(UpstreamFormat::Sse, false);
+            let mut out = Deltas::new();
+            for e in events {
+                let body = format!("data: {}\n\n", json!({ "content": e }));
+                d.push(body.as_bytes(), &mut out);
+            }
+            d.finish(&mut out);
+            (out.reasoning_text(), out.content_text())
+        };
+        let s = |r: &str, c: &str| (r.to_string(), c.to_string());
+        // Cumulative.
+        assert_eq!(
+            run(&["Hel", "Hello", "Hello wor", "Hello world"]),
+            s("", "Hello world")
+        );
+        // Incremental (sticky, even when a later piece repeats the start).
+        assert_eq!(
+            run(&["Hello", " world", "Hello"]),
+            s("", "Hello worldHello")
+        );
+        // Repeated identical cumulative value: no duplication.
+        assert_eq!(
+            run(&["Hello world", "Hello world", "Hello world!"]),
+            s("", "Hello world!")
+        );
+        // Empty first value does not decide the mode.
+        assert_eq!(run(&["", "Hel", "lo"]), s("", "Hello"));
+        // Head rewrite with a short common prefix but the same tail.
+        assert_eq!(
+            run(&[
+                "<think>The user wants a greeting",
+                "<think duration=\"2\">The user wants a greeting. Done</think>Hi"
+            ]),
+            s("The user wants a greeting. Done", "Hi")
+        );
+        // Rewrite that changes already-sent text: never re-emitted, nothing after it lost.
+        assert_eq!(
+            run(&[
+                "<answer>Hello there",
+                "<answer>Hello where",
+                "<answer>Hello where, friend"
+            ]),
+            s("", "Hello there, friend")
+        );
+    }
+
+    #[test]
+    fn openai_reasoning_disables_speculation() {
+        let body = concat!(
+            "data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"think\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"answer\"}}]}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let (out, r) = stream(
+            &[body.as_bytes()],
+            UpstreamFormat::Sse,
+            opts(ReasoningMode::Field, true),
+        );
+        assert_eq!(r, Ok(()));
+        let a = assemble(&out);
+        assert_eq!(
+            (a.reasoning.as_str(), a.content.as_str()),
+            ("think", "answer")
+        );
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let atoms: &[&[u8]] = &[
+            b"data: ",
+            b"data:",
+            b"\n",
+            b"\r",
+            b"\r\n",
+            b"\n\n",
+            b"{\"content\":\"",
+            b"\"}",
+            b"<think>",
+            b"</think>",
+            b"<answer>",
+            b"</answer>",
+            b"<details type=\"reasoning\">",
+            b"</details>",
+            b"<summary>",
+            b"\\n> ",
+            b"[DONE]",
+            b"{\"done\":true}",
+            b"{\"error\":\"x\"}",
+            b"{\"choices\":[{\"delta\":{\"content\":\"a\"}}]}",
+            b"\xff",
+            b"\xe4\xbd",
+            b"\xa0",
+            b"\xef\xbb\xbf",
+            b"a",
+            b" ",
+            b"{",
+            b"}",
+            b"\"",
+            b"\\",
+            b"event: error\n",
+            b"{\"usage\":{\"prompt_tokens\":1}}",
+            b"-1",
+            b":",
+        ];
+        for round in 0..3000 {
+            let n = (next() % 40) as usize;
+            let mut body = Vec::new();
+            for _ in 0..n {
+                if next() % 4 == 0 {
+                    body.push((next() & 0xff) as u8);
+                } else {
+                    body.extend_from_slice(atoms[(next() % atoms.len() as u64) as usize]);
+                }
+            }
+            let format = if round % 3 == 0 {
+                UpstreamFormat::Json
+            } else {
+                UpstreamFormat::Sse
+            };
+            let mode = [
+                ReasoningMode::Field,
+                ReasoningMode::Inline,
+                ReasoningMode::Drop,
+            ][round % 3];
+            let pieces: Vec<&[u8]> = body.chunks(1 + (next() % 9) as usize).collect();
+            let (out, _) = stream(&pieces, format, opts(mode, round % 2 == 0));
+            assemble(&out);
+            let mut c = Completion::new(format, round % 2 == 1);
+            for p in &pieces {
+                c.push(p);
+            }
+            if let Ok(r) = c.finish() {
+                let v: Value = serde_json::from_slice(&r.to_json("id", 1, "m", mode)).unwrap();
+                assert_eq!(v["object"], "chat.completion");
+            }
+            let mut sp = Splitter::new(round % 2 == 0);
+            let mut d = Deltas::new();
+            sp.push(&String::from_utf8_lossy(&body), &mut d);
+            sp.finish(&mut d);
+        }
+    }
+
+    #[test]
+    fn done_event_with_the_whole_text_after_incremental_pieces_is_not_repeated() {
+        let input = "data: {\"content\":\"<think>r</think>\"}\n\n\
+                     data: {\"content\":\"<answer>Hi\"}\n\n\
+                     data: {\"content\":\" there</answer>\"}\n\n\
+                     data: {\"done\":true,\"content\":\"<think>r</think><answer>Hi there</answer>\"}\n\n";
+        for last in ["", " there</answer>"] {
+            let body = if last.is_empty() {
+                input.to_string()
+            } else {
+                input.replace("<think>r</think><answer>Hi there</answer>", last)
+            };
+            let mut d = K2Decoder::new(UpstreamFormat::Sse, true);
+            let mut out = Deltas::new();
+            d.push(body.as_bytes(), &mut out);
+            d.finish(&mut out);
+            assert_eq!(out.reasoning_text(), "r");
+            assert_eq!(out.content_text(), "Hi there", "final value {last:?}");
+        }
+        // a genuinely new last piece is appended
+        let body = "data: {\"content\":\"Hello\"}\n\ndata: {\"content\":\" wor\"}\n\ndata: {\"done\":true,\"content\":\"ld\"}\n\n";
+        let mut d = K2Decoder::new(UpstreamFormat::Sse, false);
+        let mut out = Deltas::new();
+        d.push(body.as_bytes(), &mut out);
+        d.finish(&mut out);
+        assert_eq!(out.content_text(), "Hello world");
+    }
+}

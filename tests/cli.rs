@@ -1,0 +1,167 @@
+//! The binaries as a user runs them: `k2proxy -t`, `k2proxy -c FILE`, `k2mock`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const PROXY: &str = env!("CARGO_BIN_EXE_k2proxy");
+const MOCK: &str = env!("CARGO_BIN_EXE_k2mock");
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("k2p-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A raw HTTP/1.1 exchange (Connection: close); the whole response text. `extra` holds
+/// more header lines, each ending in `\r\n`.
+fn http(port: u16, method: &str, path: &str, extra: &str, body: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn check_mode_accepts_the_shipped_config() {
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/k2proxy.yaml");
+    let out = Command::new(PROXY)
+        .args(["-t", "-c", conf])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is valid"));
+}
+
+#[test]
+fn check_mode_names_the_bad_key_and_fails() {
+    let cases = [
+        (
+            "upstream:\n  base_url: https://www.k2think.ai\n  retries: 3\n",
+            "upstream.retries",
+            "unknown field `retries`",
+        ),
+        (
+            "retry:\n  max_attempts: 0\n",
+            "retry.max_attempts",
+            "at least 1",
+        ),
+        (
+            "upstream:\n  mode: sometimes\n",
+            "upstream.mode",
+            "unknown variant `sometimes`",
+        ),
+        (
+            "server:\n  listen: [\"localhost\"]\n",
+            "server.listen[0]",
+            "not an IP:port",
+        ),
+    ];
+    for (i, (text, key, why)) in cases.iter().enumerate() {
+        let f = temp_file(&format!("bad{i}.yaml"), text);
+        let out = Command::new(PROXY)
+            .arg("-t")
+            .arg("-c")
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key) && err.contains(why), "{text} -> {err}");
+        assert!(err.contains(&f.display().to_string()), "{err}");
+    }
+    let out = Command::new(PROXY)
+        .args(["-t", "-c", "/nonexistent/k2proxy.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn proxy_and_mock_binaries_serve_a_chat_end_to_end() {
+    // the mock, as the README runs it by hand
+    let mock_port = common::free_port();
+    let mut mock = Kill(
+        Command::new(MOCK)
+            .args(["--listen", &format!("127.0.0.1:{mock_port}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(mock.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    common::wait_port(mock_port);
+
+    // the proxy, pointed at it
+    let port = common::free_port();
+    let conf = temp_file(
+        "serve.yaml",
+        &format!(
+            "server:\n  listen: [\"127.0.0.1:{port}\"]\n  grace_period: 1s\n\
+             upstream:\n  base_url: \"http://127.0.0.1:{mock_port}\"\n\
+             auth:\n  api_keys: [\"sk-cli-test-key\"]\n"
+        ),
+    );
+    let _proxy = Kill(
+        Command::new(PROXY)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    common::wait_port(port);
+    let health = http(port, "GET", "/health", "", "");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+
+    let body = r#"{"model":"MBZUAI-IFM/K2-Think-v2","stream":true,"messages":[{"role":"user","content":"from the binary"}]}"#;
+    let resp = http(
+        port,
+        "POST",
+        "/v1/chat/completions",
+        "Authorization: Bearer sk-cli-test-key\r\n",
+        body,
+    );
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("text/event-stream"), "{resp}");
+    assert!(
+        resp.contains("reasoning_content") && resp.contains("data: [DONE]"),
+        "{resp}"
+    );
+    assert!(resp.contains("\"content\":\"Echo:"), "{resp}");
+
+    let unauth = http(port, "POST", "/v1/chat/completions", "", body);
+    assert!(unauth.starts_with("HTTP/1.1 401"), "{unauth}");
+}

@@ -1,0 +1,349 @@
+//! Test harness: the project's mock K2Think upstream plus a real k2proxy server (Pingora
+//! `Server::run` with a test shutdown watch), both on loopback ports taken from `:0`.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use k2proxy::config::Config;
+use k2proxy::mock::{MockConfig, MockServer, RecordedRequest};
+use k2proxy::proxy::{build_server, App, RunArgs, ShutdownSignal, ShutdownSignalWatch};
+use serde_json::Value;
+
+pub const MODEL: &str = "MBZUAI-IFM/K2-Think-v2";
+pub const NOTHINK: &str = "MBZUAI-IFM/K2-Think-v2-nothink";
+
+struct TestShutdown(Mutex<Option<tokio::sync::oneshot::Receiver<()>>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for TestShutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        let rx = self.0.lock().unwrap().take();
+        if let Some(rx) = rx {
+            let _ = rx.await;
+        }
+        ShutdownSignal::FastShutdown
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("port {port} did not open");
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    }
+
+    /// Assert an OpenAI error body with this status and code.
+    pub fn assert_error(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        let v = self.json();
+        let e = &v["error"];
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(e["type"].as_str().is_some(), "{v}");
+        assert!(e.get("param").is_some(), "{v}");
+        assert_eq!(e["code"], code, "{v}");
+        v
+    }
+}
+
+/// An SSE response from the proxy, decoded.
+#[derive(Debug, Default)]
+pub struct Sse {
+    pub status: u16,
+    pub raw: String,
+    /// Every `data:` payload in order (`[DONE]` kept as a string value).
+    pub events: Vec<Value>,
+    pub done: bool,
+}
+
+impl Sse {
+    pub fn parse(raw: &str) -> Sse {
+        let mut s = Sse {
+            raw: raw.to_string(),
+            ..Sse::default()
+        };
+        for block in raw.split("\n\n").filter(|b| !b.trim().is_empty()) {
+            let data = block
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not an SSE data event: {block:?}"));
+            assert!(!s.done, "an event after [DONE]: {data}");
+            if data == "[DONE]" {
+                s.done = true;
+                s.events.push(Value::String("[DONE]".into()));
+            } else {
+                s.events.push(
+                    serde_json::from_str(data)
+                        .unwrap_or_else(|e| panic!("bad JSON event {data:?}: {e}")),
+                );
+            }
+        }
+        s
+    }
+
+    fn chunks(&self) -> impl Iterator<Item = &Value> {
+        self.events.iter().filter(|e| e.get("choices").is_some())
+    }
+
+    pub fn reasoning(&self) -> String {
+        self.chunks()
+            .filter_map(|c| c["choices"][0]["delta"]["reasoning_content"].as_str())
+            .collect()
+    }
+
+    pub fn content(&self) -> String {
+        self.chunks()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect()
+    }
+
+    pub fn finish_reason(&self) -> Option<String> {
+        self.chunks()
+            .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
+            .last()
+            .map(str::to_string)
+    }
+
+    pub fn error(&self) -> Option<&Value> {
+        self.events.iter().find(|e| e.get("error").is_some())
+    }
+
+    pub fn usage(&self) -> Option<&Value> {
+        self.events
+            .iter()
+            .find_map(|e| e.get("usage").filter(|u| !u.is_null()))
+    }
+
+    /// The OpenAI stream contract: one id, role first, finish_reason only on the last
+    /// choice chunk, `[DONE]` last.
+    pub fn assert_well_formed(&self) {
+        let chunks: Vec<&Value> = self.chunks().collect();
+        assert!(!chunks.is_empty(), "no chunks: {}", self.raw);
+        let id = chunks[0]["id"].as_str().unwrap();
+        assert!(id.starts_with("chatcmpl-"), "{id}");
+        for c in &chunks {
+            assert_eq!(c["id"], id, "one id for the whole response");
+            assert_eq!(c["object"], "chat.completion.chunk");
+        }
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        for c in &chunks[1..] {
+            assert!(
+                c["choices"][0]["delta"].get("role").is_none(),
+                "role only first"
+            );
+        }
+        let with_choice: Vec<&&Value> = chunks
+            .iter()
+            .filter(|c| !c["choices"].as_array().unwrap().is_empty())
+            .collect();
+        let (last, rest) = with_choice.split_last().unwrap();
+        assert!(
+            last["choices"][0]["finish_reason"].is_string(),
+            "{}",
+            self.raw
+        );
+        for c in rest {
+            assert!(
+                c["choices"][0]["finish_reason"].is_null(),
+                "finish only last: {}",
+                self.raw
+            );
+        }
+        assert!(self.done, "[DONE] missing: {}", self.raw);
+        assert_eq!(self.events.last().unwrap(), "[DONE]");
+    }
+}
+
+pub struct Env {
+    pub rt: tokio::runtime::Runtime,
+    pub mock: Option<MockServer>,
+    pub app: Arc<App>,
+    pub port: u16,
+    pub client: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Env {
+    /// Mock with `mock_cfg`, proxy with the default config pointed at it, changed by `edit`.
+    pub fn start(mock_cfg: MockConfig, edit: impl FnOnce(&mut Config)) -> Env {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mock = rt
+            .block_on(MockServer::start("127.0.0.1:0".parse().unwrap(), mock_cfg))
+            .unwrap();
+        let base = mock.base_url();
+        let mut env = Env::start_with(rt, |c| {
+            c.upstream.base_url = base;
+            edit(c)
+        });
+        env.mock = Some(mock);
+        env
+    }
+
+    /// Proxy only (no mock), with the default config changed by `edit`.
+    pub fn start_with(rt: tokio::runtime::Runtime, edit: impl FnOnce(&mut Config)) -> Env {
+        let port = free_port();
+        let mut config = Config::parse("", "test").unwrap();
+        config.server.listen = vec![format!("127.0.0.1:{port}")];
+        config.server.threads = 2;
+        config.retry.backoff = Duration::from_millis(10);
+        config.logging.access_log = true;
+        edit(&mut config);
+        let (server, app) = build_server(config, None).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(TestShutdown(Mutex::new(Some(rx)))),
+            });
+        });
+        wait_port(port);
+        Env {
+            rt,
+            mock: None,
+            app,
+            port,
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn mock(&self) -> &MockServer {
+        self.mock.as_ref().expect("this env has a mock")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.mock()
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.contains("chat/completions"))
+            .collect()
+    }
+
+    pub fn send(&self, req: reqwest::RequestBuilder) -> Resp {
+        self.rt.block_on(async {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let headers = r.headers().clone();
+            let body = r.bytes().await.unwrap().to_vec();
+            Resp {
+                status,
+                headers,
+                body,
+            }
+        })
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        self.send(self.client.get(self.url(path)))
+    }
+
+    pub fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> Resp {
+        self.send(
+            self.client
+                .post(self.url(path))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+    }
+
+    pub fn chat(&self, body: &Value) -> Resp {
+        self.post("/v1/chat/completions", body.to_string())
+    }
+
+    pub fn stream(&self, body: &Value) -> Sse {
+        let r = self.chat(body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            r.header("content-type")
+                .unwrap()
+                .starts_with("text/event-stream"),
+            "{:?}",
+            r.headers
+        );
+        let mut s = Sse::parse(&r.text());
+        s.status = r.status;
+        s
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(m) = self.mock.take() {
+            self.rt.block_on(m.shutdown());
+        }
+    }
+}
+
+/// A chat request body; `prompt` may carry `[[mock: ...]]` directives.
+pub fn chat_body(model: &str, prompt: &str, stream: bool) -> Value {
+    serde_json::json!({
+        "model": model,
+        "stream": stream,
+        "messages": [{"role": "user", "content": prompt}],
+    })
+}
+
+/// Tokens for the pool, as the pool section wants them.
+pub fn tokens(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
