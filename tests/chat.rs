@@ -274,6 +274,21 @@ fn upstream_json_answers_are_accepted_for_streaming_clients() {
 }
 
 #[test]
+fn a_json_answer_larger_than_the_precommit_bound_is_delivered() {
+    let env = Env::start(MockConfig::default(), |c| c.upstream.stream = false);
+    let prompt = "long [[mock: form=none; answer_words=200000; usage=false]]";
+    let (_, answer) = expected("long", "form=none; answer_words=200000");
+    assert!(
+        answer.len() > 1 << 20,
+        "the answer must exceed 1 MiB: {}",
+        answer.len()
+    );
+    let s = env.stream(&chat_body(MODEL, prompt, true));
+    s.assert_well_formed();
+    assert_eq!(s.content().len(), answer.len());
+}
+
+#[test]
 fn retries_with_a_new_token_until_one_answers() {
     let env = Env::start(MockConfig::default(), |c| {
         c.pool.tokens = tokens(&["t-a;fault=429;retry_after=9", "t-b;fault=401", "t-c"]);

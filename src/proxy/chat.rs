@@ -509,6 +509,7 @@ impl Job<'_> {
 
         // Read until the answer is known to be usable.
         let mut seen = 0usize;
+        let mut sse = false;
         let mut sink: Option<Sink> = None;
         let mut out = Vec::with_capacity(1024);
         loop {
@@ -558,6 +559,7 @@ impl Job<'_> {
             }
             if sink.is_none() {
                 let format = detect_format(&content_type, &chunk)?;
+                sse = format == UpstreamFormat::Sse;
                 let mut s = self.new_sink(format);
                 if let Sink::Stream(st) = &mut s {
                     st.start(&mut out);
@@ -578,7 +580,8 @@ impl Job<'_> {
                 Some(Sink::Collect(c)) => c.push(&chunk),
                 None => {}
             }
-            if seen > PRECOMMIT_LIMIT && matches!(sink, Some(Sink::Stream(_))) {
+            // A JSON answer is decoded at its end; an event stream must prove itself early.
+            if sse && seen > PRECOMMIT_LIMIT && matches!(sink, Some(Sink::Stream(_))) {
                 return Err(Failure::Unusable(
                     "more than 1 MiB without a single usable event".to_string(),
                 ));
