@@ -390,6 +390,27 @@ fn a_stall_mid_stream_ends_with_an_error_after_idle_timeout() {
 }
 
 #[test]
+fn an_upstream_that_keeps_the_body_open_after_done_still_ends_cleanly() {
+    // The mock sends its end marker and then holds the body open for a minute; the
+    // answer is complete, so the client gets a normal finish at once, stream or not.
+    let env = Env::start(MockConfig::default(), |c| {
+        c.upstream.idle_timeout = Duration::from_secs(30)
+    });
+    for end in ["marker", "done", "both"] {
+        let prompt = format!("linger [[mock: linger_ms=60000; end={end}]]");
+        let started = std::time::Instant::now();
+        let s = env.stream(&chat_body(MODEL, &prompt, true));
+        s.assert_well_formed();
+        assert_eq!(s.content(), expected("linger", "").1);
+        let r = env.chat(&chat_body(MODEL, &prompt, false));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["choices"][0]["finish_reason"], "stop");
+        // not the 30 s idle timeout: the end marker ended the exchange
+        assert!(started.elapsed() < Duration::from_secs(20), "end={end}");
+    }
+}
+
+#[test]
 fn exhausted_attempts_map_to_fitting_statuses() {
     // all rate limited → 429 with Retry-After
     let env = Env::start(MockConfig::default(), |c| {

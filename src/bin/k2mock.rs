@@ -30,6 +30,7 @@ DIRECTIVES (later layers win):
   retry_after=N|date:N                           Retry-After of a 429 (default 2)
   cut_after=N                                    events before cut/stall/error_event (default 2)
   slowhead_ms=N (default 3000)  stall_ms=N (default 60000)
+  linger_ms=N (default 0: keep the body open N ms after the last event)
   reasoning_words=N answer_words=N               filler words (default 0)
   duration=N                                     seconds in v2/details markup (default 3)
   json=compact|python                            python = json.dumps style with \\uXXXX escapes

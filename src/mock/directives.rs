@@ -221,6 +221,9 @@ pub struct Directives {
     pub slowhead_ms: u64,
     /// `stall_ms`: silence with `fault=stall` before the connection is dropped.
     pub stall_ms: u64,
+    /// `linger_ms`: keep the body open this long after the last event (a server that does
+    /// not close the stream after `[DONE]`).
+    pub linger_ms: u64,
     /// `reasoning_words`: filler words appended to the reasoning.
     pub reasoning_words: usize,
     /// `answer_words`: filler words appended to the answer.
@@ -249,6 +252,7 @@ impl Default for Directives {
             cut_after: 2,
             slowhead_ms: 3000,
             stall_ms: 60_000,
+            linger_ms: 0,
             reasoning_words: 0,
             answer_words: 0,
             duration: 3,
@@ -328,6 +332,7 @@ impl Directives {
             "cut_after" => num().map(|x| self.cut_after = x as usize).is_some(),
             "slowhead_ms" => num().map(|x| self.slowhead_ms = x).is_some(),
             "stall_ms" => num().map(|x| self.stall_ms = x).is_some(),
+            "linger_ms" => num().map(|x| self.linger_ms = x).is_some(),
             "reasoning_words" => num().map(|x| self.reasoning_words = x as usize).is_some(),
             "answer_words" => num().map(|x| self.answer_words = x as usize).is_some(),
             "duration" => num().map(|x| self.duration = x).is_some(),

@@ -744,7 +744,12 @@ async fn write_stream(
         }
     }
     match tail {
-        Tail::Finish => slot.completed.store(true, Ordering::SeqCst),
+        Tail::Finish => {
+            slot.completed.store(true, Ordering::SeqCst);
+            if d.linger_ms > 0 {
+                let _ = sleep_or_closed(Duration::from_millis(d.linger_ms), Some(&tx)).await;
+            }
+        }
         Tail::Cut => {
             if drain(&tx).await {
                 let _ = tx.send(Err(io::Error::other("mock fault: cut"))).await;

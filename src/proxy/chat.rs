@@ -36,6 +36,9 @@ use crate::transform::stream::{ChatStream, ReasoningMode, StreamOptions, Upstrea
 
 /// Most upstream bytes read before the answer proves usable; past it the answer is junk.
 const PRECOMMIT_LIMIT: usize = 1 << 20;
+/// After the upstream's end marker (`[DONE]`, `done: true`), how long to wait for the body
+/// to end; a stall or cut after the marker is a clean end, not a failure.
+const AFTER_DONE_WAIT: Duration = Duration::from_secs(1);
 /// How much of an error body is read to explain a failed attempt.
 const ERROR_BODY_LIMIT: usize = 4096;
 
@@ -259,6 +262,15 @@ impl Failure {
 enum Sink {
     Stream(ChatStream),
     Collect(Completion),
+}
+
+impl Sink {
+    fn done_seen(&self) -> bool {
+        match self {
+            Sink::Stream(s) => s.decoder().done_seen(),
+            Sink::Collect(c) => c.decoder().done_seen(),
+        }
+    }
 }
 
 impl Job<'_> {
@@ -513,15 +525,21 @@ impl Job<'_> {
         let mut sink: Option<Sink> = None;
         let mut out = Vec::with_capacity(1024);
         loop {
-            let wait = if sink
+            let done = sink.as_ref().is_some_and(Sink::done_seen);
+            let now = tokio::time::Instant::now();
+            let wait = if done {
+                now + AFTER_DONE_WAIT
+            } else if sink
                 .as_ref()
                 .is_some_and(|s| matches!(s, Sink::Collect(_)) && seen > 0)
             {
-                tokio::time::Instant::now() + up_cfg.idle_timeout
+                now + up_cfg.idle_timeout
             } else {
                 deadline
             };
             let chunk = match tokio::time::timeout_at(wait, up.read_response_body()).await {
+                // The answer is complete; the upstream just did not close the body.
+                Err(_) | Ok(Err(_)) if done => None,
                 Err(_) => return Err(Failure::Timeout("the answer")),
                 Ok(Err(e)) => {
                     return Err(Failure::Network(format!(
@@ -636,9 +654,16 @@ impl Job<'_> {
                         return;
                     }
                 }
-                match tokio::time::timeout(idle, up.read_response_body()).await {
+                let done = stream.decoder().done_seen();
+                let wait = if done { AFTER_DONE_WAIT } else { idle };
+                match tokio::time::timeout(wait, up.read_response_body()).await {
                     Ok(Ok(Some(chunk))) => stream.push(&chunk, &mut out),
                     Ok(Ok(None)) => {
+                        clean_end = true;
+                        break;
+                    }
+                    Ok(Err(_)) | Err(_) if done => {
+                        // The answer is complete; the upstream just did not close the body.
                         clean_end = true;
                         break;
                     }

@@ -38,6 +38,11 @@ impl Completion {
         }
     }
 
+    /// The decoder (for `done_seen`, `usable`, …).
+    pub fn decoder(&self) -> &K2Decoder {
+        &self.decoder
+    }
+
     /// Feed the next piece of the body.
     pub fn push(&mut self, bytes: &[u8]) {
         self.decoder.push(bytes, &mut self.deltas);
