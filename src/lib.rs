@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod k2think;
+pub mod metrics;
 pub mod mock;
 pub mod openai;
 pub mod pool;

@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         test: false,
         conf: None,
     };
-    match k2proxy::proxy::build_server(config, Some(opt)) {
+    match k2proxy::proxy::build_server(config, Some(cli.conf.clone()), Some(opt)) {
         Ok((server, _app)) => server.run_forever(),
         Err(e) => {
             eprintln!("k2proxy: cannot start: {e}");

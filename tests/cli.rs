@@ -125,10 +125,12 @@ fn proxy_and_mock_binaries_serve_a_chat_end_to_end() {
 
     // the proxy, pointed at it
     let port = common::free_port();
+    let metrics_port = common::free_port();
     let conf = temp_file(
         "serve.yaml",
         &format!(
             "server:\n  listen: [\"127.0.0.1:{port}\"]\n  grace_period: 1s\n\
+             metrics:\n  listen: \"127.0.0.1:{metrics_port}\"\n\
              upstream:\n  base_url: \"http://127.0.0.1:{mock_port}\"\n\
              auth:\n  api_keys: [\"sk-cli-test-key\"]\n"
         ),

@@ -5,6 +5,7 @@
 //! dotted path of the offending key and, where the parser knows it, the line and column.
 //! The commented reference for every key is `conf/k2proxy.yaml`.
 
+pub mod diff;
 mod values;
 
 use std::collections::{BTreeMap, HashSet};
@@ -13,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use values::{de_duration, de_opt_string, de_string, de_string_list, de_string_map};
 pub use values::{expand_env, ByteSize};
@@ -42,7 +43,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerSection,
@@ -53,10 +54,12 @@ pub struct Config {
     pub retry: RetrySection,
     pub reasoning: ReasoningSection,
     pub limits: LimitsSection,
+    pub admin: AdminSection,
+    pub metrics: MetricsSection,
     pub logging: LoggingSection,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     /// Addresses the OpenAI-compatible API listens on.
@@ -105,7 +108,7 @@ impl Default for ServerSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSection {
     /// Client API keys; none means the API is open to anyone who can reach it.
@@ -113,7 +116,7 @@ pub struct AuthSection {
 }
 
 /// A client key: either a bare string or `{name, key}` (the name goes to logs, never the key).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ApiKeyEntry {
     pub name: String,
     pub key: String,
@@ -154,7 +157,7 @@ impl<'de> Deserialize<'de> for ApiKeyEntry {
 }
 
 /// Which K2Think endpoint family to use.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamMode {
     /// `user` when any token is configured, else `guest`.
@@ -167,7 +170,7 @@ pub enum UpstreamMode {
 }
 
 /// Shape of the upstream request body.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum PayloadStyle {
     /// `stream`, `model`, `messages`, `params`, `features`.
@@ -178,7 +181,7 @@ pub enum PayloadStyle {
     Webui,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamSection {
     /// Scheme, host and optional port of the K2Think web chat.
@@ -231,7 +234,7 @@ impl Default for UpstreamSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeaderSection {
     #[serde(deserialize_with = "de_string")]
@@ -261,7 +264,7 @@ impl Default for HeaderSection {
 }
 
 /// A model the proxy offers.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelEntry {
     /// Public id clients send.
@@ -311,7 +314,7 @@ pub fn default_models() -> Vec<ModelEntry> {
     ]
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolSection {
     /// Bearer tokens (JWTs) for user mode.
@@ -342,7 +345,7 @@ impl Default for PoolSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrySection {
     /// Upstream attempts per client request, all before the client sees a byte.
@@ -365,7 +368,7 @@ impl Default for RetrySection {
 }
 
 /// Where reasoning goes in the output.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ReasoningOutput {
     /// `delta.reasoning_content` / `message.reasoning_content`.
@@ -377,7 +380,7 @@ pub enum ReasoningOutput {
     Drop,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReasoningSection {
     pub output: ReasoningOutput,
@@ -396,7 +399,7 @@ impl Default for ReasoningSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     /// Largest request body accepted (413 above it, checked on `Content-Length` first).
@@ -411,14 +414,51 @@ impl Default for LimitsSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Bearer key for `/admin/*`. Unset: admin routes answer only to loopback clients.
+    #[serde(deserialize_with = "de_opt_string")]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Listener of the Prometheus `/metrics` endpoint; null disables it.
+    #[serde(deserialize_with = "de_opt_string")]
+    pub listen: Option<String>,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            listen: Some("127.0.0.1:9091".to_string()),
+        }
+    }
+}
+
+/// Access-log line format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `key=value` pairs.
+    #[default]
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingSection {
     /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` overrides it.
     #[serde(deserialize_with = "de_string")]
     pub level: String,
-    /// One line per request at `info`.
+    /// One line per request on stdout (diagnostics go to stderr).
     pub access_log: bool,
+    /// `plain` or `json`.
+    pub format: LogFormat,
 }
 
 impl Default for LoggingSection {
@@ -426,6 +466,7 @@ impl Default for LoggingSection {
         LoggingSection {
             level: "info".to_string(),
             access_log: true,
+            format: LogFormat::Plain,
         }
     }
 }
@@ -600,6 +641,23 @@ impl Config {
                     format!("{s} is not an HTTP error status (400-599)"),
                 ));
             }
+        }
+        if let Some(m) = &self.metrics.listen {
+            if m.parse::<SocketAddr>().is_err() {
+                return Err((
+                    "metrics.listen".to_string(),
+                    format!("`{m}` is not an IP:port address"),
+                ));
+            }
+            if self.server.listen.iter().any(|l| l == m) {
+                return err(
+                    "metrics.listen",
+                    "must differ from every server.listen address",
+                );
+            }
+        }
+        if self.admin.key.as_deref().is_some_and(|k| k.len() < 16) {
+            return err("admin.key", "must be at least 16 characters");
         }
         if self.limits.max_body_bytes.0 < 1024 {
             return err("limits.max_body_bytes", "must be at least 1 KiB");

@@ -125,7 +125,7 @@ pub(super) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D
 }
 
 /// A size in bytes, written as a number or with a unit (`64KiB`, `10MiB`, `1GiB`, `500KB`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ByteSize(pub u64);
 
 impl ByteSize {

@@ -28,6 +28,7 @@ use rand::Rng;
 use super::{respond, routes, upstream, App, Ctx, Snapshot};
 use crate::config::{PayloadStyle, ReasoningOutput, UpstreamMode};
 use crate::k2think::BodyStyle;
+use crate::metrics::Metrics;
 use crate::openai::{ApiError, ChatRequest};
 use crate::pool::{Lease, LeaseError, Outcome};
 use crate::transform::complete::{Completion, CompletionResult};
@@ -241,6 +242,16 @@ impl Failure {
         }
     }
 
+    /// The `result` label of the upstream-attempt metric.
+    fn label(&self) -> String {
+        match self {
+            Failure::Status { status, .. } => status.to_string(),
+            Failure::Timeout(_) => "timeout".to_string(),
+            Failure::Network(_) => "connect_error".to_string(),
+            Failure::Unusable(_) => "invalid".to_string(),
+        }
+    }
+
     fn retryable(&self, on_status: &[u16]) -> bool {
         match self {
             Failure::Status { status, .. } => on_status.contains(status),
@@ -331,9 +342,21 @@ impl Job<'_> {
                 tried.push(l.id);
             }
             ctx.attempts += 1;
+            if attempt > 0 {
+                self.app.metrics.retries.inc();
+            }
             let started = Instant::now();
             let result = self.attempt(lease.as_ref(), ctx).await;
             let elapsed = started.elapsed();
+            let label = match &result {
+                Ok(_) => "200".to_string(),
+                Err(f) => f.label(),
+            };
+            self.app
+                .metrics
+                .upstream_attempts
+                .with_label_values(&[label.as_str()])
+                .inc();
             match result {
                 Ok(answer) => {
                     if let Some(l) = &lease {
@@ -635,6 +658,7 @@ impl Job<'_> {
             }
         };
         ctx.status = 200;
+        ctx.streamed = true;
         if let Err(e) = session.write_response_header(Box::new(head), false).await {
             debug!("{}: client went away before the head: {e}", ctx.request_id);
             ctx.outcome = "client_abort";
@@ -650,7 +674,7 @@ impl Job<'_> {
                         ctx.ttft = Some(ctx.started.elapsed());
                         first = false;
                     }
-                    if !write(session, ctx, &mut out).await {
+                    if !write(session, ctx, &self.app.metrics, &mut out).await {
                         return;
                     }
                 }
@@ -711,7 +735,7 @@ impl Job<'_> {
                 .map(str::to_string)
                 .or(Some("upstream failed mid-stream".into()));
         }
-        if !write(session, ctx, &mut out).await {
+        if !write(session, ctx, &self.app.metrics, &mut out).await {
             return;
         }
         if let Err(e) = session.write_response_body(None, true).await {
@@ -731,12 +755,16 @@ impl Job<'_> {
 }
 
 /// Write and clear `out`; false when the client is gone.
-async fn write(session: &mut Session, ctx: &mut Ctx, out: &mut Vec<u8>) -> bool {
+async fn write(session: &mut Session, ctx: &mut Ctx, metrics: &Metrics, out: &mut Vec<u8>) -> bool {
     if out.is_empty() {
         return true;
     }
     let bytes = Bytes::from(std::mem::take(out));
     ctx.bytes_out += bytes.len();
+    let now = Instant::now();
+    if let Some(last) = ctx.last_write.replace(now) {
+        metrics.chunk_gap.observe((now - last).as_secs_f64());
+    }
     match session.write_response_body(Some(bytes), false).await {
         Ok(()) => true,
         Err(e) => {

@@ -6,13 +6,18 @@
 //! `Connector` (design.md §3), so retries work for bodies of any size and a failed stream
 //! can still end with an explicit error event. `upstream_peer` is never reached.
 
+mod admin;
 mod chat;
+mod metrics_app;
+pub mod reload;
 mod respond;
 mod routes;
 mod upstream;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -23,8 +28,11 @@ use pingora::connectors::ConnectorOptions;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, ProxyServiceBuilder, Session};
 use pingora::server::configuration::{Opt, ServerConf};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 
-use crate::config::{Config, ModelEntry, UpstreamMode, UpstreamTarget};
+use crate::config::{Config, LogFormat, ModelEntry, UpstreamMode, UpstreamTarget};
+use crate::metrics::Metrics;
 use crate::pool::{parse_tokens_file, Pool, PoolSettings, Source};
 use crate::secret::Secret;
 
@@ -79,19 +87,45 @@ pub struct App {
     pool: Arc<Pool>,
     connector: Connector,
     resolver: upstream::Resolver,
+    metrics: Metrics,
+    /// The file reloads read; `None` for a server built from an in-memory config.
+    config_path: Option<PathBuf>,
+    reload_status: Mutex<reload::ReloadStatus>,
+    /// Serializes reloads (file watcher, SIGHUP and admin may fire together).
+    reload_lock: Mutex<()>,
 }
 
 impl App {
-    pub fn new(config: Config, server_conf: &ServerConf) -> Result<App, String> {
+    pub fn new(
+        config: Config,
+        config_path: Option<PathBuf>,
+        server_conf: &ServerConf,
+    ) -> Result<App, String> {
         let snapshot = Snapshot::new(config)?;
         let pool = Arc::new(Pool::new(pool_settings(&snapshot.config)));
         pool.set_tokens(load_tokens(&snapshot.config)?);
+        let metrics = Metrics::new(env!("CARGO_PKG_VERSION"))
+            .map_err(|e| format!("cannot set up metrics: {e}"))?;
+        let now = reload::unix_now();
+        metrics.config_loaded_at.set(now as i64);
         Ok(App {
             state: ArcSwap::from_pointee(snapshot),
             pool,
             connector: Connector::new(Some(ConnectorOptions::from_server_conf(server_conf))),
             resolver: upstream::Resolver::default(),
+            metrics,
+            reload_status: Mutex::new(reload::ReloadStatus {
+                config_file: config_path.as_ref().map(|p| p.display().to_string()),
+                loaded_at: now,
+                ..Default::default()
+            }),
+            config_path,
+            reload_lock: Mutex::new(()),
         })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -156,17 +190,23 @@ pub fn server_conf(c: &Config) -> ServerConf {
     conf
 }
 
-/// Build the Pingora server with the proxy service on every `server.listen` address.
+/// Build the Pingora server: the proxy service on every `server.listen` address, the
+/// metrics listener, and the reload triggers. `config_path` is the file reloads read;
 /// `opt` carries `-d`/`-u` from the command line (its config path is ignored).
-pub fn build_server(config: Config, opt: Option<Opt>) -> Result<(Server, Arc<App>), String> {
+pub fn build_server(
+    config: Config,
+    config_path: Option<PathBuf>,
+    opt: Option<Opt>,
+) -> Result<(Server, Arc<App>), String> {
     let listen = config.server.listen.clone();
+    let metrics_listen = config.metrics.listen.clone();
     let h2c = config.server.h2c;
     if config.auth.api_keys.is_empty() {
         warn!("auth.api_keys is empty: the API is open to every client that can reach it");
     }
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
     server.bootstrap();
-    let app = Arc::new(App::new(config, &server.configuration)?);
+    let app = Arc::new(App::new(config, config_path, &server.configuration)?);
     let snap = app.snapshot();
     info!(
         "upstream {} in {} mode, {} token(s), {} model(s)",
@@ -189,6 +229,25 @@ pub fn build_server(config: Config, opt: Option<Opt>) -> Result<(Server, Arc<App
         service.add_tcp(addr);
     }
     server.add_service(service);
+    if let Some(addr) = metrics_listen {
+        let mut metrics = Service::new(
+            "k2proxy metrics".to_string(),
+            metrics_app::MetricsApp { app: app.clone() },
+        );
+        metrics.add_tcp(&addr);
+        metrics.threads = Some(1);
+        server.add_service(metrics);
+    }
+    if app.config_path.is_some() {
+        server.add_service(background_service(
+            "config watcher",
+            reload::ConfigWatcher { app: app.clone() },
+        ));
+    }
+    server.add_service(background_service(
+        "sighup reload",
+        reload::SighupReload { app: app.clone() },
+    ));
     Ok((server, app))
 }
 
@@ -214,6 +273,10 @@ pub struct Ctx {
     /// `complete`, `upstream_error`, `client_abort`, `rejected` …
     pub outcome: &'static str,
     pub error: Option<String>,
+    /// The response was committed as an event stream.
+    pub streamed: bool,
+    /// When the last stream chunk was written (for the inter-chunk gap histogram).
+    pub last_write: Option<Instant>,
 }
 
 #[async_trait]
@@ -235,6 +298,8 @@ impl ProxyHttp for K2Proxy {
             bytes_out: 0,
             outcome: "-",
             error: None,
+            streamed: false,
+            last_write: None,
         }
     }
 
@@ -255,33 +320,85 @@ impl ProxyHttp for K2Proxy {
             ctx.status = session.response_written().map_or(0, |r| r.status.as_u16());
         }
         let snap = self.app.snapshot();
-        if !snap.config.logging.access_log {
-            return;
+        let model = match ctx.model.as_deref() {
+            None => "-",
+            Some(name) => snap.model(name).map_or("unknown", |m| m.id.as_str()),
+        };
+        let m = &self.app.metrics;
+        let status = ctx.status.to_string();
+        m.requests
+            .with_label_values(&[ctx.route, model, status.as_str()])
+            .inc();
+        m.request_duration
+            .with_label_values(&[ctx.route])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        if ctx.streamed {
+            m.stream_outcomes.with_label_values(&[ctx.outcome]).inc();
+            if let Some(t) = ctx.ttft {
+                m.ttft.observe(t.as_secs_f64());
+            }
         }
-        let req = session.req_header();
-        info!(
-            target: "access",
-            "{} {} {} {} key={} model={} attempts={} token={} ttft={} dur={:.1}ms in={} out={} outcome={}{}",
+        if snap.config.logging.access_log {
+            let req = session.req_header();
+            let line = access_line(
+                snap.config.logging.format,
+                req.method.as_str(),
+                req.uri.path(),
+                ctx,
+            );
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(line.as_bytes());
+        }
+    }
+}
+
+/// One access-log line (with its newline). Never contains a prompt, a key or a token:
+/// the key appears by name, the token masked.
+fn access_line(format: LogFormat, method: &str, path: &str, ctx: &Ctx) -> String {
+    let ts = humantime::format_rfc3339_millis(SystemTime::now());
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let duration = ms(ctx.started.elapsed());
+    match format {
+        LogFormat::Json => {
+            let v = serde_json::json!({
+                "ts": ts.to_string(),
+                "request_id": ctx.request_id,
+                "method": method,
+                "path": path,
+                "route": ctx.route,
+                "status": ctx.status,
+                "key": ctx.key_name,
+                "model": ctx.model,
+                "attempts": ctx.attempts,
+                "token": ctx.token,
+                "ttft_ms": ctx.ttft.map(ms),
+                "duration_ms": duration,
+                "bytes_in": ctx.bytes_in,
+                "bytes_out": ctx.bytes_out,
+                "outcome": ctx.outcome,
+                "error": ctx.error,
+            });
+            format!("{v}\n")
+        }
+        LogFormat::Plain => format!(
+            "{ts} {} {method} {path} {} key={} model={} attempts={} token={} ttft={} dur={duration:.1}ms in={} out={} outcome={}{}\n",
             ctx.request_id,
-            req.method,
-            req.uri.path(),
             ctx.status,
             ctx.key_name.as_deref().unwrap_or("-"),
             ctx.model.as_deref().unwrap_or("-"),
             ctx.attempts,
             ctx.token.as_deref().unwrap_or("-"),
             ctx.ttft
-                .map(|d| format!("{:.1}ms", d.as_secs_f64() * 1e3))
+                .map(|d| format!("{:.1}ms", ms(d)))
                 .unwrap_or_else(|| "-".into()),
-            ctx.started.elapsed().as_secs_f64() * 1e3,
             ctx.bytes_in,
             ctx.bytes_out,
             ctx.outcome,
             ctx.error
                 .as_deref()
-                .map(|e| format!(" error=\"{e}\""))
+                .map(|e| format!(" error={e:?}"))
                 .unwrap_or_default(),
-        );
+        ),
     }
 }
 

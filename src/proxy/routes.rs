@@ -17,6 +17,9 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
         "/v1/models" => Route::Models,
         "/v1/chat/completions" => Route::Chat,
         p if p.starts_with("/v1/models/") => Route::Model,
+        p if p.starts_with("/admin/") => {
+            return super::admin::dispatch(app, snap, session, ctx).await
+        }
         _ => {
             ctx.route = "unknown";
             let e = ApiError::new(

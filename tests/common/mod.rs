@@ -202,17 +202,26 @@ pub struct Env {
     thread: Option<JoinHandle<()>>,
 }
 
+/// A multi-thread runtime for the mock and the test's client.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The project's mock K2Think upstream on a free loopback port.
+pub fn start_mock(rt: &tokio::runtime::Runtime, cfg: MockConfig) -> MockServer {
+    rt.block_on(MockServer::start("127.0.0.1:0".parse().unwrap(), cfg))
+        .unwrap()
+}
+
 impl Env {
     /// Mock with `mock_cfg`, proxy with the default config pointed at it, changed by `edit`.
     pub fn start(mock_cfg: MockConfig, edit: impl FnOnce(&mut Config)) -> Env {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let mock = rt
-            .block_on(MockServer::start("127.0.0.1:0".parse().unwrap(), mock_cfg))
-            .unwrap();
+        let rt = runtime();
+        let mock = start_mock(&rt, mock_cfg);
         let base = mock.base_url();
         let mut env = Env::start_with(rt, |c| {
             c.upstream.base_url = base;
@@ -229,9 +238,35 @@ impl Env {
         config.server.listen = vec![format!("127.0.0.1:{port}")];
         config.server.threads = 2;
         config.retry.backoff = Duration::from_millis(10);
-        config.logging.access_log = true;
+        config.logging.access_log = false;
+        config.metrics.listen = None;
         edit(&mut config);
-        let (server, app) = build_server(config, None).unwrap();
+        Env::launch(rt, None, config, None, port)
+    }
+
+    /// Proxy started from a config file (so it can be reloaded), with a mock upstream whose
+    /// address and the proxy's port `write_config` receives.
+    pub fn start_file(
+        mock_cfg: MockConfig,
+        path: &std::path::Path,
+        write_config: impl Fn(&str, u16) -> String,
+    ) -> Env {
+        let rt = runtime();
+        let mock = start_mock(&rt, mock_cfg);
+        let port = free_port();
+        std::fs::write(path, write_config(&mock.base_url(), port)).unwrap();
+        let config = Config::load(path).unwrap();
+        Env::launch(rt, Some(mock), config, Some(path.to_path_buf()), port)
+    }
+
+    fn launch(
+        rt: tokio::runtime::Runtime,
+        mock: Option<MockServer>,
+        config: Config,
+        path: Option<std::path::PathBuf>,
+        port: u16,
+    ) -> Env {
+        let (server, app) = build_server(config, path, None).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::spawn(move || {
             server.run(RunArgs {
@@ -241,7 +276,7 @@ impl Env {
         wait_port(port);
         Env {
             rt,
-            mock: None,
+            mock,
             app,
             port,
             client: reqwest::Client::builder()

@@ -1,0 +1,188 @@
+//! Prometheus metrics: one registry per server (not the global one, so several servers can
+//! live in one process), text exposition format.
+//!
+//! Labels are few and bounded: routes and outcomes are fixed words, `model` is a configured
+//! model id (or `unknown`), statuses are numbers or a fixed word. No tokens, keys or
+//! request ids ever become labels.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Seconds; from 5 ms to 2 minutes (prefill on long contexts can take that long).
+const TTFT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+/// Seconds between two chunks written to a streaming client.
+const GAP_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    /// Client requests by route, model and status.
+    pub requests: IntCounterVec,
+    /// Client request duration by route.
+    pub request_duration: HistogramVec,
+    /// Upstream attempts by their result (`200`, `429`, `timeout`, `connect_error`, `invalid`).
+    pub upstream_attempts: IntCounterVec,
+    /// Attempts after the first one of a request.
+    pub retries: IntCounter,
+    /// Streams by how they ended: `complete`, `upstream_error`, `client_abort`.
+    pub stream_outcomes: IntCounterVec,
+    /// Time from request start to the first reasoning/content byte sent.
+    pub ttft: Histogram,
+    /// Gap between consecutive chunks written to a streaming client.
+    pub chunk_gap: Histogram,
+    /// Tokens by state (`active`, `cooling`, `disabled`); set at scrape time.
+    pub pool_tokens: IntGaugeVec,
+    /// Token refreshes (account sign-ins) by outcome (`success`, `failure`).
+    pub refreshes: IntCounterVec,
+    /// Configuration reloads by result (`success`, `failure`) and trigger.
+    pub reloads: IntCounterVec,
+    /// Unix time of the last successful reload (or start).
+    pub config_loaded_at: IntGauge,
+}
+
+impl Metrics {
+    pub fn new(version: &str) -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
+            registry.register(Box::new(h.clone()))?;
+            Ok::<_, prometheus::Error>(h)
+        };
+        let requests = counter_vec(
+            "k2proxy_requests_total",
+            "Client requests by route, model and HTTP status.",
+            &["route", "model", "status"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "k2proxy_request_duration_seconds",
+                "Client request duration, to the last byte.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        registry.register(Box::new(request_duration.clone()))?;
+        let upstream_attempts = counter_vec(
+            "k2proxy_upstream_attempts_total",
+            "Upstream attempts by result: HTTP status, timeout, connect_error or invalid.",
+            &["result"],
+        )?;
+        let retries = IntCounter::new(
+            "k2proxy_upstream_retries_total",
+            "Upstream attempts made after a failed one, before the client saw a byte.",
+        )?;
+        registry.register(Box::new(retries.clone()))?;
+        let stream_outcomes = counter_vec(
+            "k2proxy_stream_outcomes_total",
+            "Streaming responses by how they ended.",
+            &["outcome"],
+        )?;
+        let ttft = histogram(
+            "k2proxy_time_to_first_token_seconds",
+            "Time from the request to the first reasoning or content byte sent to the client.",
+            TTFT_BUCKETS,
+        )?;
+        let chunk_gap = histogram(
+            "k2proxy_stream_chunk_gap_seconds",
+            "Time between consecutive chunks written to a streaming client.",
+            GAP_BUCKETS,
+        )?;
+        let pool_tokens = IntGaugeVec::new(
+            Opts::new("k2proxy_pool_tokens", "Upstream tokens by state."),
+            &["state"],
+        )?;
+        registry.register(Box::new(pool_tokens.clone()))?;
+        let refreshes = counter_vec(
+            "k2proxy_token_refreshes_total",
+            "Token refreshes (account sign-ins) by outcome.",
+            &["outcome"],
+        )?;
+        let reloads = counter_vec(
+            "k2proxy_config_reloads_total",
+            "Configuration reload attempts by result and trigger.",
+            &["result", "trigger"],
+        )?;
+        let config_loaded_at = IntGauge::new(
+            "k2proxy_config_last_reload_success_timestamp_seconds",
+            "Unix time the running configuration was loaded.",
+        )?;
+        registry.register(Box::new(config_loaded_at.clone()))?;
+        let build = IntGaugeVec::new(
+            Opts::new("k2proxy_build_info", "Build information; always 1."),
+            &["version"],
+        )?;
+        registry.register(Box::new(build.clone()))?;
+        build.with_label_values(&[version]).set(1);
+        for state in ["active", "cooling", "disabled"] {
+            pool_tokens.with_label_values(&[state]).set(0);
+        }
+        for outcome in ["complete", "upstream_error", "client_abort"] {
+            stream_outcomes.with_label_values(&[outcome]);
+        }
+        for outcome in ["success", "failure"] {
+            refreshes.with_label_values(&[outcome]);
+        }
+        Ok(Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_attempts,
+            retries,
+            stream_outcomes,
+            ttft,
+            chunk_gap,
+            pool_tokens,
+            refreshes,
+            reloads,
+            config_loaded_at,
+        })
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(8 * 1024);
+        let families = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+            log::warn!("cannot encode metrics: {e}");
+        }
+        buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::new("1.2.3").unwrap();
+        m.requests.with_label_values(&["chat", "m", "200"]).inc();
+        m.ttft.observe(0.02);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains("# TYPE k2proxy_requests_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("k2proxy_requests_total{model=\"m\",route=\"chat\",status=\"200\"} 1")
+        );
+        assert!(text.contains("k2proxy_build_info{version=\"1.2.3\"} 1"));
+        assert!(text.contains("k2proxy_time_to_first_token_seconds_bucket{le=\"0.025\"} 1"));
+        assert!(text.contains("k2proxy_pool_tokens{state=\"cooling\"} 0"));
+        // two registries do not collide
+        assert!(Metrics::new("x").is_ok());
+    }
+}
