@@ -14,4 +14,6 @@ pub mod pool;
 pub mod proxy;
 pub mod secret;
 pub mod sse;
+pub mod tokens_file;
 pub mod transform;
+pub mod updater;

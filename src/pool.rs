@@ -13,10 +13,15 @@
 //! - 429 cools the token for `Retry-After`, or `cooldown · 2^(streak-1)` capped at
 //!   `max_cooldown` when the upstream gives none; no strike;
 //! - network errors (connect refused, reset before the head) are not the token's fault and
-//!   change nothing.
+//!   change nothing;
+//! - a refused token that came from an account asks for a fresh sign-in of that account
+//!   alone ([`PoolEvent::RefreshAccount`]); `consecutive_threshold` failures in a row (any
+//!   kind, success resets the count) ask for a refresh of every account
+//!   ([`PoolEvent::RefreshAll`]) when the pool holds more than two tokens. The caller hands
+//!   these to the updater in the background: nothing here waits on a sign-in.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::secret::Secret;
 
@@ -25,6 +30,8 @@ pub struct PoolSettings {
     pub max_failures: u32,
     pub cooldown: Duration,
     pub max_cooldown: Duration,
+    /// Failures in a row that ask for a refresh of every account (pool > 2 tokens).
+    pub consecutive_threshold: u32,
 }
 
 impl Default for PoolSettings {
@@ -33,15 +40,46 @@ impl Default for PoolSettings {
             max_failures: 3,
             cooldown: Duration::from_secs(30),
             max_cooldown: Duration::from_secs(600),
+            consecutive_threshold: 2,
         }
     }
 }
 
-/// Where a token came from (file-backed and account-backed tokens are managed differently).
+/// Where a token came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
+    /// `pool.tokens` in the config.
     Inline,
+    /// The tokens file (including tokens added through the admin API).
     File,
+    /// Signed in with this account (email).
+    Account(String),
+}
+
+impl Source {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Source::Inline => "inline",
+            Source::File => "file",
+            Source::Account(_) => "account",
+        }
+    }
+
+    pub fn account(&self) -> Option<&str> {
+        match self {
+            Source::Account(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Work the pool asks for after an outcome; the caller forwards it to the updater.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolEvent {
+    /// Sign in again with this account (its token was refused).
+    RefreshAccount(String),
+    /// Too many failures in a row: refresh every account.
+    RefreshAll,
 }
 
 /// What happened to one upstream attempt made with a leased token.
@@ -97,8 +135,15 @@ pub enum LeaseError {
 /// Per-token state, as shown to operators (token masked).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TokenView {
+    /// Position in the pool (what the seed-compatible `/admin/tokens/reset/{i}` takes).
+    pub index: usize,
+    /// Stable id (survives reloads of the token list).
     pub id: u64,
     pub token: String,
+    /// `inline`, `file` or `account`.
+    pub source: &'static str,
+    pub account: Option<String>,
+    /// `active`, `cooling` or `disabled`.
     pub state: &'static str,
     pub strikes: u32,
     pub cooling_for_secs: Option<u64>,
@@ -113,6 +158,13 @@ pub struct PoolStats {
     pub active: usize,
     pub cooling: usize,
     pub disabled: usize,
+    pub current_index: usize,
+    pub max_failures: u32,
+    pub consecutive_failures: u32,
+    pub consecutive_threshold: u32,
+    pub consecutive_auth_failures: u32,
+    /// Unix seconds of the last refused (401/403) attempt.
+    pub last_auth_failure: Option<u64>,
     pub tokens: Vec<TokenView>,
 }
 
@@ -163,6 +215,22 @@ struct Inner {
     entries: Vec<Entry>,
     cursor: usize,
     next_id: u64,
+    consecutive_failures: u32,
+    consecutive_auth_failures: u32,
+    last_auth_failure: Option<SystemTime>,
+}
+
+impl Inner {
+    fn add(&mut self, token: Secret, source: Source) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.entries.push(Entry::new(id, token, source));
+        id
+    }
+
+    fn find(&mut self, id: u64) -> Option<&mut Entry> {
+        self.entries.iter_mut().find(|e| e.id == id)
+    }
 }
 
 #[derive(Debug)]
@@ -178,6 +246,9 @@ impl Pool {
                 entries: Vec::new(),
                 cursor: 0,
                 next_id: 1,
+                consecutive_failures: 0,
+                consecutive_auth_failures: 0,
+                last_auth_failure: None,
             }),
         }
     }
@@ -192,13 +263,24 @@ impl Pool {
         self.lock().settings = settings;
     }
 
-    /// Replace the token list. Tokens that stay keep their id and state; duplicates collapse.
+    /// Replace the configured token list (inline and file tokens). Tokens that stay keep
+    /// their id and state; duplicates collapse. Account tokens signed in by the updater are
+    /// kept unless the list carries a token for the same account.
     pub fn set_tokens(&self, tokens: Vec<(Secret, Source)>) {
         let mut inner = self.lock();
-        let mut old: Vec<Entry> = std::mem::take(&mut inner.entries);
-        let mut entries = Vec::with_capacity(tokens.len());
+        let listed_accounts: Vec<String> = tokens
+            .iter()
+            .filter_map(|(_, s)| s.account().map(str::to_string))
+            .collect();
+        let (mut signed_in, mut old): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut inner.entries)
+            .into_iter()
+            .partition(|e| {
+                matches!(&e.source, Source::Account(a) if !listed_accounts.contains(a))
+                    && !tokens.iter().any(|(t, _)| *t == e.token)
+            });
+        let mut entries: Vec<Entry> = Vec::with_capacity(tokens.len() + signed_in.len());
         for (token, source) in tokens {
-            if entries.iter().any(|e: &Entry| e.token == token) {
+            if entries.iter().any(|e| e.token == token) {
                 continue;
             }
             match old.iter().position(|e| e.token == token) {
@@ -214,10 +296,91 @@ impl Pool {
                 }
             }
         }
+        entries.append(&mut signed_in);
         inner.entries = entries;
         if inner.cursor >= inner.entries.len() {
             inner.cursor = 0;
         }
+    }
+
+    /// A fresh sign-in for `account`: its old tokens leave the pool, the new one starts
+    /// clean. Returns the new token's id.
+    pub fn replace_account_token(&self, account: &str, token: Secret) -> u64 {
+        let mut inner = self.lock();
+        inner
+            .entries
+            .retain(|e| e.source.account() != Some(account) && e.token != token);
+        let id = inner.add(token, Source::Account(account.to_string()));
+        if inner.cursor >= inner.entries.len() {
+            inner.cursor = 0;
+        }
+        id
+    }
+
+    /// Add a token (admin API); `None` if it is already in the pool.
+    pub fn add(&self, token: Secret, source: Source) -> Option<u64> {
+        let mut inner = self.lock();
+        if inner.entries.iter().any(|e| e.token == token) {
+            return None;
+        }
+        Some(inner.add(token, source))
+    }
+
+    /// Remove a token; what it was, if it existed.
+    pub fn remove(&self, id: u64) -> Option<(Secret, Source)> {
+        let mut inner = self.lock();
+        let i = inner.entries.iter().position(|e| e.id == id)?;
+        let e = inner.entries.remove(i);
+        if inner.cursor >= inner.entries.len() {
+            inner.cursor = 0;
+        }
+        Some((e.token, e.source))
+    }
+
+    /// Take a token out of rotation until a reset (operator action).
+    pub fn disable(&self, id: u64) -> bool {
+        let mut inner = self.lock();
+        match inner.find(id) {
+            Some(e) => {
+                e.disabled = true;
+                e.last_error = Some("disabled by an operator".to_string());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The id of the token at position `index` (seed-compatible admin paths use indexes).
+    pub fn id_at(&self, index: usize) -> Option<u64> {
+        self.lock().entries.get(index).map(|e| e.id)
+    }
+
+    /// The tokens to persist in the tokens file: file and account tokens, in pool order.
+    pub fn persisted(&self) -> Vec<(Secret, Source)> {
+        self.lock()
+            .entries
+            .iter()
+            .filter(|e| e.source != Source::Inline)
+            .map(|e| (e.token.clone(), e.source.clone()))
+            .collect()
+    }
+
+    /// The accounts whose tokens are in the pool, with their tokens.
+    pub fn account_tokens(&self) -> Vec<(String, Secret)> {
+        self.lock()
+            .entries
+            .iter()
+            .filter_map(|e| e.source.account().map(|a| (a.to_string(), e.token.clone())))
+            .collect()
+    }
+
+    /// Clear both failure-in-a-row counters; the previous `consecutive_failures`.
+    pub fn reset_consecutive(&self) -> u32 {
+        let mut inner = self.lock();
+        let prev = inner.consecutive_failures;
+        inner.consecutive_failures = 0;
+        inner.consecutive_auth_failures = 0;
+        prev
     }
 
     pub fn len(&self) -> usize {
@@ -268,20 +431,24 @@ impl Pool {
         Err(LeaseError::Exhausted { retry_after })
     }
 
-    /// Apply the outcome of an attempt made with lease `id`. Unknown ids (the token was
-    /// removed meanwhile) are ignored.
-    pub fn report(&self, id: u64, outcome: &Outcome, now: Instant) {
+    /// Apply the outcome of an attempt made with lease `id`, and say what refresh work it
+    /// calls for. Unknown ids (the token was removed meanwhile) change nothing.
+    pub fn report(&self, id: u64, outcome: &Outcome, now: Instant) -> Vec<PoolEvent> {
         let mut inner = self.lock();
         let settings = inner.settings;
-        let Some(e) = inner.entries.iter_mut().find(|e| e.id == id) else {
-            return;
+        let pool_size = inner.entries.len();
+        let Some(e) = inner.find(id) else {
+            return Vec::new();
         };
+        let mut events = Vec::new();
+        let mut failed = true;
         match outcome {
             Outcome::Success => {
                 e.strikes = 0;
                 e.rate_limit_streak = 0;
+                failed = false;
             }
-            Outcome::Network => {}
+            Outcome::Network => return events,
             Outcome::RateLimited(retry_after) => {
                 e.failures += 1;
                 e.rate_limit_streak = e.rate_limit_streak.saturating_add(1);
@@ -305,7 +472,36 @@ impl Pool {
                     e.disabled = true;
                 }
                 e.last_error = Some(outcome.label());
+                if let (Outcome::Rejected(_), Some(account)) = (outcome, e.source.account()) {
+                    events.push(PoolEvent::RefreshAccount(account.to_string()));
+                }
             }
+        }
+        if !failed {
+            inner.consecutive_failures = 0;
+            inner.consecutive_auth_failures = 0;
+            return events;
+        }
+        if matches!(outcome, Outcome::Rejected(_)) {
+            inner.consecutive_auth_failures += 1;
+            inner.last_auth_failure = Some(SystemTime::now());
+        }
+        inner.consecutive_failures += 1;
+        if pool_size > 2 && inner.consecutive_failures >= settings.consecutive_threshold {
+            inner.consecutive_failures = 0;
+            events.push(PoolEvent::RefreshAll);
+        }
+        events
+    }
+
+    /// Clear every token's strikes, cooldown and disabled flag.
+    pub fn reset_all(&self) {
+        let mut inner = self.lock();
+        for e in &mut inner.entries {
+            e.strikes = 0;
+            e.disabled = false;
+            e.cooling_until = None;
+            e.rate_limit_streak = 0;
         }
     }
 
@@ -331,9 +527,18 @@ impl Pool {
             active: 0,
             cooling: 0,
             disabled: 0,
+            current_index: inner.cursor,
+            max_failures: inner.settings.max_failures,
+            consecutive_failures: inner.consecutive_failures,
+            consecutive_threshold: inner.settings.consecutive_threshold,
+            consecutive_auth_failures: inner.consecutive_auth_failures,
+            last_auth_failure: inner
+                .last_auth_failure
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
             tokens: Vec::with_capacity(inner.entries.len()),
         };
-        for e in &inner.entries {
+        for (index, e) in inner.entries.iter().enumerate() {
             let cooling = e.cooling(now);
             let state = if e.disabled {
                 stats.disabled += 1;
@@ -346,8 +551,11 @@ impl Pool {
                 "active"
             };
             stats.tokens.push(TokenView {
+                index,
                 id: e.id,
                 token: e.token.masked(),
+                source: e.source.label(),
+                account: e.source.account().map(str::to_string),
                 state,
                 strikes: e.strikes,
                 cooling_for_secs: cooling.map(|d| d.as_secs_f64().ceil() as u64),
@@ -358,16 +566,6 @@ impl Pool {
         }
         stats
     }
-}
-
-/// Parse a tokens file: one token per line; blank lines and `#` comments are skipped,
-/// surrounding whitespace trimmed.
-pub fn parse_tokens_file(text: &str) -> Vec<String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect()
 }
 
 #[cfg(test)]
@@ -517,8 +715,72 @@ mod tests {
     }
 
     #[test]
-    fn tokens_file_format() {
-        let t = parse_tokens_file("# comment\n\n  tok-a  \r\ntok-b\n#tok-c\n");
-        assert_eq!(t, ["tok-a", "tok-b"]);
+    fn refused_account_tokens_ask_for_that_account_only() {
+        let p = Pool::new(PoolSettings::default());
+        p.set_tokens(vec![(Secret::new("inline"), Source::Inline)]);
+        let id = p.replace_account_token("a@x.io", Secret::new("jwt-a"));
+        let now = Instant::now();
+        assert_eq!(
+            p.report(id, &Outcome::Rejected(401), now),
+            vec![PoolEvent::RefreshAccount("a@x.io".into())]
+        );
+        // a refused inline token has no account to refresh
+        assert!(p.report(1, &Outcome::Rejected(403), now).is_empty());
+        // a new sign-in replaces the account's token with a clean one
+        let id2 = p.replace_account_token("a@x.io", Secret::new("jwt-a2"));
+        let s = p.stats(now);
+        assert_eq!(s.total, 2);
+        assert_eq!(s.tokens[1].id, id2);
+        assert_eq!((s.tokens[1].strikes, s.tokens[1].source), (0, "account"));
+        // a reload of the configured tokens keeps signed-in account tokens
+        p.set_tokens(vec![(Secret::new("other"), Source::File)]);
+        assert_eq!(
+            p.account_tokens(),
+            vec![("a@x.io".to_string(), Secret::new("jwt-a2"))]
+        );
+        assert_eq!(p.persisted().len(), 2);
+    }
+
+    #[test]
+    fn failures_in_a_row_ask_for_a_refresh_of_everything_only_in_pools_over_two() {
+        let now = Instant::now();
+        let p = pool(&["a", "b", "c"]);
+        assert!(p.report(1, &Outcome::ServerError(500), now).is_empty());
+        assert_eq!(
+            p.report(2, &Outcome::Timeout, now),
+            vec![PoolEvent::RefreshAll]
+        );
+        // the count restarts after asking, and success resets it
+        assert!(p.report(3, &Outcome::ServerError(502), now).is_empty());
+        p.report(3, &Outcome::Success, now);
+        assert!(p.report(1, &Outcome::BadResponse, now).is_empty());
+        assert_eq!(p.stats(now).consecutive_failures, 1);
+        assert_eq!(p.reset_consecutive(), 1);
+        // network errors do not count
+        for _ in 0..5 {
+            assert!(p.report(2, &Outcome::Network, now).is_empty());
+        }
+        // two tokens: never
+        let small = pool(&["a", "b"]);
+        for _ in 0..5 {
+            assert!(small.report(1, &Outcome::ServerError(500), now).is_empty());
+        }
+    }
+
+    #[test]
+    fn operator_actions() {
+        let p = pool(&["a", "b"]);
+        let now = Instant::now();
+        assert!(p.disable(1));
+        assert_eq!(p.stats(now).tokens[0].state, "disabled");
+        assert_eq!(p.lease(&[], now).unwrap().token.expose(), "b");
+        p.reset_all();
+        assert_eq!(p.stats(now).active, 2);
+        assert_eq!(p.add(Secret::new("a"), Source::File), None);
+        let c = p.add(Secret::new("c"), Source::File).unwrap();
+        assert_eq!(p.id_at(2), Some(c));
+        assert_eq!(p.remove(c).map(|(t, _)| t), Some(Secret::new("c")));
+        assert_eq!(p.remove(c), None);
+        assert!(!p.disable(c) && !p.reset(c));
     }
 }

@@ -79,6 +79,8 @@ fn is_leaf_object(path: &str) -> bool {
                 | "cooldown"
                 | "max_cooldown"
                 | "backoff"
+                | "interval"
+                | "timeout"
         )
     )
 }

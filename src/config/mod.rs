@@ -54,6 +54,7 @@ pub struct Config {
     pub retry: RetrySection,
     pub reasoning: ReasoningSection,
     pub limits: LimitsSection,
+    pub updater: UpdaterSection,
     pub admin: AdminSection,
     pub metrics: MetricsSection,
     pub logging: LoggingSection,
@@ -331,6 +332,9 @@ pub struct PoolSection {
     /// Upper bound of that exponential cooldown.
     #[serde(deserialize_with = "de_duration")]
     pub max_cooldown: Duration,
+    /// Failures in a row (any token) that start a background refresh of every account;
+    /// only when the pool holds more than 2 tokens.
+    pub consecutive_failures: u32,
 }
 
 impl Default for PoolSection {
@@ -341,6 +345,7 @@ impl Default for PoolSection {
             max_failures: 3,
             cooldown: Duration::from_secs(30),
             max_cooldown: Duration::from_secs(600),
+            consecutive_failures: 2,
         }
     }
 }
@@ -410,6 +415,37 @@ impl Default for LimitsSection {
     fn default() -> Self {
         LimitsSection {
             max_body_bytes: ByteSize(10 * 1024 * 1024),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdaterSection {
+    /// JSON lines `{"email": "...", "k2_password": "..."}` (`password` accepted too).
+    /// Unset: no sign-in; the pool holds only configured tokens.
+    #[serde(deserialize_with = "de_opt_string")]
+    pub accounts_file: Option<String>,
+    /// Sign every account in again this often (also at start).
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
+    /// Refresh a token when this fraction of its JWT lifetime (`exp`) has passed.
+    pub refresh_at: f64,
+    /// Sign-ins running at once.
+    pub max_parallel: usize,
+    /// Time allowed for one sign-in request.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for UpdaterSection {
+    fn default() -> Self {
+        UpdaterSection {
+            accounts_file: None,
+            interval: Duration::from_secs(24 * 3600),
+            refresh_at: 0.8,
+            max_parallel: 4,
+            timeout: Duration::from_secs(30),
         }
     }
 }
@@ -532,7 +568,13 @@ impl Config {
     /// Relative file paths in the config are relative to the config file's directory.
     fn resolve_paths(&mut self, base: Option<&Path>) {
         let Some(base) = base else { return };
-        if let Some(p) = self.pool.tokens_file.as_mut() {
+        for p in [
+            self.pool.tokens_file.as_mut(),
+            self.updater.accounts_file.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let path = PathBuf::from(&*p);
             if path.is_relative() {
                 *p = base.join(path).display().to_string();
@@ -625,6 +667,18 @@ impl Config {
                 ));
             }
         }
+        if !(self.updater.refresh_at > 0.0 && self.updater.refresh_at < 1.0) {
+            return err("updater.refresh_at", "must be between 0 and 1 (exclusive)");
+        }
+        if self.updater.max_parallel == 0 {
+            return err("updater.max_parallel", "must be at least 1");
+        }
+        if self.updater.interval < Duration::from_secs(60) {
+            return err("updater.interval", "must be at least 1m");
+        }
+        if self.pool.consecutive_failures == 0 {
+            return err("pool.consecutive_failures", "must be at least 1");
+        }
         if self.pool.max_failures == 0 {
             return err("pool.max_failures", "must be at least 1");
         }
@@ -675,7 +729,10 @@ impl Config {
     pub fn effective_mode(&self) -> UpstreamMode {
         match self.upstream.mode {
             UpstreamMode::Auto => {
-                if self.pool.tokens.is_empty() && self.pool.tokens_file.is_none() {
+                if self.pool.tokens.is_empty()
+                    && self.pool.tokens_file.is_none()
+                    && self.updater.accounts_file.is_none()
+                {
                     UpstreamMode::Guest
                 } else {
                     UpstreamMode::User

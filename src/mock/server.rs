@@ -237,6 +237,11 @@ impl MockServer {
         lock(&self.shared.issued).clear();
     }
 
+    /// Forgets one issued JWT (with `strict_tokens`, it is then rejected with 401).
+    pub fn revoke_token(&self, token: &str) {
+        lock(&self.shared.issued).remove(token);
+    }
+
     /// Stops accepting and drops every open connection.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);

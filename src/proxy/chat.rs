@@ -360,7 +360,11 @@ impl Job<'_> {
             match result {
                 Ok(answer) => {
                     if let Some(l) = &lease {
-                        pool.report(l.id, &Outcome::Success, Instant::now());
+                        self.app.request_refresh(pool.report(
+                            l.id,
+                            &Outcome::Success,
+                            Instant::now(),
+                        ));
                         ctx.token = Some(l.token.masked());
                     }
                     return Ok(answer);
@@ -376,7 +380,8 @@ impl Job<'_> {
                         f.describe()
                     );
                     if let Some(l) = &lease {
-                        pool.report(l.id, &f.outcome(), Instant::now());
+                        self.app
+                            .request_refresh(pool.report(l.id, &f.outcome(), Instant::now()));
                     }
                     let retry = f.retryable(&cfg.retry.on_status);
                     last = Some(f);

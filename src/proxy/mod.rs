@@ -12,6 +12,7 @@ mod metrics_app;
 pub mod reload;
 mod respond;
 mod routes;
+mod updater;
 mod upstream;
 
 use std::io::Write;
@@ -33,8 +34,9 @@ use pingora::services::listening::Service;
 
 use crate::config::{Config, LogFormat, ModelEntry, UpstreamMode, UpstreamTarget};
 use crate::metrics::Metrics;
-use crate::pool::{parse_tokens_file, Pool, PoolSettings, Source};
+use crate::pool::{Pool, PoolEvent, PoolSettings, Source};
 use crate::secret::Secret;
+use crate::tokens_file;
 
 pub use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 
@@ -93,6 +95,12 @@ pub struct App {
     reload_status: Mutex<reload::ReloadStatus>,
     /// Serializes reloads (file watcher, SIGHUP and admin may fire together).
     reload_lock: Mutex<()>,
+    /// Refresh work for the updater (sign-ins), sent without waiting.
+    refresh_tx: tokio::sync::mpsc::UnboundedSender<PoolEvent>,
+    refresh_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<PoolEvent>>>,
+    /// Serializes writes of the tokens file.
+    tokens_file_lock: Mutex<()>,
+    updater: updater::UpdaterState,
 }
 
 impl App {
@@ -108,6 +116,7 @@ impl App {
             .map_err(|e| format!("cannot set up metrics: {e}"))?;
         let now = reload::unix_now();
         metrics.config_loaded_at.set(now as i64);
+        let (refresh_tx, refresh_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(App {
             state: ArcSwap::from_pointee(snapshot),
             pool,
@@ -121,7 +130,36 @@ impl App {
             }),
             config_path,
             reload_lock: Mutex::new(()),
+            refresh_tx,
+            refresh_rx: Mutex::new(Some(refresh_rx)),
+            tokens_file_lock: Mutex::new(()),
+            updater: updater::UpdaterState::default(),
         })
+    }
+
+    /// Hand refresh work to the updater; never waits.
+    pub fn request_refresh(&self, events: Vec<PoolEvent>) {
+        for e in events {
+            let _ = self.refresh_tx.send(e);
+        }
+    }
+
+    /// Save the pool's file and account tokens to `pool.tokens_file`, atomically.
+    /// `Ok(false)` when no tokens file is configured (the change lives in memory only).
+    pub fn persist_tokens(&self) -> Result<bool, String> {
+        let snap = self.snapshot();
+        let Some(path) = snap.config.pool.tokens_file.as_deref() else {
+            return Ok(false);
+        };
+        let _serial = self
+            .tokens_file_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let tokens = self.pool.persisted();
+        let text = tokens_file::format(tokens.iter().map(|(t, s)| (t.expose(), s.account())));
+        tokens_file::write_atomic(std::path::Path::new(path), &text)
+            .map(|()| true)
+            .map_err(|e| format!("cannot write {path}: {e}"))
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -142,6 +180,7 @@ fn pool_settings(c: &Config) -> PoolSettings {
         max_failures: c.pool.max_failures,
         cooldown: c.pool.cooldown,
         max_cooldown: c.pool.max_cooldown,
+        consecutive_threshold: c.pool.consecutive_failures,
     }
 }
 
@@ -155,11 +194,10 @@ fn load_tokens(c: &Config) -> Result<Vec<(Secret, Source)>, String> {
         .collect();
     if let Some(path) = &c.pool.tokens_file {
         match std::fs::read_to_string(path) {
-            Ok(text) => tokens.extend(
-                parse_tokens_file(&text)
-                    .into_iter()
-                    .map(|t| (Secret::new(t), Source::File)),
-            ),
+            Ok(text) => tokens.extend(tokens_file::parse(&text).into_iter().map(|(t, account)| {
+                let source = account.map_or(Source::File, Source::Account);
+                (Secret::new(t), source)
+            })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 warn!("pool.tokens_file {path} does not exist yet; starting without its tokens")
             }
@@ -247,6 +285,10 @@ pub fn build_server(
     server.add_service(background_service(
         "sighup reload",
         reload::SighupReload { app: app.clone() },
+    ));
+    server.add_service(background_service(
+        "token updater",
+        updater::UpdaterService { app: app.clone() },
     ));
     Ok((server, app))
 }

@@ -17,7 +17,8 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
         "/v1/models" => Route::Models,
         "/v1/chat/completions" => Route::Chat,
         p if p.starts_with("/v1/models/") => Route::Model,
-        p if p.starts_with("/admin/") => {
+        "/ready" => Route::Ready,
+        p if p == "/admin" || p.starts_with("/admin/") => {
             return super::admin::dispatch(app, snap, session, ctx).await
         }
         _ => {
@@ -46,7 +47,7 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
         let _ = respond::json(session, ctx, 405, e.body(), &extra).await;
         return;
     }
-    if route != Route::Health {
+    if !matches!(route, Route::Health | Route::Ready) {
         if let Err(e) = authenticate(snap, session, ctx) {
             return respond::error(session, ctx, &e).await;
         }
@@ -58,6 +59,18 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
                 "mode": if snap.mode == crate::config::UpstreamMode::User { "user" } else { "guest" },
             });
             let _ = respond::json(session, ctx, 200, body.to_string().into_bytes(), &[]).await;
+        }
+        Route::Ready => {
+            let stats = app.pool().stats(std::time::Instant::now());
+            let user = snap.mode == crate::config::UpstreamMode::User;
+            let ready = !user || stats.active > 0;
+            let body = json!({
+                "status": if ready { "ready" } else { "not_ready" },
+                "mode": if user { "user" } else { "guest" },
+                "tokens": {"total": stats.total, "active": stats.active, "cooling": stats.cooling, "disabled": stats.disabled},
+            });
+            let code = if ready { 200 } else { 503 };
+            let _ = respond::json(session, ctx, code, body.to_string().into_bytes(), &[]).await;
         }
         Route::Models => {
             let data: Vec<_> = snap.config.models.iter().map(model_json).collect();
@@ -82,6 +95,7 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     Health,
+    Ready,
     Models,
     Model,
     Chat,
@@ -91,6 +105,7 @@ impl Route {
     fn name(self) -> &'static str {
         match self {
             Route::Health => "health",
+            Route::Ready => "ready",
             Route::Models => "models",
             Route::Model => "model",
             Route::Chat => "chat",

@@ -1,0 +1,323 @@
+//! The token keeper: signs accounts in through Pingora's connector (same TLS stack as the
+//! chat path) and keeps their tokens fresh, in the background.
+//!
+//! Runs at start, at each account's refresh time (a fraction of its JWT lifetime, capped by
+//! `updater.interval`), when the pool asks (a refused account token, failures in a row), and
+//! on `POST /admin/tokens/updater/force-update`. Sign-ins run at most `max_parallel` at a
+//! time and at most one per account. A failed sign-in never removes a working token; the
+//! account is retried later with backoff. No request ever waits on any of this.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use log::{info, warn};
+use pingora::http::RequestHeader;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::{Notify, Semaphore};
+
+use super::reload::unix_now;
+use super::{upstream, App};
+use crate::pool::PoolEvent;
+use crate::secret::Secret;
+use crate::updater::{
+    due_accounts, jwt_exp, parse_accounts, refresh_due, token_from_signin, Account, AccountStatus,
+    UpdaterStatus,
+};
+
+const SIGNIN_PATH: &str = "/api/v1/auths/signin";
+const MAX_ANSWER: usize = 64 * 1024;
+/// How often the loop looks again when nothing is due (picks up config reloads).
+const TICK: Duration = Duration::from_secs(5);
+
+/// Shared updater state (in `App`).
+#[derive(Default)]
+pub struct UpdaterState {
+    status: Mutex<UpdaterStatus>,
+    /// email → unix time of its next refresh.
+    due: Mutex<HashMap<String, u64>>,
+    /// Consecutive failed sign-ins per account (for backoff).
+    failures: Mutex<HashMap<String, u32>>,
+    inflight: Mutex<HashSet<String>>,
+    wake: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl UpdaterState {
+    /// Make these accounts (or all, with `None`) due now and wake the loop.
+    pub fn force(&self, email: Option<&str>) {
+        let mut due = lock(&self.due);
+        match email {
+            Some(e) => {
+                due.insert(e.to_string(), 0);
+            }
+            None => due.values_mut().for_each(|t| *t = 0),
+        }
+        drop(due);
+        self.wake.notify_one();
+    }
+}
+
+impl App {
+    /// The updater's status, with live counts.
+    pub fn updater_status(&self) -> UpdaterStatus {
+        let snap = self.snapshot();
+        let mut s = lock(&self.updater.status).clone();
+        s.update_interval = snap.config.updater.interval.as_secs();
+        s.accounts_file_exists = snap
+            .config
+            .updater
+            .accounts_file
+            .as_deref()
+            .is_some_and(|p| std::path::Path::new(p).exists());
+        s.cached_tokens_count = self.pool.account_tokens().len();
+        s.mode = if snap.config.pool.tokens_file.is_some() {
+            "file"
+        } else {
+            "memory"
+        };
+        s.next_update = lock(&self.updater.due).values().min().copied();
+        s.is_updating = !lock(&self.updater.inflight).is_empty();
+        s
+    }
+
+    pub fn updater_enabled(&self) -> bool {
+        self.snapshot().config.updater.accounts_file.is_some()
+    }
+
+    pub fn force_update(&self) {
+        self.updater.force(None);
+    }
+}
+
+pub struct UpdaterService {
+    pub app: Arc<App>,
+}
+
+#[async_trait]
+impl BackgroundService for UpdaterService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let app = &self.app;
+        let Some(mut events) = lock(&app.refresh_rx).take() else {
+            return;
+        };
+        loop {
+            let snap = app.snapshot();
+            let cfg = snap.config.updater.clone();
+            let accounts = match cfg.accounts_file.as_deref() {
+                None => Vec::new(),
+                Some(path) => match std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {path}: {e}"))
+                    .and_then(|t| parse_accounts(&t).map_err(|e| format!("{path}: {e}")))
+                {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let mut st = lock(&app.updater.status);
+                        if st.last_error.as_deref() != Some(e.as_str()) {
+                            warn!("updater: {e}");
+                        }
+                        st.last_error = Some(e);
+                        Vec::new()
+                    }
+                },
+            };
+            {
+                let mut st = lock(&app.updater.status);
+                st.is_running = cfg.accounts_file.is_some();
+                st.accounts = accounts.len();
+            }
+            let now = unix_now();
+            let due: Vec<Account> = {
+                let map = lock(&app.updater.due);
+                due_accounts(&accounts, &map, now)
+                    .into_iter()
+                    .cloned()
+                    .collect()
+            };
+            if !due.is_empty() {
+                self.run(due, cfg.max_parallel, cfg.timeout).await;
+            }
+            let next = {
+                let map = lock(&app.updater.due);
+                accounts
+                    .iter()
+                    .filter_map(|a| map.get(&a.email))
+                    .min()
+                    .copied()
+            };
+            let wait = next
+                .map(|t| Duration::from_secs(t.saturating_sub(unix_now())))
+                .unwrap_or(TICK)
+                .min(TICK);
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = app.updater.wake.notified() => {}
+                ev = events.recv() => match ev {
+                    None => break,
+                    Some(PoolEvent::RefreshAccount(email)) => {
+                        info!("updater: a token of {email} was refused; signing in again");
+                        app.updater.force(Some(&email));
+                    }
+                    Some(PoolEvent::RefreshAll) => {
+                        if !accounts.is_empty() {
+                            info!("updater: failures in a row; refreshing every account");
+                        }
+                        app.updater.force(None);
+                    }
+                },
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+impl UpdaterService {
+    /// Sign these accounts in, `max_parallel` at a time, one flight per account.
+    async fn run(&self, accounts: Vec<Account>, max_parallel: usize, timeout: Duration) {
+        let sem = Arc::new(Semaphore::new(max_parallel));
+        let mut tasks = tokio::task::JoinSet::new();
+        for account in accounts {
+            if !lock(&self.app.updater.inflight).insert(account.email.clone()) {
+                continue;
+            }
+            let (app, sem) = (self.app.clone(), sem.clone());
+            tasks.spawn(async move {
+                let _permit = sem.acquire().await;
+                let result = tokio::time::timeout(timeout, sign_in(&app, &account))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {}s", timeout.as_secs())));
+                record(&app, &account, result);
+                lock(&app.updater.inflight).remove(&account.email);
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Apply one sign-in result: swap the account's token in, persist, schedule the next one.
+fn record(app: &App, account: &Account, result: Result<String, String>) {
+    let now = unix_now();
+    let cfg = app.snapshot().config.updater.clone();
+    let email = &account.email;
+    let mut per = AccountStatus {
+        email: email.clone(),
+        last_signin: Some(now),
+        ..Default::default()
+    };
+    match result {
+        Ok(token) => {
+            let exp = jwt_exp(&token);
+            app.pool.replace_account_token(email, Secret::new(token));
+            let due = refresh_due(now, exp, cfg.refresh_at, cfg.interval.as_secs());
+            lock(&app.updater.due).insert(email.clone(), due);
+            lock(&app.updater.failures).remove(email);
+            per.token_expires = exp;
+            per.refresh_due = Some(due);
+            app.metrics.refreshes.with_label_values(&["success"]).inc();
+            info!(
+                "updater: signed in {email}; next refresh in {}s",
+                due.saturating_sub(now)
+            );
+            if let Err(e) = app.persist_tokens() {
+                warn!("updater: {e}");
+            }
+            let mut st = lock(&app.updater.status);
+            st.update_count += 1;
+            st.last_update = Some(now);
+        }
+        Err(e) => {
+            let n = {
+                let mut f = lock(&app.updater.failures);
+                let n = f.entry(email.clone()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let backoff = (30u64 << n.min(10)).min(cfg.interval.as_secs());
+            lock(&app.updater.due).insert(email.clone(), now + backoff);
+            per.last_error = Some(e.clone());
+            per.refresh_due = Some(now + backoff);
+            app.metrics.refreshes.with_label_values(&["failure"]).inc();
+            warn!("updater: sign-in of {email} failed ({e}); keeping its current token, retry in {backoff}s");
+            let mut st = lock(&app.updater.status);
+            st.error_count += 1;
+            st.last_error = Some(format!("{email}: {e}"));
+        }
+    }
+    let mut st = lock(&app.updater.status);
+    st.per_account.retain(|a| a.email != *email);
+    st.per_account.push(per);
+    st.per_account.sort_by(|a, b| a.email.cmp(&b.email));
+}
+
+/// One sign-in: `POST /api/v1/auths/signin` with the account's email and password.
+async fn sign_in(app: &App, account: &Account) -> Result<String, String> {
+    let snap = app.snapshot();
+    let addr = app
+        .resolver
+        .resolve(&snap.target.host, snap.target.port)
+        .await?;
+    let peer = upstream::peer(&snap, addr);
+    let (mut session, _) = app
+        .connector
+        .get_http_session(&peer)
+        .await
+        .map_err(|e| format!("cannot connect: {}", e.etype().as_str()))?;
+    let body = serde_json::json!({"email": account.email, "password": account.password.expose()})
+        .to_string();
+    let h = &snap.config.upstream.headers;
+    let build = || -> pingora::Result<RequestHeader> {
+        let mut req = RequestHeader::build("POST", SIGNIN_PATH.as_bytes(), Some(8))?;
+        req.insert_header("host", snap.target.authority.as_str())?;
+        req.insert_header("content-type", "application/json")?;
+        req.insert_header("accept", "application/json")?;
+        req.insert_header("accept-encoding", "identity")?;
+        req.insert_header("content-length", body.len().to_string())?;
+        if !h.origin.is_empty() {
+            req.insert_header("origin", h.origin.as_str())?;
+            req.insert_header("referer", format!("{}/auth?mode=signin", h.origin))?;
+        }
+        if !h.user_agent.is_empty() {
+            req.insert_header("user-agent", h.user_agent.as_str())?;
+        }
+        Ok(req)
+    };
+    let req = build().map_err(|e| format!("cannot build the request: {e}"))?;
+    let io = |e: Box<pingora::Error>| format!("sign-in exchange failed: {}", e.etype().as_str());
+    session
+        .write_request_header(Box::new(req))
+        .await
+        .map_err(io)?;
+    session
+        .write_request_body(bytes::Bytes::from(body), true)
+        .await
+        .map_err(io)?;
+    session.finish_request_body().await.map_err(io)?;
+    session.read_response_header().await.map_err(io)?;
+    let (status, cookies) = {
+        let head = session
+            .response_header()
+            .ok_or_else(|| "no response head".to_string())?;
+        let cookies: Vec<String> = head
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect();
+        (head.status.as_u16(), cookies)
+    };
+    let mut answer = BytesMut::new();
+    while answer.len() < MAX_ANSWER {
+        match session.read_response_body().await.map_err(io)? {
+            Some(c) => answer.extend_from_slice(&c),
+            None => break,
+        }
+    }
+    let refs: Vec<&str> = cookies.iter().map(String::as_str).collect();
+    token_from_signin(status, &answer, &refs)
+}
