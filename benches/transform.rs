@@ -93,6 +93,7 @@ fn options() -> StreamOptions {
         reasoning: ReasoningMode::Field,
         implicit_think: true,
         include_usage: true,
+        tools: None,
     }
 }
 

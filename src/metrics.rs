@@ -42,6 +42,10 @@ pub struct Metrics {
     pub pool_tokens: IntGaugeVec,
     /// Token refreshes (account sign-ins) by outcome (`success`, `failure`).
     pub refreshes: IntCounterVec,
+    /// Emulated tool calls parsed out of answers.
+    pub tool_calls: IntCounter,
+    /// Tool-call blocks that could not be used (returned as content instead).
+    pub tool_parse_failures: IntCounter,
     /// Configuration reloads by result (`success`, `failure`) and trigger.
     pub reloads: IntCounterVec,
     /// Unix time of the last successful reload (or start).
@@ -110,6 +114,16 @@ impl Metrics {
             "Token refreshes (account sign-ins) by outcome.",
             &["outcome"],
         )?;
+        let tool_calls = IntCounter::new(
+            "k2proxy_tool_calls_total",
+            "Emulated tool calls parsed out of K2Think answers.",
+        )?;
+        registry.register(Box::new(tool_calls.clone()))?;
+        let tool_parse_failures = IntCounter::new(
+            "k2proxy_tool_parse_failures_total",
+            "Tool-call blocks that were malformed and returned as content.",
+        )?;
+        registry.register(Box::new(tool_parse_failures.clone()))?;
         let reloads = counter_vec(
             "k2proxy_config_reloads_total",
             "Configuration reload attempts by result and trigger.",
@@ -146,6 +160,8 @@ impl Metrics {
             chunk_gap,
             pool_tokens,
             refreshes,
+            tool_calls,
+            tool_parse_failures,
             reloads,
             config_loaded_at,
         })

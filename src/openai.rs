@@ -187,7 +187,14 @@ pub enum Part {
         url: String,
         detail: Option<String>,
     },
-    /// A part type we do not carry (e.g. `input_audio`, `file`): rejected in validation.
+    /// A `file` part: inline data (`file_data`, a `data:` URL or bare base64) or a
+    /// `file_id` reference (not supported: there is no upload store).
+    File {
+        filename: Option<String>,
+        file_data: Option<String>,
+        file_id: Option<String>,
+    },
+    /// A part type we do not carry (e.g. `input_audio`): rejected in validation.
     Unsupported(String),
 }
 
@@ -235,11 +242,13 @@ impl<'de> Deserialize<'de> for Part {
                 let mut kind: Option<String> = None;
                 let mut text: Option<String> = None;
                 let mut image: Option<Value> = None;
+                let mut file: Option<Value> = None;
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
                         "type" => kind = Some(map.next_value()?),
                         "text" => text = Some(map.next_value()?),
                         "image_url" => image = Some(map.next_value()?),
+                        "file" => file = Some(map.next_value()?),
                         _ => {
                             map.next_value::<de::IgnoredAny>()?;
                         }
@@ -269,6 +278,15 @@ impl<'de> Deserialize<'de> for Part {
                             _ => return Err(de::Error::missing_field("image_url")),
                         };
                         Ok(Part::Image { url, detail })
+                    }
+                    "file" => {
+                        let f = file.ok_or_else(|| de::Error::missing_field("file"))?;
+                        let field = |k: &str| f.get(k).and_then(Value::as_str).map(str::to_string);
+                        Ok(Part::File {
+                            filename: field("filename"),
+                            file_data: field("file_data"),
+                            file_id: field("file_id"),
+                        })
                     }
                     _ => Ok(Part::Unsupported(kind)),
                 }
@@ -367,7 +385,7 @@ impl ChatRequest {
                         return Err(ApiError {
                             code: Some("unsupported_content_type"),
                             ..ApiError::invalid(
-                                format!("content part type `{kind}` is not supported; use `text` or `image_url`"),
+                                format!("content part type `{kind}` is not supported; use `text`, `image_url` or a text-like `file`"),
                                 Some(format!("messages[{i}].content[{j}].type")),
                             )
                         });

@@ -579,3 +579,66 @@ fn webui_payload_style() {
     );
     assert!(p["variables"]["{{CURRENT_DATE}}"].is_string());
 }
+
+#[test]
+fn text_files_are_inlined_and_other_types_refused() {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let env = Env::start(MockConfig::default(), |c| {
+        c.limits.max_file_bytes = k2proxy::config::ByteSize(4096);
+    });
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "summarise"},
+        {"type": "file", "file": {"filename": "notes.md", "file_data": format!("data:text/markdown;base64,{}", b64("# Plan\n- ship ✓".as_bytes()))}},
+        {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", b64(b"\x89PNG\r\n"))}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}
+    ]}]});
+    let r = env.chat(&body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let up = env.requests()[0].json.clone().unwrap();
+    let parts = &up["messages"][0]["content"];
+    assert_eq!(parts[0]["text"], "summarise");
+    assert_eq!(
+        parts[1]["text"],
+        "<file name=\"notes.md\" type=\"text/markdown\">\n# Plan\n- ship ✓\n</file>"
+    );
+    assert_eq!(parts[2]["type"], "image_url");
+    assert!(parts[2]["image_url"]["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("data:image/png;base64,"));
+    assert_eq!(parts[3]["image_url"]["url"], "https://example.com/cat.jpg");
+
+    let refuse = |file: Value| {
+        let body = json!({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "file", "file": file}]}]});
+        env.chat(&body)
+    };
+    let r = refuse(
+        json!({"filename": "deck.pdf", "file_data": format!("data:application/pdf;base64,{}", b64(b"%PDF-1.7"))}),
+    );
+    let v = r.assert_error(400, "unsupported_content_type");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("application/pdf"),
+        "{v}"
+    );
+    assert_eq!(v["error"]["param"], "messages[0].content[0]");
+    refuse(json!({"filename": "big.txt", "file_data": format!("data:text/plain;base64,{}", b64(&[b'a'; 5000]))}))
+        .assert_error(413, "file_too_large");
+    refuse(json!({"file_id": "file-123"})).assert_error(400, "unsupported_content_type");
+    let audio = json!({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]});
+    let v = env
+        .chat(&audio)
+        .assert_error(400, "unsupported_content_type");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("input_audio"));
+    assert_eq!(
+        env.requests().len(),
+        1,
+        "refused requests never reach the upstream"
+    );
+}

@@ -53,6 +53,7 @@ pub struct Config {
     pub pool: PoolSection,
     pub retry: RetrySection,
     pub reasoning: ReasoningSection,
+    pub tools: ToolsSection,
     pub limits: LimitsSection,
     pub updater: UpdaterSection,
     pub admin: AdminSection,
@@ -409,14 +410,29 @@ impl Default for ReasoningSection {
 pub struct LimitsSection {
     /// Largest request body accepted (413 above it, checked on `Content-Length` first).
     pub max_body_bytes: ByteSize,
+    /// Largest text file (decoded) inlined from a `file` content part.
+    pub max_file_bytes: ByteSize,
+    /// Largest `data:` image (decoded) in an `image_url` part.
+    pub max_image_bytes: ByteSize,
 }
 
 impl Default for LimitsSection {
     fn default() -> Self {
         LimitsSection {
             max_body_bytes: ByteSize(10 * 1024 * 1024),
+            max_file_bytes: ByteSize(2 * 1024 * 1024),
+            max_image_bytes: ByteSize(8 * 1024 * 1024),
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsSection {
+    /// Replaces the built-in tool instructions; `{trigger_signal}` and `{tools_list}` are
+    /// filled in. Unset: the built-in prompt.
+    #[serde(deserialize_with = "de_opt_string")]
+    pub prompt_template: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -712,6 +728,14 @@ impl Config {
         }
         if self.admin.key.as_deref().is_some_and(|k| k.len() < 16) {
             return err("admin.key", "must be at least 16 characters");
+        }
+        if let Some(t) = &self.tools.prompt_template {
+            if !t.contains("{trigger_signal}") || !t.contains("{tools_list}") {
+                return err(
+                    "tools.prompt_template",
+                    "must contain both {trigger_signal} and {tools_list}",
+                );
+            }
         }
         if self.limits.max_body_bytes.0 < 1024 {
             return err("limits.max_body_bytes", "must be at least 1 KiB");

@@ -224,6 +224,13 @@ pub struct Directives {
     /// `linger_ms`: keep the body open this long after the last event (a server that does
     /// not close the stream after `[DONE]`).
     pub linger_ms: u64,
+    /// `tool_call`: answer like a model that follows the tool prompt: call this tool with
+    /// the trigger found in the request's system message (if the request has one).
+    pub tool_call: Option<String>,
+    /// `tool_args`: the call's arguments, a JSON object, base64url-encoded.
+    pub tool_args: Option<String>,
+    /// Set by the server, not a directive: the answer to give instead of the echo.
+    pub answer_override: Option<String>,
     /// `reasoning_words`: filler words appended to the reasoning.
     pub reasoning_words: usize,
     /// `answer_words`: filler words appended to the answer.
@@ -253,6 +260,9 @@ impl Default for Directives {
             slowhead_ms: 3000,
             stall_ms: 60_000,
             linger_ms: 0,
+            tool_call: None,
+            tool_args: None,
+            answer_override: None,
             reasoning_words: 0,
             answer_words: 0,
             duration: 3,
@@ -333,6 +343,14 @@ impl Directives {
             "slowhead_ms" => num().map(|x| self.slowhead_ms = x).is_some(),
             "stall_ms" => num().map(|x| self.stall_ms = x).is_some(),
             "linger_ms" => num().map(|x| self.linger_ms = x).is_some(),
+            "tool_call" => {
+                self.tool_call = Some(value.trim().to_string()).filter(|v| !v.is_empty());
+                true
+            }
+            "tool_args" => {
+                self.tool_args = Some(value.trim().to_string());
+                true
+            }
             "reasoning_words" => num().map(|x| self.reasoning_words = x as usize).is_some(),
             "answer_words" => num().map(|x| self.answer_words = x as usize).is_some(),
             "duration" => num().map(|x| self.duration = x).is_some(),

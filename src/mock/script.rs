@@ -64,7 +64,10 @@ pub fn reply_for(last_user_text: &str, d: &Directives) -> (String, String) {
         reasoning.push('\n');
         reasoning.push_str(&line.join(" "));
     }
-    let mut answer = format!("Echo: {text}");
+    let mut answer = d
+        .answer_override
+        .clone()
+        .unwrap_or_else(|| format!("Echo: {text}"));
     for w in filler(d.answer_words) {
         answer.push(' ');
         answer.push_str(w);
@@ -114,6 +117,36 @@ pub fn render(form: Form, reasoning: &str, answer: &str, duration: u64) -> Strin
 pub fn markup_for(last_user_text: &str, d: &Directives) -> String {
     let (r, a) = reply_for(last_user_text, d);
     render(d.form, &r, &a, d.duration)
+}
+
+/// With `tool_call`, the answer of a model that follows the tool prompt: a short preface,
+/// the request's trigger, and a `<function_calls>` block. `None` when the request carries no
+/// trigger (no tools) or no `tool_call` directive.
+pub fn tool_call_answer(body: &str, d: &Directives) -> Option<String> {
+    use base64::Engine;
+    let name = d.tool_call.as_deref()?;
+    let at = body.find("<Function_")?;
+    let rest = &body[at..];
+    let end = rest.find("_Start/>")? + "_Start/>".len();
+    let trigger = &rest[..end];
+    let args: Value = d
+        .tool_args
+        .as_deref()
+        .and_then(|b| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(b.trim_end_matches('='))
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    let mut block = format!("I will use a tool.\n{trigger}\n<function_calls>\n<function_call>\n<tool>{name}</tool>\n<args>\n");
+    if let Some(map) = args.as_object() {
+        for (k, v) in map {
+            block.push_str(&format!("<{k}>{v}</{k}>\n"));
+        }
+    }
+    block.push_str("</args>\n</function_call>\n</function_calls>");
+    Some(block)
 }
 
 /// Byte offsets of every `chunk`-th char boundary, ending with `text.len()`.

@@ -556,6 +556,7 @@ async fn chat(ctx: &Ctx, user_mode: bool) -> io::Result<Reply> {
     if let Some(tok) = token {
         d.apply_token(tok);
     }
+    d.answer_override = script::tool_call_answer(&String::from_utf8_lossy(&ctx.body), &d);
     match d.fault {
         Fault::Close => return Err(io::Error::other("mock fault: close")),
         Fault::SlowHead => tokio::time::sleep(Duration::from_millis(d.slowhead_ms)).await,

@@ -12,6 +12,7 @@
 //! 4. end honestly: `[DONE]` only after a clean upstream end; a cut or stalled upstream
 //!    ends the client stream with `finish_reason:"error"` and an error event.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -32,8 +33,10 @@ use crate::metrics::Metrics;
 use crate::openai::{ApiError, ChatRequest};
 use crate::pool::{Lease, LeaseError, Outcome};
 use crate::transform::complete::{Completion, CompletionResult};
+use crate::transform::files;
 use crate::transform::request::{to_k2think, RewriteOptions};
 use crate::transform::stream::{ChatStream, ReasoningMode, StreamOptions, UpstreamFormat};
+use crate::transform::tools::ToolSet;
 
 /// Most upstream bytes read before the answer proves usable; past it the answer is junk.
 const PRECOMMIT_LIMIT: usize = 1 << 20;
@@ -48,13 +51,31 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         Ok(b) => b,
         Err(e) => return respond::error(session, ctx, &e).await,
     };
-    let req = match ChatRequest::parse(&body) {
+    let mut req = match ChatRequest::parse(&body) {
         Ok(r) => r,
         Err(e) => return respond::error(session, ctx, &e).await,
     };
+    let limits = &snap.config.limits;
+    let file_limits = files::Limits {
+        max_file_bytes: limits.max_file_bytes.0 as usize,
+        max_image_bytes: limits.max_image_bytes.0 as usize,
+    };
+    if let Err(e) = files::resolve(&mut req, file_limits) {
+        let err = ApiError {
+            param: Some(e.param),
+            ..ApiError::new(e.status, "invalid_request_error", e.code, e.message)
+        };
+        return respond::error(session, ctx, &err).await;
+    }
     ctx.model = Some(req.model.clone());
     let Some(model) = snap.model(&req.model) else {
         return respond::error(session, ctx, &routes::model_not_found(snap, &req.model)).await;
+    };
+    let tools = match ToolSet::from_request(req.tools.as_deref(), req.tool_choice.as_ref()) {
+        Ok(t) => t.map(Arc::new),
+        Err((param, message)) => {
+            return respond::error(session, ctx, &ApiError::invalid(message, Some(param))).await
+        }
     };
     let up_cfg = &snap.config.upstream;
     let payload = to_k2think(
@@ -66,6 +87,8 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
                 PayloadStyle::Minimal => BodyStyle::Minimal,
                 PayloadStyle::Webui => BodyStyle::Webui,
             },
+            tools: tools.as_deref(),
+            template: snap.config.tools.prompt_template.as_deref(),
         },
     );
     let reasoning = if !model.reasoning {
@@ -88,10 +111,13 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         reasoning,
         stream: req.stream,
         include_usage: req.include_usage(),
+        tools,
     };
     match job.exchange(ctx).await {
         Ok(Answer::Stream(live)) => job.stream(live, session, ctx).await,
-        Ok(Answer::Complete(result)) => {
+        Ok(Answer::Complete(result, malformed)) => {
+            ctx.tool_calls = result.tool_calls.len();
+            ctx.tool_malformed = malformed;
             let body = result.to_json(&job.id, job.created, &job.model, job.reasoning);
             ctx.outcome = "complete";
             ctx.ttft = Some(ctx.started.elapsed());
@@ -191,14 +217,15 @@ struct Job<'a> {
     reasoning: ReasoningMode,
     stream: bool,
     include_usage: bool,
+    tools: Option<Arc<ToolSet>>,
 }
 
 /// A usable upstream answer.
 enum Answer {
     /// Streaming: the upstream is still sending; `out` holds what is ready for the client.
     Stream(Box<Live>),
-    /// Non-stream: the whole answer.
-    Complete(CompletionResult),
+    /// Non-stream: the whole answer, and how many malformed tool blocks it had.
+    Complete(CompletionResult, u64),
 }
 
 struct Live {
@@ -296,11 +323,12 @@ impl Job<'_> {
                     reasoning: self.reasoning,
                     implicit_think: implicit,
                     include_usage: self.include_usage,
+                    tools: self.tools.clone(),
                 },
                 format,
             ))
         } else {
-            Sink::Collect(Completion::new(format, implicit))
+            Sink::Collect(Completion::new(format, implicit).with_tools(self.tools.clone()))
         }
     }
 
@@ -586,7 +614,7 @@ impl Job<'_> {
                     Sink::Collect(mut c) => {
                         let result = c.finish().map_err(Failure::Unusable)?;
                         release(connector, up, &peer, up_cfg.keepalive).await;
-                        Ok(Answer::Complete(result))
+                        Ok(Answer::Complete(result, c.malformed_tool_blocks()))
                     }
                     Sink::Stream(mut stream) => {
                         stream.finish(&mut out).map_err(Failure::Unusable)?;
@@ -734,6 +762,8 @@ impl Job<'_> {
             ctx.ttft = Some(ctx.started.elapsed());
         }
         ctx.outcome = if failed { "upstream_error" } else { "complete" };
+        ctx.tool_calls = stream.tool_calls_emitted();
+        ctx.tool_malformed = stream.malformed_tool_blocks();
         if failed {
             ctx.error = stream
                 .upstream_error()

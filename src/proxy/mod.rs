@@ -319,6 +319,9 @@ pub struct Ctx {
     pub streamed: bool,
     /// When the last stream chunk was written (for the inter-chunk gap histogram).
     pub last_write: Option<Instant>,
+    /// Emulated tool calls emitted, and malformed tool blocks returned as content.
+    pub tool_calls: usize,
+    pub tool_malformed: u64,
 }
 
 #[async_trait]
@@ -342,6 +345,8 @@ impl ProxyHttp for K2Proxy {
             error: None,
             streamed: false,
             last_write: None,
+            tool_calls: 0,
+            tool_malformed: 0,
         }
     }
 
@@ -374,6 +379,8 @@ impl ProxyHttp for K2Proxy {
         m.request_duration
             .with_label_values(&[ctx.route])
             .observe(ctx.started.elapsed().as_secs_f64());
+        m.tool_calls.inc_by(ctx.tool_calls as u64);
+        m.tool_parse_failures.inc_by(ctx.tool_malformed);
         if ctx.streamed {
             m.stream_outcomes.with_label_values(&[ctx.outcome]).inc();
             if let Some(t) = ctx.ttft {

@@ -9,6 +9,7 @@
 use crate::sse;
 use crate::transform::split::{Delta, Deltas};
 use crate::transform::stream::{ReasoningMode, Usage};
+use crate::transform::tools::ToolCall;
 
 const DELTA_END: &[u8] = b",\"logprobs\":null,\"finish_reason\":null}]}";
 
@@ -111,6 +112,29 @@ impl ChunkEncoder {
                 Delta::Content(t) => self.content(t, out),
             }
         }
+    }
+
+    /// One tool call: `{"tool_calls":[{"index":i,"id":…,"type":"function",
+    /// "function":{"name":…,"arguments":…}}]}` (closes an inline `<think>`
+    /// first).
+    pub fn tool_call(&mut self, index: usize, call: &ToolCall, out: &mut Vec<u8>) {
+        if self.think_open {
+            self.think_open = false;
+            self.text_chunk(b"content", &["</think>\n\n"], out);
+        }
+        self.open_delta(out);
+        out.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
+        write_u64(out, index as u64);
+        out.extend_from_slice(b",\"id\":");
+        write_json_str(out, &call.id);
+        out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+        write_json_str(out, &call.name);
+        out.extend_from_slice(b",\"arguments\":");
+        write_json_str(out, &call.arguments);
+        out.extend_from_slice(b"}}]}");
+        out.extend_from_slice(DELTA_END);
+        out.extend_from_slice(b"\n\n");
+        self.output_started = true;
     }
 
     fn finish_chunk(&mut self, reason: &str, out: &mut Vec<u8>) {
@@ -343,6 +367,30 @@ mod tests {
         e.reasoning("secret", &mut out);
         assert!(out.is_empty());
         assert!(!e.output_started());
+    }
+
+    #[test]
+    fn tool_call_chunk() {
+        let mut e = ChunkEncoder::new("i", 1, "m", ReasoningMode::Inline);
+        let mut out = Vec::new();
+        e.reasoning("r", &mut out);
+        let call = ToolCall {
+            id: "call_x".into(),
+            name: "get_weather".into(),
+            arguments: "{\"city\":\"P\\\"aris\"}".into(),
+        };
+        e.tool_call(3, &call, &mut out);
+        e.finish("tool_calls", &mut out);
+        let v = data_lines(&out);
+        assert_eq!(v[1]["choices"][0]["delta"]["content"], "</think>\n\n");
+        assert_eq!(
+            v[2]["choices"][0]["delta"],
+            serde_json::json!({"tool_calls":[{"index":3,"id":"call_x","type":"function",
+                "function":{"name":"get_weather","arguments":"{\"city\":\"P\\\"aris\"}"}}]})
+        );
+        assert_eq!(v[2]["choices"][0]["finish_reason"], Value::Null);
+        assert_eq!(v[3]["choices"][0]["finish_reason"], "tool_calls");
+        assert!(e.output_started());
     }
 
     #[test]

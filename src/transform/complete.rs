@@ -4,10 +4,15 @@
 //! Speculative reasoning (see [`crate::transform::split`], `implicit_think`)
 //! that was retracted is kept as content only.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::transform::split::{Delta, Deltas};
-use crate::transform::stream::{K2Decoder, ReasoningMode, UpstreamFormat, Usage, NOT_AN_ANSWER};
+use crate::transform::stream::{
+    K2Decoder, ReasoningMode, Routed, ToolStage, UpstreamFormat, Usage, NOT_AN_ANSWER,
+};
+use crate::transform::tools::{ToolCall, ToolSet};
 
 /// Collects one upstream body.
 #[derive(Debug)]
@@ -16,6 +21,8 @@ pub struct Completion {
     deltas: Deltas,
     reasoning: String,
     content: String,
+    tools: Option<Box<ToolStage>>,
+    calls: Vec<ToolCall>,
 }
 
 /// The assembled answer.
@@ -25,6 +32,9 @@ pub struct CompletionResult {
     pub content: String,
     pub finish_reason: String,
     pub usage: Option<Usage>,
+    /// Parsed tool calls (tool emulation only); `finish_reason` is then
+    /// `"tool_calls"`.
+    pub tool_calls: Vec<ToolCall>,
 }
 
 impl Completion {
@@ -35,7 +45,26 @@ impl Completion {
             deltas: Deltas::new(),
             reasoning: String::new(),
             content: String::new(),
+            tools: None,
+            calls: Vec::new(),
         }
+    }
+
+    /// Enable tool-call emulation (`None`, or `tool_choice: "none"`: plain
+    /// text).
+    pub fn with_tools(mut self, tools: Option<Arc<ToolSet>>) -> Self {
+        self.tools = ToolStage::new(tools.as_ref());
+        self
+    }
+
+    /// Tool calls parsed so far.
+    pub fn tool_calls_emitted(&self) -> usize {
+        self.tools.as_ref().map_or(0, |t| t.calls())
+    }
+
+    /// Tool-call blocks that were malformed and kept as content.
+    pub fn malformed_tool_blocks(&self) -> u64 {
+        self.tools.as_ref().map_or(0, |t| t.malformed())
     }
 
     /// The decoder (for `done_seen`, `usable`, …).
@@ -46,10 +75,21 @@ impl Completion {
     /// Feed the next piece of the body.
     pub fn push(&mut self, bytes: &[u8]) {
         self.decoder.push(bytes, &mut self.deltas);
-        self.drain();
+        self.drain(None);
     }
 
-    fn drain(&mut self) {
+    fn drain(&mut self, end: Option<bool>) {
+        if let Some(tools) = self.tools.as_mut() {
+            let (reasoning, content, calls) =
+                (&mut self.reasoning, &mut self.content, &mut self.calls);
+            tools.route(&self.deltas, end, |r| match r {
+                Routed::Reasoning(t) => reasoning.push_str(t),
+                Routed::Content(t) => content.push_str(t),
+                Routed::Call(_, c) => calls.push(c),
+            });
+            self.deltas.clear();
+            return;
+        }
         for d in &self.deltas {
             match d {
                 Delta::Reasoning(t) => self.reasoning.push_str(t),
@@ -63,7 +103,8 @@ impl Completion {
     /// [`NOT_AN_ANSWER`] when nothing usable arrived).
     pub fn finish(&mut self) -> Result<CompletionResult, String> {
         self.decoder.finish(&mut self.deltas);
-        self.drain();
+        let ok = self.decoder.error().is_none() && self.decoder.usable();
+        self.drain(Some(ok));
         if let Some(e) = self.decoder.error() {
             return Err(e.to_string());
         }
@@ -82,8 +123,13 @@ impl Completion {
         Ok(CompletionResult {
             reasoning,
             content: std::mem::take(&mut self.content),
-            finish_reason: self.decoder.finish_reason().unwrap_or("stop").to_string(),
+            finish_reason: if self.calls.is_empty() {
+                self.decoder.finish_reason().unwrap_or("stop").to_string()
+            } else {
+                "tool_calls".to_string()
+            },
             usage: self.decoder.usage().cloned(),
+            tool_calls: std::mem::take(&mut self.calls),
         })
     }
 }
@@ -110,15 +156,33 @@ struct Choice<'a> {
 #[derive(Serialize)]
 struct Message<'a> {
     role: &'static str,
-    content: &'a str,
+    /// `null` only when there are tool calls and no text.
+    content: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[WireCall<'a>]>::is_empty")]
+    tool_calls: Vec<WireCall<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunction<'a> {
+    name: &'a str,
+    arguments: &'a str,
 }
 
 impl CompletionResult {
     /// OpenAI `chat.completion` JSON. `reasoning_content` is omitted when
     /// empty or dropped; inline mode puts `<think>…</think>\n\n` before the
-    /// content.
+    /// content. With tool calls: `message.tool_calls` and `content: null`
+    /// when there is no text.
     pub fn to_json(
         &self,
         id: &str,
@@ -147,8 +211,20 @@ impl CompletionResult {
                 index: 0,
                 message: Message {
                     role: "assistant",
-                    content,
+                    content: Some(content).filter(|c| !c.is_empty() || self.tool_calls.is_empty()),
                     reasoning_content,
+                    tool_calls: self
+                        .tool_calls
+                        .iter()
+                        .map(|c| WireCall {
+                            id: &c.id,
+                            kind: "function",
+                            function: WireFunction {
+                                name: &c.name,
+                                arguments: &c.arguments,
+                            },
+                        })
+                        .collect(),
                 },
                 logprobs: None,
                 finish_reason: &self.finish_reason,
@@ -217,6 +293,7 @@ mod tests {
                     },
                 ),
             }),
+            tool_calls: Vec::new(),
         };
         let v: Value =
             serde_json::from_slice(&r.to_json("chatcmpl-9", 5, "m", ReasoningMode::Field)).unwrap();

@@ -6,6 +6,8 @@
 
 pub mod chunk;
 pub mod complete;
+pub mod files;
 pub mod request;
 pub mod split;
 pub mod stream;
+pub mod tools;

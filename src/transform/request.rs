@@ -8,12 +8,15 @@
 //!   is present, in which case the parts go up as an OpenAI-style content list with
 //!   `image_url` parts carried unchanged (http(s) or `data:` URLs);
 //! - assistant `tool_calls` are appended to the message text as a `<function_calls>`
-//!   block, and `tool` (or legacy `function`) results become `user` messages carrying the
-//!   tool's name, found from the matching `tool_call_id` earlier in this conversation;
+//!   block (behind this request's trigger when it carries tools), and `tool` (or legacy
+//!   `function`) results become `user` messages carrying the tool's name, found from the
+//!   matching `tool_call_id` earlier in this conversation;
+//! - with `tools`, the tool instructions go first, as a system message;
 //! - sampling parameters go into `params`.
 
 use crate::k2think::{BodyStyle, ImageUrl, Params, Payload, UpContent, UpMessage, UpPart};
 use crate::openai::{ChatRequest, Content, Message, Part, Role, Stop, ToolCall};
+use crate::transform::tools::{encode_result, ToolSet};
 
 /// What the caller decides about the upstream request.
 #[derive(Debug, Clone, Copy)]
@@ -21,13 +24,27 @@ pub struct RewriteOptions<'a> {
     pub upstream_model: &'a str,
     pub stream: bool,
     pub style: BodyStyle,
+    /// The request's tools (from [`ToolSet::from_request`]).
+    pub tools: Option<&'a ToolSet>,
+    /// `tools.prompt_template` from the config.
+    pub template: Option<&'a str>,
 }
 
 pub fn to_k2think(req: &ChatRequest, opts: RewriteOptions<'_>) -> Payload {
+    let mut messages = convert_messages(&req.messages, opts.tools);
+    if let Some(set) = opts.tools {
+        messages.insert(
+            0,
+            UpMessage {
+                role: "system",
+                content: UpContent::Text(set.instructions(opts.template)),
+            },
+        );
+    }
     Payload {
         stream: opts.stream,
         model: opts.upstream_model.to_string(),
-        messages: convert_messages(&req.messages),
+        messages,
         params: params(req),
         style: opts.style,
         chat_id: crate::k2think::uuid_v4(),
@@ -49,7 +66,7 @@ fn params(req: &ChatRequest) -> Params {
     }
 }
 
-pub fn convert_messages(messages: &[Message]) -> Vec<UpMessage> {
+pub fn convert_messages(messages: &[Message], tools: Option<&ToolSet>) -> Vec<UpMessage> {
     messages
         .iter()
         .enumerate()
@@ -64,11 +81,14 @@ pub fn convert_messages(messages: &[Message]) -> Vec<UpMessage> {
             },
             Role::Assistant => UpMessage {
                 role: "assistant",
-                content: assistant_content(m),
+                content: assistant_content(m, tools),
             },
             Role::Tool | Role::Function => UpMessage {
                 role: "user",
-                content: UpContent::Text(tool_result_text(m, tool_name(messages, i, m))),
+                content: UpContent::Text(encode_result(
+                    tool_name(messages, i, m),
+                    &m.content.text(),
+                )),
             },
         })
         .collect()
@@ -97,9 +117,19 @@ fn convert_content(c: &Content) -> UpContent {
     }
 }
 
-fn assistant_content(m: &Message) -> UpContent {
+fn assistant_content(m: &Message, tools: Option<&ToolSet>) -> UpContent {
     if m.tool_calls.is_empty() {
         return convert_content(&m.content);
+    }
+    if let Some(set) = tools {
+        let calls: Vec<(String, String)> = m
+            .tool_calls
+            .iter()
+            .map(|c| (c.function.name.clone(), c.function.arguments.clone()))
+            .collect();
+        let text = m.content.text();
+        let text = (!text.is_empty()).then_some(text.as_str());
+        return UpContent::Text(set.encode_assistant(text, &calls));
     }
     let mut text = m.content.text();
     if !text.is_empty() {
@@ -150,24 +180,6 @@ fn tool_name<'a>(messages: &'a [Message], i: usize, m: &'a Message) -> Option<&'
         .map(|c| c.function.name.as_str())
 }
 
-fn tool_result_text(m: &Message, name: Option<&str>) -> String {
-    let mut s = String::from("Tool execution result:\n");
-    if let Some(n) = name {
-        s.push_str("- Tool name: ");
-        s.push_str(n);
-        s.push('\n');
-    }
-    if let Some(id) = m.tool_call_id.as_deref() {
-        s.push_str("- Tool call id: ");
-        s.push_str(id);
-        s.push('\n');
-    }
-    s.push_str("- Execution result:\n<tool_result>\n");
-    s.push_str(&m.content.text());
-    s.push_str("\n</tool_result>");
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +193,8 @@ mod tests {
                 upstream_model: "MBZUAI-IFM/K2-Think-v2",
                 stream: true,
                 style: BodyStyle::Minimal,
+                tools: None,
+                template: None,
             },
         );
         serde_json::from_slice(&p.to_bytes()).unwrap()

@@ -24,8 +24,14 @@
 //! Otherwise, while the mode is unknown, the stream is incremental (sticky)
 //! and values are appended. Per event the work is a prefix compare plus the
 //! new suffix; a full re-derive happens only on a real rewrite.
+//!
+//! Tool-call emulation ([`StreamOptions::tools`], [`ToolStage`]): the content
+//! channel goes through [`crate::transform::tools::ToolDetector`]; calls are
+//! written as `tool_calls` chunks and the finish reason becomes
+//! `tool_calls`. Without tools the output is unchanged.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -34,6 +40,7 @@ use crate::sse::{self, SseDecoder};
 use crate::transform::chunk::ChunkEncoder;
 use crate::transform::split::Splitter;
 pub use crate::transform::split::{Delta, Deltas};
+use crate::transform::tools::{ToolDetector, ToolPiece, ToolSet};
 
 /// Shared prefix (bytes) that makes a non-extending `content` a rewrite.
 pub const REWRITE_PREFIX: usize = 8;
@@ -696,6 +703,76 @@ pub struct StreamOptions {
     pub implicit_think: bool,
     /// `stream_options.include_usage`.
     pub include_usage: bool,
+    /// Tool-call emulation (`None`: plain text, today's output). With
+    /// `tool_choice: "none"` the text is not searched either.
+    pub tools: Option<Arc<ToolSet>>,
+}
+
+/// Tool detection over the content channel of a decoded response, shared by
+/// [`ChatStream`] and [`crate::transform::complete::Completion`].
+#[derive(Debug)]
+pub struct ToolStage {
+    detector: ToolDetector,
+    pieces: Vec<ToolPiece>,
+}
+
+impl ToolStage {
+    /// `None` when `tools` is `None` or its `tool_choice` is `"none"`.
+    pub fn new(tools: Option<&Arc<ToolSet>>) -> Option<Box<ToolStage>> {
+        let set = tools.filter(|t| t.detects())?;
+        Some(Box::new(ToolStage {
+            detector: ToolDetector::new(Arc::clone(set)),
+            pieces: Vec::new(),
+        }))
+    }
+
+    /// Route `deltas`: reasoning goes through at once, content through the
+    /// detector. `end`: `Some(true)` finish, `Some(false)` abort (release
+    /// held text unparsed). Calls `sink` per output item, in order.
+    pub fn route(&mut self, deltas: &Deltas, end: Option<bool>, mut sink: impl FnMut(Routed<'_>)) {
+        for d in deltas {
+            match d {
+                Delta::Reasoning(t) => {
+                    self.flush(&mut sink);
+                    sink(Routed::Reasoning(t));
+                }
+                Delta::Content(t) => self.detector.push(t, &mut self.pieces),
+            }
+        }
+        match end {
+            Some(true) => self.detector.finish(&mut self.pieces),
+            Some(false) => self.detector.abort(&mut self.pieces),
+            None => {}
+        }
+        self.flush(&mut sink);
+    }
+
+    fn flush(&mut self, sink: &mut impl FnMut(Routed<'_>)) {
+        for p in self.pieces.drain(..) {
+            match p {
+                ToolPiece::Content(t) => sink(Routed::Content(&t)),
+                ToolPiece::Call { index, call } => sink(Routed::Call(index, call)),
+            }
+        }
+    }
+
+    /// Calls emitted so far.
+    pub fn calls(&self) -> usize {
+        self.detector.calls()
+    }
+
+    /// Malformed blocks given back as content.
+    pub fn malformed(&self) -> u64 {
+        self.detector.malformed()
+    }
+}
+
+/// One item out of [`ToolStage::route`].
+#[derive(Debug)]
+pub enum Routed<'a> {
+    Reasoning(&'a str),
+    Content(&'a str),
+    Call(usize, crate::transform::tools::ToolCall),
 }
 
 /// Upstream body → OpenAI chunk SSE bytes.
@@ -707,6 +784,7 @@ pub struct ChatStream {
     include_usage: bool,
     started: bool,
     end: Option<Result<(), String>>,
+    tools: Option<Box<ToolStage>>,
 }
 
 impl ChatStream {
@@ -719,6 +797,7 @@ impl ChatStream {
             include_usage: opts.include_usage,
             started: false,
             end: None,
+            tools: ToolStage::new(opts.tools.as_ref()),
         }
     }
 
@@ -739,7 +818,20 @@ impl ChatStream {
         self.start(out);
         self.deltas.clear();
         self.decoder.push(chunk, &mut self.deltas);
-        self.enc.deltas(&self.deltas, out);
+        self.write_deltas(None, out);
+    }
+
+    fn write_deltas(&mut self, end: Option<bool>, out: &mut Vec<u8>) {
+        let Some(tools) = self.tools.as_mut() else {
+            self.enc.deltas(&self.deltas, out);
+            return;
+        };
+        let enc = &mut self.enc;
+        tools.route(&self.deltas, end, |r| match r {
+            Routed::Reasoning(t) => enc.reasoning(t, out),
+            Routed::Content(t) => enc.content(t, out),
+            Routed::Call(i, c) => enc.tool_call(i, &c, out),
+        });
     }
 
     /// Clean end of the upstream body. Writes the finish chunk (upstream's
@@ -753,19 +845,23 @@ impl ChatStream {
         self.start(out);
         self.deltas.clear();
         self.decoder.finish(&mut self.deltas);
-        self.enc.deltas(&self.deltas, out);
         let err = match self.decoder.error() {
             Some(e) => Some(e.to_string()),
             None if !self.decoder.usable() => Some(NOT_AN_ANSWER.to_string()),
             None => None,
         };
+        self.write_deltas(Some(err.is_none()), out);
         if let Some(msg) = err {
             self.enc.error(&msg, out);
             self.end = Some(Err(msg.clone()));
             return Err(msg);
         }
-        self.enc
-            .finish(self.decoder.finish_reason().unwrap_or("stop"), out);
+        let reason = if self.tool_calls_emitted() > 0 {
+            "tool_calls"
+        } else {
+            self.decoder.finish_reason().unwrap_or("stop")
+        };
+        self.enc.finish(reason, out);
         if self.include_usage {
             if let Some(u) = self.decoder.usage() {
                 self.enc.usage(u, out);
@@ -783,8 +879,22 @@ impl ChatStream {
             return;
         }
         self.start(out);
+        if self.tools.is_some() {
+            self.deltas.clear();
+            self.write_deltas(Some(false), out);
+        }
         self.enc.error(message, out);
         self.end = Some(Err(message.to_string()));
+    }
+
+    /// Tool calls written so far.
+    pub fn tool_calls_emitted(&self) -> usize {
+        self.tools.as_ref().map_or(0, |t| t.calls())
+    }
+
+    /// Tool-call blocks that were malformed and given back as content.
+    pub fn malformed_tool_blocks(&self) -> u64 {
+        self.tools.as_ref().map_or(0, |t| t.malformed())
     }
 
     /// The upstream error seen so far, if any.
@@ -908,6 +1018,7 @@ mod tests {
             reasoning,
             implicit_think,
             include_usage: true,
+            tools: None,
         }
     }
 
