@@ -8,6 +8,7 @@ use serde_json::json;
 use super::{chat, respond, App, Ctx, Snapshot};
 use crate::openai::ApiError;
 use crate::secret::ct_eq;
+use crate::transform::files::percent_decode;
 
 pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut Ctx) {
     let method = session.req_header().method.as_str().to_string();
@@ -78,7 +79,7 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
             let _ = respond::json(session, ctx, 200, body.to_string().into_bytes(), &[]).await;
         }
         Route::Model => {
-            let name = percent_decode(&path["/v1/models/".len()..]);
+            let name = String::from_utf8_lossy(&percent_decode(&path["/v1/models/".len()..])).into_owned();
             match snap.model(&name) {
                 Some(m) => {
                     let mut v = model_json(m);
@@ -188,24 +189,4 @@ pub fn model_not_found(snap: &Snapshot, name: &str) -> ApiError {
             ),
         )
     }
-}
-
-/// Decode `%XX` escapes (model ids contain `/`, which clients may send as `%2F`).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    let hex = |c: u8| (c as char).to_digit(16);
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

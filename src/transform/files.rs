@@ -126,7 +126,8 @@ fn decode_b64(s: &str) -> Result<Vec<u8>, Refusal> {
         })
 }
 
-fn percent_decode(s: &str) -> Vec<u8> {
+/// Decode `%XX` escapes (in `data:` URLs without base64, and in paths: model ids contain `/`).
+pub fn percent_decode(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
