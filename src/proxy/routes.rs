@@ -79,7 +79,8 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
             let _ = respond::json(session, ctx, 200, body.to_string().into_bytes(), &[]).await;
         }
         Route::Model => {
-            let name = String::from_utf8_lossy(&percent_decode(&path["/v1/models/".len()..])).into_owned();
+            let name =
+                String::from_utf8_lossy(&percent_decode(&path["/v1/models/".len()..])).into_owned();
             match snap.model(&name) {
                 Some(m) => {
                     let mut v = model_json(m);
