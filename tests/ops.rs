@@ -5,24 +5,17 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{chat_body, Env, Sse, MODEL};
+use common::{chat_body, temp_dir, within, Env, Sse, MODEL};
 use k2proxy::mock::{MockConfig, MockServer};
 use serde_json::{json, Value};
 
 const PROXY: &str = env!("CARGO_BIN_EXE_k2proxy");
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("k2p-ops-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A full config for the reload tests.
 fn yaml(base: &str, port: u16, keys: &[&str], tokens: &[&str], extra_models: &[&str]) -> String {
@@ -57,18 +50,6 @@ fn replace_file(path: &Path, text: &str) {
 
 fn authed(env: &Env, key: &str, req: reqwest::RequestBuilder) -> common::Resp {
     env.send(req.header("authorization", format!("Bearer {key}")))
-}
-
-/// Poll `check` until it holds; panics after `limit`. Returns how long it took.
-fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if check() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

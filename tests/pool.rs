@@ -5,29 +5,14 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{chat_body, Env, MODEL};
+use common::{chat_body, temp_dir, within, Env, MODEL};
 use k2proxy::mock::{Account, MockConfig};
 use k2proxy::tokens_file;
 use serde_json::{json, Value};
 
 const ADMIN: &str = "pool-test-admin-key-0001";
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("k2p-pool-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
 
 fn admin(env: &Env, method: reqwest::Method, path: &str, body: Option<Value>) -> common::Resp {
     let mut req = env
@@ -64,6 +49,30 @@ fn accounts_yaml(base: &str, port: u16, dir: &Path, extra: &str) -> String {
         dir.join("accounts.jsonl").display(),
         dir.join("tokens.txt").display(),
     )
+}
+
+/// A proxy whose updater signs in with `accounts` (written to `accounts.jsonl`, the
+/// strict mock knowing the same ones), `tokens.txt` as its tokens file; `edit` may
+/// adjust the YAML.
+fn with_accounts(
+    tag: &str,
+    accounts: &[(&str, &str)],
+    ttl: Duration,
+    edit: impl Fn(String) -> String,
+) -> (Env, PathBuf) {
+    let dir = temp_dir(tag);
+    let lines: String = accounts
+        .iter()
+        .map(|(e, p)| format!("{}\n", json!({"email": e, "k2_password": p})))
+        .collect();
+    std::fs::write(dir.join("accounts.jsonl"), lines).unwrap();
+    let d = dir.clone();
+    let env = Env::start_file(
+        strict_mock(accounts, ttl),
+        &dir.join("k2proxy.yaml"),
+        move |b, p| edit(accounts_yaml(b, p, &d, "")),
+    );
+    (env, dir)
 }
 
 fn saved_tokens(dir: &Path) -> Vec<(String, Option<String>)> {
@@ -158,19 +167,12 @@ fn accounts_are_signed_in_at_start_used_and_saved() {
 
 #[test]
 fn a_refused_account_token_is_refreshed_for_that_account_alone() {
-    let dir = temp_dir("refused");
-    std::fs::write(
-        dir.join("accounts.jsonl"),
-        "{\"email\":\"a@x.io\",\"password\":\"pw-a\"}\n{\"email\":\"b@x.io\",\"password\":\"pw-b\"}\n",
-    )
-    .unwrap();
-    let mock = strict_mock(
+    let (env, dir) = with_accounts(
+        "refused",
         &[("a@x.io", "pw-a"), ("b@x.io", "pw-b")],
         Duration::from_secs(3600),
+        |y| y,
     );
-    let env = Env::start_file(mock, &dir.join("k2proxy.yaml"), |b, p| {
-        accounts_yaml(b, p, &dir, "")
-    });
     within(Duration::from_secs(5), "signed in and saved", || {
         saved_tokens(&dir).len() == 2
     });
@@ -207,13 +209,13 @@ fn a_refused_account_token_is_refreshed_for_that_account_alone() {
 
 #[test]
 fn a_failed_sign_in_keeps_the_working_token() {
-    let dir = temp_dir("failed");
+    let (env, dir) = with_accounts(
+        "failed",
+        &[("a@x.io", "pw-a")],
+        Duration::from_secs(3600),
+        |y| y,
+    );
     let accounts = dir.join("accounts.jsonl");
-    std::fs::write(&accounts, "{\"email\":\"a@x.io\",\"password\":\"pw-a\"}\n").unwrap();
-    let mock = strict_mock(&[("a@x.io", "pw-a")], Duration::from_secs(3600));
-    let env = Env::start_file(mock, &dir.join("k2proxy.yaml"), |b, p| {
-        accounts_yaml(b, p, &dir, "")
-    });
     within(Duration::from_secs(5), "signed in", || {
         stats(&env)["total_tokens"] == 1
     });
@@ -261,17 +263,13 @@ fn a_failed_sign_in_keeps_the_working_token() {
 
 #[test]
 fn tokens_are_refreshed_ahead_of_their_jwt_expiry() {
-    let dir = temp_dir("expiry");
-    std::fs::write(
-        dir.join("accounts.jsonl"),
-        "{\"email\":\"a@x.io\",\"password\":\"pw-a\"}\n",
-    )
-    .unwrap();
     // 4 s tokens refreshed at half their life: a second sign-in within ~2 s
-    let mock = strict_mock(&[("a@x.io", "pw-a")], Duration::from_secs(4));
-    let env = Env::start_file(mock, &dir.join("k2proxy.yaml"), |b, p| {
-        accounts_yaml(b, p, &dir, "").replace("updater:\n", "updater:\n  refresh_at: 0.5\n")
-    });
+    let (env, _dir) = with_accounts(
+        "expiry",
+        &[("a@x.io", "pw-a")],
+        Duration::from_secs(4),
+        |y| y.replace("updater:\n", "updater:\n  refresh_at: 0.5\n"),
+    );
     within(Duration::from_secs(5), "first sign-in", || {
         env.mock().signins("a@x.io") == 1
     });
