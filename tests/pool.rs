@@ -25,6 +25,15 @@ fn admin(env: &Env, method: reqwest::Method, path: &str, body: Option<Value>) ->
     env.send(req)
 }
 
+fn add_token(env: &Env, token: &str) -> common::Resp {
+    admin(
+        env,
+        reqwest::Method::POST,
+        "/admin/tokens",
+        Some(json!({"token": token})),
+    )
+}
+
 fn stats(env: &Env) -> Value {
     admin(env, reqwest::Method::GET, "/admin/tokens/stats", None).json()["data"].clone()
 }
@@ -366,12 +375,7 @@ fn tokens_file_edits_apply_without_restart_and_admin_edits_are_saved_atomically(
     );
 
     // add through the admin API: saved atomically, previous kept as .bak, mode 0600
-    let r = admin(
-        &env,
-        reqwest::Method::POST,
-        "/admin/tokens",
-        Some(json!({"token": "tok-d-3333333333333333"})),
-    );
+    let r = add_token(&env, "tok-d-3333333333333333");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["data"]["persisted"], true);
     let text = std::fs::read_to_string(&file).unwrap();
@@ -388,26 +392,8 @@ fn tokens_file_edits_apply_without_restart_and_admin_edits_are_saved_atomically(
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    assert_eq!(
-        admin(
-            &env,
-            reqwest::Method::POST,
-            "/admin/tokens",
-            Some(json!({"token": "tok-d-3333333333333333"}))
-        )
-        .status,
-        409
-    );
-    assert_eq!(
-        admin(
-            &env,
-            reqwest::Method::POST,
-            "/admin/tokens",
-            Some(json!({"token": "has space"}))
-        )
-        .status,
-        400
-    );
+    assert_eq!(add_token(&env, "tok-d-3333333333333333").status, 409);
+    assert_eq!(add_token(&env, "has space").status, 400);
     // remove tok-a (index 0)
     let r = admin(&env, reqwest::Method::DELETE, "/admin/tokens/0", None);
     assert_eq!(r.status, 200, "{}", r.text());

@@ -15,8 +15,8 @@
 //! - sampling parameters go into `params`.
 
 use crate::k2think::{BodyStyle, ImageUrl, Params, Payload, UpContent, UpMessage, UpPart};
-use crate::openai::{ChatRequest, Content, Message, Part, Role, Stop, ToolCall};
-use crate::transform::tools::{encode_result, ToolSet};
+use crate::openai::{ChatRequest, Content, Message, Part, Role, Stop};
+use crate::transform::tools::{encode_result, function_calls_block, ToolSet};
 
 /// What the caller decides about the upstream request.
 #[derive(Debug, Clone, Copy)]
@@ -121,48 +121,23 @@ fn assistant_content(m: &Message, tools: Option<&ToolSet>) -> UpContent {
     if m.tool_calls.is_empty() {
         return convert_content(&m.content);
     }
+    let calls: Vec<(String, String)> = m
+        .tool_calls
+        .iter()
+        .map(|c| (c.function.name.clone(), c.function.arguments.clone()))
+        .collect();
+    let text = m.content.text();
     if let Some(set) = tools {
-        let calls: Vec<(String, String)> = m
-            .tool_calls
-            .iter()
-            .map(|c| (c.function.name.clone(), c.function.arguments.clone()))
-            .collect();
-        let text = m.content.text();
         let text = (!text.is_empty()).then_some(text.as_str());
         return UpContent::Text(set.encode_assistant(text, &calls));
     }
-    let mut text = m.content.text();
-    if !text.is_empty() {
-        text.push('\n');
-    }
-    text.push_str(&function_calls_block(&m.tool_calls));
-    UpContent::Text(text)
-}
-
-/// The calls as the XML block the tool emulation teaches the model
-/// (k2think-protocol.md §6.3): argument values as JSON, non-JSON arguments kept raw.
-pub fn function_calls_block(calls: &[ToolCall]) -> String {
-    let mut s = String::from("<function_calls>\n");
-    for c in calls {
-        s.push_str("<function_call>\n<tool>");
-        s.push_str(&c.function.name);
-        s.push_str("</tool>\n<args>\n");
-        match serde_json::from_str::<serde_json::Value>(&c.function.arguments) {
-            Ok(serde_json::Value::Object(map)) => {
-                for (k, v) in map {
-                    s.push_str(&format!("<{k}>{v}</{k}>\n"));
-                }
-            }
-            _ if c.function.arguments.trim().is_empty() => {}
-            _ => {
-                let raw = serde_json::Value::String(c.function.arguments.clone());
-                s.push_str(&format!("<raw_arguments>{raw}</raw_arguments>\n"));
-            }
-        }
-        s.push_str("</args>\n</function_call>\n");
-    }
-    s.push_str("</function_calls>");
-    s
+    // No tools this turn: the calls stay in the history as the plain block, no trigger.
+    let block = function_calls_block(&calls);
+    UpContent::Text(if text.is_empty() {
+        block
+    } else {
+        format!("{text}\n{block}")
+    })
 }
 
 /// The name of the tool whose result message `i` carries: its own `name`, else the

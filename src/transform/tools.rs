@@ -302,35 +302,8 @@ impl ToolSet {
     /// `<function_calls>` block. Object arguments become one element per key
     /// (value as JSON); anything else becomes `<raw_arguments>"…"</raw_arguments>`.
     pub fn encode_calls(&self, calls: &[(String, String)]) -> String {
-        let mut s = String::with_capacity(64 + calls.len() * 128);
-        s.push_str(&self.trigger);
-        s.push_str("\n<function_calls>\n");
-        for (name, args) in calls {
-            s.push_str("<function_call>\n<tool>");
-            s.push_str(&xml_text(name));
-            s.push_str("</tool>\n<args>\n");
-            let parsed = if args.trim().is_empty() {
-                Ok(Value::Object(Map::new()))
-            } else {
-                serde_json::from_str::<Value>(args)
-            };
-            match parsed {
-                Ok(Value::Object(m)) => {
-                    for (k, v) in &m {
-                        let _ = writeln!(s, "<{k}>{}</{k}>", json_for_xml(v));
-                    }
-                }
-                _ => {
-                    let v = Value::String(args.clone());
-                    let _ = writeln!(s, "<raw_arguments>{}</raw_arguments>", json_for_xml(&v));
-                }
-            }
-            s.push_str("</args>\n</function_call>\n");
-        }
-        s.push_str("</function_calls>");
-        s
+        format!("{}\n{}", self.trigger, function_calls_block(calls))
     }
-
     /// History: an assistant message = its text (when not blank) + `"\n"` +
     /// [`Self::encode_calls`].
     pub fn encode_assistant(&self, text: Option<&str>, calls: &[(String, String)]) -> String {
@@ -340,6 +313,37 @@ impl ToolSet {
             None => block,
         }
     }
+}
+
+/// `(name, arguments JSON)` calls as a `<function_calls>` XML block (no trigger): argument
+/// values as JSON (with `<` escaped), non-object arguments as `<raw_arguments>`.
+pub fn function_calls_block(calls: &[(String, String)]) -> String {
+    let mut s = String::with_capacity(32 + calls.len() * 128);
+    s.push_str("<function_calls>\n");
+    for (name, args) in calls {
+        s.push_str("<function_call>\n<tool>");
+        s.push_str(&xml_text(name));
+        s.push_str("</tool>\n<args>\n");
+        let parsed = if args.trim().is_empty() {
+            Ok(Value::Object(Map::new()))
+        } else {
+            serde_json::from_str::<Value>(args)
+        };
+        match parsed {
+            Ok(Value::Object(m)) => {
+                for (k, v) in &m {
+                    let _ = writeln!(s, "<{k}>{}</{k}>", json_for_xml(v));
+                }
+            }
+            _ => {
+                let v = Value::String(args.clone());
+                let _ = writeln!(s, "<raw_arguments>{}</raw_arguments>", json_for_xml(&v));
+            }
+        }
+        s.push_str("</args>\n</function_call>\n");
+    }
+    s.push_str("</function_calls>");
+    s
 }
 
 /// History: a `tool` message as `user` text. `name` is left out when unknown.
