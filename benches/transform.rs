@@ -1,18 +1,32 @@
-//! Transform throughput: bytes of upstream body per second.
+//! Transform benches: the stream transform (MB/s of upstream SSE), the request rewrite
+//! (requests/s) and the tool-call detector.
 //!
 //! cargo bench --bench transform            (add `-- --quick` for a short run)
 //!
-//! Inputs are built in memory: a K2Think v1 answer (~1.6 KB reasoning,
-//! ~2.6 KB answer) delivered as cumulative `content` events every ~8
-//! characters of growth, the same text as OpenAI `delta` events, and the raw
-//! text for the splitter alone. Upstream bytes are fed in 10-byte and
-//! 1460-byte (one TCP segment) pieces.
+//! Inputs are built in memory: a K2Think v1 answer (~1.6 KB reasoning, ~2.6 KB answer)
+//! delivered as cumulative `content` events every ~8 characters of growth, the same text as
+//! OpenAI `delta` events, every markup form as the mock upstream sends it, and the raw text
+//! for the splitter alone. Upstream bytes are fed in 10-byte and 1460-byte (one TCP
+//! segment) pieces.
+//!
+//! Before the timings, an allocation report (a counting global allocator) prints the
+//! allocations and bytes allocated per upstream event for cumulative answers of growing
+//! length: our own work per event must not grow with the text so far.
 
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use criterion::{black_box, criterion_group, BenchmarkId, Criterion, Throughput};
+use k2proxy::mock::script::{stream_events, StreamSpec};
+use k2proxy::mock::{Delivery, Directives, Form};
+use k2proxy::openai::ChatRequest;
 use k2proxy::sse;
 use k2proxy::transform::complete::Completion;
+use k2proxy::transform::request::{to_k2think, RewriteOptions};
 use k2proxy::transform::split::{Deltas, Splitter};
 use k2proxy::transform::stream::{ChatStream, ReasoningMode, StreamOptions, UpstreamFormat};
+use k2proxy::transform::tools::{function_calls_block, ToolDetector, ToolSet};
 
 const SENTENCES: &[&str] = &[
     "The user asks how to reverse a linked list in Rust.",
@@ -175,5 +189,253 @@ fn bench_splitter(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_chat_stream, bench_splitter);
-criterion_main!(benches);
+/// Counts allocations (and bytes) of the whole bench process.
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static ALLOC_BYTES: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        ALLOC_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        ALLOC_BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
+/// The SSE body the mock upstream sends for `form`/`delivery`, with about `words` filler
+/// words of reasoning and twice as many of answer.
+fn mock_body(form: Form, delivery: Delivery, words: usize) -> Vec<u8> {
+    let d = Directives {
+        form,
+        delivery,
+        reasoning_words: words,
+        answer_words: 2 * words,
+        ..Directives::default()
+    };
+    let spec = StreamSpec {
+        directives: &d,
+        last_user_text: "How do I reverse a linked list in Rust?",
+        prompt_chars: 40,
+        model: "MBZUAI-IFM/K2-Think-v2",
+        id: "chatcmpl-up",
+        created: 1_758_000_000,
+    };
+    stream_events(&spec).0.concat()
+}
+
+/// Allocations and bytes per upstream event while transforming `body` in 1460-byte pieces,
+/// counted over the second half of the events only (the text so far is long there).
+fn alloc_per_event(body: &[u8]) -> (f64, f64, usize) {
+    let events = body.windows(2).filter(|w| w == b"\n\n").count();
+    let mut out = Vec::with_capacity(1 << 20);
+    let mut s = ChatStream::new(options(), UpstreamFormat::Sse);
+    s.start(&mut out);
+    let pieces: Vec<&[u8]> = body.chunks(1460).collect();
+    let half = pieces.len() / 2;
+    for p in &pieces[..half] {
+        s.push(p, &mut out);
+        out.clear();
+    }
+    let (a0, b0) = (
+        ALLOCS.load(Ordering::Relaxed),
+        ALLOC_BYTES.load(Ordering::Relaxed),
+    );
+    for p in &pieces[half..] {
+        s.push(p, &mut out);
+        out.clear();
+    }
+    let (a1, b1) = (
+        ALLOCS.load(Ordering::Relaxed),
+        ALLOC_BYTES.load(Ordering::Relaxed),
+    );
+    let counted = pieces[half..]
+        .iter()
+        .map(|p| p.windows(2).filter(|w| w == b"\n\n").count())
+        .sum::<usize>()
+        .max(1);
+    let _ = s.finish(&mut out);
+    (
+        (a1 - a0) as f64 / counted as f64,
+        (b1 - b0) as f64 / counted as f64,
+        events,
+    )
+}
+
+fn alloc_report() {
+    println!("allocations per upstream event, cumulative v1, 8 characters of growth per event:");
+    println!(
+        "{:>10} {:>8} {:>14} {:>14}",
+        "text", "events", "allocs/event", "bytes/event"
+    );
+    for words in [100, 800, 3200] {
+        let body = mock_body(Form::V1, Delivery::Cumulative, words);
+        let text = render_len(words);
+        let (allocs, bytes, events) = alloc_per_event(&body);
+        println!(
+            "{:>9}B {:>8} {:>14.2} {:>14.1}",
+            text, events, allocs, bytes
+        );
+    }
+    println!();
+}
+
+/// Length of the answer text the mock renders for `words` (for the report).
+fn render_len(words: usize) -> usize {
+    let d = Directives {
+        reasoning_words: words,
+        answer_words: 2 * words,
+        ..Directives::default()
+    };
+    k2proxy::mock::markup_for("How do I reverse a linked list in Rust?", &d).len()
+}
+
+/// Every markup form and delivery as the mock sends it, at 10 B and 1460 B pieces; and
+/// cumulative answers of growing length, whose MB/s must stay flat (linear work per event).
+fn bench_forms(c: &mut Criterion) {
+    let mut group = c.benchmark_group("forms");
+    let mut out = Vec::with_capacity(1 << 20);
+    let cases = [
+        ("v1", Form::V1, Delivery::Cumulative),
+        ("v2", Form::V2, Delivery::Cumulative),
+        ("v2-answer", Form::V2Answer, Delivery::Cumulative),
+        ("v2-noopen", Form::V2NoOpen, Delivery::Cumulative),
+        ("details", Form::Details, Delivery::Cumulative),
+        ("none", Form::None, Delivery::Cumulative),
+        ("v1-incremental", Form::V1, Delivery::Incremental),
+        ("v1-delta", Form::V1, Delivery::Delta),
+    ];
+    for (name, form, delivery) in cases {
+        let body = mock_body(form, delivery, 300);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        for piece in [10usize, 1460] {
+            group.bench_with_input(BenchmarkId::new(name, piece), &body, |b, body| {
+                b.iter(|| run_stream(black_box(body), piece, &mut out))
+            });
+        }
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("cumulative_length");
+    for words in [100usize, 800, 3200] {
+        let body = mock_body(Form::V1, Delivery::Cumulative, words);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(
+            BenchmarkId::new("v1_text_bytes", render_len(words)),
+            &body,
+            |b, body| b.iter(|| run_stream(black_box(body), 1460, &mut out)),
+        );
+    }
+    group.finish();
+}
+
+fn request_json(content: &str, turns: usize) -> Vec<u8> {
+    let mut messages =
+        vec![serde_json::json!({"role": "system", "content": "You are a helpful assistant."})];
+    for i in 0..turns {
+        messages.push(serde_json::json!({"role": "user", "content": format!("{content} ({i})")}));
+        messages.push(
+            serde_json::json!({"role": "assistant", "content": "Sure, here is what I found."}),
+        );
+    }
+    messages.push(serde_json::json!({"role": "user", "content": content}));
+    serde_json::to_vec(&serde_json::json!({
+        "model": "MBZUAI-IFM/K2-Think-v2", "stream": true,
+        "stream_options": {"include_usage": true}, "temperature": 0.6,
+        "messages": messages,
+    }))
+    .unwrap_or_default()
+}
+
+/// Parse an OpenAI request, rewrite it to the K2Think payload and serialize it.
+fn bench_rewrite(c: &mut Criterion) {
+    let small = request_json("How do I reverse a linked list in Rust?", 0);
+    let big = request_json(&text_of(4000, 1), 50); // ~200 KiB
+    let mut group = c.benchmark_group("rewrite");
+    group.throughput(Throughput::Elements(1));
+    for (name, body) in [("small", &small), ("200KiB", &big)] {
+        group.bench_with_input(BenchmarkId::new(name, body.len()), body, |b, body| {
+            b.iter(|| {
+                let req = ChatRequest::parse(black_box(body))
+                    .map_err(|e| e.message)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let payload = to_k2think(&req, RewriteOptions::streamed("MBZUAI-IFM/K2-Think-v2"));
+                payload.to_bytes().len()
+            })
+        });
+    }
+    group.finish();
+}
+
+/// The tool-call detector over the content channel in 8-character pieces: an answer that
+/// holds a `<function_calls>` block, and plain text (the cost of watching for one).
+fn bench_tools(c: &mut Criterion) {
+    let tools = serde_json::json!([{"type": "function", "function": {
+        "name": "get_weather", "description": "Current weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let list = tools.as_array().cloned().unwrap_or_default();
+    let set = Arc::new(
+        ToolSet::from_request(Some(&list), None)
+            .ok()
+            .flatten()
+            .expect("tool set"),
+    );
+    let call = format!(
+        "{} Let me look that up.\n{}",
+        text_of(1500, 0),
+        function_calls_block(&[(
+            "get_weather".to_string(),
+            r#"{"city":"Abu Dhabi"}"#.to_string()
+        )])
+    );
+    let plain = text_of(4000, 2);
+    let mut group = c.benchmark_group("tool_detector");
+    for (name, text) in [("with_call", &call), ("plain_text", &plain)] {
+        let points = growth_points(text);
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        group.bench_function(name, |b| {
+            let mut pieces = Vec::new();
+            b.iter(|| {
+                let mut d = ToolDetector::new(set.clone());
+                let mut start = 0;
+                for &end in &points {
+                    d.push(black_box(&text[start..end]), &mut pieces);
+                    start = end;
+                }
+                d.finish(&mut pieces);
+                let n = pieces.len();
+                pieces.clear();
+                (n, d.calls())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_chat_stream,
+    bench_forms,
+    bench_splitter,
+    bench_rewrite,
+    bench_tools
+);
+
+fn main() {
+    alloc_report();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

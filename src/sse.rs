@@ -178,7 +178,7 @@ impl SseDecoder {
             }
         }
         while self.error.is_none() {
-            let Some(i) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(i) = memchr::memchr2(b'\n', b'\r', bytes) else {
                 if self.line.len() + bytes.len() > self.max_line {
                     self.fail();
                 } else {
@@ -190,8 +190,30 @@ impl SseDecoder {
                 self.fail();
                 return;
             }
+            let (next, cr) = line_end(bytes, i);
             if self.line.is_empty() {
-                self.process_line(&bytes[..i], on_event);
+                let line = &bytes[..i];
+                // Fast path, the common shape: a whole `data:` line and the blank line that
+                // dispatches it are both here, so the event is handed over without a copy.
+                if !cr
+                    && !self.has_data
+                    && line.starts_with(b"data:")
+                    && matches!(bytes.get(next), Some(b'\n' | b'\r'))
+                {
+                    let value = &line[5..];
+                    let value = value.strip_prefix(b" ").unwrap_or(value);
+                    self.events += 1;
+                    on_event(Event {
+                        event: &self.event,
+                        data: value,
+                    });
+                    self.event.clear();
+                    let (after, cr) = line_end(bytes, next);
+                    self.pending_cr = cr;
+                    bytes = &bytes[after..];
+                    continue;
+                }
+                self.process_line(line, on_event);
             } else {
                 let mut line = std::mem::take(&mut self.line);
                 line.extend_from_slice(&bytes[..i]);
@@ -199,14 +221,7 @@ impl SseDecoder {
                 line.clear();
                 self.line = line;
             }
-            let mut next = i + 1;
-            if bytes[i] == b'\r' {
-                match bytes.get(next) {
-                    Some(b'\n') => next += 1,
-                    Some(_) => {}
-                    None => self.pending_cr = true,
-                }
-            }
+            self.pending_cr = cr;
             bytes = &bytes[next..];
         }
     }
@@ -265,6 +280,19 @@ impl SseDecoder {
         self.data.clear();
         self.has_data = false;
         self.event.clear();
+    }
+}
+
+/// Where the line terminator at `i` (`\n`, `\r\n` or `\r`) ends, and whether it is a `\r`
+/// at the very end of `bytes` (its `\n` may be the next piece's first byte).
+fn line_end(bytes: &[u8], i: usize) -> (usize, bool) {
+    if bytes[i] != b'\r' {
+        return (i + 1, false);
+    }
+    match bytes.get(i + 1) {
+        Some(b'\n') => (i + 2, false),
+        Some(_) => (i + 1, false),
+        None => (i + 1, true),
     }
 }
 

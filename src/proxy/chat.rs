@@ -12,16 +12,19 @@
 //! 4. end honestly: `[DONE]` only after a clean upstream end; a cut or stalled upstream
 //!    ends the client stream with `finish_reason:"error"` and an error event.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use log::{debug, warn};
-use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::proxy::Session;
+use pingora::upstreams::peer::Peer;
 use pingora::ErrorType;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -45,6 +48,8 @@ const PRECOMMIT_LIMIT: usize = 1 << 20;
 const AFTER_DONE_WAIT: Duration = Duration::from_secs(1);
 /// How much of an error body is read to explain a failed attempt.
 const ERROR_BODY_LIMIT: usize = 4096;
+/// Most output gathered from already-delivered upstream data before it is written.
+const WRITE_BATCH: usize = 32 * 1024;
 
 pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut Ctx) {
     let body = match read_body(snap, session, ctx).await {
@@ -510,10 +515,18 @@ impl Job<'_> {
         // A pooled connection may have been closed by the upstream meanwhile: if sending on
         // a reused one fails before any response, try once more on a fresh connection.
         let mut up = loop {
-            let (mut up, reused) = connector
-                .get_http_session(&peer)
-                .await
-                .map_err(|e| connect_failure(&e))?;
+            let idle = self
+                .app
+                .idle
+                .take(peer.reuse_hash(), up_cfg.keepalive)
+                .map(|s| HttpSession::H1(Http1Session::new_with_options(s, &peer)));
+            let (mut up, reused) = match idle {
+                Some(up) => (up, true),
+                None => connector
+                    .get_http_session(&peer)
+                    .await
+                    .map_err(|e| connect_failure(&e))?,
+            };
             up.set_read_timeout(Some(up_cfg.header_timeout));
             up.set_write_timeout(Some(up_cfg.connect_timeout.max(Duration::from_secs(30))));
             let sent = tokio::time::timeout_at(deadline, async {
@@ -613,7 +626,7 @@ impl Job<'_> {
                 return match sink {
                     Sink::Collect(mut c) => {
                         let result = c.finish().map_err(Failure::Unusable)?;
-                        release(connector, up, &peer, up_cfg.keepalive).await;
+                        release(self.app, up, &peer, up_cfg.keepalive).await;
                         Ok(Answer::Complete(result, c.malformed_tool_blocks()))
                     }
                     Sink::Stream(mut stream) => {
@@ -711,20 +724,36 @@ impl Job<'_> {
                         return;
                     }
                 }
-                let done = stream.decoder().done_seen();
-                let wait = if done { AFTER_DONE_WAIT } else { idle };
-                match tokio::time::timeout(wait, up.read_response_body()).await {
-                    Ok(Ok(Some(chunk))) => stream.push(&chunk, &mut out),
-                    Ok(Ok(None)) => {
+                let wait = if stream.decoder().done_seen() {
+                    AFTER_DONE_WAIT
+                } else {
+                    idle
+                };
+                let read = read_into(&mut up, |b| stream.push(b, &mut out));
+                let mut step = match tokio::time::timeout(wait, read).await {
+                    Ok(r) => Step::from(r),
+                    Err(_) => Step::Stalled,
+                };
+                // What the upstream already delivered goes out in the same write: one
+                // syscall for a burst of events instead of one per event, and no waiting.
+                while matches!(step, Step::More) && out.len() < WRITE_BATCH {
+                    match ready_now(read_into(&mut up, |b| stream.push(b, &mut out))).await {
+                        Some(r) => step = Step::from(r),
+                        None => break,
+                    }
+                }
+                match step {
+                    Step::More => {}
+                    Step::End => {
                         clean_end = true;
                         break;
                     }
-                    Ok(Err(_)) | Err(_) if done => {
-                        // The answer is complete; the upstream just did not close the body.
+                    // The answer is complete; the upstream just did not close the body.
+                    Step::Lost(_) | Step::Stalled if stream.decoder().done_seen() => {
                         clean_end = true;
                         break;
                     }
-                    Ok(Err(e)) => {
+                    Step::Lost(e) => {
                         warn!(
                             "{}: upstream failed mid-stream: {}",
                             ctx.request_id,
@@ -737,7 +766,7 @@ impl Job<'_> {
                         failed = true;
                         break;
                     }
-                    Err(_) => {
+                    Step::Stalled => {
                         warn!(
                             "{}: upstream stalled for {idle:?} mid-stream",
                             ctx.request_id
@@ -778,23 +807,65 @@ impl Job<'_> {
             ctx.outcome = "client_abort";
         }
         if clean_end && !failed {
-            release(
-                &self.app.connector,
-                up,
-                &peer,
-                self.snap.config.upstream.keepalive,
-            )
-            .await;
+            release(self.app, up, &peer, self.snap.config.upstream.keepalive).await;
         }
     }
 }
 
-/// Write and clear `out`; false when the client is gone.
+/// One read of the upstream body while streaming.
+enum Step {
+    /// A piece arrived (and was transformed).
+    More,
+    /// The body ended.
+    End,
+    /// The connection failed.
+    Lost(Box<pingora::Error>),
+    /// Nothing arrived within the idle timeout.
+    Stalled,
+}
+
+impl From<pingora::Result<bool>> for Step {
+    fn from(r: pingora::Result<bool>) -> Step {
+        match r {
+            Ok(true) => Step::More,
+            Ok(false) => Step::End,
+            Err(e) => Step::Lost(e),
+        }
+    }
+}
+
+/// Read the next piece of the upstream body and hand it to `f` (on HTTP/1 straight from
+/// Pingora's buffer, without a copy). `Ok(false)` at the end of the body.
+async fn read_into(up: &mut HttpSession, f: impl FnOnce(&[u8])) -> pingora::Result<bool> {
+    let piece = match up {
+        HttpSession::H1(h1) => h1.read_body_ref().await?.map(f),
+        other => other.read_response_body().await?.map(|b| f(&b)),
+    };
+    Ok(piece.is_some())
+}
+
+/// Poll `fut` once, in the calling task's context: its output when it is ready right now,
+/// `None` (dropping it) otherwise. Pingora's body reads are cancel-safe: a read that is not
+/// ready has consumed nothing.
+async fn ready_now<F: Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match fut.as_mut().poll(cx) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+/// Write and clear `out` (keeping its capacity for the next batch); false when the client
+/// is gone.
 async fn write(session: &mut Session, ctx: &mut Ctx, metrics: &Metrics, out: &mut Vec<u8>) -> bool {
     if out.is_empty() {
         return true;
     }
-    let bytes = Bytes::from(std::mem::take(out));
+    let bytes = Bytes::copy_from_slice(out);
+    out.clear();
     ctx.bytes_out += bytes.len();
     let now = Instant::now();
     if let Some(last) = ctx.last_write.replace(now) {
@@ -820,12 +891,24 @@ fn sse_head(ctx: &Ctx) -> pingora::Result<ResponseHeader> {
     Ok(h)
 }
 
-/// Give a finished upstream connection back to the pool for reuse.
-async fn release(connector: &Connector, mut up: HttpSession, peer: &HttpPeer, keepalive: Duration) {
-    if up.response_done() {
-        connector
-            .release_http_session(up, peer, Some(keepalive))
-            .await;
+/// Give a finished upstream connection back for reuse: HTTP/1 to our idle list, HTTP/2 to
+/// Pingora's connector.
+async fn release(app: &App, mut up: HttpSession, peer: &HttpPeer, keepalive: Duration) {
+    if !up.response_done() {
+        return;
+    }
+    match up {
+        HttpSession::H1(mut h1) => {
+            h1.respect_keepalive();
+            if let Some(stream) = h1.reuse().await {
+                app.idle.put(peer.reuse_hash(), stream);
+            }
+        }
+        other => {
+            app.connector
+                .release_http_session(other, peer, Some(keepalive))
+                .await
+        }
     }
 }
 

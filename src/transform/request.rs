@@ -30,6 +30,19 @@ pub struct RewriteOptions<'a> {
     pub template: Option<&'a str>,
 }
 
+impl<'a> RewriteOptions<'a> {
+    /// The defaults: a streamed minimal body, no tools, no template.
+    pub fn streamed(upstream_model: &'a str) -> RewriteOptions<'a> {
+        RewriteOptions {
+            upstream_model,
+            stream: true,
+            style: BodyStyle::Minimal,
+            tools: None,
+            template: None,
+        }
+    }
+}
+
 pub fn to_k2think(req: &ChatRequest, opts: RewriteOptions<'_>) -> Payload {
     let mut messages = convert_messages(&req.messages, opts.tools);
     if let Some(set) = opts.tools {
@@ -162,16 +175,7 @@ mod tests {
 
     fn rewrite(body: Value) -> Value {
         let req = ChatRequest::parse(body.to_string().as_bytes()).unwrap();
-        let p = to_k2think(
-            &req,
-            RewriteOptions {
-                upstream_model: "MBZUAI-IFM/K2-Think-v2",
-                stream: true,
-                style: BodyStyle::Minimal,
-                tools: None,
-                template: None,
-            },
-        );
+        let p = to_k2think(&req, RewriteOptions::streamed("MBZUAI-IFM/K2-Think-v2"));
         serde_json::from_slice(&p.to_bytes()).unwrap()
     }
 

@@ -34,6 +34,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::sse::{self, SseDecoder};
@@ -122,8 +123,10 @@ enum Mode {
 /// a [`Value`] parse.
 #[derive(Deserialize)]
 struct WireEvent<'a> {
+    /// Kept as raw JSON: a cumulative value is mostly text already seen, and only its new
+    /// suffix needs unescaping ([`Core::on_content_text`]).
     #[serde(borrow, default)]
-    content: Option<Cow<'a, str>>,
+    content: Option<&'a RawValue>,
     #[serde(default)]
     done: Option<Value>,
     #[serde(default)]
@@ -156,10 +159,30 @@ struct WireDelta<'a> {
     reasoning: Option<Cow<'a, str>>,
 }
 
+/// A `content` string value.
+enum Text<'a> {
+    /// The body of a JSON string literal (between the quotes), escapes intact.
+    Raw(&'a str),
+    /// Decoded text.
+    Plain(Cow<'a, str>),
+}
+
+/// Decode the body of a JSON string literal; `None` when an escape is invalid.
+fn unescape(body: &str) -> Option<Cow<'_, str>> {
+    if !body.contains('\\') {
+        return Some(Cow::Borrowed(body));
+    }
+    let mut lit = String::with_capacity(body.len() + 2);
+    lit.push('"');
+    lit.push_str(body);
+    lit.push('"');
+    serde_json::from_str::<String>(&lit).ok().map(Cow::Owned)
+}
+
 /// Normalised view of one event.
 #[derive(Default)]
 struct Parsed<'a> {
-    content: Option<Cow<'a, str>>,
+    content: Option<Text<'a>>,
     done: bool,
     usage: Option<Usage>,
     has_choices: bool,
@@ -176,7 +199,10 @@ fn not_null(v: &Option<Value>) -> Option<&Value> {
 impl<'a> Parsed<'a> {
     fn from_wire(w: WireEvent<'a>) -> Parsed<'a> {
         let mut p = Parsed {
-            content: w.content,
+            content: w
+                .content
+                .and_then(|r| r.get().strip_prefix('"')?.strip_suffix('"'))
+                .map(Text::Raw),
             done: matches!(w.done, Some(Value::Bool(true))),
             usage: w.usage.as_ref().and_then(Usage::from_value),
             ..Parsed::default()
@@ -200,7 +226,7 @@ impl<'a> Parsed<'a> {
     fn from_value(v: &'a Value) -> Parsed<'a> {
         let str_of = |v: Option<&'a Value>| v.and_then(Value::as_str).map(Cow::Borrowed);
         let mut p = Parsed {
-            content: str_of(v.get("content")),
+            content: str_of(v.get("content")).map(Text::Plain),
             done: matches!(v.get("done"), Some(Value::Bool(true))),
             usage: v.get("usage").and_then(Usage::from_value),
             ..Parsed::default()
@@ -279,6 +305,10 @@ struct Core {
     implicit_think: bool,
     /// The raw answer text so far (for cumulative prefix checks).
     text: String,
+    /// The last `content` literal, still escaped, when it decodes to exactly `text`: the
+    /// next cumulative value is checked against it and only its new suffix is decoded.
+    raw: String,
+    raw_ok: bool,
     mode: Mode,
     done: bool,
     usable: bool,
@@ -294,7 +324,11 @@ impl Core {
             return;
         }
         self.events += 1;
-        let data = String::from_utf8_lossy(data);
+        // Valid UTF-8 is the rule; the fast check avoids the lossy path's per-byte walk.
+        let data = match std::str::from_utf8(data) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(data),
+        };
         if event == "error" {
             self.error = Some(match serde_json::from_str::<Value>(&data) {
                 Ok(v) => error_message(&v),
@@ -373,10 +407,9 @@ impl Core {
             self.usable = true;
         }
         if let Some(c) = p.content {
-            if p.done && self.mode == Mode::Incremental {
-                self.on_final_content(&c, out);
-            } else {
-                self.on_content(&c, out);
+            self.on_content_text(c, p.done, out);
+            if self.error.is_some() {
+                return;
             }
         }
         if let Some(r) = p.delta_reasoning {
@@ -398,8 +431,57 @@ impl Core {
         }
     }
 
+    /// A `content` value. The common case, a cumulative value whose literal starts with the
+    /// previous literal, costs a byte compare and decoding the new suffix; anything else is
+    /// decoded whole and goes through [`Core::on_content`] / [`Core::on_final_content`].
+    fn on_content_text(&mut self, c: Text<'_>, done: bool, out: &mut Deltas) {
+        if let Text::Raw(body) = c {
+            if self.raw_ok
+                && self.mode != Mode::Incremental
+                && !self.text.is_empty()
+                && body.as_bytes().starts_with(self.raw.as_bytes())
+            {
+                // `raw` ends on an escape boundary, so the suffix is a literal of its own.
+                let raw_suffix = &body[self.raw.len()..];
+                if let Some(suffix) = unescape(raw_suffix) {
+                    if !suffix.is_empty() || self.text.len() >= REWRITE_PREFIX {
+                        self.mode = Mode::Cumulative;
+                    }
+                    self.on_append(&suffix, out);
+                    self.raw.push_str(raw_suffix);
+                    self.raw_ok = true;
+                    return;
+                }
+            }
+        }
+        let (text, raw) = match c {
+            Text::Raw(body) => match unescape(body) {
+                Some(t) => (t, Some(body)),
+                None => {
+                    self.error = Some("upstream sent an invalid string escape".to_string());
+                    return;
+                }
+            },
+            Text::Plain(t) => (t, None),
+        };
+        if done && self.mode == Mode::Incremental {
+            self.on_final_content(&text, out);
+        } else {
+            self.on_content(&text, out);
+        }
+        self.raw.clear();
+        self.raw_ok = false;
+        if let Some(body) = raw {
+            if self.mode != Mode::Incremental && self.text == text {
+                self.raw.push_str(body);
+                self.raw_ok = true;
+            }
+        }
+    }
+
     /// Incremental text (OpenAI delta, raw data, incremental `content`).
     fn on_append(&mut self, s: &str, out: &mut Deltas) {
+        self.raw_ok = false;
         self.text.push_str(s);
         self.splitter.push(s, out);
     }
@@ -461,11 +543,10 @@ impl Core {
             self.error = Some(e);
             return;
         }
-        let text = p
-            .content
-            .as_deref()
-            .or(p.delta_content.as_deref())
-            .unwrap_or("");
+        let text = match &p.content {
+            Some(Text::Plain(t)) => t.as_ref(),
+            _ => p.delta_content.as_deref().unwrap_or(""),
+        };
         let has_answer = p.content.is_some() || p.has_choices;
         if !has_answer {
             self.error = Some(NOT_AN_ANSWER.to_string());
@@ -527,6 +608,8 @@ impl K2Decoder {
                 splitter: Splitter::new(implicit_think),
                 implicit_think,
                 text: String::new(),
+                raw: String::new(),
+                raw_ok: false,
                 mode: Mode::Unknown,
                 done: false,
                 usable: false,
@@ -1547,5 +1630,74 @@ mod tests {
         d.push(body.as_bytes(), &mut out);
         d.finish(&mut out);
         assert_eq!(out.content_text(), "Hello world");
+    }
+
+    /// (reasoning, content) the decoder produces for `events` (each a JSON payload), fed
+    /// whole and split at every byte, which must agree.
+    fn decode_events(events: &[&str]) -> (String, String) {
+        let mut body = Vec::new();
+        for e in events {
+            sse::write_data(&mut body, e.as_bytes());
+        }
+        let run = |pieces: &[&[u8]]| {
+            let mut d = K2Decoder::new(UpstreamFormat::Sse, true);
+            let mut out = Deltas::new();
+            for p in pieces {
+                d.push(p, &mut out);
+            }
+            d.finish(&mut out);
+            assert!(d.error().is_none(), "{:?}", d.error());
+            (out.reasoning_text(), out.content_text())
+        };
+        let whole = run(&[&body]);
+        for i in 0..=body.len() {
+            assert_eq!(run(&[&body[..i], &body[i..]]), whole, "split at {i}");
+        }
+        whole
+    }
+
+    #[test]
+    fn cumulative_literal_fast_path_decodes_escapes_in_the_new_suffix() {
+        let got = decode_events(&[
+            r#"{"content":"<think>a\"b"}"#,
+            r#"{"content":"<think>a\"b\n\u00e9\ud83d\ude00 c</think>"}"#,
+            r#"{"content":"<think>a\"b\n\u00e9\ud83d\ude00 c</think><answer>x\\y\tz"}"#,
+            r#"{"content":"<think>a\"b\n\u00e9\ud83d\ude00 c</think><answer>x\\y\tz</answer>"}"#,
+        ]);
+        assert_eq!(got, ("a\"b\né😀 c".to_string(), "x\\y\tz".to_string()));
+    }
+
+    #[test]
+    fn cumulative_literal_with_another_escaping_of_the_same_text_falls_back() {
+        // The same text escaped differently (`\u00e9` then `é`, `\/` then `/`): the raw
+        // prefix check fails, the whole value is decoded and compared as text.
+        let got = decode_events(&[
+            r#"{"content":"<think>caf\u00e9 a\/b"}"#,
+            r#"{"content":"<think>café a/b more</think>"}"#,
+            r#"{"content":"<think>caf\u00e9 a\/b more</think>done"}"#,
+        ]);
+        assert_eq!(got, ("café a/b more".to_string(), "done".to_string()));
+    }
+
+    #[test]
+    fn cumulative_literal_after_other_channels_is_not_taken_as_an_extension() {
+        // An OpenAI delta between two `content` values changes the text without changing
+        // the remembered literal: the next value must be checked against the text.
+        let got = decode_events(&[
+            r#"{"content":"<think>r</think>ab"}"#,
+            r#"{"choices":[{"delta":{"content":"X"}}]}"#,
+            r#"{"content":"<think>r</think>abXc"}"#,
+        ]);
+        assert_eq!(got, ("r".to_string(), "abXc".to_string()));
+    }
+
+    #[test]
+    fn incremental_values_never_use_the_cumulative_fast_path() {
+        let got = decode_events(&[
+            r#"{"content":"<think>one "}"#,
+            r#"{"content":"two</think>"}"#,
+            r#"{"content":"<think>one \"x"}"#,
+        ]);
+        assert_eq!(got, ("one two".to_string(), "<think>one \"x".to_string()));
     }
 }

@@ -1,0 +1,799 @@
+//! Load bench: the proxy against the mock upstream, and the same load straight at the mock.
+//!
+//! ```text
+//! cargo bench --bench load                 full run (about two minutes)
+//! cargo bench --bench load -- --quick      short run (what `cargo test --release` does)
+//! ```
+//!
+//! Three processes share the machine: `k2mock` (fast mode: no pacing, no request recording),
+//! `k2proxy` (the shipped defaults, user mode with three tokens, access log on to /dev/null)
+//! and this load client (closed loop: N virtual users, one keep-alive HTTP/1.1 connection
+//! each, a new request as soon as the previous answer is read to its end).
+//!
+//! Phases, each first through the proxy and then straight at the mock:
+//! 1. throughput: streamed and non-streamed completions at concurrency 1, 64 and 256;
+//!    req/s, latency p50/p99, time to first token (first non-empty `content` or
+//!    `reasoning_content` in the body), and CPU time per request of the server process;
+//! 2. added latency: 64 concurrent streams from a paced mock (the machine is not saturated),
+//!    so the TTFT difference is the proxy's own work, not CPU queueing;
+//! 3. memory: the proxy's RSS idle and with 1,000 concurrent open streams (paced mock).
+//!
+//! Any failed request makes the run exit non-zero.
+
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+const MODEL: &str = "MBZUAI-IFM/K2-Think-v2";
+/// The answer every request gets: ~40 reasoning words and ~80 answer words from the mock,
+/// cumulative `content` events growing by 8 characters (the mock's defaults).
+const PROMPT: &str =
+    "Explain how to reverse a linked list in Rust. [[mock: reasoning_words=40; answer_words=80]]";
+const PACE_MS: u64 = 20;
+
+#[derive(Clone)]
+struct Settings {
+    quick: bool,
+    /// `--only memory|throughput|paced`: run one phase.
+    only: Option<String>,
+    /// `--mock-port N`: where the mock listens (default: a free port).
+    mock_port: Option<u16>,
+    /// `--relay N`: also drive the mock through a plain reverse proxy listening on port N
+    /// (for example nginx with `proxy_buffering off`, pointed at `--mock-port`).
+    relay: Option<u16>,
+    levels: Vec<usize>,
+    warmup: Duration,
+    measure: Duration,
+    paced_users: usize,
+    paced_time: Duration,
+    open_streams: usize,
+}
+
+impl Settings {
+    fn runs(&self, phase: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| o == phase)
+    }
+
+    fn from_args() -> Settings {
+        let args: Vec<String> = std::env::args().collect();
+        // `cargo bench` passes `--bench`; `cargo test` does not: run short then.
+        let quick = args.iter().any(|a| a == "--quick") || !args.iter().any(|a| a == "--bench");
+        let value = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1).cloned())
+        };
+        let only = value("--only");
+        let mock_port = value("--mock-port").and_then(|v| v.parse().ok());
+        let relay = value("--relay").and_then(|v| v.parse().ok());
+        if quick {
+            Settings {
+                quick,
+                only: only.clone(),
+                mock_port,
+                relay,
+                levels: vec![1, 16],
+                warmup: Duration::from_millis(200),
+                measure: Duration::from_millis(700),
+                paced_users: 16,
+                paced_time: Duration::from_secs(2),
+                open_streams: 100,
+            }
+        } else {
+            Settings {
+                quick,
+                only: only.clone(),
+                mock_port,
+                relay,
+                levels: vec![1, 64, 256],
+                warmup: Duration::from_secs(1),
+                measure: Duration::from_secs(5),
+                paced_users: 64,
+                paced_time: Duration::from_secs(5),
+                open_streams: 1000,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// processes
+
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size, in KiB, and its peak.
+    fn rss_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// User + system CPU time of all threads so far.
+    fn cpu(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the `(comm)`; utime and stime are fields 14 and 15 (1-based).
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+        // USER_HZ is 100 on every Linux architecture we run on.
+        Duration::from_millis(ticks * 10)
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn wait_port(p: &mut Proc, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        assert!(p.alive(), "{} exited while starting", p.name);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{} did not listen on {port}", p.name);
+}
+
+fn spawn(name: &'static str, bin: &str, args: &[String]) -> Proc {
+    let mut cmd = Command::new(bin);
+    let child = cmd
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(if std::env::var_os("LOAD_VERBOSE").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    Proc { name, child }
+}
+
+fn start_mock(port: u16) -> Proc {
+    let mut p = spawn(
+        "k2mock",
+        env!("CARGO_BIN_EXE_k2mock"),
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--no-record".into(),
+        ],
+    );
+    wait_port(&mut p, port);
+    p
+}
+
+fn start_proxy(port: u16, mock_port: u16, dir: &std::path::Path) -> Proc {
+    let metrics = free_port();
+    let conf = dir.join("k2proxy-bench.yaml");
+    let yaml = format!(
+        "server:\n  listen: [\"127.0.0.1:{port}\"]\n\
+         upstream:\n  base_url: \"http://127.0.0.1:{mock_port}\"\n\
+         pool:\n  tokens: [\"bench-a\", \"bench-b\", \"bench-c\"]\n\
+         metrics:\n  listen: \"127.0.0.1:{metrics}\"\n"
+    );
+    std::fs::write(&conf, yaml).expect("write bench config");
+    let mut p = spawn(
+        "k2proxy",
+        env!("CARGO_BIN_EXE_k2proxy"),
+        &["-c".into(), conf.display().to_string()],
+    );
+    wait_port(&mut p, port);
+    p
+}
+
+// ---------------------------------------------------------------------------------------
+// load client
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Proxy,
+    Mock,
+    /// The mock through a plain reverse proxy (`--relay`).
+    Relay,
+}
+
+impl Via {
+    fn label(self) -> &'static str {
+        match self {
+            Via::Proxy => "proxy",
+            Via::Mock => "mock",
+            Via::Relay => "relay",
+        }
+    }
+}
+
+/// What one virtual user sends, over and over.
+struct Target {
+    port: u16,
+    path: &'static str,
+    body: Bytes,
+    stream: bool,
+    via: Via,
+}
+
+impl Target {
+    fn new(via: Via, port: u16, stream: bool, prompt: &str) -> Target {
+        let messages = serde_json::json!([{"role": "user", "content": prompt}]);
+        let (path, body) = match via {
+            Via::Proxy => (
+                "/v1/chat/completions",
+                serde_json::json!({"model": MODEL, "stream": stream, "messages": messages}),
+            ),
+            Via::Mock | Via::Relay => (
+                "/api/chat/completions",
+                serde_json::json!({"model": MODEL, "stream": stream, "messages": messages}),
+            ),
+        };
+        Target {
+            port,
+            path,
+            body: Bytes::from(body.to_string()),
+            stream,
+            via,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Samples {
+    /// Whole-request latencies, µs.
+    latency: Vec<u32>,
+    /// Time to first token, µs (streams only).
+    ttft: Vec<u32>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Samples {
+    fn merge(&mut self, o: Samples) {
+        self.latency.extend(o.latency);
+        self.ttft.extend(o.ttft);
+        self.errors += o.errors;
+        if self.first_error.is_none() {
+            self.first_error = o.first_error;
+        }
+    }
+}
+
+/// Whether `body` holds a non-empty `content` or `reasoning_content` string.
+fn has_token(body: &[u8]) -> bool {
+    const PAT: &[u8] = b"content\":\"";
+    body.windows(PAT.len() + 1)
+        .any(|w| w.starts_with(PAT) && w[PAT.len()] != b'"')
+}
+
+/// Whether a complete answer arrived (and not an error ending).
+fn answer_ok(t: &Target, body: &[u8]) -> Result<(), String> {
+    let text = String::from_utf8_lossy(body);
+    let ok = match (t.via, t.stream) {
+        (Via::Proxy, true) => {
+            text.trim_end().ends_with("data: [DONE]") && !text.contains("\"error\"")
+        }
+        (Via::Mock | Via::Relay, true) => text.contains("[DONE]") || text.contains("\"done\":true"),
+        (_, false) => text.contains("\"content\""),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "incomplete answer: {}",
+            text.chars().take(300).collect::<String>()
+        ))
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(port: u16) -> Result<Sender, String> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// One request on `sender`: (latency, ttft).
+async fn one(
+    sender: &mut Sender,
+    t: &Target,
+    first_token: Option<&AtomicUsize>,
+) -> Result<(Duration, Option<Duration>), String> {
+    sender
+        .ready()
+        .await
+        .map_err(|e| format!("connection: {e}"))?;
+    let mut req = http::Request::post(t.path)
+        .header("host", format!("127.0.0.1:{}", t.port))
+        .header("content-type", "application/json");
+    req = match t.via {
+        Via::Proxy => req,
+        Via::Mock | Via::Relay => req.header("authorization", "Bearer bench-a"),
+    };
+    let req = req
+        .body(Full::new(t.body.clone()))
+        .map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    let mut all = Vec::with_capacity(16 * 1024);
+    let mut ttft = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("body: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            let from = all.len().saturating_sub(16);
+            all.extend_from_slice(&data);
+            if t.stream && ttft.is_none() && has_token(&all[from..]) {
+                ttft = Some(t0.elapsed());
+                if let Some(n) = first_token {
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    let latency = t0.elapsed();
+    if !status.is_success() {
+        return Err(format!(
+            "status {status}: {}",
+            String::from_utf8_lossy(&all)
+                .chars()
+                .take(300)
+                .collect::<String>()
+        ));
+    }
+    answer_ok(t, &all)?;
+    Ok((latency, ttft))
+}
+
+/// A virtual user: requests back to back until `stop`; records those that started after
+/// `record`.
+async fn user(
+    t: Arc<Target>,
+    delay: Duration,
+    record: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> Samples {
+    tokio::time::sleep(delay).await;
+    let mut s = Samples::default();
+    let mut sender = None;
+    while !stop.load(Ordering::Relaxed) {
+        let counting = record.load(Ordering::Relaxed);
+        if sender.is_none() {
+            match connect(t.port).await {
+                Ok(c) => sender = Some(c),
+                Err(e) => {
+                    s.errors += 1;
+                    s.first_error.get_or_insert(e);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = sender.as_mut() else { continue };
+        match one(c, &t, None).await {
+            Ok((lat, ttft)) => {
+                if counting && !stop.load(Ordering::Relaxed) {
+                    s.latency.push(lat.as_micros() as u32);
+                    if let Some(f) = ttft {
+                        s.ttft.push(f.as_micros() as u32);
+                    }
+                }
+            }
+            Err(e) => {
+                s.errors += 1;
+                s.first_error.get_or_insert(e);
+                sender = None;
+            }
+        }
+    }
+    s
+}
+
+struct Run {
+    label: String,
+    users: usize,
+    secs: f64,
+    samples: Samples,
+    cpu: Duration,
+}
+
+impl Run {
+    fn rps(&self) -> f64 {
+        self.samples.latency.len() as f64 / self.secs
+    }
+    fn cpu_per_req_us(&self) -> f64 {
+        let n = self.samples.latency.len().max(1) as f64;
+        self.cpu.as_secs_f64() * 1e6 / n
+    }
+}
+
+fn pct(v: &mut [u32], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i] as f64 / 1000.0
+}
+
+fn run_level(
+    rt: &tokio::runtime::Runtime,
+    t: Arc<Target>,
+    users: usize,
+    s: &Settings,
+    server: &Proc,
+    stagger: Duration,
+) -> Run {
+    let record = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..users)
+        .map(|i| {
+            let delay = stagger * i as u32 / users as u32;
+            rt.spawn(user(t.clone(), delay, record.clone(), stop.clone()))
+        })
+        .collect();
+    std::thread::sleep(s.warmup);
+    let cpu0 = server.cpu();
+    let t0 = Instant::now();
+    record.store(true, Ordering::Relaxed);
+    std::thread::sleep(s.measure);
+    stop.store(true, Ordering::Relaxed);
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = server.cpu().saturating_sub(cpu0);
+    let mut samples = Samples::default();
+    rt.block_on(async {
+        for h in handles {
+            if let Ok(x) = h.await {
+                samples.merge(x);
+            }
+        }
+    });
+    Run {
+        label: format!(
+            "{} {}",
+            t.via.label(),
+            if t.stream { "stream" } else { "json" }
+        ),
+        users,
+        secs,
+        samples,
+        cpu,
+    }
+}
+
+/// Open `n` streams at once; once every one has its first token (or 30 s passed), read the
+/// proxy's RSS (KiB) and hang up on all of them. Returns the RSS, how many streams had
+/// their first token, and the failures.
+fn open_streams(
+    rt: &tokio::runtime::Runtime,
+    t: Arc<Target>,
+    n: usize,
+    proxy: &Proc,
+) -> (u64, usize, Samples) {
+    let notify = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (t, notify) = (t.clone(), notify.clone());
+            rt.spawn(async move {
+                let mut s = Samples::default();
+                let res = async {
+                    let mut c = connect(t.port).await?;
+                    one(&mut c, &t, Some(&notify)).await
+                }
+                .await;
+                match res {
+                    Ok((lat, _)) => s.latency.push(lat.as_micros() as u32),
+                    Err(e) => {
+                        s.errors += 1;
+                        s.first_error = Some(e);
+                    }
+                }
+                s
+            })
+        })
+        .collect();
+    // Streams stay open for the paced answer's full length (seconds).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while notify.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = notify.load(Ordering::Relaxed);
+    let (rss, _) = proxy.rss_kib();
+    if let Some(secs) = std::env::var("LOAD_HOLD_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        println!(
+            "holding {n} streams on proxy pid {} for {secs} s",
+            proxy.pid()
+        );
+        std::thread::sleep(Duration::from_secs(secs));
+    }
+    // Hang up on every stream (the proxy counts them as client aborts).
+    for h in &handles {
+        h.abort();
+    }
+    let mut samples = Samples::default();
+    rt.block_on(async {
+        for h in handles {
+            if let Ok(x) = h.await {
+                samples.merge(x);
+            }
+        }
+    });
+    (rss, seen, samples)
+}
+
+/// The two servers under test.
+struct Servers<'a> {
+    proxy: &'a Proc,
+    proxy_port: u16,
+    mock: &'a Proc,
+    mock_port: u16,
+    relay: Option<u16>,
+}
+
+impl<'a> Servers<'a> {
+    /// The proxy, the mock, and the relay when given: (how to address it, port, the
+    /// process whose CPU time is counted).
+    fn both(&self) -> Vec<(Via, u16, &'a Proc)> {
+        let mut v = vec![
+            (Via::Proxy, self.proxy_port, self.proxy),
+            (Via::Mock, self.mock_port, self.mock),
+        ];
+        if let Some(port) = self.relay {
+            v.push((Via::Relay, port, self.mock));
+        }
+        v
+    }
+}
+
+/// The proxy's RSS with many open streams, on the fresh proxy. Returns the failures.
+fn memory(rt: &tokio::runtime::Runtime, s: &Settings, sv: &Servers<'_>) -> u64 {
+    let mut failed = 0;
+    let (fresh, _) = sv.proxy.rss_kib();
+    let slow = format!("{PROMPT} [[mock: pace_ms=100]]");
+    let t = Arc::new(Target::new(Via::Proxy, sv.proxy_port, true, &slow));
+    let (rss, seen, samples) = open_streams(rt, t, s.open_streams, sv.proxy);
+    failed += samples.errors;
+    if let Some(e) = &samples.first_error {
+        println!("    first error: {e}");
+    }
+    println!(
+        "proxy RSS: {:.1} MiB at start; {:.1} MiB with {seen}/{} streams open\n",
+        fresh as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        s.open_streams,
+    );
+    if seen < s.open_streams {
+        failed += 1;
+        println!(
+            "    only {seen} of {} streams got a first token",
+            s.open_streams
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    failed
+}
+
+/// Req/s, latency and TTFT at each concurrency level, proxy then mock. Returns the failures.
+fn throughput(rt: &tokio::runtime::Runtime, s: &Settings, sv: &Servers<'_>) -> u64 {
+    let mut failed = 0;
+    let header = format!(
+        "{:<13} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}",
+        "run", "conc", "req/s", "p50 ms", "p99 ms", "ttft p50", "ttft p99", "cpu µs/req", "errors"
+    );
+    println!("{header}");
+    let mut table = vec![header];
+    let mut ratios = Vec::new();
+    for stream in [true, false] {
+        for &users in &s.levels {
+            let mut pair = Vec::new();
+            for (via, port, server) in sv.both() {
+                let t = Arc::new(Target::new(via, port, stream, PROMPT));
+                let mut r = run_level(rt, t, users, s, server, Duration::ZERO);
+                failed += r.samples.errors;
+                let line = format!(
+                    "{:<13} {:>5} {:>9.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.0} {:>6}",
+                    r.label,
+                    r.users,
+                    r.rps(),
+                    pct(&mut r.samples.latency, 0.5),
+                    pct(&mut r.samples.latency, 0.99),
+                    pct(&mut r.samples.ttft, 0.5),
+                    pct(&mut r.samples.ttft, 0.99),
+                    r.cpu_per_req_us(),
+                    r.samples.errors
+                );
+                println!("{line}");
+                if let Some(e) = &r.samples.first_error {
+                    println!("    first error: {e}");
+                }
+                table.push(line);
+                pair.push(r);
+            }
+            let ratio = pair[0].rps() / pair[1].rps().max(f64::MIN_POSITIVE);
+            ratios.push(format!(
+                "{} at {users}: proxy/mock req/s = {ratio:.2}",
+                if stream { "stream" } else { "json" }
+            ));
+        }
+    }
+    println!();
+    for r in &ratios {
+        println!("{r}");
+    }
+
+    failed
+}
+
+/// Time to first token at `paced_users` streams from a paced mock, proxy then mock: the
+/// machine is far from saturated, so the difference is the proxy's own delay. Returns the
+/// failures.
+fn paced(rt: &tokio::runtime::Runtime, s: &Settings, sv: &Servers<'_>) -> u64 {
+    let mut failed = 0;
+    // A short answer (about 25 events, half a second), so that many complete in the window.
+    let paced = format!("Explain how to reverse a linked list in Rust. [[mock: pace_ms={PACE_MS}; reasoning_words=6; answer_words=6]]");
+    let paced_settings = Settings {
+        measure: s.paced_time,
+        ..s.clone()
+    };
+    let mut ttft = Vec::new();
+    for (via, port, server) in sv.both() {
+        let t = Arc::new(Target::new(via, port, true, &paced));
+        // Users start spread over one pace interval, so that their events do not arrive in
+        // lockstep bursts.
+        let stagger = Duration::from_millis(PACE_MS);
+        let mut r = run_level(rt, t, s.paced_users, &paced_settings, server, stagger);
+        failed += r.samples.errors;
+        ttft.push((
+            via,
+            pct(&mut r.samples.ttft, 0.5),
+            pct(&mut r.samples.ttft, 0.99),
+            r.samples.ttft.len(),
+        ));
+    }
+    println!(
+        "\npaced stream ({PACE_MS} ms between events), {} concurrent users, time to first token:",
+        s.paced_users
+    );
+    let mock = ttft
+        .iter()
+        .find(|t| t.0 == Via::Mock)
+        .map_or((0.0, 0.0), |t| (t.1, t.2));
+    for (via, p50, p99, n) in &ttft {
+        print!(
+            "  {:<6} p50 {p50:.3} ms  p99 {p99:.3} ms  ({n} samples)",
+            via.label()
+        );
+        if *via != Via::Mock {
+            print!(
+                "  -> added {:.3} ms p50, {:.3} ms p99",
+                p50 - mock.0,
+                p99 - mock.1
+            );
+        }
+        println!();
+    }
+
+    failed
+}
+
+fn main() -> ExitCode {
+    let s = Settings::from_args();
+    let dir = std::env::temp_dir().join(format!("k2proxy-load-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let (mock_port, proxy_port) = (s.mock_port.unwrap_or_else(free_port), free_port());
+    let mock = start_mock(mock_port);
+    let proxy = start_proxy(proxy_port, mock_port, &dir);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "k2proxy load bench ({} mode): {} cores, mock {} + proxy {} + client in one run",
+        if s.quick { "quick" } else { "full" },
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        mock.pid(),
+        proxy.pid()
+    );
+    let _ = writeln!(
+        report,
+        "answer: v1 markup, cumulative content, 8 chars per event; {PROMPT:?}\n"
+    );
+    println!("{report}");
+    let mut failed = 0u64;
+
+    let servers = Servers {
+        proxy: &proxy,
+        proxy_port,
+        mock: &mock,
+        mock_port,
+        relay: s.relay,
+    };
+    if s.runs("memory") {
+        failed += memory(&rt, &s, &servers);
+    }
+    if s.runs("throughput") {
+        failed += throughput(&rt, &s, &servers);
+    }
+    if s.runs("paced") {
+        failed += paced(&rt, &s, &servers);
+    }
+
+    let (rss_end, peak) = proxy.rss_kib();
+    println!(
+        "\nproxy RSS after all runs: {:.1} MiB (peak {:.1} MiB)",
+        rss_end as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    drop(proxy);
+    drop(mock);
+    let _ = std::fs::remove_dir_all(PathBuf::from(&dir));
+    if failed > 0 {
+        println!("\nFAILED: {failed} failed requests");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
