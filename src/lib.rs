@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod k2think;
+pub mod limits;
 pub mod metrics;
 pub mod mock;
 pub mod openai;

@@ -414,6 +414,26 @@ pub struct LimitsSection {
     pub max_file_bytes: ByteSize,
     /// Largest `data:` image (decoded) in an `image_url` part.
     pub max_image_bytes: ByteSize,
+    /// Most messages in one request (400 above it).
+    pub max_messages: usize,
+    /// Longest a chat request may take from arrival to its last byte, retries included:
+    /// 504 before the answer started, an error ending after.
+    #[serde(deserialize_with = "de_duration")]
+    pub request_timeout: Duration,
+    /// Per client key (the key's name; the client address when no keys are configured).
+    pub per_key: PerKeyLimits,
+}
+
+/// Concurrency and request-rate limits per client key; 429 with `Retry-After` above them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PerKeyLimits {
+    /// Chat requests in flight at once; 0 = unlimited.
+    pub concurrency: u32,
+    /// Sustained chat requests per second (token bucket); 0 = unlimited.
+    pub rate: f64,
+    /// Requests allowed in a burst above the rate; 0 = max(1, rate).
+    pub burst: u32,
 }
 
 impl Default for LimitsSection {
@@ -422,6 +442,9 @@ impl Default for LimitsSection {
             max_body_bytes: ByteSize(10 * 1024 * 1024),
             max_file_bytes: ByteSize(2 * 1024 * 1024),
             max_image_bytes: ByteSize(8 * 1024 * 1024),
+            max_messages: 1000,
+            request_timeout: Duration::from_secs(600),
+            per_key: PerKeyLimits::default(),
         }
     }
 }
@@ -739,6 +762,19 @@ impl Config {
         }
         if self.limits.max_body_bytes.0 < 1024 {
             return err("limits.max_body_bytes", "must be at least 1 KiB");
+        }
+        if self.limits.max_messages == 0 {
+            return err("limits.max_messages", "must be at least 1");
+        }
+        if self.limits.request_timeout < Duration::from_secs(1) {
+            return err("limits.request_timeout", "must be at least 1s");
+        }
+        let rate = self.limits.per_key.rate;
+        if !rate.is_finite() || rate < 0.0 {
+            return err(
+                "limits.per_key.rate",
+                "must be a number of requests per second, 0 or more",
+            );
         }
         if self.logging.level.parse::<log::LevelFilter>().is_err() {
             return err(

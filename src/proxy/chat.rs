@@ -32,6 +32,7 @@ use rand::Rng;
 use super::{respond, routes, upstream, App, Ctx, Snapshot};
 use crate::config::{PayloadStyle, ReasoningOutput, UpstreamMode};
 use crate::k2think::BodyStyle;
+use crate::limits::Rules;
 use crate::metrics::Metrics;
 use crate::openai::{ApiError, ChatRequest};
 use crate::pool::{Lease, LeaseError, Outcome};
@@ -52,6 +53,37 @@ const ERROR_BODY_LIMIT: usize = 4096;
 const WRITE_BATCH: usize = 32 * 1024;
 
 pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut Ctx) {
+    // Per-key limits first: a refused request costs no body read.
+    let per_key = &snap.config.limits.per_key;
+    let who = match (&ctx.key_name, session.client_addr()) {
+        (Some(name), _) => format!("key:{name}"),
+        (None, Some(addr)) => format!(
+            "addr:{}",
+            addr.as_inet()
+                .map_or_else(|| addr.to_string(), |a| a.ip().to_string())
+        ),
+        (None, None) => "anonymous".to_string(),
+    };
+    let rules = Rules {
+        concurrency: per_key.concurrency,
+        rate: per_key.rate,
+        burst: per_key.burst,
+    };
+    let _permit = match app.limiter.admit(&who, rules, Instant::now()) {
+        Ok(p) => p,
+        Err(denied) => {
+            let err = ApiError::new(
+                429,
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                denied.message(),
+            )
+            .with_retry_after(Some(denied.retry_after_secs()));
+            ctx.outcome = "rate_limited";
+            return respond::error(session, ctx, &err).await;
+        }
+    };
+    let deadline = tokio::time::Instant::from_std(ctx.started) + snap.config.limits.request_timeout;
     let body = match read_body(snap, session, ctx).await {
         Ok(b) => b,
         Err(e) => return respond::error(session, ctx, &e).await,
@@ -61,6 +93,17 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         Err(e) => return respond::error(session, ctx, &e).await,
     };
     let limits = &snap.config.limits;
+    if req.messages.len() > limits.max_messages {
+        let err = ApiError::invalid(
+            format!(
+                "Too many messages: {} (the limit is {}, limits.max_messages)",
+                req.messages.len(),
+                limits.max_messages
+            ),
+            Some("messages".to_string()),
+        );
+        return respond::error(session, ctx, &err).await;
+    }
     let file_limits = files::Limits {
         max_file_bytes: limits.max_file_bytes.0 as usize,
         max_image_bytes: limits.max_image_bytes.0 as usize,
@@ -117,8 +160,21 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         stream: req.stream,
         include_usage: req.include_usage(),
         tools,
+        deadline,
     };
-    match job.exchange(ctx).await {
+    let answer = match tokio::time::timeout_at(deadline, job.exchange(ctx)).await {
+        Ok(a) => a,
+        Err(_) => Err(ApiError::new(
+            504,
+            "server_error",
+            "request_timeout",
+            format!(
+                "No usable answer within limits.request_timeout ({}s)",
+                snap.config.limits.request_timeout.as_secs()
+            ),
+        )),
+    };
+    match answer {
         Ok(Answer::Stream(live)) => job.stream(live, session, ctx).await,
         Ok(Answer::Complete(result, malformed)) => {
             ctx.tool_calls = result.tool_calls.len();
@@ -223,6 +279,8 @@ struct Job<'a> {
     stream: bool,
     include_usage: bool,
     tools: Option<Arc<ToolSet>>,
+    /// `limits.request_timeout` from the request's arrival.
+    deadline: tokio::time::Instant,
 }
 
 /// A usable upstream answer.
@@ -728,7 +786,11 @@ impl Job<'_> {
                     AFTER_DONE_WAIT
                 } else {
                     idle
-                };
+                }
+                .min(
+                    self.deadline
+                        .saturating_duration_since(tokio::time::Instant::now()),
+                );
                 let read = read_into(&mut up, |b| stream.push(b, &mut out));
                 let mut step = match tokio::time::timeout(wait, read).await {
                     Ok(r) => Step::from(r),
@@ -761,6 +823,21 @@ impl Job<'_> {
                         );
                         stream.fail(
                             "The upstream connection was lost mid-stream; the answer is incomplete",
+                            &mut out,
+                        );
+                        failed = true;
+                        break;
+                    }
+                    Step::Stalled if tokio::time::Instant::now() >= self.deadline => {
+                        let limit = self.snap.config.limits.request_timeout.as_secs();
+                        warn!(
+                            "{}: request exceeded limits.request_timeout",
+                            ctx.request_id
+                        );
+                        stream.fail(
+                            &format!(
+                                "The request exceeded limits.request_timeout ({limit}s); the answer is incomplete"
+                            ),
                             &mut out,
                         );
                         failed = true;

@@ -93,6 +93,8 @@ pub struct App {
     connector: Connector,
     /// Idle upstream HTTP/1 connections (see `conns.rs`).
     idle: conns::IdleConns,
+    /// Per-client-key concurrency and rate (`limits.per_key`).
+    limiter: Arc<crate::limits::Limiter>,
     resolver: upstream::Resolver,
     metrics: Metrics,
     /// The file reloads read; `None` for a server built from an in-memory config.
@@ -127,6 +129,7 @@ impl App {
             pool,
             connector: Connector::new(Some(ConnectorOptions::from_server_conf(server_conf))),
             idle: conns::IdleConns::new(server_conf.upstream_keepalive_pool_size),
+            limiter: crate::limits::Limiter::new(),
             resolver: upstream::Resolver::default(),
             metrics,
             reload_status: Mutex::new(reload::ReloadStatus {
