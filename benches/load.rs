@@ -10,17 +10,21 @@
 //! and this load client (closed loop: N virtual users, one keep-alive HTTP/1.1 connection
 //! each, a new request as soon as the previous answer is read to its end).
 //!
-//! Phases, each first through the proxy and then straight at the mock:
-//! 1. throughput: streamed and non-streamed completions at concurrency 1, 64 and 256;
-//!    req/s, latency p50/p99, time to first token (first non-empty `content` or
-//!    `reasoning_content` in the body), and CPU time per request of the server process;
-//! 2. added latency: 64 concurrent streams from a paced mock (the machine is not saturated),
-//!    so the TTFT difference is the proxy's own work, not CPU queueing;
-//! 3. memory: the proxy's RSS idle and with 1,000 concurrent open streams (paced mock).
+//! Phases (`--only memory|throughput|paced` runs one):
+//! 1. memory: the fresh proxy's RSS idle and with 1,000 concurrent open streams (paced mock);
+//! 2. throughput, first through the proxy and then straight at the mock: streamed and
+//!    non-streamed completions at concurrency 1, 64 and 256; req/s, latency p50/p99, time
+//!    to first token (first non-empty `content` or `reasoning_content` in the body), and
+//!    CPU time per request of the server process;
+//! 3. added latency: 64 concurrent streams from a paced mock (the machine is not saturated),
+//!    so the TTFT difference is the proxy's own work, not CPU queueing.
+//!
+//! `--relay PORT --mock-port PORT` adds a plain reverse proxy (e.g. nginx in front of the
+//! mock) to phases 2 and 3. `LOAD_VERBOSE=1` shows the servers' stderr; `LOAD_HOLD_SECS=N`
+//! keeps the 1,000 streams open N seconds (to inspect the proxy with heaptrack or smaps).
 //!
 //! Any failed request makes the run exit non-zero.
 
-use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -260,17 +264,17 @@ struct Target {
 
 impl Target {
     fn new(via: Via, port: u16, stream: bool, prompt: &str) -> Target {
-        let messages = serde_json::json!([{"role": "user", "content": prompt}]);
-        let (path, body) = match via {
-            Via::Proxy => (
-                "/v1/chat/completions",
-                serde_json::json!({"model": MODEL, "stream": stream, "messages": messages}),
-            ),
-            Via::Mock | Via::Relay => (
-                "/api/chat/completions",
-                serde_json::json!({"model": MODEL, "stream": stream, "messages": messages}),
-            ),
+        // The OpenAI request and the K2Think one have the same shape here; only the path
+        // (and the bearer, see `one`) differ.
+        let path = match via {
+            Via::Proxy => "/v1/chat/completions",
+            Via::Mock | Via::Relay => "/api/chat/completions",
         };
+        let body = serde_json::json!({
+            "model": MODEL,
+            "stream": stream,
+            "messages": [{"role": "user", "content": prompt}],
+        });
         Target {
             port,
             path,
@@ -641,7 +645,6 @@ fn throughput(rt: &tokio::runtime::Runtime, s: &Settings, sv: &Servers<'_>) -> u
         "run", "conc", "req/s", "p50 ms", "p99 ms", "ttft p50", "ttft p99", "cpu µs/req", "errors"
     );
     println!("{header}");
-    let mut table = vec![header];
     let mut ratios = Vec::new();
     for stream in [true, false] {
         for &users in &s.levels {
@@ -666,7 +669,6 @@ fn throughput(rt: &tokio::runtime::Runtime, s: &Settings, sv: &Servers<'_>) -> u
                 if let Some(e) = &r.samples.first_error {
                     println!("    first error: {e}");
                 }
-                table.push(line);
                 pair.push(r);
             }
             let ratio = pair[0].rps() / pair[1].rps().max(f64::MIN_POSITIVE);
@@ -749,20 +751,14 @@ fn main() -> ExitCode {
         .build()
         .expect("runtime");
 
-    let mut report = String::new();
-    let _ = writeln!(
-        report,
+    println!(
         "k2proxy load bench ({} mode): {} cores, mock {} + proxy {} + client in one run",
         if s.quick { "quick" } else { "full" },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         mock.pid(),
         proxy.pid()
     );
-    let _ = writeln!(
-        report,
-        "answer: v1 markup, cumulative content, 8 chars per event; {PROMPT:?}\n"
-    );
-    println!("{report}");
+    println!("answer: v1 markup, cumulative content, 8 chars per event; {PROMPT:?}\n");
     let mut failed = 0u64;
 
     let servers = Servers {

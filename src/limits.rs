@@ -8,28 +8,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The limits in force (from `limits.per_key`; 0 = unlimited).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rules {
-    pub concurrency: u32,
-    /// Tokens per second.
-    pub rate: f64,
-    /// Bucket size; 0 means max(1, rate).
-    pub burst: u32,
+/// The limits in force: `limits.per_key` as configured (0 = unlimited).
+pub use crate::config::PerKeyLimits as Rules;
+
+/// Bucket size: `burst`, or max(1, rate) when it is 0.
+fn bucket(rules: &Rules) -> f64 {
+    if rules.burst > 0 {
+        f64::from(rules.burst)
+    } else {
+        rules.rate.max(1.0)
+    }
 }
 
-impl Rules {
-    fn bucket(&self) -> f64 {
-        if self.burst > 0 {
-            f64::from(self.burst)
-        } else {
-            self.rate.max(1.0)
-        }
-    }
-
-    fn limits_rate(&self) -> bool {
-        self.rate > 0.0
-    }
+fn limits_rate(rules: &Rules) -> bool {
+    rules.rate > 0.0
 }
 
 /// Why a request was refused, and when to come back.
@@ -104,22 +96,22 @@ impl Limiter {
     pub fn admit(
         self: &Arc<Self>,
         key: &str,
-        rules: Rules,
+        rules: &Rules,
         now: Instant,
     ) -> Result<Permit, Denied> {
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         if keys.len() > 4096 {
             // Forget keys with nothing in flight and a full bucket: they carry no state.
             keys.retain(|_, k| {
-                let full = !rules.limits_rate()
+                let full = !limits_rate(rules)
                     || k.tokens + now.duration_since(k.refilled).as_secs_f64() * rules.rate
-                        >= rules.bucket();
+                        >= bucket(rules);
                 k.in_flight > 0 || !full
             });
         }
         let k = keys.entry(key.to_string()).or_insert_with(|| KeyState {
             in_flight: 0,
-            tokens: rules.bucket(),
+            tokens: bucket(rules),
             refilled: now,
         });
         if rules.concurrency > 0 && k.in_flight >= rules.concurrency {
@@ -127,9 +119,9 @@ impl Limiter {
                 limit: rules.concurrency,
             });
         }
-        if rules.limits_rate() {
+        if limits_rate(rules) {
             let elapsed = now.saturating_duration_since(k.refilled).as_secs_f64();
-            k.tokens = (k.tokens + elapsed * rules.rate).min(rules.bucket());
+            k.tokens = (k.tokens + elapsed * rules.rate).min(bucket(rules));
             k.refilled = now;
             if k.tokens < 1.0 {
                 let wait = (1.0 - k.tokens) / rules.rate;
@@ -167,7 +159,9 @@ mod tests {
     fn unlimited_admits_everything_and_counts_in_flight() {
         let l = Limiter::new();
         let now = Instant::now();
-        let permits: Vec<_> = (0..100).map(|_| l.admit("a", OPEN, now).unwrap()).collect();
+        let permits: Vec<_> = (0..100)
+            .map(|_| l.admit("a", &OPEN, now).unwrap())
+            .collect();
         assert_eq!(l.in_flight("a"), 100);
         drop(permits);
         assert_eq!(l.in_flight("a"), 0);
@@ -181,15 +175,15 @@ mod tests {
             ..OPEN
         };
         let now = Instant::now();
-        let a1 = l.admit("a", rules, now).unwrap();
-        let _a2 = l.admit("a", rules, now).unwrap();
-        let denied = l.admit("a", rules, now).unwrap_err();
+        let a1 = l.admit("a", &rules, now).unwrap();
+        let _a2 = l.admit("a", &rules, now).unwrap();
+        let denied = l.admit("a", &rules, now).unwrap_err();
         assert_eq!(denied, Denied::Concurrency { limit: 2 });
         assert_eq!(denied.retry_after_secs(), 1);
         // Another key is not affected.
-        let _b = l.admit("b", rules, now).unwrap();
+        let _b = l.admit("b", &rules, now).unwrap();
         drop(a1);
-        assert!(l.admit("a", rules, now).is_ok());
+        assert!(l.admit("a", &rules, now).is_ok());
     }
 
     #[test]
@@ -202,23 +196,23 @@ mod tests {
         };
         let t0 = Instant::now();
         for _ in 0..3 {
-            drop(l.admit("k", rules, t0).unwrap());
+            drop(l.admit("k", &rules, t0).unwrap());
         }
-        let Err(Denied::Rate { retry_after }) = l.admit("k", rules, t0) else {
+        let Err(Denied::Rate { retry_after }) = l.admit("k", &rules, t0) else {
             panic!("fourth request in the same instant must be refused");
         };
         assert_eq!(retry_after, Duration::from_millis(500));
         assert_eq!(Denied::Rate { retry_after }.retry_after_secs(), 1);
         // Half a second later one token is back, and only one.
         let t1 = t0 + Duration::from_millis(500);
-        drop(l.admit("k", rules, t1).unwrap());
-        assert!(l.admit("k", rules, t1).is_err());
+        drop(l.admit("k", &rules, t1).unwrap());
+        assert!(l.admit("k", &rules, t1).is_err());
         // A long pause refills to the burst, not beyond.
         let t2 = t1 + Duration::from_secs(60);
         for _ in 0..3 {
-            drop(l.admit("k", rules, t2).unwrap());
+            drop(l.admit("k", &rules, t2).unwrap());
         }
-        assert!(l.admit("k", rules, t2).is_err());
+        assert!(l.admit("k", &rules, t2).is_err());
     }
 
     #[test]
@@ -230,8 +224,8 @@ mod tests {
             burst: 0,
         };
         let t0 = Instant::now();
-        drop(l.admit("k", slow, t0).unwrap());
-        let Err(Denied::Rate { retry_after }) = l.admit("k", slow, t0) else {
+        drop(l.admit("k", &slow, t0).unwrap());
+        let Err(Denied::Rate { retry_after }) = l.admit("k", &slow, t0) else {
             panic!("second request must wait");
         };
         assert_eq!(retry_after.as_secs(), 10);
@@ -247,12 +241,12 @@ mod tests {
             burst: 1,
         };
         let t0 = Instant::now();
-        let held = l.admit("busy", rules, t0).unwrap();
+        let held = l.admit("busy", &rules, t0).unwrap();
         for i in 0..5000 {
-            drop(l.admit(&format!("ip{i}"), rules, t0).unwrap());
+            drop(l.admit(&format!("ip{i}"), &rules, t0).unwrap());
         }
         let later = t0 + Duration::from_secs(1);
-        drop(l.admit("new", rules, later).unwrap());
+        drop(l.admit("new", &rules, later).unwrap());
         let n = l.keys.lock().unwrap().len();
         assert!(n < 100, "idle keys forgotten, {n} left");
         assert_eq!(

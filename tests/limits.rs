@@ -24,13 +24,16 @@ fn keys() -> Vec<ApiKeyEntry> {
     ]
 }
 
+/// A chat request with `key`, to send from inside `env.rt`.
+fn request_as(env: &Env, key: &str, prompt: &str, stream: bool) -> reqwest::RequestBuilder {
+    env.client
+        .post(env.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .body(chat_body(MODEL, prompt, stream).to_string())
+}
+
 fn chat_as(env: &Env, key: &str, prompt: &str) -> common::Resp {
-    env.send(
-        env.client
-            .post(env.url("/v1/chat/completions"))
-            .bearer_auth(key)
-            .body(chat_body(MODEL, prompt, false).to_string()),
-    )
+    env.send(request_as(env, key, prompt, false))
 }
 
 #[test]
@@ -41,12 +44,13 @@ fn per_key_concurrency_refuses_the_extra_request_of_that_key_only() {
     });
     env.rt.block_on(async {
         // Alice's first request is held upstream at a gate.
-        let held = env
-            .client
-            .post(env.url("/v1/chat/completions"))
-            .bearer_auth("sk-alice-0123456789")
-            .body(chat_body(MODEL, "hold [[mock: gate=c1; gate_after=1]]", true).to_string())
-            .send();
+        let held = request_as(
+            &env,
+            "sk-alice-0123456789",
+            "hold [[mock: gate=c1; gate_after=1]]",
+            true,
+        )
+        .send();
         let held = tokio::spawn(held);
         // Wait until the mock has it.
         for _ in 0..200 {
@@ -56,11 +60,7 @@ fn per_key_concurrency_refuses_the_extra_request_of_that_key_only() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(env.requests().len(), 1);
-        let second = env
-            .client
-            .post(env.url("/v1/chat/completions"))
-            .bearer_auth("sk-alice-0123456789")
-            .body(chat_body(MODEL, "again", false).to_string())
+        let second = request_as(&env, "sk-alice-0123456789", "again", false)
             .send()
             .await
             .unwrap();
@@ -70,11 +70,7 @@ fn per_key_concurrency_refuses_the_extra_request_of_that_key_only() {
         assert_eq!(v["error"]["code"], "rate_limit_exceeded");
         assert_eq!(v["error"]["type"], "rate_limit_error");
         // Bob is not affected.
-        let bob = env
-            .client
-            .post(env.url("/v1/chat/completions"))
-            .bearer_auth("sk-bob-0123456789")
-            .body(chat_body(MODEL, "bob", false).to_string())
+        let bob = request_as(&env, "sk-bob-0123456789", "bob", false)
             .send()
             .await
             .unwrap();

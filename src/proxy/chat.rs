@@ -32,7 +32,6 @@ use rand::Rng;
 use super::{respond, routes, upstream, App, Ctx, Snapshot};
 use crate::config::{PayloadStyle, ReasoningOutput, UpstreamMode};
 use crate::k2think::BodyStyle;
-use crate::limits::Rules;
 use crate::metrics::Metrics;
 use crate::openai::{ApiError, ChatRequest};
 use crate::pool::{Lease, LeaseError, Outcome};
@@ -54,22 +53,11 @@ const WRITE_BATCH: usize = 32 * 1024;
 
 pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut Ctx) {
     // Per-key limits first: a refused request costs no body read.
-    let per_key = &snap.config.limits.per_key;
-    let who = match (&ctx.key_name, session.client_addr()) {
-        (Some(name), _) => format!("key:{name}"),
-        (None, Some(addr)) => format!(
-            "addr:{}",
-            addr.as_inet()
-                .map_or_else(|| addr.to_string(), |a| a.ip().to_string())
-        ),
-        (None, None) => "anonymous".to_string(),
-    };
-    let rules = Rules {
-        concurrency: per_key.concurrency,
-        rate: per_key.rate,
-        burst: per_key.burst,
-    };
-    let _permit = match app.limiter.admit(&who, rules, Instant::now()) {
+    let who = client_key(ctx, session);
+    let _permit = match app
+        .limiter
+        .admit(&who, &snap.config.limits.per_key, Instant::now())
+    {
         Ok(p) => p,
         Err(denied) => {
             let err = ApiError::new(
@@ -886,6 +874,19 @@ impl Job<'_> {
         if clean_end && !failed {
             release(self.app, up, &peer, self.snap.config.upstream.keepalive).await;
         }
+    }
+}
+
+/// Whom `limits.per_key` counts a request against: its API key's name, or the client
+/// address when no keys are configured.
+fn client_key(ctx: &Ctx, session: &Session) -> String {
+    match (&ctx.key_name, session.client_addr()) {
+        (Some(name), _) => format!("key:{name}"),
+        (None, Some(addr)) => match addr.as_inet() {
+            Some(a) => format!("addr:{}", a.ip()),
+            None => format!("addr:{addr}"),
+        },
+        (None, None) => "anonymous".to_string(),
     }
 }
 
