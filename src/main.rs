@@ -58,7 +58,38 @@ fn main() -> ExitCode {
 
 fn init_logging(level: &str) {
     let env = env_logger::Env::default().default_filter_or(level);
-    let _ = env_logger::Builder::from_env(env)
+    let inner = env_logger::Builder::from_env(env)
         .format_timestamp_millis()
-        .try_init();
+        .build();
+    let max = inner.filter();
+    if log::set_boxed_logger(Box::new(NoWireTrace(inner))).is_ok() {
+        log::set_max_level(max);
+    }
+}
+
+/// The logger, minus Pingora's trace records: at trace level Pingora logs raw request and
+/// response heads, `Authorization` headers and upstream bearer tokens included. Secrets
+/// stay out of the logs at every level.
+struct NoWireTrace(env_logger::Logger);
+
+impl NoWireTrace {
+    fn allowed(meta: &log::Metadata<'_>) -> bool {
+        meta.level() < log::Level::Trace || !meta.target().starts_with("pingora")
+    }
+}
+
+impl log::Log for NoWireTrace {
+    fn enabled(&self, meta: &log::Metadata<'_>) -> bool {
+        NoWireTrace::allowed(meta) && self.0.enabled(meta)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if NoWireTrace::allowed(record.metadata()) {
+            self.0.log(record)
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush()
+    }
 }

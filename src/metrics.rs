@@ -32,7 +32,8 @@ pub struct Metrics {
     pub upstream_attempts: IntCounterVec,
     /// Attempts after the first one of a request.
     pub retries: IntCounter,
-    /// Streams by how they ended: `complete`, `upstream_error`, `client_abort`.
+    /// Streams by how they ended: `complete`, `upstream_error`, `client_abort` (a stream
+    /// whose client left before the answer started counts as `client_abort` too).
     pub stream_outcomes: IntCounterVec,
     /// Time from request start to the first reasoning/content byte sent.
     pub ttft: Histogram,
@@ -50,6 +51,10 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// Unix time of the last successful reload (or start).
     pub config_loaded_at: IntGauge,
+    /// Client connections open now.
+    pub client_connections: IntGauge,
+    /// Client requests being handled now.
+    pub requests_in_flight: IntGauge,
 }
 
 impl Metrics {
@@ -134,6 +139,14 @@ impl Metrics {
             "Unix time the running configuration was loaded.",
         )?;
         registry.register(Box::new(config_loaded_at.clone()))?;
+        let client_connections =
+            IntGauge::new("k2proxy_client_connections", "Client connections open now.")?;
+        registry.register(Box::new(client_connections.clone()))?;
+        let requests_in_flight = IntGauge::new(
+            "k2proxy_requests_in_flight",
+            "Client requests being handled now.",
+        )?;
+        registry.register(Box::new(requests_in_flight.clone()))?;
         let build = IntGaugeVec::new(
             Opts::new("k2proxy_build_info", "Build information; always 1."),
             &["version"],
@@ -164,6 +177,8 @@ impl Metrics {
             tool_parse_failures,
             reloads,
             config_loaded_at,
+            client_connections,
+            requests_in_flight,
         })
     }
 

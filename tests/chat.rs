@@ -5,13 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{chat_body, tokens, Env, Sse, MODEL, NOTHINK};
-use k2proxy::mock::{reply_for, Directives, MockConfig};
+use common::{chat_body, expected, tokens, Env, Sse, MODEL, NOTHINK};
+use k2proxy::mock::MockConfig;
 use serde_json::{json, Value};
-
-fn expected(prompt: &str, directives: &str) -> (String, String) {
-    reply_for(prompt, &Directives::parse(directives))
-}
 
 #[test]
 fn request_is_rewritten_into_the_k2think_payload() {

@@ -148,4 +148,5 @@ fn request_timeout_bounds_the_whole_request() {
     assert!(!s.done, "no [DONE] after a timeout: {}", s.raw);
     assert!(s.raw.contains("limits.request_timeout"), "{}", s.raw);
     assert!(s.raw.contains("\"finish_reason\":\"error\""), "{}", s.raw);
+    assert_eq!(s.error().unwrap()["error"]["code"], "request_timeout");
 }

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use async_openai::config::OpenAIConfig;
 use async_openai::types::chat::{
     ChatCompletionMessageToolCalls, CreateChatCompletionRequest, FinishReason,
@@ -254,7 +256,11 @@ fn a_malformed_block_comes_back_as_content_and_is_counted() {
         "the text is returned: {content}"
     );
     let url = format!("http://127.0.0.1:{metrics_port}/metrics");
-    let t = env.send(env.client.get(&url)).text();
-    assert!(t.contains("k2proxy_tool_parse_failures_total 1"), "{t}");
+    // Counted when the request is logged, just after its last byte went out.
+    let mut t = String::new();
+    common::within(Duration::from_secs(2), "the failure counted", || {
+        t = env.send(env.client.get(&url)).text();
+        t.contains("k2proxy_tool_parse_failures_total 1")
+    });
     assert!(t.contains("k2proxy_tool_calls_total 0"), "{t}");
 }

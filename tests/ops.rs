@@ -6,16 +6,16 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{chat_body, temp_dir, within, Env, Sse, MODEL};
+use common::{chat_body, raw, spawn_proxy, temp_dir, within, Env, Proc, Sse, MODEL};
 use k2proxy::mock::{MockConfig, MockServer};
 use serde_json::{json, Value};
 
-const PROXY: &str = env!("CARGO_BIN_EXE_k2proxy");
+const PROXY: &str = common::PROXY_BIN;
 
 /// A full config for the reload tests.
 fn yaml(base: &str, port: u16, keys: &[&str], tokens: &[&str], extra_models: &[&str]) -> String {
@@ -480,45 +480,12 @@ fn metrics_count_requests_attempts_streams_and_pool_state() {
 
 // ---- the real binary: SIGHUP, SIGTERM, access log ----
 
-struct Proc {
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_proxy(config: &Path, port: u16) -> Proc {
-    let child = Command::new(PROXY)
-        .arg("-c")
-        .arg(config)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    common::wait_port(port);
-    Proc { child }
-}
-
 fn signal(p: &Proc, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &p.child.id().to_string()])
         .status()
         .unwrap();
     assert!(ok.success());
-}
-
-fn raw(port: u16, req: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 fn post(port: u16, key: &str, body: &str) -> String {

@@ -420,6 +420,18 @@ pub struct LimitsSection {
     /// 504 before the answer started, an error ending after.
     #[serde(deserialize_with = "de_duration")]
     pub request_timeout: Duration,
+    /// A request head must arrive whole within this (from the accept on a fresh
+    /// connection, from its first byte on a kept-alive one); the connection is closed after.
+    /// Read when a connection is accepted, like `client_write_timeout`.
+    #[serde(deserialize_with = "de_duration")]
+    pub client_header_timeout: Duration,
+    /// A chat request body must arrive whole within this: 408 after.
+    #[serde(deserialize_with = "de_duration")]
+    pub client_body_timeout: Duration,
+    /// A write to a client that has stopped reading is given up after this; the stream is
+    /// dropped and counted as `client_abort`.
+    #[serde(deserialize_with = "de_duration")]
+    pub client_write_timeout: Duration,
     /// Per client key (the key's name; the client address when no keys are configured).
     pub per_key: PerKeyLimits,
 }
@@ -444,6 +456,9 @@ impl Default for LimitsSection {
             max_image_bytes: ByteSize(8 * 1024 * 1024),
             max_messages: 1000,
             request_timeout: Duration::from_secs(600),
+            client_header_timeout: Duration::from_secs(10),
+            client_body_timeout: Duration::from_secs(60),
+            client_write_timeout: Duration::from_secs(60),
             per_key: PerKeyLimits::default(),
         }
     }
@@ -768,6 +783,24 @@ impl Config {
         }
         if self.limits.request_timeout < Duration::from_secs(1) {
             return err("limits.request_timeout", "must be at least 1s");
+        }
+        for (key, d) in [
+            (
+                "limits.client_header_timeout",
+                self.limits.client_header_timeout,
+            ),
+            (
+                "limits.client_body_timeout",
+                self.limits.client_body_timeout,
+            ),
+            (
+                "limits.client_write_timeout",
+                self.limits.client_write_timeout,
+            ),
+        ] {
+            if d.is_zero() {
+                return err(key, "must be greater than zero");
+            }
         }
         let rate = self.limits.per_key.rate;
         if !rate.is_finite() || rate < 0.0 {

@@ -35,6 +35,7 @@ use crate::k2think::BodyStyle;
 use crate::metrics::Metrics;
 use crate::openai::{ApiError, ChatRequest};
 use crate::pool::{Lease, LeaseError, Outcome};
+use crate::transform::chunk;
 use crate::transform::complete::{Completion, CompletionResult};
 use crate::transform::files;
 use crate::transform::request::{to_k2think, RewriteOptions};
@@ -48,6 +49,8 @@ const PRECOMMIT_LIMIT: usize = 1 << 20;
 const AFTER_DONE_WAIT: Duration = Duration::from_secs(1);
 /// How much of an error body is read to explain a failed attempt.
 const ERROR_BODY_LIMIT: usize = 4096;
+/// Status logged (nginx's convention) for a request whose client left before the answer.
+const CLIENT_CLOSED: u16 = 499;
 /// Most output gathered from already-delivered upstream data before it is written.
 const WRITE_BATCH: usize = 32 * 1024;
 
@@ -72,9 +75,22 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         }
     };
     let deadline = tokio::time::Instant::from_std(ctx.started) + snap.config.limits.request_timeout;
-    let body = match read_body(snap, session, ctx).await {
-        Ok(b) => b,
-        Err(e) => return respond::error(session, ctx, &e).await,
+    let body_timeout = snap.config.limits.client_body_timeout;
+    let body = match tokio::time::timeout(body_timeout, read_body(snap, session, ctx)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return respond::error(session, ctx, &e).await,
+        Err(_) => {
+            session.set_keepalive(None);
+            let err = ApiError::new(
+                408,
+                "invalid_request_error",
+                "request_body_timeout",
+                format!(
+                    "The request body did not arrive within limits.client_body_timeout ({body_timeout:?})"
+                ),
+            );
+            return respond::error(session, ctx, &err).await;
+        }
     };
     let mut req = match ChatRequest::parse(&body) {
         Ok(r) => r,
@@ -150,7 +166,23 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         tools,
         deadline,
     };
-    let answer = match tokio::time::timeout_at(deadline, job.exchange(ctx)).await {
+    // Waiting for the upstream can take long (prefill): a client that leaves meanwhile
+    // ends the exchange at once, dropping the upstream connection.
+    let exchange = tokio::time::timeout_at(deadline, job.exchange(ctx));
+    let waited = tokio::select! {
+        a = exchange => Some(a),
+        gone = client_gone(session) => {
+            debug!("{}: client went away before the answer: {gone}", ctx.request_id);
+            None
+        }
+    };
+    let Some(waited) = waited else {
+        ctx.outcome = "client_abort";
+        ctx.status = CLIENT_CLOSED;
+        ctx.streamed = job.stream;
+        return;
+    };
+    let answer = match waited {
         Ok(a) => a,
         Err(_) => Err(ApiError::new(
             504,
@@ -297,7 +329,11 @@ enum Failure {
         detail: String,
     },
     Timeout(&'static str),
+    /// Connect or I/O error before the response head: not the token's fault.
     Network(String),
+    /// The connection broke after the head, before the answer was complete (a JSON
+    /// client has seen nothing yet). Not the token's fault either.
+    Cut(String),
     /// A 200 whose body is not a usable K2Think answer.
     Unusable(String),
 }
@@ -315,7 +351,7 @@ impl Failure {
                 s => Outcome::ServerError(s),
             },
             Failure::Timeout(_) => Outcome::Timeout,
-            Failure::Network(_) => Outcome::Network,
+            Failure::Network(_) | Failure::Cut(_) => Outcome::Network,
             Failure::Unusable(_) => Outcome::BadResponse,
         }
     }
@@ -326,6 +362,7 @@ impl Failure {
             Failure::Status { status, .. } => status.to_string(),
             Failure::Timeout(_) => "timeout".to_string(),
             Failure::Network(_) => "connect_error".to_string(),
+            Failure::Cut(_) => "cut".to_string(),
             Failure::Unusable(_) => "invalid".to_string(),
         }
     }
@@ -342,8 +379,7 @@ impl Failure {
             Failure::Status { status, detail, .. } if detail.is_empty() => format!("HTTP {status}"),
             Failure::Status { status, detail, .. } => format!("HTTP {status}: {detail}"),
             Failure::Timeout(what) => format!("timed out waiting for {what}"),
-            Failure::Network(e) => e.clone(),
-            Failure::Unusable(e) => e.clone(),
+            Failure::Network(e) | Failure::Cut(e) | Failure::Unusable(e) => e.clone(),
         }
     }
 }
@@ -527,6 +563,12 @@ impl Job<'_> {
                 "upstream_unreachable",
                 format!("Could not reach K2Think ({what})"),
             ),
+            Failure::Cut(_) => ApiError::new(
+                502,
+                "upstream_error",
+                chunk::UPSTREAM_STREAM_ERROR,
+                format!("K2Think's answer broke off before it was complete ({what})"),
+            ),
             Failure::Unusable(_) => ApiError::new(
                 502,
                 "upstream_error",
@@ -657,7 +699,7 @@ impl Job<'_> {
                 Err(_) | Ok(Err(_)) if done => None,
                 Err(_) => return Err(Failure::Timeout("the answer")),
                 Ok(Err(e)) => {
-                    return Err(Failure::Network(format!(
+                    return Err(Failure::Cut(format!(
                         "upstream connection lost before the answer completed: {}",
                         e.etype().as_str()
                     )))
@@ -779,10 +821,20 @@ impl Job<'_> {
                     self.deadline
                         .saturating_duration_since(tokio::time::Instant::now()),
                 );
-                let read = read_into(&mut up, |b| stream.push(b, &mut out));
-                let mut step = match tokio::time::timeout(wait, read).await {
-                    Ok(r) => Step::from(r),
-                    Err(_) => Step::Stalled,
+                let read =
+                    tokio::time::timeout(wait, read_into(&mut up, |b| stream.push(b, &mut out)));
+                let mut step = tokio::select! {
+                    biased;
+                    r = read => match r {
+                        Ok(r) => Step::from(r),
+                        Err(_) => Step::Stalled,
+                    },
+                    // Dropping `up` on return closes the upstream connection.
+                    gone = client_gone(session) => {
+                        debug!("{}: client went away mid-stream: {gone}", ctx.request_id);
+                        ctx.outcome = "client_abort";
+                        return;
+                    }
                 };
                 // What the upstream already delivered goes out in the same write: one
                 // syscall for a burst of events instead of one per event, and no waiting.
@@ -810,6 +862,7 @@ impl Job<'_> {
                             e.etype().as_str()
                         );
                         stream.fail(
+                            chunk::UPSTREAM_STREAM_ERROR,
                             "The upstream connection was lost mid-stream; the answer is incomplete",
                             &mut out,
                         );
@@ -823,6 +876,7 @@ impl Job<'_> {
                             ctx.request_id
                         );
                         stream.fail(
+                            chunk::REQUEST_TIMEOUT,
                             &format!(
                                 "The request exceeded limits.request_timeout ({limit}s); the answer is incomplete"
                             ),
@@ -837,9 +891,9 @@ impl Job<'_> {
                             ctx.request_id
                         );
                         stream.fail(
+                            chunk::UPSTREAM_TIMEOUT,
                             &format!(
-                                "The upstream sent nothing for {}s; the answer is incomplete",
-                                idle.as_secs()
+                                "The upstream sent nothing for {idle:?} (upstream.idle_timeout); the answer is incomplete"
                             ),
                             &mut out,
                         );
@@ -920,6 +974,16 @@ async fn read_into(up: &mut HttpSession, f: impl FnOnce(&[u8])) -> pingora::Resu
         other => other.read_response_body().await?.map(|b| f(&b)),
     };
     Ok(piece.is_some())
+}
+
+/// Resolves when the client has gone away (closed or reset its connection, or an HTTP/2
+/// stream reset) while the proxy is waiting on the upstream; pending otherwise. Only for
+/// use once the request body has been read.
+async fn client_gone(session: &mut Session) -> pingora::Error {
+    match session.read_body_or_idle(true).await {
+        Err(e) => *e,
+        Ok(_) => std::future::pending().await,
+    }
 }
 
 /// Poll `fut` once, in the calling task's context: its output when it is ready right now,

@@ -8,6 +8,7 @@
 
 mod admin;
 mod chat;
+mod client;
 mod conns;
 mod metrics_app;
 pub mod reload;
@@ -30,7 +31,7 @@ use pingora::connectors::ConnectorOptions;
 use pingora::listeners::ListenerConfig;
 use pingora::prelude::*;
 use pingora::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
-use pingora::proxy::{ProxyHttp, ProxyServiceBuilder, Session};
+use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
@@ -273,10 +274,15 @@ pub fn build_server(
     );
     let mut options = HttpServerOptions::default();
     options.h2c = h2c;
-    let mut service = ProxyServiceBuilder::new(&server.configuration, K2Proxy { app: app.clone() })
-        .name("k2proxy")
-        .server_options(options)
-        .build();
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, K2Proxy { app: app.clone() });
+    proxy.server_options = Some(options);
+    let mut service = Service::new(
+        "k2proxy".to_string(),
+        client::ClientApp {
+            proxy: Arc::new(proxy),
+            app: app.clone(),
+        },
+    );
     for addr in &listen {
         service.add_listener(
             ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings::new(
@@ -341,6 +347,25 @@ pub struct Ctx {
     /// Emulated tool calls emitted, and malformed tool blocks returned as content.
     pub tool_calls: usize,
     pub tool_malformed: u64,
+    /// Counts the request in `k2proxy_requests_in_flight` while the context lives.
+    _in_flight: Held,
+}
+
+/// One unit of a gauge (open connections, requests in flight), held until dropped, so the
+/// gauge comes down however the holder ends.
+struct Held(prometheus::IntGauge);
+
+impl Held {
+    fn new(gauge: &prometheus::IntGauge) -> Held {
+        gauge.inc();
+        Held(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 #[async_trait]
@@ -366,6 +391,7 @@ impl ProxyHttp for K2Proxy {
             last_write: None,
             tool_calls: 0,
             tool_malformed: 0,
+            _in_flight: Held::new(&self.app.metrics.requests_in_flight),
         }
     }
 

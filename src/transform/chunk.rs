@@ -11,6 +11,13 @@ use crate::transform::split::{Delta, Deltas};
 use crate::transform::stream::{ReasoningMode, Usage};
 use crate::transform::tools::ToolCall;
 
+/// Error-event code for an upstream that broke off or sent an error mid-stream.
+pub const UPSTREAM_STREAM_ERROR: &str = "upstream_stream_error";
+/// Error-event code for an upstream that went silent for `upstream.idle_timeout`.
+pub const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
+/// Error-event code for a request that ran past `limits.request_timeout`.
+pub const REQUEST_TIMEOUT: &str = "request_timeout";
+
 const DELTA_END: &[u8] = b",\"logprobs\":null,\"finish_reason\":null}]}";
 
 /// Writes chunks for one response.
@@ -162,15 +169,16 @@ impl ChunkEncoder {
         out.extend_from_slice(b"}\n\n");
     }
 
-    /// The error ending: `finish_reason: "error"` and an OpenAI error event.
-    pub fn error(&mut self, message: &str, out: &mut Vec<u8>) {
+    /// The error ending: `finish_reason: "error"` and an OpenAI error event whose `code`
+    /// says what broke (`upstream_stream_error`, `upstream_timeout`, `request_timeout`).
+    pub fn error(&mut self, code: &str, message: &str, out: &mut Vec<u8>) {
         self.finish_chunk("error", out);
         let mut payload = Vec::with_capacity(message.len() + 96);
         payload.extend_from_slice(b"{\"error\":{\"message\":");
         write_json_str(&mut payload, message);
-        payload.extend_from_slice(
-            b",\"type\":\"upstream_error\",\"param\":null,\"code\":\"upstream_stream_error\"}}",
-        );
+        payload.extend_from_slice(b",\"type\":\"upstream_error\",\"param\":null,\"code\":");
+        write_json_str(&mut payload, code);
+        payload.extend_from_slice(b"}}");
         sse::write_data(out, &payload);
     }
 }
@@ -397,7 +405,7 @@ mod tests {
     fn error_ending() {
         let mut e = ChunkEncoder::new("i", 1, "m", ReasoningMode::Field);
         let mut out = Vec::new();
-        e.error("cut \"here\"", &mut out);
+        e.error(UPSTREAM_STREAM_ERROR, "cut \"here\"", &mut out);
         let v = data_lines(&out);
         assert_eq!(v[0]["choices"][0]["finish_reason"], "error");
         assert_eq!(

@@ -38,7 +38,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::sse::{self, SseDecoder};
-use crate::transform::chunk::ChunkEncoder;
+use crate::transform::chunk::{self, ChunkEncoder};
 use crate::transform::split::Splitter;
 pub use crate::transform::split::{Delta, Deltas};
 use crate::transform::tools::{ToolDetector, ToolPiece, ToolSet};
@@ -695,9 +695,11 @@ impl K2Decoder {
             let body = std::mem::replace(&mut self.body, Body::Stream);
             match (body, self.format) {
                 (Body::Buffer(buf), UpstreamFormat::Json) => {
+                    // Leading whitespace is dropped, as it is when it arrives in a piece
+                    // of its own: the answer must not depend on how the body was split.
                     let t = buf.trim_ascii_start();
                     if t.starts_with(b"data:") || t.starts_with(b"event:") || t.starts_with(b":") {
-                        self.push_sse(&buf, out);
+                        self.push_sse(t, out);
                         self.finish_sse(out);
                     } else {
                         self.core.on_json_body(&buf, out);
@@ -935,7 +937,7 @@ impl ChatStream {
         };
         self.write_deltas(Some(err.is_none()), out);
         if let Some(msg) = err {
-            self.enc.error(&msg, out);
+            self.enc.error(chunk::UPSTREAM_STREAM_ERROR, &msg, out);
             self.end = Some(Err(msg.clone()));
             return Err(msg);
         }
@@ -956,8 +958,8 @@ impl ChatStream {
     }
 
     /// The upstream was cut or timed out mid-stream: a chunk with
-    /// `finish_reason: "error"` and an error event; never `[DONE]`.
-    pub fn fail(&mut self, message: &str, out: &mut Vec<u8>) {
+    /// `finish_reason: "error"` and an error event with `code` (see [`chunk`]); never `[DONE]`.
+    pub fn fail(&mut self, code: &str, message: &str, out: &mut Vec<u8>) {
         if self.end.is_some() {
             return;
         }
@@ -966,7 +968,7 @@ impl ChatStream {
             self.deltas.clear();
             self.write_deltas(Some(false), out);
         }
-        self.enc.error(message, out);
+        self.enc.error(code, message, out);
         self.end = Some(Err(message.to_string()));
     }
 
@@ -1015,6 +1017,7 @@ mod tests {
         finish_reason: Option<String>,
         usage: Option<Value>,
         error: Option<String>,
+        error_code: Option<String>,
         done: bool,
     }
 
@@ -1043,9 +1046,9 @@ mod tests {
             if let Some(err) = v.get("error") {
                 assert_eq!(a.finish_reason.as_deref(), Some("error"));
                 assert_eq!(err["type"], "upstream_error");
-                assert_eq!(err["code"], "upstream_stream_error");
                 assert_eq!(err["param"], Value::Null);
                 a.error = Some(err["message"].as_str().unwrap().to_string());
+                a.error_code = Some(err["code"].as_str().unwrap().to_string());
                 continue;
             }
             assert_eq!(v["object"], "chat.completion.chunk");
@@ -1186,6 +1189,14 @@ mod tests {
                 "usage: {ctx}"
             );
             assert_eq!(a.error.as_deref(), e["error"].as_str(), "error: {ctx}");
+            if a.error.is_some() {
+                // an upstream error event or a body that ended without an answer
+                assert_eq!(
+                    a.error_code.as_deref(),
+                    Some("upstream_stream_error"),
+                    "{ctx}"
+                );
+            }
             assert_eq!(r.err().as_deref(), e["error"].as_str(), "result: {ctx}");
             a
         }
@@ -1358,11 +1369,27 @@ mod tests {
     }
 
     #[test]
+    fn events_in_a_json_labelled_body_after_whitespace_do_not_depend_on_the_split() {
+        // Found by the `chat_stream` fuzz target: whole, the leading space used to hide
+        // the events; split after it, they were decoded.
+        let body: &[u8] = b" data: {\"content\":\"x\"}\n\n";
+        for cut in 0..=body.len() {
+            let (out, r) = stream(
+                &[&body[..cut], &body[cut..]],
+                UpstreamFormat::Json,
+                opts(ReasoningMode::Field, false),
+            );
+            assert_eq!(r, Ok(()), "split at {cut}");
+            assert_eq!(assemble(&out).content, "x", "split at {cut}");
+        }
+    }
+
+    #[test]
     fn fail_writes_error_ending_without_done() {
         let mut s = ChatStream::new(opts(ReasoningMode::Field, true), UpstreamFormat::Sse);
         let mut out = Vec::new();
         s.push(b"data: {\"content\":\"<think>x</think>ok\"}\n\n", &mut out);
-        s.fail("upstream idle timeout", &mut out);
+        s.fail(chunk::UPSTREAM_TIMEOUT, "upstream idle timeout", &mut out);
         // Later calls write nothing.
         s.push(b"data: {\"content\":\"more\"}\n\n", &mut out);
         let n = out.len();
@@ -1370,6 +1397,7 @@ mod tests {
         assert_eq!(out.len(), n);
         let a = assemble(&out);
         assert_eq!(a.error.as_deref(), Some("upstream idle timeout"));
+        assert_eq!(a.error_code.as_deref(), Some("upstream_timeout"));
         assert_eq!(a.content, "ok");
         assert!(!String::from_utf8_lossy(&out).contains("[DONE]"));
     }

@@ -1698,7 +1698,11 @@ mod tests {
         );
         let mut out = Vec::new();
         s.push(body, &mut out);
-        s.fail("cut", &mut out);
+        s.fail(
+            crate::transform::chunk::UPSTREAM_STREAM_ERROR,
+            "cut",
+            &mut out,
+        );
         let text = String::from_utf8(out).unwrap();
         let content: String = text
             .split("\n\n")

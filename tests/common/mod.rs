@@ -402,3 +402,53 @@ pub fn chat_body(model: &str, prompt: &str, stream: bool) -> Value {
 pub fn tokens(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
+
+/// The mock's `(reasoning, answer)` for `prompt` under `directives` (`key=value;...`).
+pub fn expected(prompt: &str, directives: &str) -> (String, String) {
+    k2proxy::mock::reply_for(prompt, &k2proxy::mock::Directives::parse(directives))
+}
+
+pub const PROXY_BIN: &str = env!("CARGO_BIN_EXE_k2proxy");
+
+/// A k2proxy process, killed on drop.
+pub struct Proc {
+    pub child: std::process::Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The k2proxy binary on `config`, its access log (stdout) piped, diagnostics dropped.
+pub fn spawn_proxy(config: &std::path::Path, port: u16) -> Proc {
+    spawn_proxy_with(config, port, std::process::Stdio::null())
+}
+
+/// Like [`spawn_proxy`], with the diagnostics (stderr) going to `stderr`.
+pub fn spawn_proxy_with(config: &std::path::Path, port: u16, stderr: std::process::Stdio) -> Proc {
+    let child = std::process::Command::new(PROXY_BIN)
+        .arg("-c")
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    Proc { child }
+}
+
+/// One raw HTTP/1.1 exchange (the request should say `Connection: close`): all the bytes
+/// the server sent back.
+pub fn raw(port: u16, req: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
