@@ -9,6 +9,8 @@
 //! failure-persistence files are written; a failure prints the minimal input.
 //! The same components have `cargo fuzz` targets in `fuzz/`.
 
+mod contracts;
+
 use std::sync::Arc;
 
 use proptest::collection::vec;
@@ -16,12 +18,15 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{json, Map, Value};
 
-use k2proxy::k2think::BodyStyle;
+use contracts::{assemble, Assembled};
+
+const MODEL: &str = "MBZUAI-IFM/K2-Think-v2";
+
 use k2proxy::openai::ChatRequest;
 use k2proxy::sse::{self, SseDecoder, SseError, DEFAULT_MAX_LINE};
 use k2proxy::transform::complete::Completion;
 use k2proxy::transform::files;
-use k2proxy::transform::request::{to_k2think, RewriteOptions};
+
 use k2proxy::transform::stream::{ChatStream, ReasoningMode, StreamOptions, UpstreamFormat};
 use k2proxy::transform::tools::{
     function_calls_block, parse_block, ToolChoice, ToolDetector, ToolPiece, ToolSet,
@@ -544,7 +549,7 @@ impl Opts {
             StreamOptions {
                 id: "chatcmpl-prop".into(),
                 created: 1_700_000_000,
-                model: "MBZUAI-IFM/K2-Think-v2".into(),
+                model: MODEL.into(),
                 reasoning: self.reasoning,
                 implicit_think: self.implicit,
                 include_usage: self.include_usage,
@@ -555,140 +560,6 @@ impl Opts {
     }
 }
 
-/// What a client assembles from our SSE output.
-#[derive(Debug, Default, Clone, PartialEq)]
-struct Assembled {
-    reasoning: String,
-    content: String,
-    /// (index, name, arguments)
-    calls: Vec<(u64, String, Value)>,
-    finish_reason: Option<String>,
-    usage: Option<Value>,
-    error: Option<String>,
-    done: bool,
-}
-
-/// Check the framing and the OpenAI stream contract of `out`, and assemble it.
-fn assemble(out: &[u8]) -> Assembled {
-    // Framing: nothing but `data: <one line>\n\n` frames.
-    let mut payloads: Vec<&[u8]> = Vec::new();
-    let mut rest = out;
-    while !rest.is_empty() {
-        let body = rest.strip_prefix(b"data: ").unwrap_or_else(|| {
-            panic!(
-                "frame without `data: `: {:?}",
-                String::from_utf8_lossy(rest)
-            )
-        });
-        let end = body
-            .iter()
-            .position(|&b| b == b'\n' || b == b'\r')
-            .expect("unterminated frame");
-        assert_eq!(&body[end..end + 2], b"\n\n", "frame ends with a blank line");
-        payloads.push(&body[..end]);
-        rest = &body[end + 2..];
-    }
-    // The decoder sees the same events.
-    let (evs, r) = sse_decode(&[out], DEFAULT_MAX_LINE);
-    assert!(r.is_ok());
-    assert_eq!(evs.len(), payloads.len());
-    for (e, p) in evs.iter().zip(&payloads) {
-        assert_eq!((e.0.as_str(), &e.1[..]), ("", *p));
-    }
-
-    let mut a = Assembled::default();
-    let mut id: Option<Value> = None;
-    for (n, data) in payloads.iter().enumerate() {
-        assert!(!a.done, "[DONE] must be the last event");
-        assert!(a.error.is_none(), "nothing after the error event");
-        if *data == b"[DONE]" {
-            assert!(a.finish_reason.is_some(), "[DONE] after the finish chunk");
-            a.done = true;
-            continue;
-        }
-        let v: Value = serde_json::from_slice(data).unwrap_or_else(|e| {
-            panic!(
-                "event is not JSON ({e}): {:?}",
-                String::from_utf8_lossy(data)
-            )
-        });
-        if let Some(err) = v.get("error") {
-            assert_eq!(
-                a.finish_reason.as_deref(),
-                Some("error"),
-                "finish chunk before the error"
-            );
-            assert_eq!(err["type"], "upstream_error");
-            assert!(err["code"].is_string());
-            assert_eq!(err["param"], Value::Null);
-            a.error = Some(err["message"].as_str().expect("error.message").to_string());
-            continue;
-        }
-        assert_eq!(v["object"], "chat.completion.chunk");
-        assert_eq!(v["model"], "MBZUAI-IFM/K2-Think-v2");
-        assert_eq!(v["created"], 1_700_000_000u64);
-        match &id {
-            None => id = Some(v["id"].clone()),
-            Some(i) => assert_eq!(&v["id"], i, "one id for every chunk"),
-        }
-        let choices = v["choices"].as_array().expect("choices");
-        if choices.is_empty() {
-            assert!(a.finish_reason.is_some(), "usage after the finish chunk");
-            assert!(a.usage.is_none(), "one usage chunk");
-            assert!(v["usage"].is_object());
-            a.usage = Some(v["usage"].clone());
-            continue;
-        }
-        assert!(
-            a.finish_reason.is_none(),
-            "no choice chunk after the finish chunk"
-        );
-        assert_eq!(choices.len(), 1);
-        let c = &choices[0];
-        assert_eq!(c["index"], 0);
-        let delta = c["delta"].as_object().expect("delta");
-        if n == 0 {
-            assert_eq!(c["delta"], json!({"role": "assistant", "content": ""}));
-            continue;
-        }
-        assert!(delta.get("role").is_none(), "role only on the first chunk");
-        if let Some(f) = c["finish_reason"].as_str() {
-            assert!(delta.is_empty());
-            a.finish_reason = Some(f.to_string());
-            continue;
-        }
-        assert_eq!(delta.len(), 1, "one field per delta");
-        if let Some(r) = delta.get("reasoning_content") {
-            let r = r.as_str().expect("reasoning string");
-            assert!(!r.is_empty(), "no empty deltas");
-            a.reasoning.push_str(r);
-        } else if let Some(t) = delta.get("content") {
-            let t = t.as_str().expect("content string");
-            assert!(!t.is_empty(), "no empty deltas");
-            a.content.push_str(t);
-        } else {
-            let calls = delta["tool_calls"].as_array().expect("tool_calls");
-            assert_eq!(calls.len(), 1);
-            let call = &calls[0];
-            let index = call["index"].as_u64().expect("index");
-            assert_eq!(index, a.calls.len() as u64, "call indexes count from 0");
-            assert!(call["id"].as_str().expect("id").starts_with("call_"));
-            assert_eq!(call["type"], "function");
-            let args: Value =
-                serde_json::from_str(call["function"]["arguments"].as_str().expect("arguments"))
-                    .expect("arguments are JSON");
-            assert!(args.is_object());
-            let name = call["function"]["name"].as_str().expect("name").to_string();
-            a.calls.push((index, name, args));
-        }
-    }
-    assert!(
-        a.done != a.error.is_some(),
-        "exactly one of [DONE] and an error ends the stream"
-    );
-    a
-}
-
 fn run_stream(pieces: &[&[u8]], o: &Opts) -> (Vec<u8>, Result<(), String>, Assembled) {
     let mut s = o.stream();
     let mut out = Vec::new();
@@ -697,7 +568,7 @@ fn run_stream(pieces: &[&[u8]], o: &Opts) -> (Vec<u8>, Result<(), String>, Assem
         s.push(p, &mut out);
     }
     let r = s.finish(&mut out);
-    let a = assemble(&out);
+    let a = assemble(&out, MODEL);
     assert_eq!(
         r.as_ref().err(),
         a.error.as_ref(),
@@ -996,7 +867,7 @@ proptest! {
         let mut out = Vec::new();
         s.push(&body[..cut], &mut out);
         s.fail("upstream_timeout", &message, &mut out);
-        let a = assemble(&out);
+        let a = assemble(&out, MODEL);
         prop_assert_eq!(a.error.as_deref(), Some(message.as_str()));
         prop_assert!(!a.done);
         let mut more = Vec::new();
@@ -1296,56 +1167,13 @@ proptest! {
 // Request parser, rewrite and file resolution.
 
 fn check_request(body: &[u8], limits: (usize, usize)) -> Result<(), TestCaseError> {
-    let mut req = match ChatRequest::parse(body) {
-        Ok(r) => r,
-        Err(e) => {
-            prop_assert!((400..500).contains(&e.status), "status {}", e.status);
-            let v: Value = serde_json::from_slice(&e.body()).expect("error body is JSON");
-            prop_assert!(v["error"]["message"].is_string());
-            return Ok(());
-        }
-    };
-    let set = ToolSet::from_request(req.tools.as_deref(), req.tool_choice.as_ref());
-    if let Err((param, _)) = &set {
-        prop_assert!(param.starts_with("tool"), "param {}", param);
-    }
-    let set = set.ok().flatten();
-    let rewrite = |req: &ChatRequest| -> Result<(), TestCaseError> {
-        for (style, template) in [
-            (BodyStyle::Minimal, None),
-            (
-                BodyStyle::Webui,
-                Some("Tools: {tools_list}\nSignal: {trigger_signal} {x}"),
-            ),
-        ] {
-            let payload = to_k2think(
-                req,
-                RewriteOptions {
-                    upstream_model: "K2-Think",
-                    stream: req.stream,
-                    style,
-                    tools: set.as_ref(),
-                    template,
-                },
-            );
-            let v: Value = serde_json::from_slice(&payload.to_bytes()).expect("payload is JSON");
-            prop_assert!(v["messages"].is_array());
-            prop_assert!(!payload.messages.is_empty());
-        }
-        Ok(())
-    };
-    rewrite(&req)?;
-    let limits = files::Limits {
-        max_file_bytes: limits.0,
-        max_image_bytes: limits.1,
-    };
-    match files::resolve(&mut req, limits) {
-        Ok(()) => rewrite(&req)?,
-        Err(e) => {
-            prop_assert!((400..500).contains(&e.status), "status {}", e.status);
-            prop_assert!(e.param.starts_with("messages["), "param {}", e.param);
-        }
-    }
+    contracts::check_request(
+        body,
+        files::Limits {
+            max_file_bytes: limits.0,
+            max_image_bytes: limits.1,
+        },
+    );
     Ok(())
 }
 

@@ -49,6 +49,11 @@ const PRECOMMIT_LIMIT: usize = 1 << 20;
 const AFTER_DONE_WAIT: Duration = Duration::from_secs(1);
 /// How much of an error body is read to explain a failed attempt.
 const ERROR_BODY_LIMIT: usize = 4096;
+/// How long a wait on the upstream goes on before the client's connection is watched as
+/// well. A client that leaves an active stream is found by the next write; only a silent
+/// upstream (a long prefill, a pause) needs the watch, and starting it only then keeps its
+/// cost (a poll of the client socket per wait) off the per-event path.
+const WATCH_CLIENT_AFTER: Duration = Duration::from_millis(50);
 /// Status logged (nginx's convention) for a request whose client left before the answer.
 const CLIENT_CLOSED: u16 = 499;
 /// Most output gathered from already-delivered upstream data before it is written.
@@ -168,19 +173,29 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
     };
     // Waiting for the upstream can take long (prefill): a client that leaves meanwhile
     // ends the exchange at once, dropping the upstream connection.
-    let exchange = tokio::time::timeout_at(deadline, job.exchange(ctx));
-    let waited = tokio::select! {
-        a = exchange => Some(a),
-        gone = client_gone(session) => {
-            debug!("{}: client went away before the answer: {gone}", ctx.request_id);
-            None
+    let waited = {
+        let mut exchange = std::pin::pin!(tokio::time::timeout_at(deadline, job.exchange(ctx)));
+        match tokio::time::timeout(WATCH_CLIENT_AFTER, &mut exchange).await {
+            Ok(a) => Ok(a),
+            Err(_) => tokio::select! {
+                biased;
+                a = &mut exchange => Ok(a),
+                gone = client_gone(session) => Err(gone),
+            },
         }
     };
-    let Some(waited) = waited else {
-        ctx.outcome = "client_abort";
-        ctx.status = CLIENT_CLOSED;
-        ctx.streamed = job.stream;
-        return;
+    let waited = match waited {
+        Ok(w) => w,
+        Err(gone) => {
+            debug!(
+                "{}: client went away before the answer: {gone}",
+                ctx.request_id
+            );
+            ctx.outcome = "client_abort";
+            ctx.status = CLIENT_CLOSED;
+            ctx.streamed = job.stream;
+            return;
+        }
     };
     let answer = match waited {
         Ok(a) => a,
@@ -821,19 +836,32 @@ impl Job<'_> {
                     self.deadline
                         .saturating_duration_since(tokio::time::Instant::now()),
                 );
-                let read =
-                    tokio::time::timeout(wait, read_into(&mut up, |b| stream.push(b, &mut out)));
-                let mut step = tokio::select! {
-                    biased;
-                    r = read => match r {
-                        Ok(r) => Step::from(r),
-                        Err(_) => Step::Stalled,
-                    },
-                    // Dropping `up` on return closes the upstream connection.
-                    gone = client_gone(session) => {
-                        debug!("{}: client went away mid-stream: {gone}", ctx.request_id);
-                        ctx.outcome = "client_abort";
-                        return;
+                // The client is watched only once the upstream has been silent for a while
+                // (see WATCH_CLIENT_AFTER); reads are cancel-safe, so the read can be
+                // started again inside the watch.
+                let short = wait.min(WATCH_CLIENT_AFTER);
+                let read = read_into(&mut up, |b| stream.push(b, &mut out));
+                let mut step = match tokio::time::timeout(short, read).await {
+                    Ok(r) => Step::from(r),
+                    Err(_) if short == wait => Step::Stalled,
+                    Err(_) => {
+                        let read = tokio::time::timeout(
+                            wait - short,
+                            read_into(&mut up, |b| stream.push(b, &mut out)),
+                        );
+                        tokio::select! {
+                            biased;
+                            r = read => match r {
+                                Ok(r) => Step::from(r),
+                                Err(_) => Step::Stalled,
+                            },
+                            // Dropping `up` on return closes the upstream connection.
+                            gone = client_gone(session) => {
+                                debug!("{}: client went away mid-stream: {gone}", ctx.request_id);
+                                ctx.outcome = "client_abort";
+                                return;
+                            }
+                        }
                     }
                 };
                 // What the upstream already delivered goes out in the same write: one
