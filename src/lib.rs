@@ -1,10 +1,12 @@
 //! k2proxy: an OpenAI-compatible edge proxy for the K2Think web chat, built on Pingora.
 //!
 //! Module map (design.md §2): `config` (YAML schema), `openai` (downstream wire types),
+//! `anthropic` (the Anthropic Messages surface),
 //! `k2think` (upstream wire types), `sse` (event stream codec), `transform` (pure request and
 //! stream transforms), `pool` (token pool), `secret` (masked secrets), `proxy` (the only
 //! module that touches Pingora), `mock` (the mock K2Think upstream used by tests and benches).
 
+pub mod anthropic;
 pub mod config;
 pub mod k2think;
 pub mod limits;

@@ -30,16 +30,20 @@ use rand::distributions::Alphanumeric;
 use rand::Rng;
 
 use super::{respond, routes, upstream, App, Ctx, Snapshot};
+use crate::anthropic::{self, MessagesEncoder};
+use crate::config::ModelEntry;
 use crate::config::{PayloadStyle, ReasoningOutput, UpstreamMode};
-use crate::k2think::BodyStyle;
+use crate::k2think::{BodyStyle, Payload};
 use crate::metrics::Metrics;
 use crate::openai::{ApiError, ChatRequest};
 use crate::pool::{Lease, LeaseError, Outcome};
-use crate::transform::chunk;
+use crate::transform::chunk::{self, ChunkEncoder};
 use crate::transform::complete::{Completion, CompletionResult};
+use crate::transform::encode::{Surface, Wire};
 use crate::transform::files;
 use crate::transform::request::{to_k2think, RewriteOptions};
-use crate::transform::stream::{ChatStream, ReasoningMode, StreamOptions, UpstreamFormat};
+use crate::transform::stream::{ChatStream, ReasoningMode, UpstreamFormat};
+use crate::transform::tokens;
 use crate::transform::tools::ToolSet;
 
 /// Most upstream bytes read before the answer proves usable; past it the answer is junk.
@@ -80,74 +84,15 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         }
     };
     let deadline = tokio::time::Instant::from_std(ctx.started) + snap.config.limits.request_timeout;
-    let body_timeout = snap.config.limits.client_body_timeout;
-    let body = match tokio::time::timeout(body_timeout, read_body(snap, session, ctx)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => return respond::error(session, ctx, &e).await,
-        Err(_) => {
-            session.set_keepalive(None);
-            let err = ApiError::new(
-                408,
-                "invalid_request_error",
-                "request_body_timeout",
-                format!(
-                    "The request body did not arrive within limits.client_body_timeout ({body_timeout:?})"
-                ),
-            );
-            return respond::error(session, ctx, &err).await;
-        }
-    };
-    let mut req = match ChatRequest::parse(&body) {
-        Ok(r) => r,
+    let Prepared {
+        req,
+        model,
+        tools,
+        payload,
+    } = match prepare(snap, session, ctx, false).await {
+        Ok(p) => p,
         Err(e) => return respond::error(session, ctx, &e).await,
     };
-    let limits = &snap.config.limits;
-    if req.messages.len() > limits.max_messages {
-        let err = ApiError::invalid(
-            format!(
-                "Too many messages: {} (the limit is {}, limits.max_messages)",
-                req.messages.len(),
-                limits.max_messages
-            ),
-            Some("messages".to_string()),
-        );
-        return respond::error(session, ctx, &err).await;
-    }
-    let file_limits = files::Limits {
-        max_file_bytes: limits.max_file_bytes.0 as usize,
-        max_image_bytes: limits.max_image_bytes.0 as usize,
-    };
-    if let Err(e) = files::resolve(&mut req, file_limits) {
-        let err = ApiError {
-            param: Some(e.param),
-            ..ApiError::new(e.status, "invalid_request_error", e.code, e.message)
-        };
-        return respond::error(session, ctx, &err).await;
-    }
-    ctx.model = Some(req.model.clone());
-    let Some(model) = snap.model(&req.model) else {
-        return respond::error(session, ctx, &routes::model_not_found(snap, &req.model)).await;
-    };
-    let tools = match ToolSet::from_request(req.tools.as_deref(), req.tool_choice.as_ref()) {
-        Ok(t) => t.map(Arc::new),
-        Err((param, message)) => {
-            return respond::error(session, ctx, &ApiError::invalid(message, Some(param))).await
-        }
-    };
-    let up_cfg = &snap.config.upstream;
-    let payload = to_k2think(
-        &req,
-        RewriteOptions {
-            upstream_model: &model.upstream,
-            stream: up_cfg.stream,
-            style: match up_cfg.payload {
-                PayloadStyle::Minimal => BodyStyle::Minimal,
-                PayloadStyle::Webui => BodyStyle::Webui,
-            },
-            tools: tools.as_deref(),
-            template: snap.config.tools.prompt_template.as_deref(),
-        },
-    );
     let reasoning = if !model.reasoning {
         ReasoningMode::Drop
     } else {
@@ -157,12 +102,18 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
             ReasoningOutput::Drop => ReasoningMode::Drop,
         }
     };
+    let input_tokens = tokens::estimate_input_tokens(&payload);
     let job = Job {
         app,
         snap,
         body: Bytes::from(payload.to_bytes()),
         chat_id: payload.chat_id,
-        id: completion_id(),
+        surface: ctx.surface,
+        input_tokens,
+        id: match ctx.surface {
+            Surface::Chat => completion_id(),
+            Surface::Messages => anthropic::new_message_id(),
+        },
         created: unix_now(),
         model: req.model.clone(),
         reasoning,
@@ -214,7 +165,16 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         Ok(Answer::Complete(result, malformed)) => {
             ctx.tool_calls = result.tool_calls.len();
             ctx.tool_malformed = malformed;
-            let body = result.to_json(&job.id, job.created, &job.model, job.reasoning);
+            let body = match job.surface {
+                Surface::Chat => result.to_json(&job.id, job.created, &job.model, job.reasoning),
+                Surface::Messages => anthropic::message_json(
+                    &result,
+                    &job.id,
+                    &job.model,
+                    job.reasoning,
+                    job.input_tokens,
+                ),
+            };
             ctx.outcome = "complete";
             ctx.ttft = Some(ctx.started.elapsed());
             if let Err(e) = respond::json(session, ctx, 200, body, &[]).await {
@@ -226,6 +186,109 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
             ctx.outcome = "upstream_error";
             respond::error(session, ctx, &e).await
         }
+    }
+}
+
+/// A request read, parsed (per its surface), checked and rewritten for K2Think.
+struct Prepared<'s> {
+    req: ChatRequest,
+    model: &'s ModelEntry,
+    tools: Option<Arc<ToolSet>>,
+    payload: Payload,
+}
+
+/// Read the body (bounded in size and time), parse it as the request's surface wants
+/// (`count_tokens`: an Anthropic token count, which needs no `max_tokens`), check the
+/// limits, resolve files and images, find the model and rewrite the request.
+async fn prepare<'s>(
+    snap: &'s Snapshot,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    count_tokens: bool,
+) -> Result<Prepared<'s>, ApiError> {
+    let body_timeout = snap.config.limits.client_body_timeout;
+    let body = match tokio::time::timeout(body_timeout, read_body(snap, session, ctx)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            session.set_keepalive(None);
+            return Err(ApiError::new(
+                408,
+                "invalid_request_error",
+                "request_body_timeout",
+                format!(
+                    "The request body did not arrive within limits.client_body_timeout ({body_timeout:?})"
+                ),
+            ));
+        }
+    };
+    let parsed = match ctx.surface {
+        Surface::Chat => ChatRequest::parse(&body),
+        Surface::Messages => anthropic::parse_request(&body, count_tokens),
+    };
+    let mut req = parsed?;
+    let limits = &snap.config.limits;
+    if req.messages.len() > limits.max_messages {
+        let err = ApiError::invalid(
+            format!(
+                "Too many messages: {} (the limit is {}, limits.max_messages)",
+                req.messages.len(),
+                limits.max_messages
+            ),
+            Some("messages".to_string()),
+        );
+        return Err(err);
+    }
+    let file_limits = files::Limits {
+        max_file_bytes: limits.max_file_bytes.0 as usize,
+        max_image_bytes: limits.max_image_bytes.0 as usize,
+    };
+    if let Err(e) = files::resolve(&mut req, file_limits) {
+        return Err(ApiError {
+            param: Some(e.param),
+            ..ApiError::new(e.status, "invalid_request_error", e.code, e.message)
+        });
+    }
+    ctx.model = Some(req.model.clone());
+    let Some(model) = snap.model(&req.model) else {
+        return Err(routes::model_not_found(snap, &req.model));
+    };
+    let tools = ToolSet::from_request(req.tools.as_deref(), req.tool_choice.as_ref())
+        .map_err(|(param, message)| ApiError::invalid(message, Some(param)))?
+        .map(Arc::new);
+    let up_cfg = &snap.config.upstream;
+    let payload = to_k2think(
+        &req,
+        RewriteOptions {
+            upstream_model: &model.upstream,
+            stream: up_cfg.stream,
+            style: match up_cfg.payload {
+                PayloadStyle::Minimal => BodyStyle::Minimal,
+                PayloadStyle::Webui => BodyStyle::Webui,
+            },
+            tools: tools.as_deref(),
+            template: snap.config.tools.prompt_template.as_deref(),
+        },
+    );
+    Ok(Prepared {
+        req,
+        model,
+        tools,
+        payload,
+    })
+}
+
+/// `POST /v1/messages/count_tokens`: the prompt's tokens as K2Think would get them (tool
+/// instructions included), estimated, since K2Think's tokenizer is not public.
+pub async fn count_tokens(snap: &Snapshot, session: &mut Session, ctx: &mut Ctx) {
+    match prepare(snap, session, ctx, true).await {
+        Ok(p) => {
+            let body =
+                serde_json::json!({"input_tokens": tokens::estimate_input_tokens(&p.payload)});
+            ctx.outcome = "complete";
+            let _ = respond::json(session, ctx, 200, body.to_string().into_bytes(), &[]).await;
+        }
+        Err(e) => respond::error(session, ctx, &e).await,
     }
 }
 
@@ -307,6 +370,10 @@ struct Job<'a> {
     snap: &'a Snapshot,
     body: Bytes,
     chat_id: String,
+    /// The API the answer is written for.
+    surface: Surface,
+    /// Our estimate of the prompt's tokens (for surfaces that report usage up front).
+    input_tokens: u64,
     id: String,
     created: u64,
     model: String,
@@ -329,7 +396,7 @@ enum Answer {
 struct Live {
     up: HttpSession,
     peer: HttpPeer,
-    stream: ChatStream,
+    stream: ChatStream<Wire>,
     out: Vec<u8>,
     /// The upstream body already ended cleanly (the whole answer arrived before commit).
     ended: bool,
@@ -400,7 +467,7 @@ impl Failure {
 }
 
 enum Sink {
-    Stream(ChatStream),
+    Stream(ChatStream<Wire>),
     Collect(Completion),
 }
 
@@ -417,17 +484,23 @@ impl Job<'_> {
     fn new_sink(&self, format: UpstreamFormat) -> Sink {
         let implicit = self.snap.config.reasoning.implicit_think;
         if self.stream {
-            Sink::Stream(ChatStream::new(
-                StreamOptions {
-                    id: self.id.clone(),
-                    created: self.created,
-                    model: self.model.clone(),
-                    reasoning: self.reasoning,
-                    implicit_think: implicit,
-                    include_usage: self.include_usage,
-                    tools: self.tools.clone(),
-                },
+            let wire = match self.surface {
+                Surface::Chat => Wire::Chat(
+                    ChunkEncoder::new(&self.id, self.created, &self.model, self.reasoning)
+                        .with_usage(self.include_usage),
+                ),
+                Surface::Messages => Wire::Messages(MessagesEncoder::new(
+                    &self.id,
+                    &self.model,
+                    self.reasoning,
+                    self.input_tokens,
+                )),
+            };
+            Sink::Stream(ChatStream::with_encoder(
+                wire,
                 format,
+                implicit,
+                self.tools.as_ref(),
             ))
         } else {
             Sink::Collect(Completion::new(format, implicit).with_tools(self.tools.clone()))

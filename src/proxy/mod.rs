@@ -328,6 +328,8 @@ pub struct Ctx {
     pub started: Instant,
     pub request_id: String,
     pub route: &'static str,
+    /// The API the request came in on: shapes its answer and its errors.
+    pub surface: crate::transform::encode::Surface,
     pub key_name: Option<String>,
     pub model: Option<String>,
     pub status: u16,
@@ -377,6 +379,7 @@ impl ProxyHttp for K2Proxy {
             started: Instant::now(),
             request_id: String::new(),
             route: "-",
+            surface: crate::transform::encode::Surface::Chat,
             key_name: None,
             model: None,
             status: 0,

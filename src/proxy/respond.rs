@@ -1,4 +1,4 @@
-//! Writing whole responses (JSON bodies and OpenAI errors) to the client.
+//! Writing whole responses (JSON bodies and errors) to the client.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -7,6 +7,7 @@ use pingora::Result;
 
 use super::Ctx;
 use crate::openai::ApiError;
+use crate::transform::encode::Surface;
 
 /// A complete JSON response with `Content-Length` (keeps the connection reusable).
 pub async fn json(
@@ -31,9 +32,20 @@ pub async fn json(
         .await
 }
 
-/// An OpenAI error response, with `Retry-After` when the error carries one.
+/// An error response in the shape of the request's API (OpenAI or Anthropic), with
+/// `Retry-After` when the error carries one.
 pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &ApiError) {
-    let mut extra = Vec::new();
+    error_with(session, ctx, e, &[]).await
+}
+
+/// [`error`] with extra response headers.
+pub async fn error_with(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    e: &ApiError,
+    headers: &[(&'static str, String)],
+) {
+    let mut extra = headers.to_vec();
     if let Some(s) = e.retry_after {
         extra.push(("retry-after", s.to_string()));
     }
@@ -41,7 +53,11 @@ pub async fn error(session: &mut Session, ctx: &mut Ctx, e: &ApiError) {
         ctx.outcome = "rejected";
     }
     ctx.error = Some(e.message.clone());
-    if let Err(err) = json(session, ctx, e.status, e.body(), &extra).await {
+    let body = match ctx.surface {
+        Surface::Chat => e.body(),
+        Surface::Messages => crate::anthropic::error_body(e),
+    };
+    if let Err(err) = json(session, ctx, e.status, body, &extra).await {
         log::debug!(
             "{}: could not write the error response: {err}",
             ctx.request_id

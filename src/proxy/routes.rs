@@ -8,6 +8,7 @@ use serde_json::json;
 use super::{chat, respond, App, Ctx, Snapshot};
 use crate::openai::ApiError;
 use crate::secret::ct_eq;
+use crate::transform::encode::Surface;
 use crate::transform::files::percent_decode;
 
 pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut Ctx) {
@@ -17,6 +18,8 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
         "/health" => Route::Health,
         "/v1/models" => Route::Models,
         "/v1/chat/completions" => Route::Chat,
+        "/v1/messages" => Route::Messages,
+        "/v1/messages/count_tokens" => Route::CountTokens,
         p if p.starts_with("/v1/models/") => Route::Model,
         "/ready" => Route::Ready,
         p if p == "/admin" || p.starts_with("/admin/") => {
@@ -28,12 +31,15 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
                 404,
                 "invalid_request_error",
                 "not_found",
-                format!("Unknown path {path}; this server serves /v1/chat/completions, /v1/models and /health"),
+                format!("Unknown path {path}; this server serves /v1/chat/completions, /v1/messages, /v1/messages/count_tokens, /v1/models and /health"),
             );
             return respond::error(session, ctx, &e).await;
         }
     };
     ctx.route = route.name();
+    if matches!(route, Route::Messages | Route::CountTokens) {
+        ctx.surface = Surface::Messages;
+    }
     let allowed = route.method();
     if method != allowed && !(allowed == "GET" && method == "HEAD") {
         let e = ApiError::new(
@@ -42,11 +48,8 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
             "method_not_allowed",
             format!("{method} is not allowed on {path}; use {allowed}"),
         );
-        let mut extra = vec![("allow", allowed.to_string())];
-        extra.extend(e.retry_after.map(|s| ("retry-after", s.to_string())));
         ctx.outcome = "rejected";
-        let _ = respond::json(session, ctx, 405, e.body(), &extra).await;
-        return;
+        return respond::error_with(session, ctx, &e, &[("allow", allowed.to_string())]).await;
     }
     if !matches!(route, Route::Health | Route::Ready) {
         if let Err(e) = authenticate(snap, session, ctx) {
@@ -90,7 +93,8 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
                 None => respond::error(session, ctx, &model_not_found(snap, &name)).await,
             }
         }
-        Route::Chat => chat::handle(app, snap, session, ctx).await,
+        Route::Chat | Route::Messages => chat::handle(app, snap, session, ctx).await,
+        Route::CountTokens => chat::count_tokens(snap, session, ctx).await,
     }
 }
 
@@ -101,6 +105,8 @@ enum Route {
     Models,
     Model,
     Chat,
+    Messages,
+    CountTokens,
 }
 
 impl Route {
@@ -111,30 +117,36 @@ impl Route {
             Route::Models => "models",
             Route::Model => "model",
             Route::Chat => "chat",
+            Route::Messages => "messages",
+            Route::CountTokens => "count_tokens",
         }
     }
 
     fn method(self) -> &'static str {
         match self {
-            Route::Chat => "POST",
+            Route::Chat | Route::Messages | Route::CountTokens => "POST",
             _ => "GET",
         }
     }
 }
 
-/// Check `Authorization: Bearer <key>` against every configured key in constant time.
+/// Check `Authorization: Bearer <key>` (or Anthropic's `x-api-key: <key>`) against every
+/// configured key in constant time.
 fn authenticate(snap: &Snapshot, session: &Session, ctx: &mut Ctx) -> Result<(), ApiError> {
     if snap.keys.is_empty() {
         return Ok(());
     }
-    let header = session.req_header().headers.get("authorization");
-    let presented = header
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
+    let headers = &session.req_header().headers;
+    let header = headers.get("authorization").or(headers.get("x-api-key"));
+    let presented = match (headers.get("authorization"), headers.get("x-api-key")) {
+        (Some(v), _) => v.to_str().ok().and_then(|v| {
             let (scheme, rest) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        })
-        .unwrap_or("");
+        }),
+        (None, Some(v)) => v.to_str().ok().map(str::trim),
+        (None, None) => None,
+    }
+    .unwrap_or("");
     // Compare with every key, without stopping at the first match.
     let mut found: Option<&str> = None;
     for (name, key) in &snap.keys {
@@ -152,7 +164,8 @@ fn authenticate(snap: &Snapshot, session: &Session, ctx: &mut Ctx) -> Result<(),
             "invalid_request_error",
             "invalid_api_key",
             if header.is_none() {
-                "Missing API key: send it as `Authorization: Bearer <key>`".to_string()
+                "Missing API key: send it as `Authorization: Bearer <key>` or `x-api-key: <key>`"
+                    .to_string()
             } else {
                 "Incorrect API key provided".to_string()
             },

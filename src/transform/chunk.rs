@@ -7,6 +7,7 @@
 //! ([`ReasoningMode`]); no empty deltas.
 
 use crate::sse;
+use crate::transform::encode::Encoder;
 use crate::transform::split::{Delta, Deltas};
 use crate::transform::stream::{ReasoningMode, Usage};
 use crate::transform::tools::ToolCall;
@@ -26,6 +27,8 @@ pub struct ChunkEncoder {
     /// `{"id":…,"object":"chat.completion.chunk","created":…,"model":…,`
     head: Vec<u8>,
     reasoning: ReasoningMode,
+    /// Write the usage chunk (`stream_options.include_usage`) when usage is known.
+    include_usage: bool,
     think_open: bool,
     output_started: bool,
 }
@@ -44,14 +47,16 @@ impl ChunkEncoder {
         ChunkEncoder {
             head,
             reasoning,
+            include_usage: false,
             think_open: false,
             output_started: false,
         }
     }
 
-    /// Whether a reasoning or content delta was written.
-    pub fn output_started(&self) -> bool {
-        self.output_started
+    /// Also write the usage chunk at the end (when the upstream reported usage).
+    pub fn with_usage(mut self, include_usage: bool) -> Self {
+        self.include_usage = include_usage;
+        self
     }
 
     fn open_delta(&self, out: &mut Vec<u8>) {
@@ -156,7 +161,7 @@ impl ChunkEncoder {
     }
 
     /// The last choice chunk: empty delta and `finish_reason`.
-    pub fn finish(&mut self, finish_reason: &str, out: &mut Vec<u8>) {
+    pub fn finish_reason(&mut self, finish_reason: &str, out: &mut Vec<u8>) {
         self.finish_chunk(finish_reason, out);
     }
 
@@ -171,7 +176,7 @@ impl ChunkEncoder {
 
     /// The error ending: `finish_reason: "error"` and an OpenAI error event whose `code`
     /// says what broke (`upstream_stream_error`, `upstream_timeout`, `request_timeout`).
-    pub fn error(&mut self, code: &str, message: &str, out: &mut Vec<u8>) {
+    pub fn error_ending(&mut self, code: &str, message: &str, out: &mut Vec<u8>) {
         self.finish_chunk("error", out);
         let mut payload = Vec::with_capacity(message.len() + 96);
         payload.extend_from_slice(b"{\"error\":{\"message\":");
@@ -180,6 +185,41 @@ impl ChunkEncoder {
         write_json_str(&mut payload, code);
         payload.extend_from_slice(b"}}");
         sse::write_data(out, &payload);
+    }
+}
+
+impl Encoder for ChunkEncoder {
+    fn start(&mut self, out: &mut Vec<u8>) {
+        self.role(out);
+    }
+
+    fn reasoning(&mut self, text: &str, out: &mut Vec<u8>) {
+        ChunkEncoder::reasoning(self, text, out);
+    }
+
+    fn content(&mut self, text: &str, out: &mut Vec<u8>) {
+        ChunkEncoder::content(self, text, out);
+    }
+
+    fn tool_call(&mut self, index: usize, call: &ToolCall, out: &mut Vec<u8>) {
+        ChunkEncoder::tool_call(self, index, call, out);
+    }
+
+    /// The finish chunk, the usage chunk when asked for and known, and `[DONE]`.
+    fn finish(&mut self, finish_reason: &str, usage: Option<&Usage>, out: &mut Vec<u8>) {
+        self.finish_chunk(finish_reason, out);
+        if let (true, Some(u)) = (self.include_usage, usage) {
+            self.usage(u, out);
+        }
+        sse::write_data(out, b"[DONE]");
+    }
+
+    fn error(&mut self, code: &str, message: &str, out: &mut Vec<u8>) {
+        self.error_ending(code, message, out);
+    }
+
+    fn output_started(&self) -> bool {
+        self.output_started
     }
 }
 
@@ -304,7 +344,7 @@ mod tests {
         e.reasoning("r", &mut out);
         e.content("", &mut out);
         e.content("c\n", &mut out);
-        e.finish("length", &mut out);
+        e.finish_reason("length", &mut out);
         e.usage(
             &Usage {
                 prompt_tokens: 1,
@@ -366,7 +406,7 @@ mod tests {
         let mut e = ChunkEncoder::new("i", 1, "m", ReasoningMode::Inline);
         let mut out = Vec::new();
         e.reasoning("a", &mut out);
-        e.finish("stop", &mut out);
+        e.finish_reason("stop", &mut out);
         let v = data_lines(&out);
         assert_eq!(v[1]["choices"][0]["delta"]["content"], "</think>");
         assert_eq!(v[2]["choices"][0]["finish_reason"], "stop");
@@ -388,7 +428,7 @@ mod tests {
             arguments: "{\"city\":\"P\\\"aris\"}".into(),
         };
         e.tool_call(3, &call, &mut out);
-        e.finish("tool_calls", &mut out);
+        e.finish_reason("tool_calls", &mut out);
         let v = data_lines(&out);
         assert_eq!(v[1]["choices"][0]["delta"]["content"], "</think>\n\n");
         assert_eq!(
@@ -405,7 +445,7 @@ mod tests {
     fn error_ending() {
         let mut e = ChunkEncoder::new("i", 1, "m", ReasoningMode::Field);
         let mut out = Vec::new();
-        e.error(UPSTREAM_STREAM_ERROR, "cut \"here\"", &mut out);
+        e.error_ending(UPSTREAM_STREAM_ERROR, "cut \"here\"", &mut out);
         let v = data_lines(&out);
         assert_eq!(v[0]["choices"][0]["finish_reason"], "error");
         assert_eq!(

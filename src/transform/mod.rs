@@ -6,8 +6,10 @@
 
 pub mod chunk;
 pub mod complete;
+pub mod encode;
 pub mod files;
 pub mod request;
 pub mod split;
 pub mod stream;
+pub mod tokens;
 pub mod tools;

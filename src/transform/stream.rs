@@ -37,8 +37,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::sse::{self, SseDecoder};
+use crate::sse::SseDecoder;
 use crate::transform::chunk::{self, ChunkEncoder};
+use crate::transform::encode::Encoder;
 use crate::transform::split::Splitter;
 pub use crate::transform::split::{Delta, Deltas};
 use crate::transform::tools::{ToolDetector, ToolPiece, ToolSet};
@@ -860,29 +861,42 @@ pub enum Routed<'a> {
     Call(usize, crate::transform::tools::ToolCall),
 }
 
-/// Upstream body → OpenAI chunk SSE bytes.
+/// Upstream body → one API surface's SSE events (OpenAI chunks by default): the decoding,
+/// the reasoning split and the tool detection are shared, the wire format is `E`'s.
 #[derive(Debug)]
-pub struct ChatStream {
+pub struct ChatStream<E: Encoder = ChunkEncoder> {
     decoder: K2Decoder,
-    enc: ChunkEncoder,
+    enc: E,
     deltas: Deltas,
-    include_usage: bool,
     started: bool,
     end: Option<Result<(), String>>,
     tools: Option<Box<ToolStage>>,
 }
 
-impl ChatStream {
-    /// A transformer for one response.
+impl ChatStream<ChunkEncoder> {
+    /// An OpenAI chat-chunk transformer for one response.
     pub fn new(opts: StreamOptions, format: UpstreamFormat) -> Self {
+        let enc = ChunkEncoder::new(&opts.id, opts.created, &opts.model, opts.reasoning)
+            .with_usage(opts.include_usage);
+        ChatStream::with_encoder(enc, format, opts.implicit_think, opts.tools.as_ref())
+    }
+}
+
+impl<E: Encoder> ChatStream<E> {
+    /// A transformer for one response that writes with `enc`.
+    pub fn with_encoder(
+        enc: E,
+        format: UpstreamFormat,
+        implicit_think: bool,
+        tools: Option<&Arc<ToolSet>>,
+    ) -> Self {
         ChatStream {
-            decoder: K2Decoder::new(format, opts.implicit_think),
-            enc: ChunkEncoder::new(&opts.id, opts.created, &opts.model, opts.reasoning),
+            decoder: K2Decoder::new(format, implicit_think),
+            enc,
             deltas: Deltas::new(),
-            include_usage: opts.include_usage,
             started: false,
             end: None,
-            tools: ToolStage::new(opts.tools.as_ref()),
+            tools: ToolStage::new(tools),
         }
     }
 
@@ -891,7 +905,7 @@ impl ChatStream {
     pub fn start(&mut self, out: &mut Vec<u8>) {
         if !self.started {
             self.started = true;
-            self.enc.role(out);
+            self.enc.start(out);
         }
     }
 
@@ -908,7 +922,12 @@ impl ChatStream {
 
     fn write_deltas(&mut self, end: Option<bool>, out: &mut Vec<u8>) {
         let Some(tools) = self.tools.as_mut() else {
-            self.enc.deltas(&self.deltas, out);
+            for d in &self.deltas {
+                match d {
+                    Delta::Reasoning(t) => self.enc.reasoning(t, out),
+                    Delta::Content(t) => self.enc.content(t, out),
+                }
+            }
             return;
         };
         let enc = &mut self.enc;
@@ -946,13 +965,7 @@ impl ChatStream {
         } else {
             self.decoder.finish_reason().unwrap_or("stop")
         };
-        self.enc.finish(reason, out);
-        if self.include_usage {
-            if let Some(u) = self.decoder.usage() {
-                self.enc.usage(u, out);
-            }
-        }
-        sse::write_data(out, b"[DONE]");
+        self.enc.finish(reason, self.decoder.usage(), out);
         self.end = Some(Ok(()));
         Ok(())
     }
@@ -1006,6 +1019,7 @@ impl ChatStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sse;
     use crate::transform::complete::Completion;
     use serde_json::json;
 

@@ -1,0 +1,1927 @@
+//! The Anthropic Messages surface (`POST /v1/messages`, `/v1/messages/count_tokens`): its
+//! wire types, the conversion of a Messages request into the shared [`ChatRequest`], the
+//! stream event encoder and the non-stream message. Pure: no HTTP.
+//!
+//! * [`parse_request`] reads the body as a [`serde_json::Value`] and converts it by hand so
+//!   that every 400 names the exact field (`messages[2].content[0].source`). Tools become
+//!   OpenAI function tools for the shared tool emulation; `tool_use` / `tool_result` history
+//!   becomes assistant `tool_calls` and `tool` messages.
+//! * [`MessagesEncoder`] writes the Anthropic event sequence (`message_start`, `ping`,
+//!   `content_block_start/delta/stop` for `thinking`, `text` and `tool_use` blocks,
+//!   `message_delta`, `message_stop`; `error` on a failure), one `event:` line per event.
+//! * [`message_json`] is the non-stream `message` object.
+//!
+//! Token counts: K2Think's tokenizer is not available, so when the upstream reports no
+//! usage the counts are [`estimate_tokens`](crate::transform::tokens::estimate_tokens)
+//! estimates.
+
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use serde_json::{json, Map, Value};
+
+use crate::openai::{ApiError, ChatRequest, Content, FunctionCall, Message, Part, Role, Stop};
+use crate::transform::chunk::{write_json_str, write_u64};
+use crate::transform::complete::CompletionResult;
+use crate::transform::encode::Encoder;
+use crate::transform::stream::{ReasoningMode, Usage};
+use crate::transform::tokens::Estimate;
+use crate::transform::tools::ToolCall;
+
+type Obj = Map<String, Value>;
+
+// ---------------------------------------------------------------------------------------
+// Request conversion
+// ---------------------------------------------------------------------------------------
+
+/// A Messages request body → the shared chat request (`count_tokens`: `max_tokens` is not
+/// required there). Errors are 400s whose `param` names the field.
+pub fn parse_request(body: &[u8], count_tokens: bool) -> Result<ChatRequest, ApiError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Err(ApiError::invalid("the request body is empty", None)),
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "the request body must be a JSON object",
+                None,
+            ))
+        }
+    }
+    let root: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}"), None))?;
+    let Value::Object(root) = root else {
+        return Err(ApiError::invalid(
+            "the request body must be a JSON object",
+            None,
+        ));
+    };
+
+    let model = match root.get("model") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(Value::String(_)) => return Err(bad("model", "must not be empty")),
+        None | Some(Value::Null) => return Err(bad("model", "is required")),
+        Some(v) => return Err(wrong_type("model", "a string", v)),
+    };
+
+    let max_tokens = match root.get("max_tokens") {
+        None | Some(Value::Null) if count_tokens => None,
+        None | Some(Value::Null) => return Err(bad("max_tokens", "is required")),
+        Some(v) => match v.as_u64() {
+            Some(0) => return Err(bad("max_tokens", "must be at least 1")),
+            Some(n) => Some(n),
+            None => return Err(wrong_type("max_tokens", "a positive integer", v)),
+        },
+    };
+
+    let stream = match root.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => return Err(wrong_type("stream", "a boolean", v)),
+    };
+    let temperature = unit_number(&root, "temperature")?;
+    let top_p = unit_number(&root, "top_p")?;
+
+    let stop = match root.get("stop_sequences") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) => {
+            let mut seqs = Vec::with_capacity(a.len());
+            for (i, s) in a.iter().enumerate() {
+                match s {
+                    Value::String(s) => seqs.push(s.clone()),
+                    v => return Err(wrong_type(&format!("stop_sequences[{i}]"), "a string", v)),
+                }
+            }
+            (!seqs.is_empty()).then_some(Stop::Many(seqs))
+        }
+        Some(v) => return Err(wrong_type("stop_sequences", "an array of strings", v)),
+    };
+
+    let mut messages = Vec::new();
+    if let Some(system) = system_text(root.get("system"))? {
+        messages.push(message(Role::System, Content::Text(system)));
+    }
+    let list = match root.get("messages") {
+        Some(Value::Array(a)) if !a.is_empty() => a,
+        Some(Value::Array(_)) => return Err(bad("messages", "must contain at least one message")),
+        None | Some(Value::Null) => return Err(bad("messages", "is required")),
+        Some(v) => return Err(wrong_type("messages", "an array", v)),
+    };
+    for (i, m) in list.iter().enumerate() {
+        convert_message(i, m, &mut messages)?;
+    }
+
+    let tools = convert_tools(root.get("tools"))?;
+    let tool_choice = convert_tool_choice(root.get("tool_choice"))?;
+
+    Ok(ChatRequest {
+        model,
+        messages,
+        stream,
+        stream_options: None,
+        temperature,
+        top_p,
+        max_tokens,
+        max_completion_tokens: None,
+        stop,
+        presence_penalty: None,
+        frequency_penalty: None,
+        seed: None,
+        n: None,
+        tools,
+        tool_choice,
+    })
+}
+
+/// A 400 whose message starts with the field it names.
+fn bad(param: &str, problem: impl std::fmt::Display) -> ApiError {
+    ApiError::invalid(format!("{param}: {problem}"), Some(param.to_string()))
+}
+
+fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
+    bad(param, format!("expected {expected}, got {}", kind_of(got)))
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn message(role: Role, content: Content) -> Message {
+    Message {
+        role,
+        content,
+        name: None,
+        tool_calls: Vec::new(),
+        tool_call_id: None,
+    }
+}
+
+/// An optional number in `0..=1` (Anthropic's range for `temperature` and `top_p`).
+fn unit_number(root: &Obj, key: &str) -> Result<Option<f64>, ApiError> {
+    match root.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(x) if (0.0..=1.0).contains(&x) => Ok(Some(x)),
+            Some(x) => Err(bad(key, format!("must be between 0 and 1, got {x}"))),
+            None => Err(wrong_type(key, "a number", v)),
+        },
+    }
+}
+
+/// `obj[key]` as a string, required.
+fn req_str<'a>(obj: &'a Obj, key: &str, at: &str) -> Result<&'a str, ApiError> {
+    match obj.get(key) {
+        Some(Value::String(s)) => Ok(s),
+        None | Some(Value::Null) => Err(bad(&format!("{at}.{key}"), "is required")),
+        Some(v) => Err(wrong_type(&format!("{at}.{key}"), "a string", v)),
+    }
+}
+
+/// `obj[key]` as a string, optional.
+fn opt_str<'a>(obj: &'a Obj, key: &str, at: &str) -> Result<Option<&'a str>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(wrong_type(&format!("{at}.{key}"), "a string", v)),
+    }
+}
+
+fn as_block<'a>(v: &'a Value, at: &str) -> Result<(&'a Obj, &'a str), ApiError> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| wrong_type(at, "a content block object", v))?;
+    let kind = req_str(obj, "type", at)?;
+    Ok((obj, kind))
+}
+
+/// `system`: a string or an array of `text` blocks, joined by `\n`. `None` when empty.
+fn system_text(v: Option<&Value>) -> Result<Option<String>, ApiError> {
+    let text = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(blocks)) => {
+            let mut texts = Vec::with_capacity(blocks.len());
+            for (i, b) in blocks.iter().enumerate() {
+                let at = format!("system[{i}]");
+                let (obj, kind) = as_block(b, &at)?;
+                if kind != "text" {
+                    return Err(bad(
+                        &format!("{at}.type"),
+                        format!("system blocks must be `text`, got `{kind}`"),
+                    ));
+                }
+                texts.push(req_str(obj, "text", &at)?);
+            }
+            texts.join("\n")
+        }
+        Some(v) => {
+            return Err(wrong_type(
+                "system",
+                "a string or an array of text blocks",
+                v,
+            ))
+        }
+    };
+    Ok((!text.is_empty()).then_some(text))
+}
+
+/// One Anthropic message → one or more shared messages (a user message with
+/// `tool_result` blocks becomes `tool` messages first, then the rest of the user turn).
+fn convert_message(i: usize, m: &Value, out: &mut Vec<Message>) -> Result<(), ApiError> {
+    let at = format!("messages[{i}]");
+    let obj = m
+        .as_object()
+        .ok_or_else(|| wrong_type(&at, "a message object", m))?;
+    let role = match req_str(obj, "role", &at)? {
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        other => {
+            return Err(bad(
+                &format!("{at}.role"),
+                format!("must be \"user\" or \"assistant\", got \"{other}\""),
+            ))
+        }
+    };
+    let blocks = match obj.get("content") {
+        Some(Value::String(s)) => {
+            out.push(message(role, Content::Text(s.clone())));
+            return Ok(());
+        }
+        Some(Value::Array(a)) => a,
+        None | Some(Value::Null) => return Err(bad(&format!("{at}.content"), "is required")),
+        Some(v) => {
+            return Err(wrong_type(
+                &format!("{at}.content"),
+                "a string or an array of content blocks",
+                v,
+            ))
+        }
+    };
+    match role {
+        Role::Assistant => out.push(assistant_message(&at, blocks)?),
+        _ => user_messages(&at, blocks, out)?,
+    }
+    Ok(())
+}
+
+fn assistant_message(at: &str, blocks: &[Value]) -> Result<Message, ApiError> {
+    let mut texts: Vec<&str> = Vec::new();
+    let mut calls = Vec::new();
+    for (j, b) in blocks.iter().enumerate() {
+        let bat = format!("{at}.content[{j}]");
+        let (obj, kind) = as_block(b, &bat)?;
+        match kind {
+            "text" => texts.push(req_str(obj, "text", &bat)?),
+            "tool_use" => {
+                let id = req_str(obj, "id", &bat)?;
+                let name = req_str(obj, "name", &bat)?;
+                let arguments = match obj.get("input") {
+                    None | Some(Value::Null) => "{}".to_string(),
+                    Some(v @ Value::Object(_)) => v.to_string(),
+                    Some(v) => return Err(wrong_type(&format!("{bat}.input"), "an object", v)),
+                };
+                calls.push(crate::openai::ToolCall {
+                    id: id.to_string(),
+                    kind: "function".to_string(),
+                    function: FunctionCall {
+                        name: name.to_string(),
+                        arguments,
+                    },
+                });
+            }
+            // Earlier thinking is not sent back upstream (K2Think has no way to take it).
+            "thinking" | "redacted_thinking" => {}
+            "image" | "document" | "tool_result" => {
+                return Err(bad(
+                    &format!("{bat}.type"),
+                    format!("`{kind}` blocks are only allowed in user messages"),
+                ))
+            }
+            other => return Err(unsupported_block(&bat, other, "text, tool_use, thinking")),
+        }
+    }
+    let content = if !texts.is_empty() {
+        Content::Text(texts.join("\n"))
+    } else if calls.is_empty() {
+        Content::Text(String::new())
+    } else {
+        Content::None
+    };
+    Ok(Message {
+        tool_calls: calls,
+        ..message(Role::Assistant, content)
+    })
+}
+
+fn unsupported_block(at: &str, kind: &str, supported: &str) -> ApiError {
+    bad(
+        &format!("{at}.type"),
+        format!("content block type `{kind}` is not supported here (supported: {supported})"),
+    )
+}
+
+fn user_messages(at: &str, blocks: &[Value], out: &mut Vec<Message>) -> Result<(), ApiError> {
+    let mut parts: Vec<Part> = Vec::new();
+    // Images from tool results: the shared request carries tool results as text only, so
+    // they go into the user message that follows the results (before the user's own parts).
+    let mut carried: Vec<Part> = Vec::new();
+    for (j, b) in blocks.iter().enumerate() {
+        let bat = format!("{at}.content[{j}]");
+        let (obj, kind) = as_block(b, &bat)?;
+        match kind {
+            "text" => parts.push(Part::Text(req_str(obj, "text", &bat)?.to_string())),
+            "image" => parts.push(image_part(obj, &bat)?),
+            "document" => parts.push(document_part(obj, &bat)?),
+            "tool_result" => out.push(tool_result(obj, &bat, &mut carried)?),
+            "tool_use" => {
+                return Err(bad(
+                    &format!("{bat}.type"),
+                    "`tool_use` blocks are only allowed in assistant messages",
+                ))
+            }
+            other => {
+                return Err(unsupported_block(
+                    &bat,
+                    other,
+                    "text, image, document, tool_result",
+                ))
+            }
+        }
+    }
+    if !carried.is_empty() {
+        carried.append(&mut parts);
+        parts = carried;
+    } else if parts.is_empty() {
+        if !blocks.is_empty() {
+            // Only tool results: they are the whole turn.
+            return Ok(());
+        }
+        parts.push(Part::Text(String::new()));
+    }
+    let content = if parts.iter().all(|p| matches!(p, Part::Text(_))) {
+        Content::Text(Content::Parts(parts).text())
+    } else {
+        Content::Parts(parts)
+    };
+    out.push(message(Role::User, content));
+    Ok(())
+}
+
+fn source_of<'a>(obj: &'a Obj, at: &str) -> Result<(&'a Obj, &'a str, String), ApiError> {
+    let sat = format!("{at}.source");
+    let source = match obj.get("source") {
+        Some(Value::Object(s)) => s,
+        None | Some(Value::Null) => return Err(bad(&sat, "is required")),
+        Some(v) => return Err(wrong_type(&sat, "an object", v)),
+    };
+    let kind = req_str(source, "type", &sat)?;
+    Ok((source, kind, sat))
+}
+
+fn data_url(source: &Obj, sat: &str) -> Result<String, ApiError> {
+    let media = req_str(source, "media_type", sat)?;
+    let data = req_str(source, "data", sat)?;
+    Ok(format!("data:{media};base64,{data}"))
+}
+
+fn image_part(obj: &Obj, at: &str) -> Result<Part, ApiError> {
+    let (source, kind, sat) = source_of(obj, at)?;
+    let url = match kind {
+        "base64" => data_url(source, &sat)?,
+        "url" => req_str(source, "url", &sat)?.to_string(),
+        other => {
+            return Err(bad(
+                &format!("{sat}.type"),
+                format!("image source type `{other}` is not supported; use `base64` or `url`"),
+            ))
+        }
+    };
+    Ok(Part::Image { url, detail: None })
+}
+
+fn document_part(obj: &Obj, at: &str) -> Result<Part, ApiError> {
+    let title = opt_str(obj, "title", at)?;
+    let (source, kind, sat) = source_of(obj, at)?;
+    match kind {
+        "text" => {
+            let data = req_str(source, "data", &sat)?;
+            Ok(Part::Text(match title {
+                Some(t) if !t.is_empty() => format!("{t}\n\n{data}"),
+                _ => data.to_string(),
+            }))
+        }
+        "base64" => Ok(Part::File {
+            filename: title.map(str::to_string),
+            file_data: Some(data_url(source, &sat)?),
+            file_id: None,
+        }),
+        other => Err(bad(
+            &format!("{sat}.type"),
+            format!("document source type `{other}` is not supported; use `text` or `base64`"),
+        )),
+    }
+}
+
+/// A `tool_result` block → a `tool` message (text); its images go to `carried`.
+fn tool_result(obj: &Obj, at: &str, carried: &mut Vec<Part>) -> Result<Message, ApiError> {
+    let id = req_str(obj, "tool_use_id", at)?;
+    let is_error = match obj.get("is_error") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => return Err(wrong_type(&format!("{at}.is_error"), "a boolean", v)),
+    };
+    let cat = format!("{at}.content");
+    let mut text = match obj.get("content") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(blocks)) => {
+            let mut texts: Vec<&str> = Vec::new();
+            let mut images = 0usize;
+            for (k, b) in blocks.iter().enumerate() {
+                let bat = format!("{cat}[{k}]");
+                let (bobj, kind) = as_block(b, &bat)?;
+                match kind {
+                    "text" => texts.push(req_str(bobj, "text", &bat)?),
+                    "image" => {
+                        carried.push(image_part(bobj, &bat)?);
+                        images += 1;
+                    }
+                    other => {
+                        return Err(unsupported_block(
+                            &bat,
+                            other,
+                            "text, image (in tool_result)",
+                        ))
+                    }
+                }
+            }
+            let mut text = texts.join("\n");
+            if images > 0 {
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                let s = if images == 1 { "" } else { "s" };
+                text.push_str(&format!(
+                    "[{images} image{s} from this tool result attached to the next user message]"
+                ));
+            }
+            text
+        }
+        Some(v) => {
+            return Err(wrong_type(
+                &cat,
+                "a string or an array of content blocks",
+                v,
+            ))
+        }
+    };
+    if is_error {
+        text.insert_str(0, "Error: ");
+    }
+    Ok(Message {
+        tool_call_id: Some(id.to_string()),
+        ..message(Role::Tool, Content::Text(text))
+    })
+}
+
+/// Client tools → OpenAI function tools; Anthropic server tools are refused.
+fn convert_tools(v: Option<&Value>) -> Result<Option<Vec<Value>>, ApiError> {
+    let list = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(a)) => a,
+        Some(v) => return Err(wrong_type("tools", "an array", v)),
+    };
+    let mut tools = Vec::with_capacity(list.len());
+    for (i, t) in list.iter().enumerate() {
+        let at = format!("tools[{i}]");
+        let obj = t
+            .as_object()
+            .ok_or_else(|| wrong_type(&at, "a tool object", t))?;
+        match opt_str(obj, "type", &at)? {
+            None | Some("custom") => {}
+            Some(other) => {
+                return Err(bad(
+                    &format!("{at}.type"),
+                    format!(
+                        "`{other}` is an Anthropic server tool; this proxy only runs client tools (omit `type` or use \"custom\")"
+                    ),
+                ))
+            }
+        }
+        let name = req_str(obj, "name", &at)?;
+        let description = opt_str(obj, "description", &at)?;
+        let schema = match obj.get("input_schema") {
+            Some(s @ Value::Object(_)) => s.clone(),
+            None | Some(Value::Null) => {
+                return Err(bad(&format!("{at}.input_schema"), "is required"))
+            }
+            Some(v) => {
+                return Err(wrong_type(
+                    &format!("{at}.input_schema"),
+                    "a JSON schema object",
+                    v,
+                ))
+            }
+        };
+        let mut function = Map::new();
+        function.insert("name".into(), Value::String(name.to_string()));
+        if let Some(d) = description {
+            function.insert("description".into(), Value::String(d.to_string()));
+        }
+        function.insert("parameters".into(), schema);
+        tools.push(json!({"type": "function", "function": function}));
+    }
+    Ok((!tools.is_empty()).then_some(tools))
+}
+
+fn convert_tool_choice(v: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    let obj = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(o)) => o,
+        Some(v) => return Err(wrong_type("tool_choice", "an object", v)),
+    };
+    let choice = match req_str(obj, "type", "tool_choice")? {
+        "auto" => json!("auto"),
+        "any" => json!("required"),
+        "none" => json!("none"),
+        "tool" => {
+            let name = req_str(obj, "name", "tool_choice")?;
+            json!({"type": "function", "function": {"name": name}})
+        }
+        other => {
+            return Err(bad(
+                "tool_choice.type",
+                format!("must be \"auto\", \"any\", \"tool\" or \"none\", got \"{other}\""),
+            ))
+        }
+    };
+    Ok(Some(choice))
+}
+
+// ---------------------------------------------------------------------------------------
+// Ids, errors, token estimates
+// ---------------------------------------------------------------------------------------
+
+/// `msg_` + 24 ASCII letters and digits.
+pub fn new_message_id() -> String {
+    let s: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect();
+    format!("msg_{s}")
+}
+
+/// Anthropic's error `type` for an HTTP status.
+fn error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        // `timeout_error` is in the SDKs' error types (GatewayTimeoutError).
+        504 => "timeout_error",
+        500..=599 => "api_error",
+        // Anthropic: "we may also use this error type for other 4XX status codes".
+        _ => "invalid_request_error",
+    }
+}
+
+/// Anthropic's error body: `{"type":"error","error":{"type":…,"message":…}}`, the type
+/// chosen from the status.
+pub fn error_body(err: &ApiError) -> Vec<u8> {
+    let v = json!({
+        "type": "error",
+        "error": {"type": error_type(err.status), "message": err.message},
+    });
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// Upstream `prompt_tokens` when it reported a non-zero one (a usage object without the
+/// field reads as 0), else our estimate.
+fn input_tokens_of(usage: Option<&Usage>, estimate: u64) -> u64 {
+    usage
+        .map(|u| u.prompt_tokens)
+        .filter(|&n| n > 0)
+        .unwrap_or(estimate)
+}
+
+/// Upstream `completion_tokens` when non-zero, else our estimate.
+fn output_tokens_of(usage: Option<&Usage>, estimate: u64) -> u64 {
+    usage
+        .map(|u| u.completion_tokens)
+        .filter(|&n| n > 0)
+        .unwrap_or(estimate)
+}
+
+/// OpenAI `finish_reason` → Anthropic `stop_reason`.
+fn stop_reason(finish_reason: &str) -> &'static str {
+    match finish_reason {
+        "tool_calls" => "tool_use",
+        "length" => "max_tokens",
+        _ => "end_turn",
+    }
+}
+
+/// A tool call's arguments as the `input` object (the tool emulation always produces a
+/// serialized JSON object; anything else becomes `{}`).
+fn tool_input(arguments: &str) -> Value {
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => Value::Object(Map::new()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Non-stream message
+// ---------------------------------------------------------------------------------------
+
+/// The non-stream answer: a `message` object.
+///
+/// `output_tokens`, when estimated, counts the reasoning even in [`ReasoningMode::Drop`]:
+/// the model generated it (Anthropic counts hidden thinking as output too).
+pub fn message_json(
+    result: &CompletionResult,
+    id: &str,
+    model: &str,
+    reasoning: ReasoningMode,
+    input_tokens: u64,
+) -> Vec<u8> {
+    let mut content = Vec::new();
+    if !result.reasoning.is_empty() && reasoning != ReasoningMode::Drop {
+        // Inline is treated like Field: Anthropic has a native thinking block.
+        content.push(json!({"type": "thinking", "thinking": result.reasoning, "signature": ""}));
+    }
+    if !result.content.is_empty() || (content.is_empty() && result.tool_calls.is_empty()) {
+        content.push(json!({"type": "text", "text": result.content}));
+    }
+    let mut estimate = Estimate::default();
+    estimate.add(&result.reasoning);
+    estimate.add(&result.content);
+    for c in &result.tool_calls {
+        estimate.add(&c.name);
+        estimate.add(&c.arguments);
+        content.push(json!({
+            "type": "tool_use",
+            "id": c.id,
+            "name": c.name,
+            "input": tool_input(&c.arguments),
+        }));
+    }
+    let usage = result.usage.as_ref();
+    let v = json!({
+        "id": id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason(&result.finish_reason),
+        "stop_sequence": null,
+        "usage": {
+            "input_tokens": input_tokens_of(usage, input_tokens),
+            "output_tokens": output_tokens_of(usage, estimate.tokens()),
+        },
+    });
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------
+// Stream encoder
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Thinking,
+    Text,
+}
+
+/// Stream events: `message_start`, `content_block_start/delta/stop` (`thinking`, `text`,
+/// `tool_use`), `message_delta` with `stop_reason` and usage, `message_stop`; `error` on
+/// a failure.
+///
+/// Thinking blocks start with `"signature":""` and get no `signature_delta`: K2Think has no
+/// signature to give, an empty `signature_delta` would carry nothing, and the Anthropic
+/// SDKs build the block from `content_block_start` (the signature stays `""`). Thinking
+/// blocks sent back in a later request are dropped by [`parse_request`], so the empty
+/// signature is never checked.
+#[derive(Debug)]
+pub struct MessagesEncoder {
+    started: bool,
+    id: String,
+    model: String,
+    reasoning: ReasoningMode,
+    input_tokens: u64,
+    /// Index of the next block.
+    next: usize,
+    /// The block open at index `next - 1`.
+    open: Option<Block>,
+    /// Characters generated (for the `output_tokens` estimate).
+    estimate: Estimate,
+    /// `finish` or `error` was written: nothing more.
+    ended: bool,
+}
+
+impl MessagesEncoder {
+    pub fn new(id: &str, model: &str, reasoning: ReasoningMode, input_tokens: u64) -> Self {
+        MessagesEncoder {
+            started: false,
+            id: id.to_string(),
+            model: model.to_string(),
+            reasoning,
+            input_tokens,
+            next: 0,
+            open: None,
+            estimate: Estimate::default(),
+            ended: false,
+        }
+    }
+
+    /// Stop the open `thinking` / `text` block, if any.
+    fn close(&mut self, out: &mut Vec<u8>) {
+        if self.open.take().is_some() {
+            stop_block(self.next - 1, out);
+        }
+    }
+
+    /// Close the open block and start a new one; returns its index.
+    fn start_block(&mut self, block: &[u8], out: &mut Vec<u8>) -> usize {
+        self.close(out);
+        let i = self.next;
+        self.next += 1;
+        event(out, "content_block_start", |o| {
+            o.extend_from_slice(b"{\"type\":\"content_block_start\",\"index\":");
+            write_u64(o, i as u64);
+            o.extend_from_slice(b",\"content_block\":");
+            o.extend_from_slice(block);
+            o.push(b'}');
+        });
+        i
+    }
+
+    /// A text-like delta into a `thinking` or `text` block (opened when needed).
+    fn text_delta(&mut self, kind: Block, text: &str, out: &mut Vec<u8>) {
+        if self.open != Some(kind) {
+            let block: &[u8] = match kind {
+                Block::Thinking => b"{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":\"\"}",
+                Block::Text => b"{\"type\":\"text\",\"text\":\"\"}",
+            };
+            self.start_block(block, out);
+            self.open = Some(kind);
+            self.started = true;
+        }
+        let (delta, field): (&[u8], &[u8]) = match kind {
+            Block::Thinking => (b"thinking_delta", b"thinking"),
+            Block::Text => (b"text_delta", b"text"),
+        };
+        let i = self.next - 1;
+        event(out, "content_block_delta", |o| {
+            o.extend_from_slice(b"{\"type\":\"content_block_delta\",\"index\":");
+            write_u64(o, i as u64);
+            o.extend_from_slice(b",\"delta\":{\"type\":\"");
+            o.extend_from_slice(delta);
+            o.extend_from_slice(b"\",\"");
+            o.extend_from_slice(field);
+            o.extend_from_slice(b"\":");
+            write_json_str(o, text);
+            o.extend_from_slice(b"}}");
+        });
+    }
+}
+
+fn stop_block(index: usize, out: &mut Vec<u8>) {
+    event(out, "content_block_stop", |o| {
+        o.extend_from_slice(b"{\"type\":\"content_block_stop\",\"index\":");
+        write_u64(o, index as u64);
+        o.push(b'}');
+    });
+}
+
+/// `event: <name>\ndata: <json>\n\n`.
+fn event(out: &mut Vec<u8>, name: &str, data: impl FnOnce(&mut Vec<u8>)) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    data(out);
+    out.extend_from_slice(b"\n\n");
+}
+
+fn event_json(out: &mut Vec<u8>, name: &str, v: &Value) {
+    event(out, name, |o| {
+        // Writing a `Value` into a Vec cannot fail.
+        let _ = serde_json::to_writer(o, v);
+    });
+}
+
+impl Encoder for MessagesEncoder {
+    /// `message_start` (empty content, `input_tokens`) and a `ping`, as Anthropic sends.
+    fn start(&mut self, out: &mut Vec<u8>) {
+        let v = json!({
+            "type": "message_start",
+            "message": {
+                "id": self.id,
+                "type": "message",
+                "role": "assistant",
+                "model": self.model,
+                "content": [],
+                "stop_reason": null,
+                "stop_sequence": null,
+                "usage": {"input_tokens": self.input_tokens, "output_tokens": 0},
+            },
+        });
+        event_json(out, "message_start", &v);
+        event(out, "ping", |o| o.extend_from_slice(b"{\"type\":\"ping\"}"));
+    }
+
+    fn reasoning(&mut self, text: &str, out: &mut Vec<u8>) {
+        if text.is_empty() || self.ended {
+            return;
+        }
+        self.estimate.add(text);
+        if self.reasoning == ReasoningMode::Drop {
+            return;
+        }
+        self.text_delta(Block::Thinking, text, out);
+    }
+
+    fn content(&mut self, text: &str, out: &mut Vec<u8>) {
+        if text.is_empty() || self.ended {
+            return;
+        }
+        self.estimate.add(text);
+        self.text_delta(Block::Text, text, out);
+    }
+
+    /// A whole `tool_use` block: start (empty `input`), one `input_json_delta` with the
+    /// arguments, stop.
+    fn tool_call(&mut self, _index: usize, call: &ToolCall, out: &mut Vec<u8>) {
+        if self.ended {
+            return;
+        }
+        self.estimate.add(&call.name);
+        self.estimate.add(&call.arguments);
+        let block = json!({"type": "tool_use", "id": call.id, "name": call.name, "input": {}});
+        let block = serde_json::to_vec(&block).unwrap_or_default();
+        let i = self.start_block(&block, out);
+        self.started = true;
+        if !call.arguments.is_empty() {
+            event(out, "content_block_delta", |o| {
+                o.extend_from_slice(b"{\"type\":\"content_block_delta\",\"index\":");
+                write_u64(o, i as u64);
+                o.extend_from_slice(b",\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":");
+                write_json_str(o, &call.arguments);
+                o.extend_from_slice(b"}}");
+            });
+        }
+        stop_block(i, out);
+    }
+
+    fn finish(&mut self, finish_reason: &str, usage: Option<&Usage>, out: &mut Vec<u8>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        if self.next == 0 {
+            // A message always has content: one empty text block.
+            self.start_block(b"{\"type\":\"text\",\"text\":\"\"}", out);
+            self.open = Some(Block::Text);
+        }
+        self.close(out);
+        let mut u = Map::new();
+        if let Some(n) = usage.map(|u| u.prompt_tokens).filter(|&n| n > 0) {
+            u.insert("input_tokens".into(), n.into());
+        }
+        u.insert(
+            "output_tokens".into(),
+            output_tokens_of(usage, self.estimate.tokens()).into(),
+        );
+        let v = json!({
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason(finish_reason), "stop_sequence": null},
+            "usage": u,
+        });
+        event_json(out, "message_delta", &v);
+        event(out, "message_stop", |o| {
+            o.extend_from_slice(b"{\"type\":\"message_stop\"}")
+        });
+    }
+
+    /// `event: error` and nothing after it (no `message_stop`: the message is incomplete).
+    fn error(&mut self, code: &str, message: &str, out: &mut Vec<u8>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        let kind = match code {
+            "upstream_timeout" | "request_timeout" => "timeout_error",
+            _ => "api_error",
+        };
+        let v = json!({"type": "error", "error": {"type": kind, "message": message}});
+        event_json(out, "error", &v);
+    }
+
+    fn output_started(&self) -> bool {
+        self.started
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sse::SseDecoder;
+
+    fn parse(v: Value) -> ChatRequest {
+        parse_request(v.to_string().as_bytes(), false).expect("valid request")
+    }
+
+    fn err(v: Value) -> ApiError {
+        parse_request(v.to_string().as_bytes(), false).expect_err("invalid request")
+    }
+
+    /// A minimal valid request with `messages` replaced.
+    fn with_messages(messages: Value) -> Value {
+        json!({"model": "m", "max_tokens": 10, "messages": messages})
+    }
+
+    fn user(content: Value) -> Value {
+        with_messages(json!([{"role": "user", "content": content}]))
+    }
+
+    fn text_of(m: &Message) -> &str {
+        match &m.content {
+            Content::Text(t) => t,
+            other => panic!("expected text content, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn basic_fields_and_system_string() {
+        let r = parse(json!({
+            "model": "K2-Think", "max_tokens": 1024, "stream": true, "temperature": 0.5,
+            "top_p": 0.9, "top_k": 5, "metadata": {"user_id": "u"}, "thinking": {"type": "enabled"},
+            "service_tier": "auto", "unknown": [1],
+            "stop_sequences": ["END", "STOP"],
+            "system": "be brief",
+            "messages": [{"role": "user", "content": "hi"}],
+        }));
+        assert_eq!(r.model, "K2-Think");
+        assert_eq!(r.max_tokens, Some(1024));
+        assert!(r.stream);
+        assert_eq!(r.temperature, Some(0.5));
+        assert_eq!(r.top_p, Some(0.9));
+        assert_eq!(r.stop, Some(Stop::Many(vec!["END".into(), "STOP".into()])));
+        assert_eq!(r.stream_options, None);
+        assert_eq!((r.max_completion_tokens, r.n, r.seed), (None, None, None));
+        assert_eq!((r.tools.clone(), r.tool_choice.clone()), (None, None));
+        assert_eq!(r.messages.len(), 2);
+        assert_eq!(r.messages[0].role, Role::System);
+        assert_eq!(text_of(&r.messages[0]), "be brief");
+        assert_eq!(r.messages[1].role, Role::User);
+        assert_eq!(text_of(&r.messages[1]), "hi");
+        let r = parse(with_messages(json!([{"role": "user", "content": "x"}])));
+        assert!(!r.stream);
+        assert_eq!(r.messages.len(), 1);
+    }
+
+    #[test]
+    fn system_blocks_are_joined() {
+        let r = parse(json!({
+            "model": "m", "max_tokens": 1,
+            "system": [
+                {"type": "text", "text": "one", "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "two"}
+            ],
+            "messages": [{"role": "user", "content": "q"}],
+        }));
+        assert_eq!(r.messages[0].role, Role::System);
+        assert_eq!(text_of(&r.messages[0]), "one\ntwo");
+        // An empty system adds no message.
+        let r = parse(json!({"model": "m", "max_tokens": 1, "system": [],
+            "messages": [{"role": "user", "content": "q"}]}));
+        assert_eq!(r.messages.len(), 1);
+    }
+
+    #[test]
+    fn multi_turn() {
+        let r = parse(with_messages(json!([
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+                {"type": "redacted_thinking", "data": "xx"},
+                {"type": "text", "text": "b1"},
+                {"type": "text", "text": "b2"}
+            ]},
+            {"role": "user", "content": [{"type": "text", "text": "c1"}, {"type": "text", "text": "c2"}]},
+        ])));
+        let roles: Vec<Role> = r.messages.iter().map(|m| m.role).collect();
+        assert_eq!(roles, [Role::User, Role::Assistant, Role::User]);
+        assert_eq!(text_of(&r.messages[1]), "b1\nb2");
+        assert!(r.messages[1].tool_calls.is_empty());
+        assert_eq!(text_of(&r.messages[2]), "c1\nc2");
+    }
+
+    #[test]
+    fn images_base64_and_url() {
+        let r = parse(user(json!([
+            {"type": "text", "text": "what is this?"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}},
+            {"type": "image", "source": {"type": "url", "url": "https://x.test/a.jpg"}},
+        ])));
+        assert_eq!(
+            r.messages[0].content,
+            Content::Parts(vec![
+                Part::Text("what is this?".into()),
+                Part::Image {
+                    url: "data:image/png;base64,iVBO".into(),
+                    detail: None
+                },
+                Part::Image {
+                    url: "https://x.test/a.jpg".into(),
+                    detail: None
+                },
+            ])
+        );
+    }
+
+    #[test]
+    fn documents() {
+        let r = parse(user(json!([
+            {"type": "document", "title": "notes.txt", "source": {"type": "text", "media_type": "text/plain", "data": "hello"}},
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "bare"}},
+        ])));
+        assert_eq!(text_of(&r.messages[0]), "notes.txt\n\nhello\nbare");
+        let r = parse(user(json!([
+            {"type": "document", "title": "a.pdf", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}},
+            {"type": "text", "text": "summarize"},
+        ])));
+        assert_eq!(
+            r.messages[0].content,
+            Content::Parts(vec![
+                Part::File {
+                    filename: Some("a.pdf".into()),
+                    file_data: Some("data:application/pdf;base64,JVBE".into()),
+                    file_id: None,
+                },
+                Part::Text("summarize".into()),
+            ])
+        );
+    }
+
+    #[test]
+    fn tool_use_and_tool_result() {
+        let r = parse(with_messages(json!([
+            {"role": "user", "content": "weather in Paris and Rome?"},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+                {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {"city": "Rome"}}
+            ]},
+            {"role": "user", "content": [
+                {"type": "text", "text": "and be quick"},
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C"},
+                {"type": "tool_result", "tool_use_id": "toolu_2", "is_error": true,
+                 "content": [{"type": "text", "text": "service"}, {"type": "text", "text": "down"}]}
+            ]},
+        ])));
+        let roles: Vec<Role> = r.messages.iter().map(|m| m.role).collect();
+        assert_eq!(
+            roles,
+            [
+                Role::User,
+                Role::Assistant,
+                Role::Tool,
+                Role::Tool,
+                Role::User
+            ]
+        );
+        let a = &r.messages[1];
+        assert_eq!(text_of(a), "Checking.");
+        assert_eq!(a.tool_calls.len(), 2);
+        assert_eq!(a.tool_calls[0].id, "toolu_1");
+        assert_eq!(a.tool_calls[0].kind, "function");
+        assert_eq!(a.tool_calls[0].function.name, "get_weather");
+        let args: Value = serde_json::from_str(&a.tool_calls[1].function.arguments).expect("json");
+        assert_eq!(args, json!({"city": "Rome"}));
+        assert_eq!(r.messages[2].tool_call_id.as_deref(), Some("toolu_1"));
+        assert_eq!(text_of(&r.messages[2]), "18C");
+        assert_eq!(r.messages[3].tool_call_id.as_deref(), Some("toolu_2"));
+        assert_eq!(text_of(&r.messages[3]), "Error: service\ndown");
+        assert_eq!(text_of(&r.messages[4]), "and be quick");
+
+        // Tool calls only: content is null; tool results only: no trailing user message.
+        let r = parse(with_messages(json!([
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t"}]},
+        ])));
+        assert_eq!(r.messages.len(), 3);
+        assert_eq!(r.messages[1].content, Content::None);
+        assert_eq!(r.messages[1].tool_calls[0].function.arguments, "{}");
+        assert_eq!(r.messages[2].role, Role::Tool);
+        assert_eq!(text_of(&r.messages[2]), "");
+    }
+
+    #[test]
+    fn tool_result_images_move_to_the_next_user_message() {
+        let r = parse(with_messages(json!([
+            {"role": "user", "content": "screenshot"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "shot", "input": {}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t", "content": [
+                    {"type": "text", "text": "here"},
+                    {"type": "image", "source": {"type": "url", "url": "https://x.test/s.png"}}
+                ]},
+                {"type": "text", "text": "what do you see?"}
+            ]},
+        ])));
+        assert_eq!(r.messages.len(), 4);
+        assert_eq!(r.messages[2].role, Role::Tool);
+        assert_eq!(
+            text_of(&r.messages[2]),
+            "here\n[1 image from this tool result attached to the next user message]"
+        );
+        assert_eq!(r.messages[3].role, Role::User);
+        assert_eq!(
+            r.messages[3].content,
+            Content::Parts(vec![
+                Part::Image {
+                    url: "https://x.test/s.png".into(),
+                    detail: None
+                },
+                Part::Text("what do you see?".into()),
+            ])
+        );
+    }
+
+    #[test]
+    fn tools_and_tool_choice() {
+        let base = |choice: Value| {
+            json!({
+                "model": "m", "max_tokens": 5,
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [
+                    {"name": "get_weather", "description": "Weather", "input_schema":
+                        {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+                     "cache_control": {"type": "ephemeral"}},
+                    {"type": "custom", "name": "noop", "input_schema": {"type": "object"}}
+                ],
+                "tool_choice": choice,
+            })
+        };
+        let r = parse(base(Value::Null));
+        let tools = r.tools.expect("tools");
+        assert_eq!(
+            tools[0],
+            json!({"type": "function", "function": {"name": "get_weather", "description": "Weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}})
+        );
+        assert_eq!(
+            tools[1],
+            json!({"type": "function", "function": {"name": "noop", "parameters": {"type": "object"}}})
+        );
+        assert_eq!(r.tool_choice, None);
+        let cases = [
+            (json!({"type": "auto"}), json!("auto")),
+            (
+                json!({"type": "any", "disable_parallel_tool_use": true}),
+                json!("required"),
+            ),
+            (json!({"type": "none"}), json!("none")),
+            (
+                json!({"type": "tool", "name": "noop"}),
+                json!({"type": "function", "function": {"name": "noop"}}),
+            ),
+        ];
+        for (given, want) in cases {
+            assert_eq!(parse(base(given)).tool_choice, Some(want));
+        }
+        // The converted tools are accepted by the shared tool emulation.
+        let r = parse(base(json!({"type": "tool", "name": "noop"})));
+        let set = crate::transform::tools::ToolSet::from_request(
+            r.tools.as_deref(),
+            r.tool_choice.as_ref(),
+        )
+        .expect("tool set");
+        assert!(set.is_some());
+    }
+
+    #[test]
+    fn server_tools_are_refused() {
+        for kind in [
+            "web_search_20250305",
+            "bash_20250124",
+            "text_editor_20250728",
+        ] {
+            let e = err(json!({
+                "model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"name": "ok", "input_schema": {"type": "object"}}, {"type": kind, "name": "web_search"}],
+            }));
+            assert_eq!(e.status, 400);
+            assert_eq!(e.param.as_deref(), Some("tools[1].type"));
+            assert!(e.message.contains(kind), "{}", e.message);
+            assert!(
+                e.message
+                    .contains("is an Anthropic server tool; this proxy only runs client tools"),
+                "{}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn count_tokens_needs_no_max_tokens() {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+        let r = parse_request(body.to_string().as_bytes(), true).expect("count_tokens body");
+        assert_eq!(r.max_tokens, None);
+        let e = parse_request(body.to_string().as_bytes(), false).expect_err("needs max_tokens");
+        assert_eq!(e.param.as_deref(), Some("max_tokens"));
+    }
+
+    #[test]
+    fn errors_name_the_param() {
+        let raw = |b: &[u8]| parse_request(b, false).expect_err("invalid");
+        assert_eq!(raw(b"").param, None);
+        assert!(raw(b"  ").message.contains("empty"));
+        assert!(raw(b"[1]").message.contains("JSON object"));
+        assert!(raw(b"{\"model\":").message.contains("not valid JSON"));
+
+        let m = || json!([{"role": "user", "content": "x"}]);
+        let cases: Vec<(Value, &str)> = vec![
+            (json!({"max_tokens": 1, "messages": m()}), "model"),
+            (
+                json!({"model": 3, "max_tokens": 1, "messages": m()}),
+                "model",
+            ),
+            (
+                json!({"model": " ", "max_tokens": 1, "messages": m()}),
+                "model",
+            ),
+            (json!({"model": "m", "messages": m()}), "max_tokens"),
+            (
+                json!({"model": "m", "max_tokens": 0, "messages": m()}),
+                "max_tokens",
+            ),
+            (
+                json!({"model": "m", "max_tokens": -3, "messages": m()}),
+                "max_tokens",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1.5, "messages": m()}),
+                "max_tokens",
+            ),
+            (json!({"model": "m", "max_tokens": 1}), "messages"),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": []}),
+                "messages",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": "hi"}),
+                "messages",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": m(), "stream": "yes"}),
+                "stream",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": m(), "temperature": 1.5}),
+                "temperature",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": m(), "top_p": "x"}),
+                "top_p",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": m(), "stop_sequences": "x"}),
+                "stop_sequences",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": m(), "stop_sequences": ["a", 1]}),
+                "stop_sequences[1]",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": m(), "system": 5}),
+                "system",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": m(), "system": [{"type": "image"}]}),
+                "system[0].type",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": m(), "system": [{"type": "text"}]}),
+                "system[0].text",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": m(), "tools": {}}),
+                "tools",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": m(), "tools": [{"input_schema": {}}]}),
+                "tools[0].name",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": m(), "tools": [{"name": "f"}]}),
+                "tools[0].input_schema",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": m(), "tools": [{"name": "f", "input_schema": 1}]}),
+                "tools[0].input_schema",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": m(), "tools": [{"name": "f", "description": 2, "input_schema": {}}]}),
+                "tools[0].description",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": m(), "tool_choice": "auto"}),
+                "tool_choice",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": m(), "tool_choice": {}}),
+                "tool_choice.type",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": m(), "tool_choice": {"type": "some"}}),
+                "tool_choice.type",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 1, "messages": m(), "tool_choice": {"type": "tool"}}),
+                "tool_choice.name",
+            ),
+        ];
+        for (body, param) in cases {
+            let e = err(body.clone());
+            assert_eq!(e.status, 400, "{body}");
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+            assert!(e.message.starts_with(param), "{}", e.message);
+        }
+
+        let msgs: Vec<(Value, &str)> = vec![
+            (json!(["x"]), "messages[0]"),
+            (json!([{"content": "x"}]), "messages[0].role"),
+            (
+                json!([{"role": "system", "content": "x"}]),
+                "messages[0].role",
+            ),
+            (json!([{"role": "user"}]), "messages[0].content"),
+            (
+                json!([{"role": "user", "content": 1}]),
+                "messages[0].content",
+            ),
+            (
+                json!([{"role": "user", "content": "a"}, {"role": "user", "content": [1]}]),
+                "messages[1].content[0]",
+            ),
+            (
+                json!([{"role": "user", "content": [{"text": "a"}]}]),
+                "messages[0].content[0].type",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "text"}]}]),
+                "messages[0].content[0].text",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "audio"}]}]),
+                "messages[0].content[0].type",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "tool_use", "id": "a", "name": "b", "input": {}}]}]),
+                "messages[0].content[0].type",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image"}]}]),
+                "messages[0].content[1].source",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "image", "source": "x"}]}]),
+                "messages[0].content[0].source",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}]}]),
+                "messages[0].content[0].source.type",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "data": "x"}}]}]),
+                "messages[0].content[0].source.media_type",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png"}}]}]),
+                "messages[0].content[0].source.data",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "image", "source": {"type": "url"}}]}]),
+                "messages[0].content[0].source.url",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "document", "source": {"type": "url", "url": "https://x"}}]}]),
+                "messages[0].content[0].source.type",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "document", "title": 3, "source": {"type": "text", "data": "x"}}]}]),
+                "messages[0].content[0].title",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "document", "source": {"type": "text"}}]}]),
+                "messages[0].content[0].source.data",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "tool_result", "content": "x"}]}]),
+                "messages[0].content[0].tool_use_id",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "is_error": "yes"}]}]),
+                "messages[0].content[0].is_error",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": 5}]}]),
+                "messages[0].content[0].content",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "document", "source": {}}]}]}]),
+                "messages[0].content[0].content[0].type",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": {"type": "x"}}]}]}]),
+                "messages[0].content[0].content[0].source.type",
+            ),
+            (
+                json!([{"role": "user", "content": "q"}, {"role": "assistant", "content": [{"type": "tool_use", "name": "f", "input": {}}]}]),
+                "messages[1].content[0].id",
+            ),
+            (
+                json!([{"role": "user", "content": "q"}, {"role": "assistant", "content": [{"type": "tool_use", "id": "i", "input": {}}]}]),
+                "messages[1].content[0].name",
+            ),
+            (
+                json!([{"role": "user", "content": "q"}, {"role": "assistant", "content": [{"type": "tool_use", "id": "i", "name": "f", "input": "x"}]}]),
+                "messages[1].content[0].input",
+            ),
+            (
+                json!([{"role": "user", "content": "q"}, {"role": "assistant", "content": [{"type": "image", "source": {}}]}]),
+                "messages[1].content[0].type",
+            ),
+            (
+                json!([{"role": "user", "content": "q"}, {"role": "assistant", "content": [{"type": "tool_result", "tool_use_id": "t"}]}]),
+                "messages[1].content[0].type",
+            ),
+            (
+                json!([{"role": "user", "content": "q"}, {"role": "assistant", "content": [{"type": "server_tool_use"}]}]),
+                "messages[1].content[0].type",
+            ),
+        ];
+        for (messages, param) in msgs {
+            let e = err(with_messages(messages.clone()));
+            assert_eq!(e.status, 400, "{messages}");
+            assert_eq!(e.param.as_deref(), Some(param), "{messages}: {}", e.message);
+            assert!(e.message.starts_with(param), "{}", e.message);
+        }
+        // Unsupported block types are named.
+        let e = err(user(json!([{"type": "search_result"}])));
+        assert!(e.message.contains("`search_result`"), "{}", e.message);
+    }
+
+    #[test]
+    fn message_ids() {
+        let a = new_message_id();
+        let b = new_message_id();
+        assert_ne!(a, b);
+        let tail = a.strip_prefix("msg_").expect("prefix");
+        assert_eq!(tail.len(), 24);
+        assert!(tail.bytes().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn error_bodies() {
+        let cases = [
+            (400, "invalid_request_error"),
+            (401, "authentication_error"),
+            (403, "permission_error"),
+            (404, "not_found_error"),
+            (408, "invalid_request_error"),
+            (413, "request_too_large"),
+            (422, "invalid_request_error"),
+            (429, "rate_limit_error"),
+            (500, "api_error"),
+            (502, "api_error"),
+            (503, "overloaded_error"),
+            (504, "timeout_error"),
+        ];
+        for (status, kind) in cases {
+            let e = ApiError::new(status, "x", "y", format!("boom \"{status}\""));
+            let v: Value = serde_json::from_slice(&error_body(&e)).expect("json");
+            assert_eq!(
+                v,
+                json!({"type": "error", "error": {"type": kind, "message": format!("boom \"{status}\"")}}),
+                "{status}"
+            );
+        }
+        let v: Value =
+            serde_json::from_slice(&error_body(&ApiError::invalid("bad", Some("model".into()))))
+                .expect("json");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+    }
+
+    fn result(
+        reasoning: &str,
+        content: &str,
+        finish: &str,
+        calls: Vec<ToolCall>,
+    ) -> CompletionResult {
+        CompletionResult {
+            reasoning: reasoning.into(),
+            content: content.into(),
+            finish_reason: finish.into(),
+            usage: None,
+            tool_calls: calls,
+        }
+    }
+
+    fn call(id: &str, name: &str, args: &str) -> ToolCall {
+        ToolCall {
+            id: id.into(),
+            name: name.into(),
+            arguments: args.into(),
+        }
+    }
+
+    fn msg(r: &CompletionResult, mode: ReasoningMode) -> Value {
+        serde_json::from_slice(&message_json(r, "msg_1", "K2", mode, 7)).expect("json")
+    }
+
+    #[test]
+    fn message_plain() {
+        let v = msg(
+            &result("", "Hello \"you\"", "stop", vec![]),
+            ReasoningMode::Field,
+        );
+        assert_eq!(
+            v,
+            json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "K2",
+                "content": [{"type": "text", "text": "Hello \"you\""}],
+                "stop_reason": "end_turn", "stop_sequence": null,
+                "usage": {"input_tokens": 7, "output_tokens": 3}})
+        );
+        let v = msg(&result("", "cut", "length", vec![]), ReasoningMode::Field);
+        assert_eq!(v["stop_reason"], "max_tokens");
+        let v = msg(&result("", "", "stop", vec![]), ReasoningMode::Field);
+        assert_eq!(v["content"], json!([{"type": "text", "text": ""}]));
+        assert_eq!(v["usage"]["output_tokens"], 0);
+        let v = msg(
+            &result("", "x", "content_filter", vec![]),
+            ReasoningMode::Field,
+        );
+        assert_eq!(v["stop_reason"], "end_turn");
+    }
+
+    #[test]
+    fn message_reasoning_and_usage() {
+        let mut r = result("think", "answer", "stop", vec![]);
+        for mode in [ReasoningMode::Field, ReasoningMode::Inline] {
+            let v = msg(&r, mode);
+            assert_eq!(
+                v["content"],
+                json!([{"type": "thinking", "thinking": "think", "signature": ""},
+                       {"type": "text", "text": "answer"}])
+            );
+            assert_eq!(v["usage"], json!({"input_tokens": 7, "output_tokens": 3}));
+        }
+        r.usage = Some(Usage {
+            prompt_tokens: 100,
+            completion_tokens: 42,
+            total_tokens: 142,
+            completion_tokens_details: None,
+        });
+        let v = msg(&r, ReasoningMode::Field);
+        assert_eq!(
+            v["usage"],
+            json!({"input_tokens": 100, "output_tokens": 42})
+        );
+    }
+
+    #[test]
+    fn message_drop_mode() {
+        let v = msg(
+            &result("secret", "answer", "stop", vec![]),
+            ReasoningMode::Drop,
+        );
+        assert_eq!(v["content"], json!([{"type": "text", "text": "answer"}]));
+        // Reasoning only, dropped: still one (empty) text block.
+        let v = msg(&result("secret", "", "stop", vec![]), ReasoningMode::Drop);
+        assert_eq!(v["content"], json!([{"type": "text", "text": ""}]));
+    }
+
+    #[test]
+    fn message_tool_calls() {
+        let r = result(
+            "plan",
+            "",
+            "tool_calls",
+            vec![
+                call("call_a", "get_weather", "{\"city\":\"Paris\"}"),
+                call("call_b", "noop", ""),
+            ],
+        );
+        let v = msg(&r, ReasoningMode::Field);
+        assert_eq!(v["stop_reason"], "tool_use");
+        assert_eq!(
+            v["content"],
+            json!([
+                {"type": "thinking", "thinking": "plan", "signature": ""},
+                {"type": "tool_use", "id": "call_a", "name": "get_weather", "input": {"city": "Paris"}},
+                {"type": "tool_use", "id": "call_b", "name": "noop", "input": {}}
+            ])
+        );
+        let r = result(
+            "",
+            "Let me check.",
+            "tool_calls",
+            vec![call("c", "f", "{}")],
+        );
+        let v = msg(&r, ReasoningMode::Drop);
+        assert_eq!(
+            v["content"][0],
+            json!({"type": "text", "text": "Let me check."})
+        );
+        assert_eq!(v["content"][1]["type"], "tool_use");
+    }
+
+    /// The stream as (event name, JSON data), through the crate's SSE decoder; checks that
+    /// every event has a JSON `data` whose `type` is the event name.
+    fn events(out: &[u8]) -> Vec<(String, Value)> {
+        let mut d = SseDecoder::new();
+        let mut evs = Vec::new();
+        d.push(out, |e| {
+            let v: Value = serde_json::from_slice(e.data).expect("data is JSON");
+            evs.push((e.event.to_string(), v));
+        })
+        .expect("sse");
+        d.finish(|_| panic!("trailing event")).expect("sse");
+        for (name, v) in &evs {
+            assert!(!name.is_empty(), "every event is named");
+            assert_eq!(v["type"], name.as_str());
+        }
+        evs
+    }
+
+    fn names(evs: &[(String, Value)]) -> Vec<&str> {
+        evs.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    #[test]
+    fn stream_full_sequence() {
+        let mut e = MessagesEncoder::new("msg_x", "K2-Think", ReasoningMode::Field, 11);
+        let mut out = Vec::new();
+        e.start(&mut out);
+        assert!(!e.output_started());
+        e.reasoning("", &mut out);
+        e.reasoning("Let me", &mut out);
+        assert!(e.output_started());
+        e.reasoning(" think", &mut out);
+        e.content("", &mut out);
+        e.content("It is \"sunny\"\n", &mut out);
+        e.tool_call(
+            0,
+            &call("call_1", "get_weather", "{\"city\":\"Paris\"}"),
+            &mut out,
+        );
+        e.tool_call(1, &call("call_2", "noop", ""), &mut out);
+        e.finish("tool_calls", None, &mut out);
+        // Nothing after the end.
+        e.content("late", &mut out);
+        e.error("upstream_stream_error", "late", &mut out);
+        let evs = events(&out);
+        let data: Vec<&Value> = evs.iter().map(|(_, v)| v).collect();
+        assert_eq!(
+            names(&evs),
+            [
+                "message_start",
+                "ping",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_stop",
+                "message_delta",
+                "message_stop",
+            ]
+        );
+        assert_eq!(
+            *data[0],
+            json!({"type": "message_start", "message": {"id": "msg_x", "type": "message",
+                "role": "assistant", "model": "K2-Think", "content": [], "stop_reason": null,
+                "stop_sequence": null, "usage": {"input_tokens": 11, "output_tokens": 0}}})
+        );
+        assert_eq!(*data[1], json!({"type": "ping"}));
+        assert_eq!(
+            *data[2],
+            json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "thinking", "thinking": "", "signature": ""}})
+        );
+        assert_eq!(
+            *data[3],
+            json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "thinking_delta", "thinking": "Let me"}})
+        );
+        assert_eq!(data[4]["delta"]["thinking"], " think");
+        assert_eq!(*data[5], json!({"type": "content_block_stop", "index": 0}));
+        assert_eq!(
+            *data[6],
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}})
+        );
+        assert_eq!(
+            *data[7],
+            json!({"type": "content_block_delta", "index": 1,
+                "delta": {"type": "text_delta", "text": "It is \"sunny\"\n"}})
+        );
+        assert_eq!(*data[8], json!({"type": "content_block_stop", "index": 1}));
+        assert_eq!(
+            *data[9],
+            json!({"type": "content_block_start", "index": 2, "content_block":
+                {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {}}})
+        );
+        assert_eq!(
+            *data[10],
+            json!({"type": "content_block_delta", "index": 2,
+                "delta": {"type": "input_json_delta", "partial_json": "{\"city\":\"Paris\"}"}})
+        );
+        assert_eq!(*data[11], json!({"type": "content_block_stop", "index": 2}));
+        // Empty arguments: no empty delta.
+        assert_eq!(data[12]["index"], 3);
+        assert_eq!(data[12]["content_block"]["name"], "noop");
+        assert_eq!(*data[13], json!({"type": "content_block_stop", "index": 3}));
+        // Estimate: "Let me think" 12 + "It is \"sunny\"\n" 14 + "get_weather" 11 +
+        // args 16 + "noop" 4 = 57 ASCII chars → 15 tokens.
+        assert_eq!(
+            *data[14],
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+                "usage": {"output_tokens": 15}})
+        );
+        assert_eq!(*data[15], json!({"type": "message_stop"}));
+    }
+
+    #[test]
+    fn stream_block_switches_and_usage() {
+        let mut e = MessagesEncoder::new("m", "K2", ReasoningMode::Inline, 0);
+        let mut out = Vec::new();
+        e.start(&mut out);
+        e.content("a", &mut out);
+        e.reasoning("b", &mut out);
+        e.content("c", &mut out);
+        let usage = Usage {
+            prompt_tokens: 30,
+            completion_tokens: 9,
+            total_tokens: 39,
+            completion_tokens_details: None,
+        };
+        e.finish("length", Some(&usage), &mut out);
+        let evs = events(&out);
+        let starts: Vec<(u64, &str)> = evs
+            .iter()
+            .filter(|(n, _)| n == "content_block_start")
+            .map(|(_, v)| {
+                (
+                    v["index"].as_u64().expect("index"),
+                    v["content_block"]["type"].as_str().expect("type"),
+                )
+            })
+            .collect();
+        assert_eq!(starts, [(0, "text"), (1, "thinking"), (2, "text")]);
+        let stops: Vec<u64> = evs
+            .iter()
+            .filter(|(n, _)| n == "content_block_stop")
+            .map(|(_, v)| v["index"].as_u64().expect("index"))
+            .collect();
+        assert_eq!(stops, [0, 1, 2]);
+        let (name, delta) = &evs[evs.len() - 2];
+        assert_eq!(name, "message_delta");
+        assert_eq!(delta["delta"]["stop_reason"], "max_tokens");
+        assert_eq!(
+            delta["usage"],
+            json!({"input_tokens": 30, "output_tokens": 9})
+        );
+        assert_eq!(evs[evs.len() - 1].0, "message_stop");
+    }
+
+    #[test]
+    fn stream_drop_mode_has_no_thinking() {
+        let mut e = MessagesEncoder::new("m", "K2", ReasoningMode::Drop, 1);
+        let mut out = Vec::new();
+        e.start(&mut out);
+        e.reasoning("secret thoughts", &mut out);
+        assert!(!e.output_started());
+        e.content("answer", &mut out);
+        e.finish("stop", None, &mut out);
+        let text = String::from_utf8(out.clone()).expect("utf8");
+        assert!(!text.contains("thinking") && !text.contains("secret"));
+        let evs = events(&out);
+        assert_eq!(
+            names(&evs),
+            [
+                "message_start",
+                "ping",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop",
+            ]
+        );
+        assert_eq!(evs[2].1["index"], 0);
+        assert_eq!(evs[2].1["content_block"]["type"], "text");
+        assert_eq!(evs[5].1["delta"]["stop_reason"], "end_turn");
+        // The dropped reasoning was generated: 15 + 6 ASCII chars → 6 tokens.
+        assert_eq!(evs[5].1["usage"], json!({"output_tokens": 6}));
+    }
+
+    #[test]
+    fn stream_empty_answer_has_one_text_block() {
+        let mut e = MessagesEncoder::new("m", "K2", ReasoningMode::Field, 1);
+        let mut out = Vec::new();
+        e.start(&mut out);
+        e.finish("stop", None, &mut out);
+        let evs = events(&out);
+        assert_eq!(
+            names(&evs),
+            [
+                "message_start",
+                "ping",
+                "content_block_start",
+                "content_block_stop",
+                "message_delta",
+                "message_stop",
+            ]
+        );
+        assert_eq!(
+            evs[2].1,
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+        );
+        assert_eq!(evs[3].1, json!({"type": "content_block_stop", "index": 0}));
+        assert_eq!(evs[4].1["usage"], json!({"output_tokens": 0}));
+    }
+
+    #[test]
+    fn stream_error_ending() {
+        let mut e = MessagesEncoder::new("m", "K2", ReasoningMode::Field, 1);
+        let mut out = Vec::new();
+        e.start(&mut out);
+        e.content("partial", &mut out);
+        e.error("upstream_stream_error", "upstream \"broke\" off", &mut out);
+        e.finish("stop", None, &mut out);
+        e.content("more", &mut out);
+        let evs = events(&out);
+        assert_eq!(
+            names(&evs),
+            [
+                "message_start",
+                "ping",
+                "content_block_start",
+                "content_block_delta",
+                "error",
+            ]
+        );
+        assert_eq!(
+            evs[4].1,
+            json!({"type": "error", "error": {"type": "api_error", "message": "upstream \"broke\" off"}})
+        );
+        for code in ["upstream_timeout", "request_timeout"] {
+            let mut e = MessagesEncoder::new("m", "K2", ReasoningMode::Field, 1);
+            let mut out = Vec::new();
+            e.start(&mut out);
+            e.error(code, "slow", &mut out);
+            let evs = events(&out);
+            assert_eq!(names(&evs), ["message_start", "ping", "error"]);
+            assert_eq!(evs[2].1["error"]["type"], "timeout_error");
+            assert!(!e.output_started());
+        }
+    }
+
+    #[test]
+    fn stream_escapes_and_unicode() {
+        let mut e = MessagesEncoder::new("id\"1", "mo\\del", ReasoningMode::Field, 0);
+        let mut out = Vec::new();
+        e.start(&mut out);
+        let tricky = "line1\nline2\r\n\u{0}\u{1f} \"q\" \\ 你好 👋 \u{2028}";
+        e.reasoning(tricky, &mut out);
+        e.content(tricky, &mut out);
+        e.tool_call(0, &call("c\"1", "n", "{\"a\":\"\\n\"}"), &mut out);
+        e.finish("stop", None, &mut out);
+        let evs = events(&out);
+        assert_eq!(evs[0].1["message"]["id"], "id\"1");
+        assert_eq!(evs[0].1["message"]["model"], "mo\\del");
+        assert_eq!(evs[3].1["delta"]["thinking"], tricky);
+        assert_eq!(evs[6].1["delta"]["text"], tricky);
+        assert_eq!(evs[8].1["content_block"]["id"], "c\"1");
+        assert_eq!(evs[9].1["delta"]["partial_json"], "{\"a\":\"\\n\"}");
+    }
+}

@@ -1,0 +1,449 @@
+//! `POST /v1/messages` (Anthropic Messages) end to end: the real proxy in front of the mock
+//! K2Think upstream, on the same core as chat completions. The event grammar checked here is
+//! the one in Anthropic's streaming reference: `message_start`, then per block
+//! `content_block_start`, `content_block_delta`…, `content_block_stop`, then
+//! `message_delta` (with `stop_reason` and usage) and `message_stop`; `ping` anywhere.
+
+mod common;
+
+use base64::Engine;
+use common::{expected, tokens, Env, MODEL, NOTHINK};
+use k2proxy::mock::MockConfig;
+use serde_json::{json, Value};
+
+const KEY: &str = "sk-messages-test-key";
+
+fn env() -> Env {
+    Env::start(MockConfig::default(), |c| {
+        c.auth.api_keys = vec![k2proxy::config::ApiKeyEntry {
+            name: "claude".into(),
+            key: KEY.into(),
+        }];
+    })
+}
+
+fn post(env: &Env, path: &str, body: &Value) -> common::Resp {
+    env.send(
+        env.client
+            .post(env.url(path))
+            .header("x-api-key", KEY)
+            .header("anthropic-version", "2023-06-01")
+            .json(body),
+    )
+}
+
+fn weather_tool() -> Value {
+    json!([{
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "input_schema": {"type": "object", "properties": {
+            "city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}
+        }, "required": ["city"]}
+    }])
+}
+
+fn calling(prompt: &str, args: Value) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(args.to_string());
+    format!("{prompt} [[mock: tool_call=get_weather; tool_args={b64}]]")
+}
+
+/// One Anthropic SSE event.
+#[derive(Debug)]
+struct Event {
+    name: String,
+    data: Value,
+}
+
+/// What a client assembles from the events; panics where the grammar is broken.
+#[derive(Debug, Default)]
+struct Message {
+    id: String,
+    thinking: String,
+    text: String,
+    tool_uses: Vec<(String, String, Value)>,
+    block_types: Vec<String>,
+    stop_reason: Option<String>,
+    output_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    error: Option<Value>,
+    stopped: bool,
+}
+
+fn events(raw: &str) -> Vec<Event> {
+    raw.split("\n\n")
+        .filter(|b| !b.trim().is_empty())
+        .map(|block| {
+            let mut name = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    name = Some(v.to_string());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push_str(v);
+                } else {
+                    panic!("unexpected line {line:?} in {block:?}");
+                }
+            }
+            let data: Value = serde_json::from_str(&data).expect("event data is JSON");
+            let name = name.expect("every event is named");
+            assert_eq!(data["type"], name.as_str(), "type matches the event name");
+            Event { name, data }
+        })
+        .collect()
+}
+
+fn assemble(raw: &str) -> Message {
+    let evs = events(raw);
+    let mut m = Message::default();
+    let mut open: Option<(u64, String)> = None;
+    let mut partial_json = String::new();
+    let mut started = false;
+    for e in evs {
+        assert!(!m.stopped, "nothing after message_stop");
+        assert!(m.error.is_none(), "nothing after an error");
+        match e.name.as_str() {
+            "ping" => {}
+            "message_start" => {
+                assert!(!started, "one message_start");
+                started = true;
+                let msg = &e.data["message"];
+                assert_eq!(msg["type"], "message");
+                assert_eq!(msg["role"], "assistant");
+                assert_eq!(msg["content"], json!([]));
+                m.id = msg["id"].as_str().unwrap().to_string();
+                assert!(m.id.starts_with("msg_"), "{}", m.id);
+                assert!(msg["usage"]["input_tokens"].as_u64().is_some());
+            }
+            "content_block_start" => {
+                assert!(started && open.is_none(), "blocks do not overlap");
+                let index = e.data["index"].as_u64().unwrap();
+                assert_eq!(index, m.block_types.len() as u64, "indexes count up from 0");
+                let block = &e.data["content_block"];
+                let kind = block["type"].as_str().unwrap().to_string();
+                if kind == "tool_use" {
+                    m.tool_uses.push((
+                        block["id"].as_str().unwrap().to_string(),
+                        block["name"].as_str().unwrap().to_string(),
+                        Value::Null,
+                    ));
+                    partial_json.clear();
+                }
+                m.block_types.push(kind.clone());
+                open = Some((index, kind));
+            }
+            "content_block_delta" => {
+                let (index, kind) = open.clone().expect("a delta inside a block");
+                assert_eq!(e.data["index"], index);
+                let d = &e.data["delta"];
+                match (kind.as_str(), d["type"].as_str().unwrap()) {
+                    ("thinking", "thinking_delta") => {
+                        m.thinking.push_str(d["thinking"].as_str().unwrap())
+                    }
+                    ("thinking", "signature_delta") => {}
+                    ("text", "text_delta") => m.text.push_str(d["text"].as_str().unwrap()),
+                    ("tool_use", "input_json_delta") => {
+                        partial_json.push_str(d["partial_json"].as_str().unwrap())
+                    }
+                    other => panic!("delta {other:?} in a {kind} block"),
+                }
+            }
+            "content_block_stop" => {
+                let (index, kind) = open.take().expect("a stop closes a block");
+                assert_eq!(e.data["index"], index);
+                if kind == "tool_use" {
+                    let input: Value = serde_json::from_str(&partial_json).unwrap();
+                    m.tool_uses.last_mut().unwrap().2 = input;
+                }
+            }
+            "message_delta" => {
+                assert!(open.is_none(), "every block closed before message_delta");
+                m.stop_reason = e.data["delta"]["stop_reason"].as_str().map(str::to_string);
+                m.output_tokens = e.data["usage"]["output_tokens"].as_u64();
+                m.input_tokens = e.data["usage"]["input_tokens"].as_u64();
+            }
+            "message_stop" => {
+                assert!(m.stop_reason.is_some(), "message_delta before message_stop");
+                m.stopped = true;
+            }
+            "error" => m.error = Some(e.data["error"].clone()),
+            other => panic!("unknown event {other}"),
+        }
+    }
+    m
+}
+
+fn stream(env: &Env, body: &Value) -> Message {
+    let r = post(env, "/v1/messages", body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
+    assemble(&r.text())
+}
+
+fn assert_anthropic_error(r: &common::Resp, status: u16, kind: &str) -> Value {
+    assert_eq!(r.status, status, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], kind, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+    v
+}
+
+#[test]
+fn a_streamed_message_has_thinking_then_text_and_ends_cleanly() {
+    let env = env();
+    let m = stream(
+        &env,
+        &json!({"model": MODEL, "max_tokens": 1024, "stream": true,
+                "system": "You are terse.",
+                "messages": [{"role": "user", "content": "hello claude"}]}),
+    );
+    let (reasoning, answer) = expected("hello claude", "");
+    assert_eq!(m.block_types, ["thinking", "text"]);
+    assert_eq!(m.thinking, reasoning);
+    assert_eq!(m.text, answer);
+    assert_eq!(m.stop_reason.as_deref(), Some("end_turn"));
+    assert!(m.output_tokens.unwrap() > 0);
+    assert!(m.stopped && m.error.is_none());
+    // the system prompt went upstream as the system message
+    let up = env.requests()[0].json.clone().unwrap();
+    assert_eq!(up["messages"][0]["role"], "system");
+    assert_eq!(up["messages"][0]["content"], "You are terse.");
+}
+
+#[test]
+fn a_non_stream_message_has_the_same_content() {
+    let env = env();
+    let r = post(
+        &env,
+        "/v1/messages",
+        &json!({"model": MODEL, "max_tokens": 1024,
+        "system": [{"type": "text", "text": "Be brief."}],
+        "messages": [
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+            {"role": "user", "content": [{"type": "text", "text": "second turn"}]}
+        ]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let (reasoning, answer) = expected("second turn", "");
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["role"], "assistant");
+    assert_eq!(v["model"], MODEL);
+    assert!(v["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(v["content"][0]["type"], "thinking");
+    assert_eq!(v["content"][0]["thinking"], reasoning.as_str());
+    assert_eq!(v["content"][1], json!({"type": "text", "text": answer}));
+    assert_eq!(v["stop_reason"], "end_turn");
+    assert!(v["usage"]["input_tokens"].as_u64().unwrap() > 0);
+    assert!(v["usage"]["output_tokens"].as_u64().unwrap() > 0);
+    let up = env.requests()[0].json.clone().unwrap();
+    let roles: Vec<&str> = up["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user"]);
+}
+
+#[test]
+fn nothink_models_have_no_thinking_block() {
+    let env = env();
+    let body = json!({"model": NOTHINK, "max_tokens": 100, "messages": [{"role": "user", "content": "quiet"}]});
+    let v = post(&env, "/v1/messages", &body).json();
+    assert_eq!(v["content"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["content"][0]["type"], "text");
+    let mut b = body.clone();
+    b["stream"] = json!(true);
+    let m = stream(&env, &b);
+    assert_eq!(m.block_types, ["text"]);
+}
+
+#[test]
+fn tools_round_trip_through_the_emulation() {
+    let env = env();
+    let ask = calling("weather in Paris?", json!({"city": "Paris", "unit": "c"}));
+    // streamed: a tool_use block with the parsed input, stop_reason tool_use
+    let m = stream(
+        &env,
+        &json!({"model": MODEL, "max_tokens": 500, "stream": true, "tools": weather_tool(),
+                "messages": [{"role": "user", "content": ask}]}),
+    );
+    assert_eq!(m.stop_reason.as_deref(), Some("tool_use"));
+    assert_eq!(m.tool_uses.len(), 1, "{m:?}");
+    let (id, name, input) = &m.tool_uses[0];
+    assert_eq!(name, "get_weather");
+    assert_eq!(input, &json!({"city": "Paris", "unit": "c"}));
+    // the tool prompt went upstream in the system message
+    let up = env.requests()[0].json.clone().unwrap();
+    assert!(up["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("get_weather"));
+
+    // non-stream, tool_choice any
+    let v = post(
+        &env,
+        "/v1/messages",
+        &json!({"model": MODEL, "max_tokens": 500, "tools": weather_tool(),
+                "tool_choice": {"type": "any"},
+                "messages": [{"role": "user", "content": ask}]}),
+    )
+    .json();
+    assert_eq!(v["stop_reason"], "tool_use", "{v}");
+    let block = v["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["type"] == "tool_use")
+        .expect("a tool_use block");
+    assert_eq!(block["input"], json!({"city": "Paris", "unit": "c"}));
+
+    // the result goes back: assistant tool_use + user tool_result
+    let r = post(
+        &env,
+        "/v1/messages",
+        &json!({"model": MODEL, "max_tokens": 500, "tools": weather_tool(),
+        "messages": [
+            {"role": "user", "content": "weather in Paris?"},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Let me check."},
+                {"type": "tool_use", "id": id, "name": "get_weather", "input": {"city": "Paris"}}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": id, "content": "21 degrees and sunny"}
+            ]}
+        ]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let up = env.requests().last().unwrap().json.clone().unwrap();
+    let text = up["messages"].to_string();
+    assert!(text.contains("21 degrees and sunny"), "{text}");
+    assert!(text.contains("get_weather"), "{text}");
+}
+
+#[test]
+fn images_are_carried_through() {
+    let env = env();
+    let png = base64::engine::general_purpose::STANDARD.encode(b"\x89PNG\r\n\x1a\nfake");
+    let r = post(
+        &env,
+        "/v1/messages",
+        &json!({"model": MODEL, "max_tokens": 100, "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}},
+            {"type": "text", "text": "what is this"}
+        ]}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let up = env.requests()[0].json.clone().unwrap();
+    let parts = up["messages"][0]["content"].as_array().unwrap().clone();
+    assert!(parts.iter().any(|p| p["type"] == "image_url"
+        && p["image_url"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("data:image/png;base64,")));
+}
+
+#[test]
+fn errors_are_anthropic_shaped() {
+    let env = env();
+    // no max_tokens
+    let r = post(
+        &env,
+        "/v1/messages",
+        &json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}]}),
+    );
+    assert_anthropic_error(&r, 400, "invalid_request_error");
+    // a wrong key, and none
+    let r = env.send(
+        env.client
+            .post(env.url("/v1/messages"))
+            .header("x-api-key", "sk-wrong")
+            .json(&json!({})),
+    );
+    assert_anthropic_error(&r, 401, "authentication_error");
+    // Bearer works as well as x-api-key
+    let r = env.send(
+        env.client
+            .post(env.url("/v1/messages"))
+            .bearer_auth(KEY)
+            .json(&json!({"model": MODEL, "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // unknown model
+    let r = post(
+        &env,
+        "/v1/messages",
+        &json!({"model": "claude-nope", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}),
+    );
+    assert_anthropic_error(&r, 404, "not_found_error");
+    // wrong method
+    let r = env.send(
+        env.client
+            .get(env.url("/v1/messages"))
+            .header("x-api-key", KEY),
+    );
+    assert_anthropic_error(&r, 405, "invalid_request_error");
+    assert!(
+        env.requests().len() == 1,
+        "only the good request went upstream"
+    );
+}
+
+#[test]
+fn upstream_failures_are_anthropic_shaped_and_never_look_finished() {
+    let env = Env::start(MockConfig::default(), |c| {
+        c.pool.tokens = tokens(&["e1;fault=500", "e2;fault=500"]);
+    });
+    let body =
+        json!({"model": MODEL, "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]});
+    let r = env.send(env.client.post(env.url("/v1/messages")).json(&body));
+    assert_anthropic_error(&r, 502, "api_error");
+    drop(env);
+
+    let env = Env::start(MockConfig::default(), |c| {
+        c.pool.tokens = tokens(&["cut;fault=cut;cut_after=4"]);
+    });
+    let r = env.send(env.client.post(env.url("/v1/messages")).json(&json!({
+        "model": MODEL, "max_tokens": 10, "stream": true,
+        "messages": [{"role": "user", "content": "cut [[mock: reasoning_words=30]]"}]
+    })));
+    assert_eq!(r.status, 200);
+    let m = assemble(&r.text());
+    assert!(m.error.is_some(), "an error event: {}", r.text());
+    assert!(!m.stopped, "no message_stop after a failure");
+    assert!(m.stop_reason.is_none());
+}
+
+#[test]
+fn count_tokens_estimates_what_goes_upstream() {
+    let env = env();
+    let count = |body: Value| -> u64 {
+        let r = post(&env, "/v1/messages/count_tokens", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["input_tokens"].as_u64().unwrap()
+    };
+    let short = count(json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}));
+    let long = count(
+        json!({"model": MODEL, "messages": [{"role": "user", "content": "word ".repeat(400)}]}),
+    );
+    let tools = count(
+        json!({"model": MODEL, "tools": weather_tool(), "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert!(short > 0 && short < 20, "{short}");
+    assert!((400..1000).contains(&long), "~2000 characters: {long}");
+    assert!(
+        tools > short + 50,
+        "the tool instructions count: {tools} vs {short}"
+    );
+    assert!(
+        env.requests().is_empty(),
+        "counting never calls the upstream"
+    );
+}
