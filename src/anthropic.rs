@@ -36,16 +36,7 @@ type Obj = Map<String, Value>;
 /// A Messages request body → the shared chat request (`count_tokens`: `max_tokens` is not
 /// required there). Errors are 400s whose `param` names the field.
 pub fn parse_request(body: &[u8], count_tokens: bool) -> Result<ChatRequest, ApiError> {
-    match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        None => return Err(ApiError::invalid("the request body is empty", None)),
-        Some(b'{') => {}
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "the request body must be a JSON object",
-                None,
-            ))
-        }
-    }
+    crate::openai::expect_object(body)?;
     let root: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}"), None))?;
     let Value::Object(root) = root else {
