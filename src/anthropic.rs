@@ -15,8 +15,6 @@
 //! usage the counts are [`estimate_tokens`](crate::transform::tokens::estimate_tokens)
 //! estimates.
 
-use rand::distributions::Alphanumeric;
-use rand::Rng;
 use serde_json::{json, Map, Value};
 
 use crate::openai::{ApiError, ChatRequest, Content, FunctionCall, Message, Part, Role, Stop};
@@ -555,20 +553,9 @@ fn convert_tool_choice(v: Option<&Value>) -> Result<Option<Value>, ApiError> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Ids, errors, token estimates
+// Errors and usage
 // ---------------------------------------------------------------------------------------
 
-/// `msg_` + 24 ASCII letters and digits.
-pub fn new_message_id() -> String {
-    let s: String = rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(24)
-        .map(char::from)
-        .collect();
-    format!("msg_{s}")
-}
-
-/// Anthropic's error `type` for an HTTP status.
 fn error_type(status: u16) -> &'static str {
     match status {
         401 => "authentication_error",
@@ -1473,16 +1460,6 @@ mod tests {
         // Unsupported block types are named.
         let e = err(user(json!([{"type": "search_result"}])));
         assert!(e.message.contains("`search_result`"), "{}", e.message);
-    }
-
-    #[test]
-    fn message_ids() {
-        let a = new_message_id();
-        let b = new_message_id();
-        assert_ne!(a, b);
-        let tail = a.strip_prefix("msg_").expect("prefix");
-        assert_eq!(tail.len(), 24);
-        assert!(tail.bytes().all(|c| c.is_ascii_alphanumeric()));
     }
 
     #[test]

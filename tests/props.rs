@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{json, Map, Value};
 
-use contracts::{assemble, Assembled};
+use contracts::{assemble, check_call, content_of, detect, Assembled, Piece};
 
 const MODEL: &str = "MBZUAI-IFM/K2-Think-v2";
 
@@ -28,9 +28,7 @@ use k2proxy::transform::complete::Completion;
 use k2proxy::transform::files;
 
 use k2proxy::transform::stream::{ChatStream, ReasoningMode, StreamOptions, UpstreamFormat};
-use k2proxy::transform::tools::{
-    function_calls_block, parse_block, ToolChoice, ToolDetector, ToolPiece, ToolSet,
-};
+use k2proxy::transform::tools::{function_calls_block, parse_block, ToolSet};
 
 // ---------------------------------------------------------------------------
 // Shared helpers.
@@ -881,80 +879,6 @@ proptest! {
 // ---------------------------------------------------------------------------
 // Tool parser and detector.
 
-/// Detector output with consecutive content merged and call ids left out.
-#[derive(Debug, Clone, PartialEq)]
-enum Piece {
-    Content(String),
-    Call(usize, String, Value),
-}
-
-fn detect(pieces: &[&str], set: &Arc<ToolSet>, abort: bool) -> (Vec<Piece>, usize, u64) {
-    let mut d = ToolDetector::new(Arc::clone(set));
-    let mut raw = Vec::new();
-    for p in pieces {
-        d.push(p, &mut raw);
-    }
-    if abort {
-        d.abort(&mut raw);
-    } else {
-        d.finish(&mut raw);
-    }
-    // Nothing after the end.
-    let n = raw.len();
-    d.push("more <function_calls>", &mut raw);
-    d.finish(&mut raw);
-    assert_eq!(raw.len(), n);
-
-    let mut out: Vec<Piece> = Vec::new();
-    for p in raw {
-        match p {
-            ToolPiece::Content(t) => {
-                assert!(!t.is_empty(), "no empty content piece");
-                match out.last_mut() {
-                    Some(Piece::Content(last)) => last.push_str(&t),
-                    _ => out.push(Piece::Content(t)),
-                }
-            }
-            ToolPiece::Call { index, call } => {
-                assert!(
-                    call.id.starts_with("call_") && call.id.len() == 29,
-                    "{}",
-                    call.id
-                );
-                assert!(set.tool(&call.name).is_some(), "unknown tool {}", call.name);
-                if let ToolChoice::Function(f) = &set.choice {
-                    assert_eq!(&call.name, f);
-                }
-                let args: Value =
-                    serde_json::from_str(&call.arguments).expect("arguments are JSON");
-                assert!(args.is_object());
-                out.push(Piece::Call(index, call.name, args));
-            }
-        }
-    }
-    for (i, c) in out
-        .iter()
-        .filter(|p| matches!(p, Piece::Call(..)))
-        .enumerate()
-    {
-        assert!(
-            matches!(c, Piece::Call(n, ..) if *n == i),
-            "call indexes count from 0"
-        );
-    }
-    (out, d.calls(), d.malformed())
-}
-
-fn content_of(pieces: &[Piece]) -> String {
-    pieces
-        .iter()
-        .filter_map(|p| match p {
-            Piece::Content(t) => Some(t.as_str()),
-            Piece::Call(..) => None,
-        })
-        .collect()
-}
-
 fn wire(calls: &[(String, Value)]) -> Vec<(String, String)> {
     calls
         .iter()
@@ -1087,12 +1011,7 @@ proptest! {
         if let Ok(calls) = parse_block(&set, &inner) {
             prop_assert!(!calls.is_empty());
             for (name, args) in calls {
-                prop_assert!(set.tool(&name).is_some(), "unknown tool {}", name);
-                if let ToolChoice::Function(f) = &set.choice {
-                    prop_assert_eq!(&name, f);
-                }
-                let v: Value = serde_json::from_str(&args).expect("arguments are JSON");
-                prop_assert!(v.is_object());
+                check_call(&set, &name, &args);
             }
         }
     }

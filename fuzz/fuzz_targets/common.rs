@@ -6,7 +6,7 @@
 #[path = "../../tests/contracts/mod.rs"]
 mod contracts;
 #[allow(unused_imports)] // each target uses some of them
-pub use contracts::{assemble, check_request, Assembled};
+pub use contracts::{assemble, check_call, check_request, content_of, detect, Assembled};
 
 /// The first byte (options) and the rest; an empty input gives `(0, [])`.
 pub fn header(data: &[u8]) -> (u8, &[u8]) {

@@ -11,9 +11,9 @@ mod common;
 
 use std::sync::Arc;
 
-use k2proxy::transform::tools::{parse_block, ToolChoice, ToolDetector, ToolPiece, ToolSet};
+use k2proxy::transform::tools::{parse_block, ToolSet};
 use libfuzzer_sys::fuzz_target;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const TRIGGER: &str = "<Function_Fuzz_Start/>";
 
@@ -39,51 +39,6 @@ fn tool_set(choice: u8) -> ToolSet {
     set
 }
 
-#[derive(Debug, PartialEq)]
-enum Piece {
-    Content(String),
-    Call(usize, String, String),
-}
-
-fn check_call(set: &ToolSet, name: &str, args: &str) {
-    assert!(set.tool(name).is_some(), "unknown tool {name}");
-    if let ToolChoice::Function(f) = &set.choice {
-        assert_eq!(name, f);
-    }
-    let v: Value = serde_json::from_str(args).expect("arguments are JSON");
-    assert!(v.is_object());
-}
-
-fn detect(pieces: &[&str], set: &Arc<ToolSet>, abort: bool) -> (Vec<Piece>, usize, u64) {
-    let mut d = ToolDetector::new(Arc::clone(set));
-    let mut raw = Vec::new();
-    for p in pieces {
-        d.push(p, &mut raw);
-    }
-    if abort {
-        d.abort(&mut raw);
-    } else {
-        d.finish(&mut raw);
-    }
-    let mut out: Vec<Piece> = Vec::new();
-    for p in raw {
-        match p {
-            ToolPiece::Content(t) => {
-                assert!(!t.is_empty());
-                match out.last_mut() {
-                    Some(Piece::Content(last)) => last.push_str(&t),
-                    _ => out.push(Piece::Content(t)),
-                }
-            }
-            ToolPiece::Call { index, call } => {
-                check_call(set, &call.name, &call.arguments);
-                out.push(Piece::Call(index, call.name, call.arguments));
-            }
-        }
-    }
-    (out, d.calls(), d.malformed())
-}
-
 fuzz_target!(|data: &[u8]| {
     let (h, body) = common::header(data);
     let text = String::from_utf8_lossy(body);
@@ -93,26 +48,18 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(calls) = parse_block(&set, &text) {
         assert!(!calls.is_empty());
         for (name, args) in &calls {
-            check_call(&set, name, args);
+            common::check_call(&set, name, args);
         }
     }
 
     // The streaming detector, whole and split.
     let abort = h & 128 != 0;
-    let whole = detect(&[&text], &set, abort);
+    let whole = common::detect(&[&text], &set, abort);
     let pieces = common::split_str(&text, h);
-    assert_eq!(detect(&pieces, &set, abort), whole, "split {pieces:?}");
+    assert_eq!(common::detect(&pieces, &set, abort), whole, "split {pieces:?}");
     if whole.1 == 0 {
-        let content: String = whole
-            .0
-            .iter()
-            .map(|p| match p {
-                Piece::Content(t) => t.as_str(),
-                Piece::Call(..) => "",
-            })
-            .collect();
         assert_eq!(
-            content,
+            common::content_of(&whole.0),
             text.trim_start(),
             "without a call, all text is content"
         );

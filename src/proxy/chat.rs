@@ -26,8 +26,6 @@ use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::Peer;
 use pingora::ErrorType;
-use rand::distributions::Alphanumeric;
-use rand::Rng;
 
 use super::{respond, routes, upstream, App, Ctx, Snapshot};
 use crate::anthropic::{self, MessagesEncoder};
@@ -102,7 +100,11 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
             ReasoningOutput::Drop => ReasoningMode::Drop,
         }
     };
-    let input_tokens = tokens::estimate_input_tokens(&payload);
+    // Only the Anthropic surface reports input tokens before the upstream does.
+    let input_tokens = match ctx.surface {
+        Surface::Chat => 0,
+        Surface::Messages => tokens::estimate_input_tokens(&payload),
+    };
     let job = Job {
         app,
         snap,
@@ -110,10 +112,7 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         chat_id: payload.chat_id,
         surface: ctx.surface,
         input_tokens,
-        id: match ctx.surface {
-            Surface::Chat => completion_id(),
-            Surface::Messages => anthropic::new_message_id(),
-        },
+        id: ctx.surface.new_id(),
         created: unix_now(),
         model: req.model.clone(),
         reasoning,
@@ -124,19 +123,18 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
     };
     // Waiting for the upstream can take long (prefill): a client that leaves meanwhile
     // ends the exchange at once, dropping the upstream connection.
-    let waited = {
-        let mut exchange = std::pin::pin!(tokio::time::timeout_at(deadline, job.exchange(ctx)));
-        match tokio::time::timeout(WATCH_CLIENT_AFTER, &mut exchange).await {
-            Ok(a) => Ok(a),
-            Err(_) => tokio::select! {
-                biased;
-                a = &mut exchange => Ok(a),
-                gone = client_gone(session) => Err(gone),
-            },
-        }
-    };
-    let waited = match waited {
-        Ok(w) => w,
+    let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let answer = match unless_client_leaves(session, limit, job.exchange(ctx)).await {
+        Ok(Some(a)) => a,
+        Ok(None) => Err(ApiError::new(
+            504,
+            "server_error",
+            "request_timeout",
+            format!(
+                "No usable answer within limits.request_timeout ({}s)",
+                snap.config.limits.request_timeout.as_secs()
+            ),
+        )),
         Err(gone) => {
             debug!(
                 "{}: client went away before the answer: {gone}",
@@ -147,18 +145,6 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
             ctx.streamed = job.stream;
             return;
         }
-    };
-    let answer = match waited {
-        Ok(a) => a,
-        Err(_) => Err(ApiError::new(
-            504,
-            "server_error",
-            "request_timeout",
-            format!(
-                "No usable answer within limits.request_timeout ({}s)",
-                snap.config.limits.request_timeout.as_secs()
-            ),
-        )),
     };
     match answer {
         Ok(Answer::Stream(live)) => job.stream(live, session, ctx).await,
@@ -346,15 +332,6 @@ async fn read_body(
     }
     ctx.bytes_in = buf.len();
     Ok(buf.freeze())
-}
-
-fn completion_id() -> String {
-    let s: String = rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(24)
-        .map(char::from)
-        .collect();
-    format!("chatcmpl-{s}")
 }
 
 fn unix_now() -> u64 {
@@ -909,32 +886,15 @@ impl Job<'_> {
                     self.deadline
                         .saturating_duration_since(tokio::time::Instant::now()),
                 );
-                // The client is watched only once the upstream has been silent for a while
-                // (see WATCH_CLIENT_AFTER); reads are cancel-safe, so the read can be
-                // started again inside the watch.
-                let short = wait.min(WATCH_CLIENT_AFTER);
                 let read = read_into(&mut up, |b| stream.push(b, &mut out));
-                let mut step = match tokio::time::timeout(short, read).await {
-                    Ok(r) => Step::from(r),
-                    Err(_) if short == wait => Step::Stalled,
-                    Err(_) => {
-                        let read = tokio::time::timeout(
-                            wait - short,
-                            read_into(&mut up, |b| stream.push(b, &mut out)),
-                        );
-                        tokio::select! {
-                            biased;
-                            r = read => match r {
-                                Ok(r) => Step::from(r),
-                                Err(_) => Step::Stalled,
-                            },
-                            // Dropping `up` on return closes the upstream connection.
-                            gone = client_gone(session) => {
-                                debug!("{}: client went away mid-stream: {gone}", ctx.request_id);
-                                ctx.outcome = "client_abort";
-                                return;
-                            }
-                        }
+                let mut step = match unless_client_leaves(session, wait, read).await {
+                    Ok(Some(r)) => Step::from(r),
+                    Ok(None) => Step::Stalled,
+                    // Dropping `up` on return closes the upstream connection.
+                    Err(gone) => {
+                        debug!("{}: client went away mid-stream: {gone}", ctx.request_id);
+                        ctx.outcome = "client_abort";
+                        return;
                     }
                 };
                 // What the upstream already delivered goes out in the same write: one
@@ -1075,6 +1035,29 @@ async fn read_into(up: &mut HttpSession, f: impl FnOnce(&[u8])) -> pingora::Resu
         other => other.read_response_body().await?.map(|b| f(&b)),
     };
     Ok(piece.is_some())
+}
+
+/// Wait up to `limit` for `fut`: `Ok(Some(output))`, `Ok(None)` when `limit` passed first,
+/// or `Err` when the client went away meanwhile (`fut` is then dropped). The client is
+/// watched only after [`WATCH_CLIENT_AFTER`], so a wait that ends sooner costs one timer,
+/// as a plain timeout would.
+async fn unless_client_leaves<F: Future>(
+    session: &mut Session,
+    limit: Duration,
+    fut: F,
+) -> Result<Option<F::Output>, pingora::Error> {
+    let mut fut = std::pin::pin!(fut);
+    let short = limit.min(WATCH_CLIENT_AFTER);
+    match tokio::time::timeout(short, &mut fut).await {
+        Ok(v) => return Ok(Some(v)),
+        Err(_) if short == limit => return Ok(None),
+        Err(_) => {}
+    }
+    tokio::select! {
+        biased;
+        r = tokio::time::timeout(limit - short, &mut fut) => Ok(r.ok()),
+        gone = client_gone(session) => Err(gone),
+    }
 }
 
 /// Resolves when the client has gone away (closed or reset its connection, or an HTTP/2

@@ -137,16 +137,20 @@ fn authenticate(snap: &Snapshot, session: &Session, ctx: &mut Ctx) -> Result<(),
         return Ok(());
     }
     let headers = &session.req_header().headers;
-    let header = headers.get("authorization").or(headers.get("x-api-key"));
-    let presented = match (headers.get("authorization"), headers.get("x-api-key")) {
-        (Some(v), _) => v.to_str().ok().and_then(|v| {
-            let (scheme, rest) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        }),
-        (None, Some(v)) => v.to_str().ok().map(str::trim),
-        (None, None) => None,
-    }
-    .unwrap_or("");
+    let (header, bearer) = match headers.get("authorization") {
+        Some(v) => (Some(v), true),
+        None => (headers.get("x-api-key"), false),
+    };
+    let presented = header
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| match bearer {
+            true => {
+                let (scheme, rest) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            }
+            false => Some(v.trim()),
+        })
+        .unwrap_or("");
     // Compare with every key, without stopping at the first match.
     let mut found: Option<&str> = None;
     for (name, key) in &snap.keys {

@@ -5,6 +5,9 @@
 //! found into one surface's wire events. OpenAI chat chunks are
 //! [`ChunkEncoder`](super::chunk::ChunkEncoder); [`Wire`] picks the surface per request.
 
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+
 use crate::anthropic::MessagesEncoder;
 use crate::transform::chunk::ChunkEncoder;
 use crate::transform::stream::Usage;
@@ -37,6 +40,29 @@ pub enum Surface {
     Chat,
     /// Anthropic `POST /v1/messages`.
     Messages,
+}
+
+impl Surface {
+    /// A fresh id for one answer: `chatcmpl-…` or `msg_…`.
+    pub fn new_id(self) -> String {
+        match self {
+            Surface::Chat => random_id("chatcmpl-"),
+            Surface::Messages => random_id("msg_"),
+        }
+    }
+}
+
+/// `prefix` + 24 random ASCII letters and digits (answer and tool-call ids).
+pub fn random_id(prefix: &str) -> String {
+    let mut id = String::with_capacity(prefix.len() + 24);
+    id.push_str(prefix);
+    id.extend(
+        rand::thread_rng()
+            .sample_iter(&Alphanumeric)
+            .take(24)
+            .map(char::from),
+    );
+    id
 }
 
 /// The encoder of the surface a request came in on.
@@ -84,5 +110,21 @@ impl Encoder for Wire {
 
     fn output_started(&self) -> bool {
         each!(self, e => e.output_started())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_have_their_prefix_and_24_random_characters() {
+        for (surface, prefix) in [(Surface::Chat, "chatcmpl-"), (Surface::Messages, "msg_")] {
+            let (a, b) = (surface.new_id(), surface.new_id());
+            assert_ne!(a, b);
+            let tail = a.strip_prefix(prefix).expect("prefix");
+            assert_eq!(tail.len(), 24);
+            assert!(tail.bytes().all(|c| c.is_ascii_alphanumeric()));
+        }
     }
 }

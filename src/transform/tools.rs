@@ -98,15 +98,7 @@ pub fn new_trigger() -> String {
 
 /// A fresh call id, `call_` + 24 ASCII letters/digits.
 pub fn new_call_id() -> String {
-    let mut id = String::with_capacity(29);
-    id.push_str("call_");
-    id.extend(
-        rand::thread_rng()
-            .sample_iter(&Alphanumeric)
-            .take(24)
-            .map(char::from),
-    );
-    id
+    crate::transform::encode::random_id("call_")
 }
 
 fn valid_name(n: &str) -> bool {

@@ -1,14 +1,16 @@
 //! Contract checks shared by the property tests (`tests/props.rs`) and the fuzz targets
 //! (`fuzz/`, which include this file by path): what our stream output and our request
-//! handling must always satisfy, whatever the input. They panic on a violation.
+//! handling and our tool detector must always satisfy, whatever the input. They panic on a violation.
 #![allow(dead_code)]
+
+use std::sync::Arc;
 
 use k2proxy::k2think::BodyStyle;
 use k2proxy::openai::ChatRequest;
 use k2proxy::sse::{SseDecoder, DEFAULT_MAX_LINE};
 use k2proxy::transform::files;
 use k2proxy::transform::request::{to_k2think, RewriteOptions};
-use k2proxy::transform::tools::ToolSet;
+use k2proxy::transform::tools::{ToolChoice, ToolDetector, ToolPiece, ToolSet};
 use serde_json::{json, Value};
 
 /// What a client assembles from our SSE output.
@@ -200,4 +202,88 @@ pub fn check_request(body: &[u8], limits: files::Limits) {
             assert!(e.param.starts_with("messages["), "param {}", e.param);
         }
     }
+}
+
+/// Detector output with consecutive content merged and call ids left out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Piece {
+    Content(String),
+    Call(usize, String, Value),
+}
+
+/// Run the streaming tool detector over `pieces` and check its contract: nothing after the
+/// end, no empty content, every call valid (see [`check_call`]) and indexed from 0. Returns
+/// the merged output, the calls counted and the malformed blocks counted.
+pub fn detect(pieces: &[&str], set: &Arc<ToolSet>, abort: bool) -> (Vec<Piece>, usize, u64) {
+    let mut d = ToolDetector::new(Arc::clone(set));
+    let mut raw = Vec::new();
+    for p in pieces {
+        d.push(p, &mut raw);
+    }
+    if abort {
+        d.abort(&mut raw);
+    } else {
+        d.finish(&mut raw);
+    }
+    // Nothing after the end.
+    let n = raw.len();
+    d.push("more <function_calls>", &mut raw);
+    d.finish(&mut raw);
+    assert_eq!(raw.len(), n);
+
+    let mut out: Vec<Piece> = Vec::new();
+    for p in raw {
+        match p {
+            ToolPiece::Content(t) => {
+                assert!(!t.is_empty(), "no empty content piece");
+                match out.last_mut() {
+                    Some(Piece::Content(last)) => last.push_str(&t),
+                    _ => out.push(Piece::Content(t)),
+                }
+            }
+            ToolPiece::Call { index, call } => {
+                assert!(
+                    call.id.starts_with("call_") && call.id.len() == 29,
+                    "{}",
+                    call.id
+                );
+                let args = check_call(set, &call.name, &call.arguments);
+                out.push(Piece::Call(index, call.name, args));
+            }
+        }
+    }
+    for (i, c) in out
+        .iter()
+        .filter(|p| matches!(p, Piece::Call(..)))
+        .enumerate()
+    {
+        assert!(
+            matches!(c, Piece::Call(n, ..) if *n == i),
+            "call indexes count from 0"
+        );
+    }
+    (out, d.calls(), d.malformed())
+}
+
+/// The content pieces, joined.
+pub fn content_of(pieces: &[Piece]) -> String {
+    pieces
+        .iter()
+        .filter_map(|p| match p {
+            Piece::Content(t) => Some(t.as_str()),
+            Piece::Call(..) => None,
+        })
+        .collect()
+}
+
+/// A parsed call names a declared tool (the forced one under a named `tool_choice`) and
+/// has a JSON object as arguments; returns the arguments.
+pub fn check_call(set: &ToolSet, name: &str, arguments: &str) -> Value {
+    assert!(set.tool(name).is_some(), "unknown tool {name}");
+    if let ToolChoice::Function(f) = &set.choice {
+        assert_eq!(name, f);
+    }
+    let args: Value = serde_json::from_str(arguments).expect("arguments are JSON");
+    assert!(args.is_object());
+    args
 }
