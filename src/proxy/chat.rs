@@ -64,7 +64,7 @@ const WRITE_BATCH: usize = 32 * 1024;
 pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut Ctx) {
     // Per-key limits first: a refused request costs no body read.
     let who = client_key(ctx, session);
-    let _permit = match app
+    let permit = match app
         .limiter
         .admit(&who, &snap.config.limits.per_key, Instant::now())
     {
@@ -89,7 +89,10 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         payload,
     } = match prepare(snap, session, ctx, false).await {
         Ok(p) => p,
-        Err(e) => return respond::error(session, ctx, &e).await,
+        Err(e) => {
+            drop(permit);
+            return respond::error(session, ctx, &e).await;
+        }
     };
     let reasoning = if !model.reasoning {
         ReasoningMode::Drop
@@ -147,8 +150,9 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         }
     };
     match answer {
-        Ok(Answer::Stream(live)) => job.stream(live, session, ctx).await,
+        Ok(Answer::Stream(live)) => job.stream(live, session, ctx, permit).await,
         Ok(Answer::Complete(result, malformed)) => {
+            drop(permit);
             ctx.tool_calls = result.tool_calls.len();
             ctx.tool_malformed = malformed;
             let body = match job.surface {
@@ -169,6 +173,7 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
             }
         }
         Err(e) => {
+            drop(permit);
             ctx.outcome = "upstream_error";
             respond::error(session, ctx, &e).await
         }
@@ -840,7 +845,16 @@ impl Job<'_> {
     }
 
     /// Commit and relay a streaming answer chunk by chunk.
-    async fn stream(&self, live: Box<Live>, session: &mut Session, ctx: &mut Ctx) {
+    /// Relay the answer. `permit` (the request's `limits.per_key` slot) is given back before
+    /// the last bytes go out, so a client that sends its next request the moment this one
+    /// ends is never refused for it.
+    async fn stream(
+        &self,
+        live: Box<Live>,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        permit: crate::limits::Permit,
+    ) {
         let Live {
             mut up,
             peer,
@@ -979,6 +993,7 @@ impl Job<'_> {
                 .map(str::to_string)
                 .or(Some("upstream failed mid-stream".into()));
         }
+        drop(permit);
         if !write(session, ctx, &self.app.metrics, &mut out).await {
             return;
         }
