@@ -17,6 +17,7 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::fields::{self, bad, message, number_in, opt_bool, opt_str, req_str, wrong_type, Obj};
 use crate::openai::{ApiError, ChatRequest, Content, FunctionCall, Message, Part, Role, Stop};
 use crate::transform::chunk::{write_json_str, write_u64};
 use crate::transform::complete::CompletionResult;
@@ -25,8 +26,6 @@ use crate::transform::stream::{ReasoningMode, Usage};
 use crate::transform::tokens::Estimate;
 use crate::transform::tools::ToolCall;
 
-type Obj = Map<String, Value>;
-
 // ---------------------------------------------------------------------------------------
 // Request conversion
 // ---------------------------------------------------------------------------------------
@@ -34,40 +33,17 @@ type Obj = Map<String, Value>;
 /// A Messages request body → the shared chat request (`count_tokens`: `max_tokens` is not
 /// required there). Errors are 400s whose `param` names the field.
 pub fn parse_request(body: &[u8], count_tokens: bool) -> Result<ChatRequest, ApiError> {
-    crate::openai::expect_object(body)?;
-    let root: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}"), None))?;
-    let Value::Object(root) = root else {
-        return Err(ApiError::invalid(
-            "the request body must be a JSON object",
-            None,
-        ));
+    let root = fields::root(body)?;
+    let model = fields::model(&root)?;
+
+    let max_tokens = match fields::positive(&root, "max_tokens")? {
+        None if !count_tokens => return Err(bad("max_tokens", "is required")),
+        n => n,
     };
 
-    let model = match root.get("model") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-        Some(Value::String(_)) => return Err(bad("model", "must not be empty")),
-        None | Some(Value::Null) => return Err(bad("model", "is required")),
-        Some(v) => return Err(wrong_type("model", "a string", v)),
-    };
-
-    let max_tokens = match root.get("max_tokens") {
-        None | Some(Value::Null) if count_tokens => None,
-        None | Some(Value::Null) => return Err(bad("max_tokens", "is required")),
-        Some(v) => match v.as_u64() {
-            Some(0) => return Err(bad("max_tokens", "must be at least 1")),
-            Some(n) => Some(n),
-            None => return Err(wrong_type("max_tokens", "a positive integer", v)),
-        },
-    };
-
-    let stream = match root.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(v) => return Err(wrong_type("stream", "a boolean", v)),
-    };
-    let temperature = unit_number(&root, "temperature")?;
-    let top_p = unit_number(&root, "top_p")?;
+    let stream = opt_bool(&root, "stream", false)?;
+    let temperature = number_in(&root, "temperature", 0.0, 1.0)?;
+    let top_p = number_in(&root, "top_p", 0.0, 1.0)?;
 
     let stop = match root.get("stop_sequences") {
         None | Some(Value::Null) => None,
@@ -118,66 +94,6 @@ pub fn parse_request(body: &[u8], count_tokens: bool) -> Result<ChatRequest, Api
         tools,
         tool_choice,
     })
-}
-
-/// A 400 whose message starts with the field it names.
-fn bad(param: &str, problem: impl std::fmt::Display) -> ApiError {
-    ApiError::invalid(format!("{param}: {problem}"), Some(param.to_string()))
-}
-
-fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
-    bad(param, format!("expected {expected}, got {}", kind_of(got)))
-}
-
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn message(role: Role, content: Content) -> Message {
-    Message {
-        role,
-        content,
-        name: None,
-        tool_calls: Vec::new(),
-        tool_call_id: None,
-    }
-}
-
-/// An optional number in `0..=1` (Anthropic's range for `temperature` and `top_p`).
-fn unit_number(root: &Obj, key: &str) -> Result<Option<f64>, ApiError> {
-    match root.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_f64() {
-            Some(x) if (0.0..=1.0).contains(&x) => Ok(Some(x)),
-            Some(x) => Err(bad(key, format!("must be between 0 and 1, got {x}"))),
-            None => Err(wrong_type(key, "a number", v)),
-        },
-    }
-}
-
-/// `obj[key]` as a string, required.
-fn req_str<'a>(obj: &'a Obj, key: &str, at: &str) -> Result<&'a str, ApiError> {
-    match obj.get(key) {
-        Some(Value::String(s)) => Ok(s),
-        None | Some(Value::Null) => Err(bad(&format!("{at}.{key}"), "is required")),
-        Some(v) => Err(wrong_type(&format!("{at}.{key}"), "a string", v)),
-    }
-}
-
-/// `obj[key]` as a string, optional.
-fn opt_str<'a>(obj: &'a Obj, key: &str, at: &str) -> Result<Option<&'a str>, ApiError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(v) => Err(wrong_type(&format!("{at}.{key}"), "a string", v)),
-    }
 }
 
 fn as_block<'a>(v: &'a Value, at: &str) -> Result<(&'a Obj, &'a str), ApiError> {
@@ -449,17 +365,7 @@ fn tool_result(obj: &Obj, at: &str, carried: &mut Vec<Part>) -> Result<Message, 
                     }
                 }
             }
-            let mut text = texts.join("\n");
-            if images > 0 {
-                if !text.is_empty() {
-                    text.push('\n');
-                }
-                let s = if images == 1 { "" } else { "s" };
-                text.push_str(&format!(
-                    "[{images} image{s} from this tool result attached to the next user message]"
-                ));
-            }
-            text
+            fields::result_text(&texts, images, "tool result")
         }
         Some(v) => {
             return Err(wrong_type(
@@ -480,17 +386,11 @@ fn tool_result(obj: &Obj, at: &str, carried: &mut Vec<Part>) -> Result<Message, 
 
 /// Client tools → OpenAI function tools; Anthropic server tools are refused.
 fn convert_tools(v: Option<&Value>) -> Result<Option<Vec<Value>>, ApiError> {
-    let list = match v {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Array(a)) => a,
-        Some(v) => return Err(wrong_type("tools", "an array", v)),
+    let Some(list) = fields::objects(v, "tools", "a tool object")? else {
+        return Ok(None);
     };
     let mut tools = Vec::with_capacity(list.len());
-    for (i, t) in list.iter().enumerate() {
-        let at = format!("tools[{i}]");
-        let obj = t
-            .as_object()
-            .ok_or_else(|| wrong_type(&at, "a tool object", t))?;
+    for (at, obj) in list {
         match opt_str(obj, "type", &at)? {
             None | Some("custom") => {}
             Some(other) => {
@@ -517,13 +417,7 @@ fn convert_tools(v: Option<&Value>) -> Result<Option<Vec<Value>>, ApiError> {
                 ))
             }
         };
-        let mut function = Map::new();
-        function.insert("name".into(), Value::String(name.to_string()));
-        if let Some(d) = description {
-            function.insert("description".into(), Value::String(d.to_string()));
-        }
-        function.insert("parameters".into(), schema);
-        tools.push(json!({"type": "function", "function": function}));
+        tools.push(fields::function_tool(name, description, Some(schema)));
     }
     Ok((!tools.is_empty()).then_some(tools))
 }
@@ -912,7 +806,7 @@ impl Encoder for MessagesEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sse::SseDecoder;
+    use crate::transform::encode::testing::{call, events, names, result};
 
     fn parse(v: Value) -> ChatRequest {
         parse_request(v.to_string().as_bytes(), false).expect("valid request")
@@ -1493,29 +1387,6 @@ mod tests {
         assert_eq!(v["error"]["type"], "invalid_request_error");
     }
 
-    fn result(
-        reasoning: &str,
-        content: &str,
-        finish: &str,
-        calls: Vec<ToolCall>,
-    ) -> CompletionResult {
-        CompletionResult {
-            reasoning: reasoning.into(),
-            content: content.into(),
-            finish_reason: finish.into(),
-            usage: None,
-            tool_calls: calls,
-        }
-    }
-
-    fn call(id: &str, name: &str, args: &str) -> ToolCall {
-        ToolCall {
-            id: id.into(),
-            name: name.into(),
-            arguments: args.into(),
-        }
-    }
-
     fn msg(r: &CompletionResult, mode: ReasoningMode) -> Value {
         serde_json::from_slice(&message_json(r, "msg_1", "K2", mode, 7)).expect("json")
     }
@@ -1619,26 +1490,6 @@ mod tests {
 
     /// The stream as (event name, JSON data), through the crate's SSE decoder; checks that
     /// every event has a JSON `data` whose `type` is the event name.
-    fn events(out: &[u8]) -> Vec<(String, Value)> {
-        let mut d = SseDecoder::new();
-        let mut evs = Vec::new();
-        d.push(out, |e| {
-            let v: Value = serde_json::from_slice(e.data).expect("data is JSON");
-            evs.push((e.event.to_string(), v));
-        })
-        .expect("sse");
-        d.finish(|_| panic!("trailing event")).expect("sse");
-        for (name, v) in &evs {
-            assert!(!name.is_empty(), "every event is named");
-            assert_eq!(v["type"], name.as_str());
-        }
-        evs
-    }
-
-    fn names(evs: &[(String, Value)]) -> Vec<&str> {
-        evs.iter().map(|(n, _)| n.as_str()).collect()
-    }
-
     #[test]
     fn stream_full_sequence() {
         let mut e = MessagesEncoder::new("msg_x", "K2-Think", ReasoningMode::Field, 11);

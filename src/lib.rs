@@ -1,13 +1,15 @@
 //! k2proxy: an OpenAI-compatible edge proxy for the K2Think web chat, built on Pingora.
 //!
 //! Module map (design.md §2): `config` (YAML schema), `openai` (downstream wire types),
-//! `anthropic` (the Anthropic Messages surface),
+//! `anthropic` (the Anthropic Messages surface), `responses` (the OpenAI Responses surface),
+//! `fields` (reading hand-converted requests),
 //! `k2think` (upstream wire types), `sse` (event stream codec), `transform` (pure request and
 //! stream transforms), `pool` (token pool), `secret` (masked secrets), `proxy` (the only
 //! module that touches Pingora), `mock` (the mock K2Think upstream used by tests and benches).
 
 pub mod anthropic;
 pub mod config;
+pub mod fields;
 pub mod k2think;
 pub mod limits;
 pub mod metrics;
@@ -15,6 +17,7 @@ pub mod mock;
 pub mod openai;
 pub mod pool;
 pub mod proxy;
+pub mod responses;
 pub mod secret;
 pub mod sse;
 pub mod tokens_file;

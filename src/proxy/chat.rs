@@ -28,16 +28,15 @@ use pingora::upstreams::peer::Peer;
 use pingora::ErrorType;
 
 use super::{respond, routes, upstream, App, Ctx, Snapshot};
-use crate::anthropic::{self, MessagesEncoder};
 use crate::config::ModelEntry;
 use crate::config::{PayloadStyle, ReasoningOutput, UpstreamMode};
 use crate::k2think::{BodyStyle, Payload};
 use crate::metrics::Metrics;
 use crate::openai::{ApiError, ChatRequest};
 use crate::pool::{Lease, LeaseError, Outcome};
-use crate::transform::chunk::{self, ChunkEncoder};
+use crate::transform::chunk;
 use crate::transform::complete::{Completion, CompletionResult};
-use crate::transform::encode::{Surface, Wire};
+use crate::transform::encode::{Parsed, Reply, Surface, Wire};
 use crate::transform::files;
 use crate::transform::request::{to_k2think, RewriteOptions};
 use crate::transform::stream::{ChatStream, ReasoningMode, UpstreamFormat};
@@ -84,6 +83,7 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
     let deadline = tokio::time::Instant::from_std(ctx.started) + snap.config.limits.request_timeout;
     let Prepared {
         req,
+        echo,
         model,
         tools,
         payload,
@@ -103,10 +103,10 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
             ReasoningOutput::Drop => ReasoningMode::Drop,
         }
     };
-    // Only the Anthropic surface reports input tokens before the upstream does.
-    let input_tokens = match ctx.surface {
-        Surface::Chat => 0,
-        Surface::Messages => tokens::estimate_input_tokens(&payload),
+    let input_tokens = if ctx.surface.reports_input_tokens() {
+        tokens::estimate_input_tokens(&payload)
+    } else {
+        0
     };
     let job = Job {
         app,
@@ -114,13 +114,16 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         body: Bytes::from(payload.to_bytes()),
         chat_id: payload.chat_id,
         surface: ctx.surface,
-        input_tokens,
-        id: ctx.surface.new_id(),
-        created: unix_now(),
-        model: req.model.clone(),
-        reasoning,
+        reply: Reply {
+            id: ctx.surface.new_id(),
+            created: unix_now(),
+            model: req.model.clone(),
+            reasoning,
+            input_tokens,
+            include_usage: req.include_usage(),
+            echo,
+        },
         stream: req.stream,
-        include_usage: req.include_usage(),
         tools,
         deadline,
     };
@@ -155,16 +158,7 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
             drop(permit);
             ctx.tool_calls = result.tool_calls.len();
             ctx.tool_malformed = malformed;
-            let body = match job.surface {
-                Surface::Chat => result.to_json(&job.id, job.created, &job.model, job.reasoning),
-                Surface::Messages => anthropic::message_json(
-                    &result,
-                    &job.id,
-                    &job.model,
-                    job.reasoning,
-                    job.input_tokens,
-                ),
-            };
+            let body = job.surface.complete(&result, &job.reply);
             ctx.outcome = "complete";
             ctx.ttft = Some(ctx.started.elapsed());
             if let Err(e) = respond::json(session, ctx, 200, body, &[]).await {
@@ -183,6 +177,8 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
 /// A request read, parsed (per its surface), checked and rewritten for K2Think.
 struct Prepared<'s> {
     req: ChatRequest,
+    /// Request fields the answer repeats (see [`Parsed::echo`]).
+    echo: serde_json::Map<String, serde_json::Value>,
     model: &'s ModelEntry,
     tools: Option<Arc<ToolSet>>,
     payload: Payload,
@@ -213,11 +209,7 @@ async fn prepare<'s>(
             ));
         }
     };
-    let parsed = match ctx.surface {
-        Surface::Chat => ChatRequest::parse(&body),
-        Surface::Messages => anthropic::parse_request(&body, count_tokens),
-    };
-    let mut req = parsed?;
+    let Parsed { mut req, echo } = ctx.surface.parse(&body, count_tokens)?;
     let limits = &snap.config.limits;
     if req.messages.len() > limits.max_messages {
         let err = ApiError::invalid(
@@ -263,6 +255,7 @@ async fn prepare<'s>(
     );
     Ok(Prepared {
         req,
+        echo,
         model,
         tools,
         payload,
@@ -354,14 +347,8 @@ struct Job<'a> {
     chat_id: String,
     /// The API the answer is written for.
     surface: Surface,
-    /// Our estimate of the prompt's tokens (for surfaces that report usage up front).
-    input_tokens: u64,
-    id: String,
-    created: u64,
-    model: String,
-    reasoning: ReasoningMode,
+    reply: Reply,
     stream: bool,
-    include_usage: bool,
     tools: Option<Arc<ToolSet>>,
     /// `limits.request_timeout` from the request's arrival.
     deadline: tokio::time::Instant,
@@ -466,18 +453,7 @@ impl Job<'_> {
     fn new_sink(&self, format: UpstreamFormat) -> Sink {
         let implicit = self.snap.config.reasoning.implicit_think;
         if self.stream {
-            let wire = match self.surface {
-                Surface::Chat => Wire::Chat(
-                    ChunkEncoder::new(&self.id, self.created, &self.model, self.reasoning)
-                        .with_usage(self.include_usage),
-                ),
-                Surface::Messages => Wire::Messages(MessagesEncoder::new(
-                    &self.id,
-                    &self.model,
-                    self.reasoning,
-                    self.input_tokens,
-                )),
-            };
+            let wire = self.surface.encoder(&self.reply);
             Sink::Stream(ChatStream::with_encoder(
                 wire,
                 format,

@@ -7,7 +7,6 @@ use pingora::Result;
 
 use super::Ctx;
 use crate::openai::ApiError;
-use crate::transform::encode::Surface;
 
 /// A complete JSON response with `Content-Length` (keeps the connection reusable).
 pub async fn json(
@@ -53,10 +52,7 @@ pub async fn error_with(
         ctx.outcome = "rejected";
     }
     ctx.error = Some(e.message.clone());
-    let body = match ctx.surface {
-        Surface::Chat => e.body(),
-        Surface::Messages => crate::anthropic::error_body(e),
-    };
+    let body = ctx.surface.error_body(e);
     if let Err(err) = json(session, ctx, e.status, body, &extra).await {
         log::debug!(
             "{}: could not write the error response: {err}",

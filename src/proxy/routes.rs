@@ -20,6 +20,7 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
         "/v1/chat/completions" => Route::Chat,
         "/v1/messages" => Route::Messages,
         "/v1/messages/count_tokens" => Route::CountTokens,
+        "/v1/responses" => Route::Responses,
         p if p.starts_with("/v1/models/") => Route::Model,
         "/ready" => Route::Ready,
         p if p == "/admin" || p.starts_with("/admin/") => {
@@ -31,15 +32,17 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
                 404,
                 "invalid_request_error",
                 "not_found",
-                format!("Unknown path {path}; this server serves /v1/chat/completions, /v1/messages, /v1/messages/count_tokens, /v1/models and /health"),
+                format!("Unknown path {path}; this server serves /v1/chat/completions, /v1/responses, /v1/messages, /v1/messages/count_tokens, /v1/models and /health"),
             );
             return respond::error(session, ctx, &e).await;
         }
     };
     ctx.route = route.name();
-    if matches!(route, Route::Messages | Route::CountTokens) {
-        ctx.surface = Surface::Messages;
-    }
+    ctx.surface = match route {
+        Route::Messages | Route::CountTokens => Surface::Messages,
+        Route::Responses => Surface::Responses,
+        _ => Surface::Chat,
+    };
     let allowed = route.method();
     if method != allowed && !(allowed == "GET" && method == "HEAD") {
         let e = ApiError::new(
@@ -93,7 +96,9 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
                 None => respond::error(session, ctx, &model_not_found(snap, &name)).await,
             }
         }
-        Route::Chat | Route::Messages => chat::handle(app, snap, session, ctx).await,
+        Route::Chat | Route::Messages | Route::Responses => {
+            chat::handle(app, snap, session, ctx).await
+        }
         Route::CountTokens => chat::count_tokens(snap, session, ctx).await,
     }
 }
@@ -107,6 +112,7 @@ enum Route {
     Chat,
     Messages,
     CountTokens,
+    Responses,
 }
 
 impl Route {
@@ -119,12 +125,13 @@ impl Route {
             Route::Chat => "chat",
             Route::Messages => "messages",
             Route::CountTokens => "count_tokens",
+            Route::Responses => "responses",
         }
     }
 
     fn method(self) -> &'static str {
         match self {
-            Route::Chat | Route::Messages | Route::CountTokens => "POST",
+            Route::Chat | Route::Messages | Route::CountTokens | Route::Responses => "POST",
             _ => "GET",
         }
     }

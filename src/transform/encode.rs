@@ -4,13 +4,20 @@
 //! content and detects tool calls once, for every surface; an [`Encoder`] turns what it
 //! found into one surface's wire events. OpenAI chat chunks are
 //! [`ChunkEncoder`](super::chunk::ChunkEncoder); [`Wire`] picks the surface per request.
+//!
+//! [`Surface`] is everything the proxy needs to know per API: how to read a request, which
+//! encoder writes its stream, how its non-stream answer and its errors look.
 
 use rand::distributions::Alphanumeric;
 use rand::Rng;
+use serde_json::{Map, Value};
 
-use crate::anthropic::MessagesEncoder;
+use crate::anthropic::{self, MessagesEncoder};
+use crate::openai::{ApiError, ChatRequest};
+use crate::responses::{self, ResponsesEncoder};
 use crate::transform::chunk::ChunkEncoder;
-use crate::transform::stream::Usage;
+use crate::transform::complete::CompletionResult;
+use crate::transform::stream::{ReasoningMode, Usage};
 use crate::transform::tools::ToolCall;
 
 /// Writes one response's events for one API surface.
@@ -40,14 +47,105 @@ pub enum Surface {
     Chat,
     /// Anthropic `POST /v1/messages`.
     Messages,
+    /// OpenAI `POST /v1/responses`.
+    Responses,
+}
+
+/// A request read by its surface: the shared chat request, and the request fields the
+/// surface's answer repeats (Responses; empty for the others).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub req: ChatRequest,
+    pub echo: Map<String, Value>,
+}
+
+/// What one answer repeats on every surface.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// `chatcmpl-…`, `msg_…` or `resp_…`.
+    pub id: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model name the client asked for.
+    pub model: String,
+    pub reasoning: ReasoningMode,
+    /// Our estimate of the prompt's tokens (for surfaces that report usage themselves).
+    pub input_tokens: u64,
+    /// OpenAI chat: `stream_options.include_usage`.
+    pub include_usage: bool,
+    /// See [`Parsed::echo`].
+    pub echo: Map<String, Value>,
 }
 
 impl Surface {
-    /// A fresh id for one answer: `chatcmpl-…` or `msg_…`.
+    /// A fresh id for one answer: `chatcmpl-…`, `msg_…` or `resp_…`.
     pub fn new_id(self) -> String {
         match self {
             Surface::Chat => random_id("chatcmpl-"),
             Surface::Messages => random_id("msg_"),
+            Surface::Responses => random_id("resp_"),
+        }
+    }
+
+    /// Read a request body (`count_tokens`: an Anthropic token count, which needs no
+    /// `max_tokens`).
+    pub fn parse(self, body: &[u8], count_tokens: bool) -> Result<Parsed, ApiError> {
+        let (req, echo) = match self {
+            Surface::Chat => (ChatRequest::parse(body)?, Map::new()),
+            Surface::Messages => (anthropic::parse_request(body, count_tokens)?, Map::new()),
+            Surface::Responses => {
+                let r = responses::parse_request(body)?;
+                (r.chat, r.echo)
+            }
+        };
+        Ok(Parsed { req, echo })
+    }
+
+    /// Whether the answer reports input tokens even when the upstream does not (then
+    /// [`Reply::input_tokens`] is worth estimating).
+    pub fn reports_input_tokens(self) -> bool {
+        self != Surface::Chat
+    }
+
+    /// The stream encoder for one answer.
+    pub fn encoder(self, reply: &Reply) -> Wire {
+        match self {
+            Surface::Chat => Wire::Chat(
+                ChunkEncoder::new(&reply.id, reply.created, &reply.model, reply.reasoning)
+                    .with_usage(reply.include_usage),
+            ),
+            Surface::Messages => Wire::Messages(MessagesEncoder::new(
+                &reply.id,
+                &reply.model,
+                reply.reasoning,
+                reply.input_tokens,
+            )),
+            Surface::Responses => Wire::Responses(ResponsesEncoder::new(reply.clone())),
+        }
+    }
+
+    /// The non-stream answer's body.
+    pub fn complete(self, result: &CompletionResult, reply: &Reply) -> Vec<u8> {
+        match self {
+            Surface::Chat => {
+                result.to_json(&reply.id, reply.created, &reply.model, reply.reasoning)
+            }
+            Surface::Messages => anthropic::message_json(
+                result,
+                &reply.id,
+                &reply.model,
+                reply.reasoning,
+                reply.input_tokens,
+            ),
+            Surface::Responses => responses::response_json(result, reply),
+        }
+    }
+
+    /// An error body in the surface's shape (Responses errors are OpenAI's).
+    pub fn error_body(self, e: &ApiError) -> Vec<u8> {
+        match self {
+            Surface::Chat | Surface::Responses => e.body(),
+            Surface::Messages => anthropic::error_body(e),
         }
     }
 }
@@ -72,6 +170,8 @@ pub enum Wire {
     Chat(ChunkEncoder),
     /// `POST /v1/messages`.
     Messages(MessagesEncoder),
+    /// `POST /v1/responses`.
+    Responses(ResponsesEncoder),
 }
 
 macro_rules! each {
@@ -79,6 +179,7 @@ macro_rules! each {
         match $self {
             Wire::Chat($e) => $call,
             Wire::Messages($e) => $call,
+            Wire::Responses($e) => $call,
         }
     };
 }
@@ -113,13 +214,73 @@ impl Encoder for Wire {
     }
 }
 
+/// Helpers for the encoders' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use serde_json::Value;
+
+    use crate::sse::SseDecoder;
+    use crate::transform::complete::CompletionResult;
+    use crate::transform::tools::ToolCall;
+
+    /// A non-stream result with no usage.
+    pub fn result(
+        reasoning: &str,
+        content: &str,
+        finish: &str,
+        calls: Vec<ToolCall>,
+    ) -> CompletionResult {
+        CompletionResult {
+            reasoning: reasoning.into(),
+            content: content.into(),
+            finish_reason: finish.into(),
+            usage: None,
+            tool_calls: calls,
+        }
+    }
+
+    pub fn call(id: &str, name: &str, args: &str) -> ToolCall {
+        ToolCall {
+            id: id.into(),
+            name: name.into(),
+            arguments: args.into(),
+        }
+    }
+
+    /// The `(event name, data)` of each event in `out`; each is named, its data is JSON and
+    /// its `type` is its name.
+    pub fn events(out: &[u8]) -> Vec<(String, Value)> {
+        let mut d = SseDecoder::new();
+        let mut evs = Vec::new();
+        d.push(out, |e| {
+            let v: Value = serde_json::from_slice(e.data).expect("data is JSON");
+            evs.push((e.event.to_string(), v));
+        })
+        .expect("sse");
+        d.finish(|_| panic!("trailing event")).expect("sse");
+        for (name, v) in &evs {
+            assert!(!name.is_empty(), "every event is named");
+            assert_eq!(v["type"], name.as_str());
+        }
+        evs
+    }
+
+    pub fn names(evs: &[(String, Value)]) -> Vec<&str> {
+        evs.iter().map(|(n, _)| n.as_str()).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn ids_have_their_prefix_and_24_random_characters() {
-        for (surface, prefix) in [(Surface::Chat, "chatcmpl-"), (Surface::Messages, "msg_")] {
+        for (surface, prefix) in [
+            (Surface::Chat, "chatcmpl-"),
+            (Surface::Messages, "msg_"),
+            (Surface::Responses, "resp_"),
+        ] {
             let (a, b) = (surface.new_id(), surface.new_id());
             assert_ne!(a, b);
             let tail = a.strip_prefix(prefix).expect("prefix");
