@@ -578,11 +578,10 @@ enum Block {
 /// `tool_use`), `message_delta` with `stop_reason` and usage, `message_stop`; `error` on
 /// a failure.
 ///
-/// Thinking blocks start with `"signature":""` and get no `signature_delta`: K2Think has no
-/// signature to give, an empty `signature_delta` would carry nothing, and the Anthropic
-/// SDKs build the block from `content_block_start` (the signature stays `""`). Thinking
-/// blocks sent back in a later request are dropped by [`parse_request`], so the empty
-/// signature is never checked.
+/// A thinking block ends, as Anthropic's do, with a `signature_delta` before its
+/// `content_block_stop`. K2Think signs nothing, so the signature is empty (never a made-up
+/// value a client could mistake for Anthropic's); thinking blocks sent back in a later
+/// request are dropped by [`parse_request`], so it is never checked.
 #[derive(Debug)]
 pub struct MessagesEncoder {
     started: bool,
@@ -615,11 +614,23 @@ impl MessagesEncoder {
         }
     }
 
-    /// Stop the open `thinking` / `text` block, if any.
+    /// Stop the open `thinking` / `text` block, if any (a thinking block gets its
+    /// `signature_delta` first).
     fn close(&mut self, out: &mut Vec<u8>) {
-        if self.open.take().is_some() {
-            stop_block(self.next - 1, out);
+        let Some(block) = self.open.take() else {
+            return;
+        };
+        let i = self.next - 1;
+        if block == Block::Thinking {
+            event(out, "content_block_delta", |o| {
+                o.extend_from_slice(b"{\"type\":\"content_block_delta\",\"index\":");
+                write_u64(o, i as u64);
+                o.extend_from_slice(
+                    b",\"delta\":{\"type\":\"signature_delta\",\"signature\":\"\"}}",
+                );
+            });
         }
+        stop_block(i, out);
     }
 
     /// Close the open block and start a new one; returns its index.
@@ -1522,6 +1533,7 @@ mod tests {
                 "content_block_start",
                 "content_block_delta",
                 "content_block_delta",
+                "content_block_delta",
                 "content_block_stop",
                 "content_block_start",
                 "content_block_delta",
@@ -1553,40 +1565,45 @@ mod tests {
                 "delta": {"type": "thinking_delta", "thinking": "Let me"}})
         );
         assert_eq!(data[4]["delta"]["thinking"], " think");
-        assert_eq!(*data[5], json!({"type": "content_block_stop", "index": 0}));
         assert_eq!(
-            *data[6],
+            *data[5],
+            json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "signature_delta", "signature": ""}})
+        );
+        assert_eq!(*data[6], json!({"type": "content_block_stop", "index": 0}));
+        assert_eq!(
+            *data[7],
             json!({"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}})
         );
         assert_eq!(
-            *data[7],
+            *data[8],
             json!({"type": "content_block_delta", "index": 1,
                 "delta": {"type": "text_delta", "text": "It is \"sunny\"\n"}})
         );
-        assert_eq!(*data[8], json!({"type": "content_block_stop", "index": 1}));
+        assert_eq!(*data[9], json!({"type": "content_block_stop", "index": 1}));
         assert_eq!(
-            *data[9],
+            *data[10],
             json!({"type": "content_block_start", "index": 2, "content_block":
                 {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {}}})
         );
         assert_eq!(
-            *data[10],
+            *data[11],
             json!({"type": "content_block_delta", "index": 2,
                 "delta": {"type": "input_json_delta", "partial_json": "{\"city\":\"Paris\"}"}})
         );
-        assert_eq!(*data[11], json!({"type": "content_block_stop", "index": 2}));
+        assert_eq!(*data[12], json!({"type": "content_block_stop", "index": 2}));
         // Empty arguments: no empty delta.
-        assert_eq!(data[12]["index"], 3);
-        assert_eq!(data[12]["content_block"]["name"], "noop");
-        assert_eq!(*data[13], json!({"type": "content_block_stop", "index": 3}));
+        assert_eq!(data[13]["index"], 3);
+        assert_eq!(data[13]["content_block"]["name"], "noop");
+        assert_eq!(*data[14], json!({"type": "content_block_stop", "index": 3}));
         // Estimate: "Let me think" 12 + "It is \"sunny\"\n" 14 + "get_weather" 11 +
         // args 16 + "noop" 4 = 57 ASCII chars → 15 tokens.
         assert_eq!(
-            *data[14],
+            *data[15],
             json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
                 "usage": {"output_tokens": 15}})
         );
-        assert_eq!(*data[15], json!({"type": "message_stop"}));
+        assert_eq!(*data[16], json!({"type": "message_stop"}));
     }
 
     #[test]
@@ -1739,8 +1756,8 @@ mod tests {
         assert_eq!(evs[0].1["message"]["id"], "id\"1");
         assert_eq!(evs[0].1["message"]["model"], "mo\\del");
         assert_eq!(evs[3].1["delta"]["thinking"], tricky);
-        assert_eq!(evs[6].1["delta"]["text"], tricky);
-        assert_eq!(evs[8].1["content_block"]["id"], "c\"1");
-        assert_eq!(evs[9].1["delta"]["partial_json"], "{\"a\":\"\\n\"}");
+        assert_eq!(evs[7].1["delta"]["text"], tricky);
+        assert_eq!(evs[9].1["content_block"]["id"], "c\"1");
+        assert_eq!(evs[10].1["delta"]["partial_json"], "{\"a\":\"\\n\"}");
     }
 }

@@ -447,3 +447,132 @@ fn count_tokens_estimates_what_goes_upstream() {
         "counting never calls the upstream"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// The reference fixtures (tests/fixtures/anthropic, from Anthropic's documentation)
+// ---------------------------------------------------------------------------------------
+
+fn fixture(name: &str) -> String {
+    let path = format!(
+        "{}/tests/fixtures/anthropic/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// An event's name with its block or delta type.
+fn label(e: &Event) -> String {
+    let sub = e.data["content_block"]["type"]
+        .as_str()
+        .or_else(|| e.data["delta"]["type"].as_str());
+    match sub {
+        Some(t) => format!("{}:{t}", e.name),
+        None => e.name.clone(),
+    }
+}
+
+/// The labels in order, pings left out and repeats collapsed.
+fn grammar(evs: &[Event]) -> Vec<String> {
+    let mut g: Vec<String> = evs.iter().filter(|e| e.name != "ping").map(label).collect();
+    g.dedup();
+    g
+}
+
+/// Every field of `reference` is in `ours` with the same JSON type (a null in the
+/// reference allows anything; a tool's `input` is the tool's own).
+fn assert_shape(reference: &Value, ours: &Value, at: &str) {
+    match (reference, ours) {
+        (Value::Null, _) => {}
+        (Value::Object(r), Value::Object(o)) => {
+            if at.ends_with(".input") {
+                return;
+            }
+            for (k, rv) in r {
+                let ov = o
+                    .get(k)
+                    .unwrap_or_else(|| panic!("{at}.{k} is missing: {ours}"));
+                assert_shape(rv, ov, &format!("{at}.{k}"));
+            }
+        }
+        (Value::Array(r), Value::Array(o)) => {
+            for (i, rv) in r.iter().enumerate() {
+                // Blocks are matched by type where they have one.
+                let ov = match rv["type"].as_str() {
+                    Some(t) => o.iter().find(|x| x["type"] == t),
+                    None => o.get(i),
+                };
+                if let Some(ov) = ov {
+                    assert_shape(rv, ov, &format!("{at}[{i}]"));
+                }
+            }
+        }
+        (Value::Number(_), Value::Number(_))
+        | (Value::String(_), Value::String(_))
+        | (Value::Bool(_), Value::Bool(_)) => {}
+        _ => panic!("{at}: {ours} is not of the type of {reference}"),
+    }
+}
+
+/// Our stream has the reference's grammar, and each of our events the shape of the
+/// reference event with the same label.
+fn assert_stream_like(reference: &str, ours: &str) {
+    let (r, o) = (events(reference), events(ours));
+    assert_eq!(grammar(&o), grammar(&r), "{ours}");
+    for e in o.iter().filter(|e| e.name != "ping") {
+        let l = label(e);
+        let re = r
+            .iter()
+            .find(|x| label(x) == l)
+            .unwrap_or_else(|| panic!("{l} is not in the reference"));
+        assert_shape(&re.data, &e.data, &l);
+    }
+}
+
+#[test]
+fn answers_have_the_grammar_and_shape_of_the_reference_fixtures() {
+    let env = env();
+    // thinking, then text
+    let body = json!({"model": MODEL, "max_tokens": 1024, "stream": true,
+        "messages": [{"role": "user", "content": "What is 27 * 453?"}]});
+    let r = post(&env, "/v1/messages", &body);
+    assert_eq!(r.status, 200);
+    assert_stream_like(&fixture("stream_thinking.sse"), &r.text());
+    let v = post(
+        &env,
+        "/v1/messages",
+        &json!({"model": MODEL, "max_tokens": 1024,
+        "messages": [{"role": "user", "content": "What is 27 * 453?"}]}),
+    )
+    .json();
+    let reference: Value = serde_json::from_str(&fixture("message_thinking.json")).unwrap();
+    assert_shape(&reference, &v, "message");
+    let types: Vec<&str> = v["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["thinking", "text"]);
+
+    // text, then a tool call
+    let ask = calling(
+        "weather in San Francisco?",
+        json!({"city": "San Francisco"}),
+    );
+    let body = json!({"model": NOTHINK, "max_tokens": 1024, "stream": true,
+        "tools": weather_tool(), "messages": [{"role": "user", "content": ask}]});
+    let r = post(&env, "/v1/messages", &body);
+    assert_eq!(r.status, 200);
+    assert_stream_like(&fixture("stream_tool_use.sse"), &r.text());
+    let v = post(
+        &env,
+        "/v1/messages",
+        &json!({"model": NOTHINK, "max_tokens": 1024,
+        "tools": weather_tool(), "messages": [{"role": "user", "content": ask}]}),
+    )
+    .json();
+    let reference: Value = serde_json::from_str(&fixture("message_tool_use.json")).unwrap();
+    assert_shape(&reference, &v, "message");
+    assert_eq!(v["stop_reason"], "tool_use");
+    assert_eq!(v["content"][1]["input"], json!({"city": "San Francisco"}));
+}
