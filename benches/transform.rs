@@ -23,6 +23,7 @@ use k2proxy::mock::{Delivery, Directives, Form};
 use k2proxy::openai::ChatRequest;
 use k2proxy::sse;
 use k2proxy::transform::complete::Completion;
+use k2proxy::transform::encode::{Reply, Surface};
 use k2proxy::transform::request::{to_k2think, RewriteOptions};
 use k2proxy::transform::split::{Deltas, Splitter};
 use k2proxy::transform::stream::{ChatStream, ReasoningMode, StreamOptions, UpstreamFormat};
@@ -153,6 +154,56 @@ fn bench_chat_stream(c: &mut Criterion) {
             c.finish().map(|r| r.content.len()).unwrap_or(0)
         })
     });
+    group.finish();
+}
+
+/// The same upstream stream written for each API surface (OpenAI chat chunks, Anthropic
+/// Messages events, OpenAI Responses events): what each encoder costs on top of the shared
+/// decoding.
+fn bench_surfaces(c: &mut Criterion) {
+    let body = cumulative_stream(&raw_answer());
+    let mut group = c.benchmark_group("surfaces");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    let mut out = Vec::with_capacity(1 << 20);
+    for (name, surface) in [
+        ("chat", Surface::Chat),
+        ("messages", Surface::Messages),
+        ("responses", Surface::Responses),
+    ] {
+        let echo = surface
+            .parse(
+                br#"{"model":"m","max_tokens":100,"input":"x","messages":[{"role":"user","content":"x"}]}"#,
+                false,
+            )
+            .expect("a valid request")
+            .echo;
+        let reply = Reply {
+            id: surface.new_id(),
+            created: 1_758_000_000,
+            model: "MBZUAI-IFM/K2-Think-v2".to_string(),
+            reasoning: ReasoningMode::Field,
+            input_tokens: 100,
+            include_usage: true,
+            echo,
+        };
+        group.bench_function(BenchmarkId::new(name, 1460), |b| {
+            b.iter(|| {
+                out.clear();
+                let mut s = ChatStream::with_encoder(
+                    surface.encoder(&reply),
+                    UpstreamFormat::Sse,
+                    true,
+                    None,
+                );
+                s.start(&mut out);
+                for p in black_box(&body).chunks(1460) {
+                    s.push(p, &mut out);
+                }
+                assert!(s.finish(&mut out).is_ok(), "bench stream must end cleanly");
+                out.len()
+            })
+        });
+    }
     group.finish();
 }
 
@@ -428,6 +479,7 @@ fn bench_tools(c: &mut Criterion) {
 criterion_group!(
     benches,
     bench_chat_stream,
+    bench_surfaces,
     bench_forms,
     bench_splitter,
     bench_rewrite,
