@@ -130,7 +130,11 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
     // Waiting for the upstream can take long (prefill): a client that leaves meanwhile
     // ends the exchange at once, dropping the upstream connection.
     let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let answer = match unless_client_leaves(session, limit, job.exchange(ctx)).await {
+    let waited = {
+        let exchange = std::pin::pin!(job.exchange(ctx));
+        unless_client_leaves(session, limit, exchange).await
+    };
+    let answer = match waited {
         Ok(Some(a)) => a,
         Ok(None) => Err(ApiError::new(
             504,
@@ -656,8 +660,9 @@ impl Job<'_> {
                 .map(|s| HttpSession::H1(Http1Session::new_with_options(s, &peer)));
             let (mut up, reused) = match idle {
                 Some(up) => (up, true),
-                None => connector
-                    .get_http_session(&peer)
+                // Boxed: Pingora's connect future is the largest part of an attempt's
+                // state (~9 KB), and a reused connection does not need it.
+                None => Box::pin(connector.get_http_session(&peer))
                     .await
                     .map_err(|e| connect_failure(&e))?,
             };
@@ -876,8 +881,11 @@ impl Job<'_> {
                     self.deadline
                         .saturating_duration_since(tokio::time::Instant::now()),
                 );
-                let read = read_into(&mut up, |b| stream.push(b, &mut out));
-                let mut step = match unless_client_leaves(session, wait, read).await {
+                let waited = {
+                    let read = std::pin::pin!(read_into(&mut up, |b| stream.push(b, &mut out)));
+                    unless_client_leaves(session, wait, read).await
+                };
+                let mut step = match waited {
                     Ok(Some(r)) => Step::from(r),
                     Ok(None) => Step::Stalled,
                     // Dropping `up` on return closes the upstream connection.
@@ -1032,12 +1040,15 @@ async fn read_into(up: &mut HttpSession, f: impl FnOnce(&[u8])) -> pingora::Resu
 /// or `Err` when the client went away meanwhile (`fut` is then dropped). The client is
 /// watched only after [`WATCH_CLIENT_AFTER`], so a wait that ends sooner costs one timer,
 /// as a plain timeout would.
+///
+/// `fut` is pinned by the caller: taken by value, it would be stored twice in this
+/// function's state (the argument and the pinned copy), and the exchange's future is the
+/// largest part of a request's state.
 async fn unless_client_leaves<F: Future>(
     session: &mut Session,
     limit: Duration,
-    fut: F,
+    mut fut: std::pin::Pin<&mut F>,
 ) -> Result<Option<F::Output>, pingora::Error> {
-    let mut fut = std::pin::pin!(fut);
     let short = limit.min(WATCH_CLIENT_AFTER);
     match tokio::time::timeout(short, &mut fut).await {
         Ok(v) => return Ok(Some(v)),
