@@ -1120,9 +1120,63 @@ fn valid_request() -> Value {
     })
 }
 
+/// A valid Anthropic Messages request with every block kind.
+fn valid_messages_request() -> Value {
+    json!({
+        "model": "MBZUAI-IFM/K2-Think-v2",
+        "max_tokens": 1024,
+        "stream": true,
+        "system": [{"type": "text", "text": "Be brief."}],
+        "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "notes"}}
+            ]},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "hmm", "signature": ""},
+                {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "call_1", "content": [{"type": "text", "text": "sunny"}]}
+            ]}
+        ],
+        "tools": [{"name": "get_weather", "description": "Weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+        "tool_choice": {"type": "auto"}
+    })
+}
+
+/// A valid OpenAI Responses request with every item kind.
+fn valid_responses_request() -> Value {
+    json!({
+        "model": "MBZUAI-IFM/K2-Think-v2",
+        "stream": true,
+        "instructions": "Be brief.",
+        "input": [
+            {"role": "developer", "content": "Use tools."},
+            {"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": "What is this?"},
+                {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"},
+                {"type": "input_file", "filename": "notes.md", "file_data": "data:text/markdown;base64,IyBIaQ=="}
+            ]},
+            {"type": "reasoning", "id": "rs_1", "summary": []},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{\"city\":\"Paris\"}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+            {"role": "user", "content": "Thanks"}
+        ],
+        "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+        "tool_choice": "auto"
+    })
+}
+
 const TOP_KEYS: &[&str] = &[
     "model",
     "messages",
+    "input",
+    "instructions",
+    "system",
+    "max_output_tokens",
     "stream",
     "stream_options",
     "temperature",
@@ -1236,17 +1290,25 @@ fn set_or_remove(obj: &mut Value, key: &str, v: &Option<Value>) {
     }
 }
 
+/// The conversation of a request: `messages`, or a Responses request's `input` items.
+fn turns(req: &mut Value) -> Option<&mut Value> {
+    if req.get("messages").is_some() {
+        req.get_mut("messages")
+    } else {
+        req.get_mut("input")
+    }
+}
+
 fn apply(req: &mut Value, m: &Mutation) {
     match m {
         Mutation::Top(k, v) => set_or_remove(req, k, v),
         Mutation::Message(i, k, v) => {
-            if let Some(msg) = req.get_mut("messages").and_then(|m| m.get_mut(*i)) {
+            if let Some(msg) = turns(req).and_then(|m| m.get_mut(*i)) {
                 set_or_remove(msg, k, v);
             }
         }
         Mutation::Part(i, k, v) => {
-            if let Some(p) = req
-                .get_mut("messages")
+            if let Some(p) = turns(req)
                 .and_then(|m| m.get_mut(1))
                 .and_then(|m| m.get_mut("content"))
                 .and_then(|c| c.get_mut(*i))
@@ -1255,8 +1317,7 @@ fn apply(req: &mut Value, m: &Mutation) {
             }
         }
         Mutation::NewPart(p) => {
-            if let Some(parts) = req
-                .get_mut("messages")
+            if let Some(parts) = turns(req)
                 .and_then(|m| m.get_mut(1))
                 .and_then(|m| m.get_mut("content"))
                 .and_then(Value::as_array_mut)
@@ -1281,7 +1342,7 @@ proptest! {
     fn request_any_bytes(body in prop_oneof![
         vec(any::<u8>(), 0..256),
         vec(prop_oneof![
-            atoms(&["{", "}", "[", "]", ",", ":", "\"", "\"model\"", "\"messages\"", "\"role\"", "\"user\"", "\"content\"", "null", "1e999", "-0", "\\u0000", " "]).prop_map(String::into_bytes),
+            atoms(&["{", "}", "[", "]", ",", ":", "\"", "\"model\"", "\"messages\"", "\"role\"", "\"user\"", "\"content\"", "\"input\"", "\"type\"", "\"function_call\"", "\"tool_result\"", "\"max_tokens\"", "null", "1e999", "-0", "\\u0000", " "]).prop_map(String::into_bytes),
             vec(any::<u8>(), 0..3),
         ], 0..32).prop_map(concat),
     ], limits in limits()) {
@@ -1295,11 +1356,12 @@ proptest! {
 
     #[test]
     fn request_mutated_valid_request(
+        which in 0usize..3,
         mutations in vec(mutation(), 0..5),
         limits in limits(),
         pretty in any::<bool>(),
     ) {
-        let mut req = valid_request();
+        let mut req = [valid_request, valid_messages_request, valid_responses_request][which]();
         for m in &mutations {
             apply(&mut req, m);
         }
@@ -1309,6 +1371,19 @@ proptest! {
             serde_json::to_vec(&req).unwrap()
         };
         check_request(&body, limits)?;
+    }
+}
+
+#[test]
+fn the_unmutated_requests_are_valid_on_their_surfaces() {
+    use k2proxy::transform::encode::Surface;
+    for (surface, req) in [
+        (Surface::Messages, valid_messages_request()),
+        (Surface::Responses, valid_responses_request()),
+    ] {
+        let parsed = surface.parse(&serde_json::to_vec(&req).unwrap(), false);
+        let parsed = parsed.unwrap_or_else(|e| panic!("{surface:?}: {}", e.message));
+        assert!(parsed.req.tools.is_some() && parsed.req.messages.len() >= 4);
     }
 }
 

@@ -1,6 +1,7 @@
-//! Request parsing: arbitrary bytes never panic; `ChatRequest::parse` gives a request or a
-//! 4xx error; a parsed request goes through the tool set, the K2Think rewrite and file/image
-//! resolution without panicking, and its payload serializes to JSON.
+//! Request parsing on every API surface (chat completions, Anthropic Messages, OpenAI
+//! Responses): arbitrary bytes never panic; each parser gives a request or a 4xx error in its
+//! surface's shape; a parsed request goes through the tool set, the K2Think rewrite and
+//! file/image resolution without panicking, and its payload serializes to JSON.
 //!
 //! cargo +nightly fuzz run chat_request -- -max_total_time=60
 

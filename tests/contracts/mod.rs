@@ -8,6 +8,7 @@ use std::sync::Arc;
 use k2proxy::k2think::BodyStyle;
 use k2proxy::openai::ChatRequest;
 use k2proxy::sse::{SseDecoder, DEFAULT_MAX_LINE};
+use k2proxy::transform::encode::Surface;
 use k2proxy::transform::files;
 use k2proxy::transform::request::{to_k2think, RewriteOptions};
 use k2proxy::transform::tools::{ToolChoice, ToolDetector, ToolPiece, ToolSet};
@@ -153,15 +154,23 @@ pub fn assemble(out: &[u8], model: &str) -> Assembled {
     a
 }
 
-/// `body` as a client request: parsed, or refused with a 4xx OpenAI error; a parsed request
+/// `body` as a client request on every API surface (chat completions, Messages,
+/// Responses): parsed, or refused with a 4xx error in the surface's shape; a parsed request
 /// goes through the tool set, the K2Think rewrite (both body styles) and file resolution
 /// under `limits` without panicking, and its payload is JSON.
 pub fn check_request(body: &[u8], limits: files::Limits) {
-    let mut req = match ChatRequest::parse(body) {
-        Ok(r) => r,
+    for surface in [Surface::Chat, Surface::Messages, Surface::Responses] {
+        check_request_on(surface, body, limits);
+    }
+}
+
+fn check_request_on(surface: Surface, body: &[u8], limits: files::Limits) {
+    let mut req = match surface.parse(body, false) {
+        Ok(p) => p.req,
         Err(e) => {
             assert!((400..500).contains(&e.status), "status {}", e.status);
-            let v: Value = serde_json::from_slice(&e.body()).expect("error body is JSON");
+            let v: Value =
+                serde_json::from_slice(&surface.error_body(&e)).expect("error body is JSON");
             assert!(v["error"]["message"].is_string());
             return;
         }
