@@ -565,6 +565,20 @@ pub fn response_json(result: &CompletionResult, reply: &Reply) -> Vec<u8> {
 // Stream encoder
 // ---------------------------------------------------------------------------------------
 
+/// `event: <name>\ndata: {"type":<name>,"sequence_number":N,<fields>}\n\n`, numbering
+/// the events from `seq`.
+fn write_event(seq: &mut u64, out: &mut Vec<u8>, name: &str, fields: impl FnOnce(&mut Vec<u8>)) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: {\"type\":\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\",\"sequence_number\":");
+    write_u64(out, *seq);
+    *seq += 1;
+    fields(out);
+    out.extend_from_slice(b"}\n\n");
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Reasoning,
@@ -609,17 +623,8 @@ impl ResponsesEncoder {
         }
     }
 
-    /// `event: <name>\ndata: {"type":<name>,"sequence_number":N,<fields>}\n\n`.
     fn event(&mut self, out: &mut Vec<u8>, name: &str, fields: impl FnOnce(&mut Vec<u8>)) {
-        out.extend_from_slice(b"event: ");
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\ndata: {\"type\":\"");
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\",\"sequence_number\":");
-        write_u64(out, self.seq);
-        self.seq += 1;
-        fields(out);
-        out.extend_from_slice(b"}\n\n");
+        write_event(&mut self.seq, out, name, fields)
     }
 
     /// An event whose other fields are a JSON object.
@@ -725,13 +730,13 @@ impl ResponsesEncoder {
             return;
         };
         open.text.push_str(text);
-        let (id, index) = (open.id.clone(), open.index);
         let name = match kind {
             Kind::Reasoning => "response.reasoning_text.delta",
             Kind::Message => "response.output_text.delta",
         };
-        self.event(out, name, |o| {
-            Self::item_ref(o, &id, index, true);
+        // `self.seq` and `self.open` are borrowed apart: no copy of the item id per delta.
+        write_event(&mut self.seq, out, name, |o| {
+            Self::item_ref(o, &open.id, open.index, true);
             o.extend_from_slice(b",\"delta\":");
             write_json_str(o, text);
             if kind == Kind::Message {
