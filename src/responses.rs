@@ -496,7 +496,7 @@ fn reasoning_item(id: &str, text: &str, status: &str) -> Value {
         "type": "reasoning",
         "id": id,
         "summary": [],
-        "content": [{"type": "reasoning_text", "text": text}],
+        "content": [Kind::Reasoning.part(text)],
         "status": status,
     })
 }
@@ -585,6 +585,24 @@ enum Kind {
     Message,
 }
 
+impl Kind {
+    /// The item's one content part.
+    fn part(self, text: &str) -> Value {
+        match self {
+            Kind::Reasoning => json!({"type": "reasoning_text", "text": text}),
+            Kind::Message => text_part(text),
+        }
+    }
+
+    /// The whole item.
+    fn item(self, id: &str, text: &str, status: &str) -> Value {
+        match self {
+            Kind::Reasoning => reasoning_item(id, text, status),
+            Kind::Message => message_item(id, text, status),
+        }
+    }
+}
+
 /// The reasoning or message item being written.
 #[derive(Debug)]
 struct Open {
@@ -656,18 +674,19 @@ impl ResponsesEncoder {
     fn open_item(&mut self, kind: Kind, out: &mut Vec<u8>) {
         self.close(out, "completed");
         let index = self.output.len();
-        let (id, item, part) = match kind {
+        let (id, item) = match kind {
             Kind::Reasoning => {
                 let id = random_id("rs_");
                 let item = json!({"type": "reasoning", "id": id, "summary": [], "content": [], "status": "in_progress"});
-                (id, item, json!({"type": "reasoning_text", "text": ""}))
+                (id, item)
             }
             Kind::Message => {
                 let id = random_id("msg_");
                 let item = json!({"type": "message", "id": id, "status": "in_progress", "role": "assistant", "content": []});
-                (id, item, text_part(""))
+                (id, item)
             }
         };
+        let part = kind.part("");
         self.event_json(
             out,
             "response.output_item.added",
@@ -692,18 +711,12 @@ impl ResponsesEncoder {
         let Some(open) = self.open.take() else {
             return;
         };
-        let (done, part, item) = match open.kind {
-            Kind::Reasoning => (
-                "response.reasoning_text.done",
-                json!({"type": "reasoning_text", "text": open.text}),
-                reasoning_item(&open.id, &open.text, status),
-            ),
-            Kind::Message => (
-                "response.output_text.done",
-                text_part(&open.text),
-                message_item(&open.id, &open.text, status),
-            ),
+        let done = match open.kind {
+            Kind::Reasoning => "response.reasoning_text.done",
+            Kind::Message => "response.output_text.done",
         };
+        let part = open.kind.part(&open.text);
+        let item = open.kind.item(&open.id, &open.text, status);
         let mut fields = json!({"item_id": open.id, "output_index": open.index, "content_index": 0, "text": open.text});
         if open.kind == Kind::Message {
             fields["logprobs"] = json!([]);
@@ -749,10 +762,7 @@ impl ResponsesEncoder {
     fn output_so_far(&self) -> Vec<Value> {
         let mut output = self.output.clone();
         if let Some(open) = &self.open {
-            output.push(match open.kind {
-                Kind::Reasoning => reasoning_item(&open.id, &open.text, "incomplete"),
-                Kind::Message => message_item(&open.id, &open.text, "incomplete"),
-            });
+            output.push(open.kind.item(&open.id, &open.text, "incomplete"));
         }
         output
     }
