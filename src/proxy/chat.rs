@@ -13,6 +13,7 @@
 //!    ends the client stream with `finish_reason:"error"` and an error event.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -130,9 +131,12 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
     // Waiting for the upstream can take long (prefill): a client that leaves meanwhile
     // ends the exchange at once, dropping the upstream connection.
     let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
+    // Boxed: the attempts' state (the upstream connect and request, the first events) is
+    // freed once the answer is usable, instead of staying in this future's state for as
+    // long as the answer streams.
     let waited = {
-        let exchange = std::pin::pin!(job.exchange(ctx));
-        unless_client_leaves(session, limit, exchange).await
+        let mut exchange = Box::pin(job.exchange(ctx));
+        unless_client_leaves(session, limit, exchange.as_mut()).await
     };
     let answer = match waited {
         Ok(Some(a)) => a,
@@ -366,9 +370,12 @@ enum Answer {
     Complete(CompletionResult, u64),
 }
 
+/// Boxed, and kept boxed while it streams: this is what a request holds for the whole
+/// answer, so its parts are not copied into the stream's own state.
 struct Live {
     up: HttpSession,
-    peer: HttpPeer,
+    /// Boxed: `HttpPeer` is 672 bytes, and every await of an attempt keeps it.
+    peer: Box<HttpPeer>,
     stream: ChatStream<Wire>,
     out: Vec<u8>,
     /// The upstream body already ended cleanly (the whole answer arrived before commit).
@@ -638,7 +645,7 @@ impl Job<'_> {
             .resolve(&snap.target.host, snap.target.port)
             .await
             .map_err(Failure::Network)?;
-        let peer = upstream::peer(snap, addr);
+        let peer = Box::new(upstream::peer(snap, addr));
         let connector = &self.app.connector;
         let req = upstream::request_header(
             snap,
@@ -647,6 +654,7 @@ impl Job<'_> {
             self.body.len(),
             up_cfg.stream,
         )
+        .map(Box::new)
         .map_err(|e| Failure::Network(format!("cannot build the request: {e}")))?;
         let deadline = tokio::time::Instant::now() + up_cfg.header_timeout;
 
@@ -657,19 +665,19 @@ impl Job<'_> {
                 .app
                 .idle
                 .take(peer.reuse_hash(), up_cfg.keepalive)
-                .map(|s| HttpSession::H1(Http1Session::new_with_options(s, &peer)));
+                .map(|s| HttpSession::H1(Http1Session::new_with_options(s, &*peer)));
             let (mut up, reused) = match idle {
                 Some(up) => (up, true),
                 // Boxed: Pingora's connect future is the largest part of an attempt's
                 // state (~9 KB), and a reused connection does not need it.
-                None => Box::pin(connector.get_http_session(&peer))
+                None => Box::pin(connector.get_http_session(&*peer))
                     .await
                     .map_err(|e| connect_failure(&e))?,
             };
             up.set_read_timeout(Some(up_cfg.header_timeout));
             up.set_write_timeout(Some(up_cfg.connect_timeout.max(Duration::from_secs(30))));
             let sent = tokio::time::timeout_at(deadline, async {
-                up.write_request_header(Box::new(req.clone())).await?;
+                up.write_request_header(req.clone()).await?;
                 up.write_request_body(self.body.clone(), true).await?;
                 up.finish_request_body().await?;
                 up.read_response_header().await
@@ -831,18 +839,14 @@ impl Job<'_> {
     /// ends is never refused for it.
     async fn stream(
         &self,
-        live: Box<Live>,
+        mut live: Box<Live>,
         session: &mut Session,
         ctx: &mut Ctx,
         permit: crate::limits::Permit,
     ) {
-        let Live {
-            mut up,
-            peer,
-            mut stream,
-            mut out,
-            ended,
-        } = *live;
+        // `live` stays boxed: taking it apart would copy its parts into this future's
+        // state, which every open stream holds.
+        let ended = live.ended;
         let idle = self.snap.config.upstream.idle_timeout;
         let head = match sse_head(ctx) {
             Ok(h) => h,
@@ -863,16 +867,16 @@ impl Job<'_> {
         let mut failed = false;
         if !ended {
             loop {
-                if !out.is_empty() {
-                    if first && stream.output_started() {
+                if !live.out.is_empty() {
+                    if first && live.stream.output_started() {
                         ctx.ttft = Some(ctx.started.elapsed());
                         first = false;
                     }
-                    if !write(session, ctx, &self.app.metrics, &mut out).await {
+                    if !write(session, ctx, &self.app.metrics, &mut live.out).await {
                         return;
                     }
                 }
-                let wait = if stream.decoder().done_seen() {
+                let wait = if live.stream.decoder().done_seen() {
                     AFTER_DONE_WAIT
                 } else {
                     idle
@@ -882,7 +886,9 @@ impl Job<'_> {
                         .saturating_duration_since(tokio::time::Instant::now()),
                 );
                 let waited = {
-                    let read = std::pin::pin!(read_into(&mut up, |b| stream.push(b, &mut out)));
+                    let read = std::pin::pin!(read_into(&mut live.up, |b| live
+                        .stream
+                        .push(b, &mut live.out)));
                     unless_client_leaves(session, wait, read).await
                 };
                 let mut step = match waited {
@@ -897,8 +903,12 @@ impl Job<'_> {
                 };
                 // What the upstream already delivered goes out in the same write: one
                 // syscall for a burst of events instead of one per event, and no waiting.
-                while matches!(step, Step::More) && out.len() < WRITE_BATCH {
-                    match ready_now(read_into(&mut up, |b| stream.push(b, &mut out))).await {
+                while matches!(step, Step::More) && live.out.len() < WRITE_BATCH {
+                    match ready_now(read_into(&mut live.up, |b| {
+                        live.stream.push(b, &mut live.out)
+                    }))
+                    .await
+                    {
                         Some(r) => step = Step::from(r),
                         None => break,
                     }
@@ -910,7 +920,7 @@ impl Job<'_> {
                         break;
                     }
                     // The answer is complete; the upstream just did not close the body.
-                    Step::Lost(_) | Step::Stalled if stream.decoder().done_seen() => {
+                    Step::Lost(_) | Step::Stalled if live.stream.decoder().done_seen() => {
                         clean_end = true;
                         break;
                     }
@@ -920,10 +930,10 @@ impl Job<'_> {
                             ctx.request_id,
                             e.etype().as_str()
                         );
-                        stream.fail(
+                        live.stream.fail(
                             chunk::UPSTREAM_STREAM_ERROR,
                             "The upstream connection was lost mid-stream; the answer is incomplete",
-                            &mut out,
+                            &mut live.out,
                         );
                         failed = true;
                         break;
@@ -934,12 +944,12 @@ impl Job<'_> {
                             "{}: request exceeded limits.request_timeout",
                             ctx.request_id
                         );
-                        stream.fail(
+                        live.stream.fail(
                             chunk::REQUEST_TIMEOUT,
                             &format!(
                                 "The request exceeded limits.request_timeout ({limit}s); the answer is incomplete"
                             ),
-                            &mut out,
+                            &mut live.out,
                         );
                         failed = true;
                         break;
@@ -949,36 +959,37 @@ impl Job<'_> {
                             "{}: upstream stalled for {idle:?} mid-stream",
                             ctx.request_id
                         );
-                        stream.fail(
+                        live.stream.fail(
                             chunk::UPSTREAM_TIMEOUT,
                             &format!(
                                 "The upstream sent nothing for {idle:?} (upstream.idle_timeout); the answer is incomplete"
                             ),
-                            &mut out,
+                            &mut live.out,
                         );
                         failed = true;
                         break;
                     }
                 }
             }
-            if clean_end && stream.finish(&mut out).is_err() {
+            if clean_end && live.stream.finish(&mut live.out).is_err() {
                 failed = true;
             }
         }
-        if first && stream.output_started() {
+        if first && live.stream.output_started() {
             ctx.ttft = Some(ctx.started.elapsed());
         }
         ctx.outcome = if failed { "upstream_error" } else { "complete" };
-        ctx.tool_calls = stream.tool_calls_emitted();
-        ctx.tool_malformed = stream.malformed_tool_blocks();
+        ctx.tool_calls = live.stream.tool_calls_emitted();
+        ctx.tool_malformed = live.stream.malformed_tool_blocks();
         if failed {
-            ctx.error = stream
+            ctx.error = live
+                .stream
                 .upstream_error()
                 .map(str::to_string)
                 .or(Some("upstream failed mid-stream".into()));
         }
         drop(permit);
-        if !write(session, ctx, &self.app.metrics, &mut out).await {
+        if !write(session, ctx, &self.app.metrics, &mut live.out).await {
             return;
         }
         if let Err(e) = session.write_response_body(None, true).await {
@@ -986,6 +997,7 @@ impl Job<'_> {
             ctx.outcome = "client_abort";
         }
         if clean_end && !failed {
+            let Live { up, peer, .. } = *live;
             release(self.app, up, &peer, self.snap.config.upstream.keepalive).await;
         }
     }
@@ -1121,23 +1133,34 @@ fn sse_head(ctx: &Ctx) -> pingora::Result<ResponseHeader> {
 
 /// Give a finished upstream connection back for reuse: HTTP/1 to our idle list, HTTP/2 to
 /// Pingora's connector.
-async fn release(app: &App, mut up: HttpSession, peer: &HttpPeer, keepalive: Duration) {
-    if !up.response_done() {
-        return;
-    }
-    match up {
-        HttpSession::H1(mut h1) => {
-            h1.respect_keepalive();
-            if let Some(stream) = h1.reuse().await {
-                app.idle.put(peer.reuse_hash(), stream);
+///
+/// Boxed: this runs once, at the end of a request, but its state (~4 KB, mostly Pingora's
+/// `release_http_session`) would otherwise be part of the attempt's and the stream's state
+/// for the whole of every request.
+fn release<'a>(
+    app: &'a App,
+    mut up: HttpSession,
+    peer: &'a HttpPeer,
+    keepalive: Duration,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    Box::pin(async move {
+        if !up.response_done() {
+            return;
+        }
+        match up {
+            HttpSession::H1(mut h1) => {
+                h1.respect_keepalive();
+                if let Some(stream) = h1.reuse().await {
+                    app.idle.put(peer.reuse_hash(), stream);
+                }
+            }
+            other => {
+                app.connector
+                    .release_http_session(other, peer, Some(keepalive))
+                    .await
             }
         }
-        other => {
-            app.connector
-                .release_http_session(other, peer, Some(keepalive))
-                .await
-        }
-    }
+    })
 }
 
 /// SSE or a JSON answer, from the content type or, when that says neither, the first byte.
