@@ -674,18 +674,13 @@ impl ResponsesEncoder {
     fn open_item(&mut self, kind: Kind, out: &mut Vec<u8>) {
         self.close(out, "completed");
         let index = self.output.len();
-        let (id, item) = match kind {
-            Kind::Reasoning => {
-                let id = random_id("rs_");
-                let item = json!({"type": "reasoning", "id": id, "summary": [], "content": [], "status": "in_progress"});
-                (id, item)
-            }
-            Kind::Message => {
-                let id = random_id("msg_");
-                let item = json!({"type": "message", "id": id, "status": "in_progress", "role": "assistant", "content": []});
-                (id, item)
-            }
-        };
+        let id = random_id(match kind {
+            Kind::Reasoning => "rs_",
+            Kind::Message => "msg_",
+        });
+        // An item starts with no content part; the part is announced next.
+        let mut item = kind.item(&id, "", "in_progress");
+        item["content"] = json!([]);
         let part = kind.part("");
         self.event_json(
             out,

@@ -1054,8 +1054,8 @@ async fn read_into(up: &mut HttpSession, f: impl FnOnce(&[u8])) -> pingora::Resu
 /// as a plain timeout would.
 ///
 /// `fut` is pinned by the caller: taken by value, it would be stored twice in this
-/// function's state (the argument and the pinned copy), and the exchange's future is the
-/// largest part of a request's state.
+/// function's state (the argument and the pinned copy), and this function's state is part
+/// of every waiting request's.
 async fn unless_client_leaves<F: Future>(
     session: &mut Session,
     limit: Duration,
