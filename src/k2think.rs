@@ -8,6 +8,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+/// K2 Horizon, the web chat's model since 2026-09 (k2think-protocol.md §0.5 #2).
+pub const HORIZON_MODEL: &str = "IFM/K2-Horizon-375B-A23B";
+/// K2-Think-v2, the model of the old host (www.k2think.ai), being phased out.
+pub const LEGACY_MODEL: &str = "MBZUAI-IFM/K2-Think-v2";
+/// The old host. Pointing `upstream.base_url` at it brings back its model catalogue.
+pub const LEGACY_HOST: &str = "www.k2think.ai";
+/// The assistant-message fields the new upstream accepts as the thinking field (§0.5 #3).
+pub const THINKING_FIELDS: [&str; 5] = [
+    "reasoning",
+    "reasoning_content",
+    "think",
+    "think_fast",
+    "think_faster",
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyStyle {
     Minimal,

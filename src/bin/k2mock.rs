@@ -1,4 +1,5 @@
-//! Mock K2Think upstream, runnable by hand.
+//! Mock K2Think upstream, runnable by hand (K2 Horizon by default; `--personality k2think`
+//! for the old host, `--legacy-host` for its guest path as it answers today: 400).
 //!
 //! cargo run --bin k2mock -- --listen 127.0.0.1:9100 --account me@example.com:secret
 //! curl -N http://127.0.0.1:9100/api/chat/completions -H 'Authorization: Bearer tok;pace_ms=100' \
@@ -8,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use k2proxy::mock::{Account, Delivery, Directives, Form, MockConfig, MockServer};
+use k2proxy::mock::{Account, Delivery, Form, MockConfig, MockServer};
 
 const DIRECTIVES_HELP: &str = "\
 DIRECTIVES (later layers win):
@@ -17,16 +18,24 @@ DIRECTIVES (later layers win):
   3. the bearer token: NAME;key=value;key=value   (e.g. tok-b;fault=429;retry_after=3)
   Unknown keys and bad values are ignored.
 
-  form=v1|v2|v2-answer|v2-noopen|details|none   markup (default v1)
+  form=v1|v2|v2-answer|v2-noopen|details|details-bare|none
+                                                 markup (default v1; horizon: details-bare)
   delivery=cumulative|incremental|delta          SSE payload shape (default cumulative)
-  end=done|marker|both|none                      stream end (default both)
+  end=done|marker|both|none|ragged               stream end (default both; horizon: ragged =
+                                                 the done event, then a torn-down connection)
+  task_id=true|false                             a leading task_id event (horizon: true)
+  finish_chunk=true|false                        OpenAI finish chunk after done (horizon: true)
+  thinking_rule=true|false                       400 unless each assistant message has a string
+                                                 thinking field (horizon: true)
+  effort_closers=true|false                      v2 forms close with </think_fast> (medium) or
+                                                 </think_faster> (low) (horizon: true)
   usage=true|false                               usage event / field (default true)
   chunk=N                                        chars per content event (default 8)
   pace_ms=N                                      sleep between events (default 0)
   crlf=true|false                                \\r\\n line ends (default false)
   split=N                                        write each event in N-byte frames (default 0 = off)
   gate=NAME gate_after=K                         after K events wait for POST /__mock/gates/NAME/open (K default 1)
-  fault=401|403|429|500|502|503|<4xx/5xx>|cut|slowhead|garbage|html|close|stall|error_event
+  fault=401|403|429|500|502|503|<4xx/5xx>|cut|slowhead|garbage|html|close|stall|error_event|detail
   retry_after=N|date:N                           Retry-After of a 429 (default 2)
   cut_after=N                                    events before cut/stall/error_event (default 2)
   slowhead_ms=N (default 3000)  stall_ms=N (default 60000)
@@ -44,9 +53,17 @@ struct Args {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:9100")]
     listen: SocketAddr,
-    /// Default markup form.
-    #[arg(long, default_value = "v1")]
-    form: String,
+    /// Which upstream to imitate: `horizon` (chat.ifm.ai since 2026-09: K2 Horizon, the
+    /// details + bare-answer form, task_id events, a finish chunk after done, a ragged end,
+    /// the thinking-field rule) or `k2think` (www.k2think.ai as it answered before).
+    #[arg(long, default_value = "horizon", value_parser = ["horizon", "k2think"])]
+    personality: String,
+    /// The old host as the newest clients report it: the guest chat path answers 400.
+    #[arg(long)]
+    legacy_host: bool,
+    /// Default markup form (default: the personality's).
+    #[arg(long)]
+    form: Option<String>,
     /// Default delivery.
     #[arg(long, default_value = "cumulative")]
     delivery: String,
@@ -71,20 +88,26 @@ struct Args {
     /// A token name accepted with --strict-tokens (repeatable).
     #[arg(long = "valid-token", value_name = "TOKEN")]
     valid_tokens: Vec<String>,
-    /// Model ids served (repeatable; default MBZUAI-IFM/K2-Think-v2 and MBZUAI-IFM/K2-Think).
+    /// Model ids served (repeatable; default: IFM/K2-Horizon-375B-A23B with the horizon
+    /// personality, MBZUAI-IFM/K2-Think-v2 and MBZUAI-IFM/K2-Think with k2think).
     #[arg(long = "model", value_name = "ID")]
     models: Vec<String>,
 }
 
 fn config(args: &Args) -> Result<MockConfig, String> {
-    let mut d = Directives {
-        form: Form::parse(&args.form).ok_or_else(|| format!("unknown form {:?}", args.form))?,
-        delivery: Delivery::parse(&args.delivery)
-            .ok_or_else(|| format!("unknown delivery {:?}", args.delivery))?,
-        pace_ms: args.pace_ms,
-        chunk: args.chunk.max(1),
-        ..Directives::default()
+    let base = if args.personality == "k2think" {
+        MockConfig::default()
+    } else {
+        MockConfig::horizon()
     };
+    let mut d = base.defaults.clone();
+    if let Some(form) = &args.form {
+        d.form = Form::parse(form).ok_or_else(|| format!("unknown form {form:?}"))?;
+    }
+    d.delivery = Delivery::parse(&args.delivery)
+        .ok_or_else(|| format!("unknown delivery {:?}", args.delivery))?;
+    d.pace_ms = args.pace_ms;
+    d.chunk = args.chunk.max(1);
     d.apply(&args.directives);
     let mut accounts = Vec::new();
     for a in &args.accounts {
@@ -99,7 +122,8 @@ fn config(args: &Args) -> Result<MockConfig, String> {
         record: !args.no_record,
         strict_tokens: args.strict_tokens,
         valid_tokens: args.valid_tokens.clone(),
-        ..MockConfig::default()
+        legacy_guest_400: args.legacy_host,
+        ..base
     };
     if !args.models.is_empty() {
         cfg.models = args.models.clone();

@@ -24,6 +24,9 @@ pub enum Form {
     V2NoOpen,
     /// Open WebUI `<details type="reasoning">` block, then `<answer>A</answer>`.
     Details,
+    /// K2 Horizon's guest form (k2think-protocol.md §0.5 #5): the `<details>` block with
+    /// `> `-quoted reasoning lines, then the answer as bare text after `</details>`.
+    DetailsBare,
     /// Just `A`.
     None,
 }
@@ -36,6 +39,7 @@ impl Form {
             "v2-answer" | "v2answer" | "v2_answer" => Form::V2Answer,
             "v2-noopen" | "v2noopen" | "v2_noopen" => Form::V2NoOpen,
             "details" => Form::Details,
+            "details-bare" | "details_bare" | "horizon" => Form::DetailsBare,
             "none" | "plain" => Form::None,
             _ => return None,
         })
@@ -48,16 +52,18 @@ impl Form {
             Form::V2Answer => "v2-answer",
             Form::V2NoOpen => "v2-noopen",
             Form::Details => "details",
+            Form::DetailsBare => "details-bare",
             Form::None => "none",
         }
     }
 
-    pub const ALL: [Form; 6] = [
+    pub const ALL: [Form; 7] = [
         Form::V1,
         Form::V2,
         Form::V2Answer,
         Form::V2NoOpen,
         Form::Details,
+        Form::DetailsBare,
         Form::None,
     ];
 }
@@ -107,6 +113,9 @@ pub enum End {
     Both,
     /// The body just ends.
     None,
+    /// The done event (and the finish chunk, with `finish_chunk`), then the connection is
+    /// torn down without a clean end of body (§0.5 #8, "ragged teardown").
+    Ragged,
 }
 
 impl End {
@@ -116,6 +125,7 @@ impl End {
             "marker" => End::Marker,
             "both" => End::Both,
             "none" => End::None,
+            "ragged" => End::Ragged,
             _ => return None,
         })
     }
@@ -167,6 +177,8 @@ pub enum Fault {
     Stall,
     /// Send `cut_after` events, then `data: {"error":{"message":"upstream model error"}}`.
     ErrorEvent,
+    /// Send `cut_after` events, then a `{"detail": "..."}` event with no content (§0.5 #7).
+    DetailEvent,
 }
 
 impl Fault {
@@ -180,6 +192,7 @@ impl Fault {
             "close" => Fault::Close,
             "stall" => Fault::Stall,
             "error_event" | "error-event" => Fault::ErrorEvent,
+            "detail" | "detail_event" | "detail-event" => Fault::DetailEvent,
             n => match n.parse::<u16>() {
                 Ok(code) if (400..=599).contains(&code) => Fault::Status(code),
                 _ => return None,
@@ -239,6 +252,20 @@ pub struct Directives {
     pub duration: u64,
     /// `json`: `compact` or `python`.
     pub json: JsonStyle,
+    /// `task_id`: a leading `{"task_id": "<uuid>"}` event (K2 Horizon).
+    pub task_id: bool,
+    /// `finish_chunk`: after the done event, an OpenAI-style chunk with
+    /// `finish_reason: "stop"` whose delta repeats the answer (it must never be added).
+    pub finish_chunk: bool,
+    /// `thinking_rule`: every assistant message must carry a string thinking field
+    /// (`reasoning`, `reasoning_content`, `think`, `think_fast` or `think_faster`), else 400.
+    pub thinking_rule: bool,
+    /// `effort_closers`: the v2 forms close (and open) their reasoning with the tag of the
+    /// requested `chat_template_kwargs.reasoning_effort`: `think` (high, or none asked),
+    /// `think_fast` (medium), `think_faster` (low).
+    pub effort_closers: bool,
+    /// Set by the server, not a directive: the request's reasoning effort, if any.
+    pub effort: Option<String>,
 }
 
 impl Default for Directives {
@@ -267,6 +294,11 @@ impl Default for Directives {
             answer_words: 0,
             duration: 3,
             json: JsonStyle::Compact,
+            task_id: false,
+            finish_chunk: false,
+            thinking_rule: false,
+            effort_closers: false,
+            effort: None,
         }
     }
 }
@@ -362,6 +394,10 @@ impl Directives {
                 };
                 style.map(|x| self.json = x).is_some()
             }
+            "task_id" => parse_bool(v).map(|x| self.task_id = x).is_some(),
+            "finish_chunk" => parse_bool(v).map(|x| self.finish_chunk = x).is_some(),
+            "thinking_rule" => parse_bool(v).map(|x| self.thinking_rule = x).is_some(),
+            "effort_closers" => parse_bool(v).map(|x| self.effort_closers = x).is_some(),
             _ => false,
         }
     }
@@ -392,6 +428,34 @@ impl Directives {
 
     pub fn pace(&self) -> Duration {
         Duration::from_millis(self.pace_ms)
+    }
+
+    /// K2 Horizon on chat.ifm.ai as the newest clients describe it (k2think-protocol.md
+    /// §0.5): the `<details>` + bare-answer form, a leading `task_id` event, a finish chunk
+    /// after `done`, a ragged end, the thinking-field rule and the effort closers.
+    pub fn horizon() -> Directives {
+        Directives {
+            form: Form::DetailsBare,
+            end: End::Ragged,
+            task_id: true,
+            finish_chunk: true,
+            thinking_rule: true,
+            effort_closers: true,
+            ..Directives::default()
+        }
+    }
+
+    /// The reasoning tag of the v2 forms: `think`, or with `effort_closers` the tag of the
+    /// requested effort.
+    pub fn think_tag(&self) -> &'static str {
+        if !self.effort_closers {
+            return "think";
+        }
+        match self.effort.as_deref() {
+            Some("medium") => "think_fast",
+            Some("low") => "think_faster",
+            _ => "think",
+        }
     }
 }
 

@@ -1,5 +1,8 @@
-//! Mock K2Think upstream: an Open WebUI-shaped HTTP server imitating www.k2think.ai
-//! (`k2think-protocol.md` §1–§5), for tests, benches and demos.
+//! Mock K2Think upstream: an Open WebUI-shaped HTTP server imitating the K2Think web chat,
+//! for tests, benches and demos. Two personalities: the old host www.k2think.ai
+//! (`k2think-protocol.md` §1–§5, [`MockConfig::default`]) and K2 Horizon on chat.ifm.ai
+//! (§0.5, [`MockConfig::horizon`]); `legacy_guest_400` makes the guest path answer 400, as
+//! the old host now does.
 //!
 //! Start it in-process with [`MockServer::start`] or by hand with the `k2mock` binary.
 //! Every answer is deterministic ([`reply_for`], [`markup_for`]) and shaped by
@@ -17,7 +20,7 @@ mod util;
 use std::time::{Duration, Instant};
 
 pub use directives::{Delivery, Directives, End, Fault, Form, JsonStyle, RetryAfter};
-pub use script::{last_user_text, markup_for, reply_for};
+pub use script::{last_user_text, markup_for, reply_for, DETAIL_EVENT};
 pub use server::MockServer;
 
 /// Where sign-in hands out the token.
@@ -71,6 +74,8 @@ pub struct MockConfig {
     /// Accept only unexpired sign-in tokens and `valid_tokens` (by token name).
     pub strict_tokens: bool,
     pub valid_tokens: Vec<String>,
+    /// The old host as the newest clients report it: the guest chat endpoint answers 400.
+    pub legacy_guest_400: bool,
 }
 
 impl Default for MockConfig {
@@ -86,6 +91,19 @@ impl Default for MockConfig {
             ],
             strict_tokens: false,
             valid_tokens: Vec::new(),
+            legacy_guest_400: false,
+        }
+    }
+}
+
+impl MockConfig {
+    /// The upstream as it is today: K2 Horizon on chat.ifm.ai (see [`Directives::horizon`]).
+    /// `MockConfig::default()` is the old host, www.k2think.ai, as it answered before.
+    pub fn horizon() -> MockConfig {
+        MockConfig {
+            defaults: Directives::horizon(),
+            models: vec![crate::k2think::HORIZON_MODEL.to_string()],
+            ..MockConfig::default()
         }
     }
 }

@@ -96,19 +96,21 @@ fn details_done_head(reasoning: &str, duration: u64) -> String {
     )
 }
 
-/// The full markup text for a reasoning/answer pair.
-pub fn render(form: Form, reasoning: &str, answer: &str, duration: u64) -> String {
+/// The full markup text for a reasoning/answer pair; `tag` is the v2 forms' reasoning tag
+/// (`think`, or `think_fast` / `think_faster` for the lower efforts).
+pub fn render(form: Form, reasoning: &str, answer: &str, duration: u64, tag: &str) -> String {
     match form {
         Form::V1 => format!("<think>{reasoning}</think>\n<answer>{answer}</answer>"),
-        Form::V2 => format!("<think duration=\"{duration}\">{reasoning}</think>\n{answer}"),
-        Form::V2Answer => {
-            format!("<think duration=\"{duration}\">{reasoning}</think>\n<answer>{answer}</answer>")
-        }
-        Form::V2NoOpen => format!("{reasoning}</think>\n\n{answer}"),
+        Form::V2 => format!("<{tag} duration=\"{duration}\">{reasoning}</{tag}>\n{answer}"),
+        Form::V2Answer => format!(
+            "<{tag} duration=\"{duration}\">{reasoning}</{tag}>\n<answer>{answer}</answer>"
+        ),
+        Form::V2NoOpen => format!("{reasoning}</{tag}>\n\n{answer}"),
         Form::Details => format!(
             "{}<answer>{answer}</answer>",
             details_done_head(reasoning, duration)
         ),
+        Form::DetailsBare => format!("{}{answer}", details_done_head(reasoning, duration)),
         Form::None => answer.to_string(),
     }
 }
@@ -116,7 +118,7 @@ pub fn render(form: Form, reasoning: &str, answer: &str, duration: u64) -> Strin
 /// The final markup the mock produces for this prompt and these directives.
 pub fn markup_for(last_user_text: &str, d: &Directives) -> String {
     let (r, a) = reply_for(last_user_text, d);
-    render(d.form, &r, &a, d.duration)
+    render(d.form, &r, &a, d.duration, d.think_tag())
 }
 
 /// With `tool_call`, the answer of a model that follows the tool prompt: a short preface,
@@ -176,17 +178,19 @@ pub fn pieces(text: &str, chunk: usize) -> Vec<String> {
         .collect()
 }
 
-/// Cumulative snapshots; the last one is the full markup. For `details` the reasoning grows
-/// under a `done="false"` head, then the head is rewritten and the answer grows.
+/// Cumulative snapshots; the last one is the full markup. For `details` (and
+/// `details-bare`) the reasoning grows under a `done="false"` head, then the head is
+/// rewritten and the answer grows.
 pub fn snapshots(
     form: Form,
     reasoning: &str,
     answer: &str,
     duration: u64,
     chunk: usize,
+    tag: &str,
 ) -> Vec<String> {
-    if form != Form::Details {
-        let full = render(form, reasoning, answer, duration);
+    if !matches!(form, Form::Details | Form::DetailsBare) {
+        let full = render(form, reasoning, answer, duration, tag);
         return cuts(&full, chunk)
             .into_iter()
             .map(|c| full[..c].to_string())
@@ -197,7 +201,11 @@ pub fn snapshots(
         .map(|c| details_pending(&reasoning[..c]))
         .collect();
     let head = details_done_head(reasoning, duration);
-    let tail = format!("<answer>{answer}</answer>");
+    let tail = if form == Form::Details {
+        format!("<answer>{answer}</answer>")
+    } else {
+        answer.to_string()
+    };
     out.extend(
         cuts(&tail, chunk)
             .into_iter()
@@ -293,6 +301,9 @@ pub fn sse_event(payload: &[u8], crlf: bool) -> Bytes {
     Bytes::from(out)
 }
 
+/// The message of the `fault=detail` event.
+pub const DETAIL_EVENT: &str = "The model is overloaded; please try again later.";
+
 /// Everything needed to build a stream's events.
 pub struct StreamSpec<'a> {
     pub directives: &'a Directives,
@@ -318,12 +329,16 @@ pub enum Tail {
 pub fn stream_events(spec: &StreamSpec<'_>) -> (Vec<Bytes>, Tail) {
     let d = spec.directives;
     let (r, a) = reply_for(spec.last_user_text, d);
-    let full = render(d.form, &r, &a, d.duration);
+    let tag = d.think_tag();
+    let full = render(d.form, &r, &a, d.duration, tag);
     let ev = |v: Value| sse_event(&to_json(&v, d.json), d.crlf);
     let mut events = Vec::new();
+    if d.task_id {
+        events.push(ev(json!({ "task_id": super::util::uuid() })));
+    }
     match d.delivery {
         Delivery::Cumulative => {
-            for s in snapshots(d.form, &r, &a, d.duration, d.chunk) {
+            for s in snapshots(d.form, &r, &a, d.duration, d.chunk, tag) {
                 events.push(ev(json!({ "content": s })));
             }
         }
@@ -355,8 +370,17 @@ pub fn stream_events(spec: &StreamSpec<'_>) -> (Vec<Bytes>, Tail) {
     if d.usage {
         events.push(ev(json!({ "usage": usage_json(spec.prompt_chars, &full) })));
     }
-    if matches!(d.end, End::Done | End::Both) {
+    if matches!(d.end, End::Done | End::Both | End::Ragged) {
         events.push(ev(json!({"done": true, "content": full})));
+        if d.finish_chunk {
+            // What the newest clients see after `done`: an OpenAI-style chunk. Its delta
+            // repeats the answer, so a client that adds it on top of `content` doubles it.
+            events.push(ev(json!({
+                "id": spec.id, "object": "chat.completion.chunk", "created": spec.created,
+                "model": spec.model,
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": a}, "finish_reason": "stop"}],
+            })));
+        }
     }
     if matches!(d.end, End::Marker | End::Both) {
         events.push(sse_event(b"[DONE]", d.crlf));
@@ -375,6 +399,12 @@ pub fn stream_events(spec: &StreamSpec<'_>) -> (Vec<Bytes>, Tail) {
             events.push(ev(json!({"error": {"message": "upstream model error"}})));
             (events, Tail::Finish)
         }
+        Fault::DetailEvent => {
+            events.truncate(d.cut_after);
+            events.push(ev(json!({"detail": DETAIL_EVENT})));
+            (events, Tail::Finish)
+        }
+        _ if d.end == End::Ragged => (events, Tail::Cut),
         _ => (events, Tail::Finish),
     }
 }
@@ -398,7 +428,7 @@ mod tests {
         let p = pieces(t, 2);
         assert_eq!(p, vec!["aé", "世🙂", "bc"]);
         assert_eq!(pieces("", 4), vec![""]);
-        let s = snapshots(Form::V1, "r", "é", 0, 3);
+        let s = snapshots(Form::V1, "r", "é", 0, 3, "think");
         assert_eq!(
             s.last().map(String::as_str),
             Some("<think>r</think>\n<answer>é</answer>")
@@ -407,7 +437,7 @@ mod tests {
 
     #[test]
     fn details_rewrite() {
-        let s = snapshots(Form::Details, "ab\ncd", "X", 4, 2);
+        let s = snapshots(Form::Details, "ab\ncd", "X", 4, 2, "think");
         assert!(s[0].contains("done=\"false\"") && s[0].ends_with("> ab"));
         assert!(s.iter().any(|x| x.ends_with("> ab\n> cd")));
         let last = s.last().cloned().unwrap_or_default();

@@ -523,8 +523,47 @@ fn garbage_reply() -> Reply {
     r
 }
 
+/// The 400 of the new upstream for an assistant message without a thinking field.
+pub const THINKING_FIELD_MISSING: &str = "Add a supported thinking field to each assistant message";
+
+/// With `thinking_rule`: the first assistant message without a string thinking field
+/// (`null` is refused too), as the 400 detail the new upstream gives.
+fn thinking_violation(messages: &Value) -> Option<String> {
+    let list = messages.as_array()?;
+    list.iter().enumerate().find_map(|(i, m)| {
+        if m.get("role").and_then(Value::as_str) != Some("assistant") {
+            return None;
+        }
+        let fields = crate::k2think::THINKING_FIELDS;
+        let null = fields.iter().find(|f| m.get(**f).is_some_and(Value::is_null));
+        let ok = fields.iter().any(|f| m.get(*f).is_some_and(Value::is_string));
+        match (ok, null) {
+            (true, None) => None,
+            (_, Some(f)) => Some(format!(
+                "messages[{i}].{f}: must be a string, not null. {THINKING_FIELD_MISSING} ({})",
+                fields.join(", ")
+            )),
+            (false, None) => Some(format!(
+                "messages[{i}]: {THINKING_FIELD_MISSING} ({})",
+                fields.join(", ")
+            )),
+        }
+    })
+}
+
+/// `chat_template_kwargs.reasoning_effort`, at the top level or under `extra_body`.
+fn requested_effort(body: &Value) -> Option<String> {
+    ["/chat_template_kwargs/reasoning_effort", "/extra_body/chat_template_kwargs/reasoning_effort"]
+        .iter()
+        .find_map(|p| body.pointer(p).and_then(Value::as_str))
+        .map(str::to_string)
+}
+
 async fn chat(ctx: &Ctx, user_mode: bool) -> io::Result<Reply> {
     let sh = &ctx.shared;
+    if !user_mode && sh.cfg.legacy_guest_400 {
+        return Ok(detail(StatusCode::BAD_REQUEST, "Model not found"));
+    }
     let token = ctx.token();
     if user_mode {
         let Some(tok) = token else {
@@ -557,6 +596,12 @@ async fn chat(ctx: &Ctx, user_mode: bool) -> io::Result<Reply> {
         d.apply_token(tok);
     }
     d.answer_override = script::tool_call_answer(&String::from_utf8_lossy(&ctx.body), &d);
+    d.effort = requested_effort(&body);
+    if d.thinking_rule {
+        if let Some(why) = thinking_violation(messages) {
+            return Ok(detail(StatusCode::BAD_REQUEST, &why));
+        }
+    }
     match d.fault {
         Fault::Close => return Err(io::Error::other("mock fault: close")),
         Fault::SlowHead => tokio::time::sleep(Duration::from_millis(d.slowhead_ms)).await,
@@ -623,6 +668,13 @@ async fn json_completion(
         return Ok(detail(
             StatusCode::INTERNAL_SERVER_ERROR,
             "upstream model error",
+        ));
+    }
+    if d.fault == Fault::DetailEvent {
+        // A 200 whose body is only an error detail.
+        return Ok(json_reply(
+            StatusCode::OK,
+            &json!({ "detail": script::DETAIL_EVENT }),
         ));
     }
     let content = script::markup_for(text, d);

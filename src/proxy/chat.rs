@@ -247,20 +247,7 @@ async fn prepare<'s>(
     let tools = ToolSet::from_request(req.tools.as_deref(), req.tool_choice.as_ref())
         .map_err(|(param, message)| ApiError::invalid(message, Some(param)))?
         .map(Arc::new);
-    let up_cfg = &snap.config.upstream;
-    let payload = to_k2think(
-        &req,
-        RewriteOptions {
-            upstream_model: &model.upstream,
-            stream: up_cfg.stream,
-            style: match up_cfg.payload {
-                PayloadStyle::Minimal => BodyStyle::Minimal,
-                PayloadStyle::Webui => BodyStyle::Webui,
-            },
-            tools: tools.as_deref(),
-            template: snap.config.tools.prompt_template.as_deref(),
-        },
-    );
+    let payload = upstream_payload(snap, model, &req, tools.as_deref());
     Ok(Prepared {
         req,
         echo,
@@ -268,6 +255,30 @@ async fn prepare<'s>(
         tools,
         payload,
     })
+}
+
+/// The upstream body for a parsed request to `model`, as the config says to build it
+/// (also used by `k2proxy probe`, so it checks exactly what requests send).
+pub(super) fn upstream_payload(
+    snap: &Snapshot,
+    model: &ModelEntry,
+    req: &ChatRequest,
+    tools: Option<&ToolSet>,
+) -> Payload {
+    let up_cfg = &snap.config.upstream;
+    to_k2think(
+        req,
+        RewriteOptions {
+            upstream_model: &model.upstream,
+            stream: up_cfg.stream,
+            style: match up_cfg.payload {
+                PayloadStyle::Minimal => BodyStyle::Minimal,
+                PayloadStyle::Webui => BodyStyle::Webui,
+            },
+            tools,
+            template: snap.config.tools.prompt_template.as_deref(),
+        },
+    )
 }
 
 /// `POST /v1/messages/count_tokens`: the prompt's tokens as K2Think would get them (tool
