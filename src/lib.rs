@@ -4,8 +4,9 @@
 //! `anthropic` (the Anthropic Messages surface), `responses` (the OpenAI Responses surface),
 //! `fields` (reading hand-converted requests),
 //! `k2think` (upstream wire types), `sse` (event stream codec), `transform` (pure request and
-//! stream transforms), `pool` (token pool), `secret` (masked secrets), `proxy` (the only
-//! module that touches Pingora), `mock` (the mock K2Think upstream used by tests and benches).
+//! stream transforms), `pool` (token pool), `secret` (masked secrets), `probe` (the
+//! upstream checks of `k2proxy probe`: judging and reports), `proxy` (the only module that
+//! touches Pingora), `mock` (the mock K2Think upstream used by tests and benches).
 
 pub mod anthropic;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod mock;
 pub mod openai;
 pub mod pool;
+pub mod probe;
 pub mod proxy;
 pub mod responses;
 pub mod secret;

@@ -2,9 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use k2proxy::config::Config;
+use k2proxy::proxy::probe::ProbeOptions;
 use pingora::server::configuration::Opt;
 
 /// OpenAI-compatible proxy for the K2Think web chat, built on Pingora.
@@ -12,7 +14,12 @@ use pingora::server::configuration::Opt;
 #[command(version, about)]
 struct Cli {
     /// Configuration file (YAML).
-    #[arg(short = 'c', long = "conf", default_value = "conf/k2proxy.yaml")]
+    #[arg(
+        short = 'c',
+        long = "conf",
+        default_value = "conf/k2proxy.yaml",
+        global = true
+    )]
     conf: PathBuf,
     /// Check the configuration and exit (non-zero with the bad key when invalid).
     #[arg(short = 't', long = "test")]
@@ -24,6 +31,37 @@ struct Cli {
     /// SIGQUIT to the old process).
     #[arg(short = 'u', long = "upgrade")]
     upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check the configured upstream: its model list and one small chat per upstream model,
+    /// streamed and not. Exit status 0 when every check passed, 1 when one failed, 2 for a
+    /// bad configuration or usage.
+    Probe(ProbeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ProbeArgs {
+    /// Print the report as JSON (for monitoring) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Time allowed for each check, from connect to the end of the answer.
+    #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+    timeout: Duration,
+    /// Check only this public model id (or alias); repeatable.
+    #[arg(long = "model", value_name = "PUBLIC_ID")]
+    models: Vec<String>,
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".to_string()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e} (examples: 500ms, 30s, 2m)")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -35,6 +73,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Probe(args)) = cli.command {
+        if cli.test || cli.daemon || cli.upgrade {
+            eprintln!("k2proxy: -t, -d and -u do not apply to `probe`");
+            return ExitCode::from(2);
+        }
+        return probe(config, args);
+    }
     if cli.test {
         println!("k2proxy: configuration {} is valid", cli.conf.display());
         return ExitCode::SUCCESS;
@@ -53,6 +98,42 @@ fn main() -> ExitCode {
             eprintln!("k2proxy: cannot start: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `k2proxy probe`: run the checks, print the report, exit 0 (all passed), 1 (a check
+/// failed) or 2 (the configuration cannot be probed with).
+fn probe(config: Config, args: ProbeArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("k2proxy: cannot start the probe: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let opts = ProbeOptions {
+        timeout: args.timeout,
+        models: args.models,
+    };
+    let report = match runtime.block_on(k2proxy::proxy::probe::run(config, &opts)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("k2proxy probe: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.table());
+    }
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -11,6 +11,7 @@ mod chat;
 mod client;
 mod conns;
 mod metrics_app;
+pub mod probe;
 pub mod reload;
 mod respond;
 mod routes;
