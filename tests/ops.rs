@@ -698,3 +698,75 @@ fn systemd_unit_is_valid_and_stops_after_the_grace_period() {
         );
     }
 }
+
+#[test]
+fn systemd_probe_units_are_valid_and_hardened_like_the_proxy() {
+    let read = |name: &str| {
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("conf")
+                .join(name),
+        )
+        .unwrap()
+    };
+    let (main, service, timer) = (
+        read("k2proxy.service"),
+        read("k2proxy-probe.service"),
+        read("k2proxy-probe.timer"),
+    );
+    let get = |unit: &str, key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(get(&service, "Type"), ["oneshot"]);
+    let exec = get(&service, "ExecStart");
+    assert_eq!(exec.len(), 1);
+    assert!(
+        exec[0].starts_with("/usr/local/bin/k2proxy probe -c /etc/k2proxy/k2proxy.yaml"),
+        "{exec:?}"
+    );
+    // the proxy's user, state directory and every hardening setting
+    let hardening = main
+        .split_once("# Hardening")
+        .map(|(_, rest)| rest.split("[Install]").next().unwrap_or(rest))
+        .unwrap();
+    for key in ["DynamicUser", "User", "Group", "StateDirectory", "UMask"] {
+        assert_eq!(get(&service, key), get(&main, key), "{key}");
+    }
+    for line in hardening.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        assert!(service.lines().any(|l| l == line), "missing: {line}");
+    }
+    assert_eq!(get(&timer, "OnCalendar"), ["hourly"]);
+    assert_eq!(get(&timer, "Unit"), ["k2proxy-probe.service"]);
+    assert_eq!(get(&timer, "WantedBy"), ["timers.target"]);
+
+    // systemd-analyze verify, where the machine has it (the units pointed at this build)
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let dir = temp_dir("systemd-probe");
+        let service_file = dir.join("k2proxy-probe.service");
+        let timer_file = dir.join("k2proxy-probe.timer");
+        std::fs::write(
+            &service_file,
+            service.replace("/usr/local/bin/k2proxy", PROXY),
+        )
+        .unwrap();
+        std::fs::write(&timer_file, &timer).unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&service_file)
+            .arg(&timer_file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !err.contains("k2proxy-probe."),
+            "{err}"
+        );
+    }
+}
