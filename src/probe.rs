@@ -159,19 +159,16 @@ impl Check {
         body: &[u8],
         elapsed: Duration,
     ) -> Check {
-        let mut check = Check {
-            status: Some(status),
-            content_type: Some(content_type.to_string()).filter(|c| !c.is_empty()),
-            ..Check::failed("models", Target::Token, String::new(), elapsed)
-        };
-        if !(200..300).contains(&status) {
-            check.detail = error_detail(content_type, body);
-            let http = http_text(status, check.detail.as_deref());
+        let mut detail = None;
+        let mut observed = Observed::Nothing;
+        let (verdict, reason) = if !(200..300).contains(&status) {
+            detail = error_detail(content_type, body);
+            let http = http_text(status, detail.as_deref());
             if matches!(status, 401 | 403 | 404) {
-                check.verdict = Verdict::Skipped;
-                check.reason = Some(format!("not served to this caller: {http}"));
+                let why = format!("not served to this caller: {http}");
+                (Verdict::Skipped, Some(why))
             } else {
-                check.reason = Some(http);
+                (Verdict::Failed, Some(http))
             }
         } else if let Some(listed) = model_ids(body) {
             let missing: Vec<String> = wanted
@@ -179,24 +176,33 @@ impl Check {
                 .filter(|w| !listed.contains(w))
                 .cloned()
                 .collect();
-            if missing.is_empty() {
-                check.verdict = Verdict::Ok;
-                check.reason = None;
+            let judged = if missing.is_empty() {
+                (Verdict::Ok, None)
             } else {
-                check.reason = Some(format!(
+                let why = format!(
                     "configured upstream model(s) not listed: {}",
                     missing.join(", ")
-                ));
-            }
-            check.observed = Observed::Models(ModelList { listed, missing });
+                );
+                (Verdict::Failed, Some(why))
+            };
+            observed = Observed::Models(ModelList { listed, missing });
+            judged
         } else {
-            check.reason = Some(
-                "not a model list (expected {\"data\": [{\"id\": …}]} or a list of {\"id\": …})"
-                    .to_string(),
-            );
+            let why =
+                "not a model list (expected {\"data\": [{\"id\": …}]} or a list of {\"id\": …})";
+            (Verdict::Failed, Some(why.to_string()))
+        };
+        Check {
+            name: "models".to_string(),
+            target: Target::Models { wanted },
+            verdict,
+            status: Some(status),
+            content_type: Some(content_type.to_string()).filter(|c| !c.is_empty()),
+            detail,
+            reason,
+            observed,
+            elapsed,
         }
-        check.target = Target::Models { wanted };
-        check
     }
 
     /// A chat check the upstream refused with a non-2xx status; `body` is (the start of)
@@ -441,11 +447,15 @@ fn one_line(s: &str) -> String {
 /// start of a body that is neither JSON nor HTML; `None` otherwise.
 pub fn error_detail(content_type: &str, body: &[u8]) -> Option<String> {
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        let present = |d: &&Value| !d.is_null();
         let found = v
             .get("detail")
-            .or_else(|| v.get("error").and_then(|e| e.get("message").or(Some(e))))
-            .or_else(|| v.get("message"))
-            .filter(|d| !d.is_null())?;
+            .filter(present)
+            .or_else(|| {
+                let e = v.get("error").filter(present)?;
+                e.get("message").filter(present).or(Some(e))
+            })
+            .or_else(|| v.get("message").filter(present))?;
         return Some(match found {
             Value::String(s) => s.clone(),
             other => other.to_string(),
@@ -1827,6 +1837,10 @@ mod tests {
             Some(r#"[{"loc":["body","messages"],"msg":"Field required"}]"#)
         );
         assert_eq!(error_detail("", br#"{"other":1}"#), None);
+        assert_eq!(
+            error_detail("", br#"{"detail":null,"error":{"message":"inner"}}"#).as_deref(),
+            Some("inner")
+        );
         assert_eq!(error_detail("text/html", b"<html>challenge</html>"), None);
         assert_eq!(
             error_detail("text/plain", b"  Bad Gateway \n").as_deref(),
