@@ -18,7 +18,9 @@
 use serde_json::{json, Map, Value};
 
 use crate::fields::{self, bad, message, number_in, opt_bool, opt_str, req_str, wrong_type, Obj};
-use crate::openai::{ApiError, ChatRequest, Content, FunctionCall, Message, Part, Role, Stop};
+use crate::openai::{
+    ApiError, ChatRequest, Content, Effort, FunctionCall, Message, Part, Role, Stop,
+};
 use crate::transform::chunk::{write_json_str, write_u64};
 use crate::transform::complete::CompletionResult;
 use crate::transform::encode::Encoder;
@@ -76,6 +78,7 @@ pub fn parse_request(body: &[u8], count_tokens: bool) -> Result<ChatRequest, Api
 
     let tools = convert_tools(root.get("tools"))?;
     let tool_choice = convert_tool_choice(root.get("tool_choice"))?;
+    let reasoning_effort = effort(&root)?;
 
     Ok(ChatRequest {
         model,
@@ -93,6 +96,50 @@ pub fn parse_request(body: &[u8], count_tokens: bool) -> Result<ChatRequest, Api
         n: None,
         tools,
         tool_choice,
+        reasoning_effort,
+    })
+}
+
+/// The reasoning effort a Messages request asks for: `output_config.effort` (`low`,
+/// `medium`, `high`, `max`), else the `thinking` settings: a `budget_tokens` of an
+/// `enabled` thinking, `disabled` as low, `adaptive` as no preference.
+fn effort(root: &Obj) -> Result<Option<Effort>, ApiError> {
+    if let Some(config) = root.get("output_config").filter(|v| !v.is_null()) {
+        let config = config
+            .as_object()
+            .ok_or_else(|| wrong_type("output_config", "an object", config))?;
+        if let Some(name) = opt_str(config, "effort", "output_config")? {
+            return Effort::from_client(name).map(Some).ok_or_else(|| {
+                bad(
+                    "output_config.effort",
+                    format!("unknown effort `{name}`; use low, medium, high or max"),
+                )
+            });
+        }
+    }
+    let Some(thinking) = root.get("thinking").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let thinking = thinking
+        .as_object()
+        .ok_or_else(|| wrong_type("thinking", "an object", thinking))?;
+    Ok(match opt_str(thinking, "type", "thinking")? {
+        Some("disabled") => Some(Effort::Low),
+        Some("enabled") | None => match thinking.get("budget_tokens") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(n) => Some(Effort::from_budget(n)),
+                None => {
+                    return Err(wrong_type(
+                        "thinking.budget_tokens",
+                        "a non-negative integer",
+                        v,
+                    ))
+                }
+            },
+        },
+        // `adaptive` and types to come: the model decides, the config's default applies.
+        Some(_) => None,
     })
 }
 
@@ -176,6 +223,7 @@ fn convert_message(i: usize, m: &Value, out: &mut Vec<Message>) -> Result<(), Ap
 
 fn assistant_message(at: &str, blocks: &[Value]) -> Result<Message, ApiError> {
     let mut texts: Vec<&str> = Vec::new();
+    let mut thoughts: Vec<&str> = Vec::new();
     let mut calls = Vec::new();
     for (j, b) in blocks.iter().enumerate() {
         let bat = format!("{at}.content[{j}]");
@@ -199,8 +247,14 @@ fn assistant_message(at: &str, blocks: &[Value]) -> Result<Message, ApiError> {
                     },
                 });
             }
-            // Earlier thinking is not sent back upstream (K2Think has no way to take it).
-            "thinking" | "redacted_thinking" => {}
+            // Earlier thinking goes back upstream as the message's thinking field; redacted
+            // thinking is Anthropic's own ciphertext, meaningless to any other model.
+            "thinking" => {
+                if let Some(t) = opt_str(obj, "thinking", &bat)? {
+                    thoughts.push(t);
+                }
+            }
+            "redacted_thinking" => {}
             "image" | "document" | "tool_result" => {
                 return Err(bad(
                     &format!("{bat}.type"),
@@ -219,6 +273,7 @@ fn assistant_message(at: &str, blocks: &[Value]) -> Result<Message, ApiError> {
     };
     Ok(Message {
         tool_calls: calls,
+        reasoning_content: (!thoughts.is_empty()).then(|| thoughts.join("\n")),
         ..message(Role::Assistant, content)
     })
 }

@@ -175,6 +175,7 @@ pub fn message(role: Role, content: Content) -> Message {
         name: None,
         tool_calls: Vec::new(),
         tool_call_id: None,
+        reasoning_content: None,
     }
 }
 

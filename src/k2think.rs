@@ -29,10 +29,50 @@ pub enum BodyStyle {
     Webui,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// One message of the upstream's history. An assistant message carries its thinking
+/// (the client's own reasoning, else `""`, never `null`) under the configured field name:
+/// the new upstream refuses assistant messages without one (k2think-protocol.md §0.5 #3).
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpMessage {
     pub role: &'static str,
     pub content: UpContent,
+    /// `Some` on assistant messages (when a thinking field is configured).
+    pub thinking: Option<Thinking>,
+}
+
+/// An assistant message's thinking field: its name and text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thinking {
+    pub field: &'static str,
+    pub text: String,
+}
+
+impl Serialize for UpMessage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(2 + usize::from(self.thinking.is_some())))?;
+        m.serialize_entry("role", self.role)?;
+        m.serialize_entry("content", &self.content)?;
+        if let Some(t) = &self.thinking {
+            m.serialize_entry(t.field, &t.text)?;
+        }
+        m.end()
+    }
+}
+
+/// The thinking-field name as configured (`upstream.thinking_field`): one of
+/// [`THINKING_FIELDS`], or `None` for `""` or a name it does not know.
+pub fn thinking_field(name: &str) -> Option<&'static str> {
+    THINKING_FIELDS.iter().copied().find(|f| *f == name)
+}
+
+/// Where `chat_template_kwargs` goes in the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KwargsPlacement {
+    /// Under a literal `extra_body` key, as the newest web clients send it.
+    ExtraBody,
+    /// At the top level.
+    TopLevel,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -82,6 +122,8 @@ pub struct Payload {
     pub model: String,
     pub messages: Vec<UpMessage>,
     pub params: Params,
+    /// `chat_template_kwargs.reasoning_effort` (`low`, `medium`, `high`), and where it goes.
+    pub effort: Option<(&'static str, KwargsPlacement)>,
     pub style: BodyStyle,
     /// Fresh per request in the `Webui` style (also used in its Referer).
     pub chat_id: String,
@@ -107,6 +149,20 @@ struct MinimalBody<'a> {
     messages: &'a [UpMessage],
     params: &'a Params,
     features: Features,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chat_template_kwargs: Option<TemplateKwargs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extra_body: Option<ExtraBody>,
+}
+
+#[derive(Serialize)]
+struct TemplateKwargs {
+    reasoning_effort: &'static str,
+}
+
+#[derive(Serialize)]
+struct ExtraBody {
+    chat_template_kwargs: TemplateKwargs,
 }
 
 #[derive(Serialize)]
@@ -123,11 +179,26 @@ struct WebuiBody<'a> {
     chat_id: &'a str,
     id: String,
     session_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chat_template_kwargs: Option<TemplateKwargs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extra_body: Option<ExtraBody>,
 }
 
 impl Payload {
     /// Serialize the body for the wire.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let kwargs = |want: KwargsPlacement| {
+            self.effort
+                .filter(|(_, at)| *at == want)
+                .map(|(e, _)| TemplateKwargs {
+                    reasoning_effort: e,
+                })
+        };
+        let chat_template_kwargs = kwargs(KwargsPlacement::TopLevel);
+        let extra_body = kwargs(KwargsPlacement::ExtraBody).map(|k| ExtraBody {
+            chat_template_kwargs: k,
+        });
         let r = match self.style {
             BodyStyle::Minimal => serde_json::to_vec(&MinimalBody {
                 stream: self.stream,
@@ -135,6 +206,8 @@ impl Payload {
                 messages: &self.messages,
                 params: &self.params,
                 features: FEATURES,
+                chat_template_kwargs,
+                extra_body,
             }),
             BodyStyle::Webui => serde_json::to_vec(&WebuiBody {
                 stream: self.stream,
@@ -155,6 +228,8 @@ impl Payload {
                 chat_id: &self.chat_id,
                 id: uuid_v4(),
                 session_id: uuid_v4(),
+                chat_template_kwargs,
+                extra_body,
             }),
         };
         // Serializing plain strings, numbers and vectors cannot fail.
@@ -235,6 +310,7 @@ mod tests {
             stream: true,
             model: "MBZUAI-IFM/K2-Think-v2".into(),
             messages: vec![UpMessage {
+                thinking: None,
                 role: "user",
                 content: UpContent::Parts(vec![
                     UpPart::Text { text: "hi".into() },
@@ -250,6 +326,7 @@ mod tests {
                 temperature: Some(0.2),
                 ..Params::default()
             },
+            effort: None,
             style,
             chat_id: uuid_v4(),
         }

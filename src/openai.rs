@@ -107,6 +107,62 @@ pub struct ChatRequest {
     pub tools: Option<Vec<Value>>,
     #[serde(default)]
     pub tool_choice: Option<Value>,
+    /// `reasoning_effort` (`none`/`minimal`/`low`, `medium`, `high`/`xhigh`), mapped onto the
+    /// upstream's three levels.
+    #[serde(default, deserialize_with = "client_effort")]
+    pub reasoning_effort: Option<Effort>,
+}
+
+/// How hard the model reasons: the upstream's `chat_template_kwargs.reasoning_effort`
+/// (k2think-protocol.md §0.5 #4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effort {
+    Low,
+    Medium,
+    High,
+}
+
+impl Effort {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effort::Low => "low",
+            Effort::Medium => "medium",
+            Effort::High => "high",
+        }
+    }
+
+    /// A client's effort name, as OpenAI and Anthropic spell them, onto the three levels:
+    /// `none`, `minimal` and `low` → low; `medium`; `high`, `xhigh` and `max` → high.
+    pub fn from_client(name: &str) -> Option<Effort> {
+        Some(match name {
+            "none" | "minimal" | "low" => Effort::Low,
+            "medium" => Effort::Medium,
+            "high" | "xhigh" | "max" => Effort::High,
+            _ => return None,
+        })
+    }
+
+    /// An Anthropic thinking budget (`thinking.budget_tokens`) onto the three levels:
+    /// up to 4,096 tokens low, up to 16,384 medium, more high.
+    pub fn from_budget(tokens: u64) -> Effort {
+        match tokens {
+            0..=4096 => Effort::Low,
+            4097..=16_384 => Effort::Medium,
+            _ => Effort::High,
+        }
+    }
+}
+
+fn client_effort<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Effort>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) => Effort::from_client(&s).map(Some).ok_or_else(|| {
+            de::Error::custom(format!(
+                "unknown reasoning effort `{s}`; use none, minimal, low, medium, high or xhigh"
+            ))
+        }),
+    }
 }
 
 fn null_as_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
@@ -150,6 +206,10 @@ pub struct Message {
     pub tool_calls: Vec<ToolCall>,
     #[serde(default)]
     pub tool_call_id: Option<String>,
+    /// An assistant message's own reasoning (`reasoning_content`, or `reasoning`), sent
+    /// back upstream as the message's thinking field.
+    #[serde(default, alias = "reasoning")]
+    pub reasoning_content: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -98,6 +98,9 @@ pub enum Outcome {
     BadResponse,
     /// Connect or I/O error before any response: not the token's fault.
     Network,
+    /// The upstream refused the request itself (400, 422: a retired model, a body it will
+    /// not take): the token worked, so it is neither struck nor credited.
+    RequestRefused(u16),
 }
 
 impl Outcome {
@@ -110,6 +113,7 @@ impl Outcome {
             Outcome::Timeout => "timeout".to_string(),
             Outcome::BadResponse => "unusable response body".to_string(),
             Outcome::Network => "network error".to_string(),
+            Outcome::RequestRefused(s) => format!("HTTP {s} (request refused)"),
         }
     }
 }
@@ -448,7 +452,7 @@ impl Pool {
                 e.rate_limit_streak = 0;
                 failed = false;
             }
-            Outcome::Network => return events,
+            Outcome::Network | Outcome::RequestRefused(_) => return events,
             Outcome::RateLimited(retry_after) => {
                 e.failures += 1;
                 e.rate_limit_streak = e.rate_limit_streak.saturating_add(1);
@@ -642,6 +646,24 @@ mod tests {
             p.report(1, &Outcome::Network, now);
         }
         assert_eq!(p.stats(now).active, 1);
+    }
+
+    #[test]
+    fn refused_requests_do_not_strike_or_count_as_failures() {
+        let p = pool(&["a", "b", "c"]);
+        let now = Instant::now();
+        for _ in 0..10 {
+            for id in 1..=3 {
+                let events = p.report(id, &Outcome::RequestRefused(400), now);
+                assert!(events.is_empty(), "no refresh for a refused request");
+            }
+        }
+        let s = p.stats(now);
+        assert_eq!(s.active, 3);
+        assert!(s
+            .tokens
+            .iter()
+            .all(|t| t.strikes == 0 && t.last_error.is_none()));
     }
 
     #[test]

@@ -23,7 +23,7 @@
 use serde_json::{json, Value};
 
 use crate::fields::{self, bad, message, opt_str, req_str, wrong_type, Obj};
-use crate::openai::{ApiError, ChatRequest, Content, FunctionCall, Message, Part, Role};
+use crate::openai::{ApiError, ChatRequest, Content, Effort, FunctionCall, Message, Part, Role};
 use crate::transform::chunk::{write_json_str, write_u64};
 use crate::transform::complete::CompletionResult;
 use crate::transform::encode::{random_id, Encoder, Reply};
@@ -101,6 +101,7 @@ pub fn parse_request(body: &[u8]) -> Result<Request, ApiError> {
 
     let tools = convert_tools(root.get("tools"))?;
     let tool_choice = convert_tool_choice(root.get("tool_choice"))?;
+    let reasoning_effort = effort(&root)?;
 
     let mut echo = Obj::new();
     let copy = |key: &str, default: Value| {
@@ -147,8 +148,52 @@ pub fn parse_request(body: &[u8]) -> Result<Request, ApiError> {
         n: None,
         tools,
         tool_choice,
+        reasoning_effort,
     };
     Ok(Request { chat, echo })
+}
+
+/// `reasoning.effort` (`none`, `minimal`, `low`, `medium`, `high`, `xhigh`).
+fn effort(root: &Obj) -> Result<Option<Effort>, ApiError> {
+    let Some(reasoning) = root.get("reasoning").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let reasoning = reasoning
+        .as_object()
+        .ok_or_else(|| wrong_type("reasoning", "an object", reasoning))?;
+    match opt_str(reasoning, "effort", "reasoning")? {
+        None => Ok(None),
+        Some(name) => Effort::from_client(name).map(Some).ok_or_else(|| {
+            bad(
+                "reasoning.effort",
+                format!("unknown effort `{name}`; use none, minimal, low, medium, high or xhigh"),
+            )
+        }),
+    }
+}
+
+/// The text of a `reasoning` input item: its `reasoning_text` content, else its
+/// `summary_text` parts. `None` when it has neither (only `encrypted_content`, say).
+fn reasoning_text(obj: &Obj, at: &str) -> Result<Option<String>, ApiError> {
+    for (key, part_type) in [("content", "reasoning_text"), ("summary", "summary_text")] {
+        let list = match obj.get(key) {
+            None | Some(Value::Null) => continue,
+            Some(Value::Array(a)) => a,
+            Some(v) => return Err(wrong_type(&format!("{at}.{key}"), "an array", v)),
+        };
+        let mut texts = Vec::new();
+        for (j, p) in list.iter().enumerate() {
+            let pat = format!("{at}.{key}[{j}]");
+            let (pobj, kind) = part_of(p, &pat)?;
+            if kind == part_type {
+                texts.push(req_str(pobj, "text", &pat)?);
+            }
+        }
+        if !texts.is_empty() {
+            return Ok(Some(texts.join("\n")));
+        }
+    }
+    Ok(None)
 }
 
 /// `input` items → chat messages. Consecutive `function_call` items (and the assistant
@@ -156,6 +201,8 @@ pub fn parse_request(body: &[u8]) -> Result<Request, ApiError> {
 /// go into a user message after the run of outputs.
 fn convert_items(items: &[Value], out: &mut Vec<Message>) -> Result<(), ApiError> {
     let mut carried: Vec<Part> = Vec::new();
+    // A `reasoning` item's text, for the assistant message the next items make.
+    let mut reasoning: Option<String> = None;
     for (i, item) in items.iter().enumerate() {
         let at = format!("input[{i}]");
         let obj = item
@@ -173,7 +220,13 @@ fn convert_items(items: &[Value], out: &mut Vec<Message>) -> Result<(), ApiError
             ));
         }
         match kind {
-            "message" => out.push(input_message(obj, &at)?),
+            "message" => {
+                let mut m = input_message(obj, &at)?;
+                if m.role == Role::Assistant {
+                    m.reasoning_content = reasoning.take();
+                }
+                out.push(m);
+            }
             "function_call" => {
                 let call = crate::openai::ToolCall {
                     id: req_str(obj, "call_id", &at)?.to_string(),
@@ -195,16 +248,27 @@ fn convert_items(items: &[Value], out: &mut Vec<Message>) -> Result<(), ApiError
                     },
                 };
                 match out.last_mut() {
-                    Some(m) if m.role == Role::Assistant => m.tool_calls.push(call),
+                    Some(m) if m.role == Role::Assistant && reasoning.is_none() => {
+                        m.tool_calls.push(call)
+                    }
                     _ => out.push(Message {
                         tool_calls: vec![call],
+                        reasoning_content: reasoning.take(),
                         ..message(Role::Assistant, Content::None)
                     }),
                 }
             }
             "function_call_output" => out.push(call_output(obj, &at, &mut carried)?),
-            // Earlier reasoning is not sent back upstream (K2Think has no way to take it).
-            "reasoning" => {}
+            // Earlier reasoning goes back upstream as the thinking field of the assistant
+            // message that follows it.
+            "reasoning" => {
+                if let Some(t) = reasoning_text(obj, &at)? {
+                    reasoning = Some(match reasoning.take() {
+                        Some(r) => format!("{r}\n{t}"),
+                        None => t,
+                    });
+                }
+            }
             "item_reference" => {
                 return Err(bad(
                     &at,

@@ -41,8 +41,27 @@ fn request_is_rewritten_into_the_k2think_payload() {
     assert_eq!(up.path, "/api/chat/completions");
     assert_eq!(up.bearer.as_deref(), Some("tok-one"));
     assert_eq!(up.header("content-type"), Some("application/json"));
-    assert_eq!(up.header("origin"), Some("https://www.k2think.ai"));
-    assert!(up.header("user-agent").unwrap().contains("Mozilla/5.0"));
+    // Origin and Referer follow the base URL; a current Chrome with its client hints; no
+    // spoofed client-IP header.
+    let base = env.mock().base_url();
+    assert_eq!(up.header("origin"), Some(base.as_str()));
+    assert_eq!(up.header("referer"), Some(format!("{base}/").as_str()));
+    assert!(up.header("user-agent").unwrap().contains("Chrome/156"));
+    assert!(up
+        .header("sec-ch-ua")
+        .unwrap()
+        .contains("\"Google Chrome\";v=\"156\""));
+    assert_eq!(up.header("sec-ch-ua-mobile"), Some("?0"));
+    assert_eq!(up.header("sec-ch-ua-platform"), Some("\"Windows\""));
+    for spoof in [
+        "x-forwarded-for",
+        "x-real-ip",
+        "forwarded",
+        "client-ip",
+        "pragma",
+    ] {
+        assert!(up.header(spoof).is_none(), "{spoof} must not be sent");
+    }
     assert_eq!(
         up.header("content-length").unwrap(),
         up.body.len().to_string()
@@ -448,9 +467,9 @@ fn exhausted_attempts_map_to_fitting_statuses() {
     assert_eq!(env.requests().len(), 2);
     drop(env);
 
-    // a non-retryable upstream rejection → 502 at once, no retry
+    // another non-retryable status → 502 at once, no retry
     let env = Env::start(MockConfig::default(), |c| {
-        c.pool.tokens = tokens(&["n1;fault=400", "n2"]);
+        c.pool.tokens = tokens(&["n1;fault=404", "n2"]);
     });
     env.chat(&chat_body(MODEL, "x", false))
         .assert_error(502, "upstream_rejected");
@@ -562,7 +581,7 @@ fn reasoning_output_modes() {
 fn webui_payload_style() {
     let env = Env::start(MockConfig::default(), |c| {
         c.upstream.payload = k2proxy::config::PayloadStyle::Webui;
-        c.upstream.headers.referer = "https://www.k2think.ai/c/{chat_id}".into();
+        c.upstream.headers.referer = Some("https://www.k2think.ai/c/{chat_id}".into());
     });
     assert_eq!(env.chat(&chat_body(MODEL, "x", false)).status, 200);
     let up = &env.requests()[0];

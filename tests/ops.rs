@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{chat_body, raw, spawn_proxy, temp_dir, within, Env, Proc, Sse, MODEL};
+use common::{
+    chat_body, raw, spawn_proxy, temp_dir, within, Env, Proc, Sse, LEGACY_MODELS_YAML, MODEL,
+};
 use k2proxy::mock::{MockConfig, MockServer};
 use serde_json::{json, Value};
 
@@ -597,7 +599,7 @@ fn json_access_log_has_every_field_and_no_secrets() {
          upstream:\n  base_url: \"{}\"\n\
          auth:\n  api_keys: [{{name: team-blue, key: sk-blue-very-secret-key}}]\n\
          pool:\n  tokens: [\"eyJhbGciOi.super-secret-token-payload.sig\"]\n\
-         logging:\n  format: json\n",
+         logging:\n  format: json\n{LEGACY_MODELS_YAML}",
         mock.base_url()
     );
     std::fs::write(&path, conf).unwrap();

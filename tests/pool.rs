@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{chat_body, temp_dir, within, Env, MODEL};
+use common::{chat_body, temp_dir, within, Env, LEGACY_MODELS_YAML, MODEL};
 use k2proxy::mock::{Account, MockConfig};
 use k2proxy::tokens_file;
 use serde_json::{json, Value};
@@ -54,7 +54,8 @@ fn accounts_yaml(base: &str, port: u16, dir: &Path, extra: &str) -> String {
          upstream:\n  base_url: \"{base}\"\n\
          updater:\n  accounts_file: \"{}\"\n\
          pool:\n  tokens_file: \"{}\"\n{extra}\
-         admin:\n  key: \"{ADMIN}\"\nlogging:\n  access_log: false\nretry:\n  backoff: 10ms\n",
+         admin:\n  key: \"{ADMIN}\"\nlogging:\n  access_log: false\nretry:\n  backoff: 10ms\n\
+         {LEGACY_MODELS_YAML}",
         dir.join("accounts.jsonl").display(),
         dir.join("tokens.txt").display(),
     )
@@ -348,7 +349,7 @@ fn tokens_file_edits_apply_without_restart_and_admin_edits_are_saved_atomically(
             format!(
                 "server:\n  listen: [\"127.0.0.1:{port}\"]\nmetrics:\n  listen: null\n\
              upstream:\n  base_url: \"{base}\"\npool:\n  tokens_file: \"{}\"\n  max_failures: 1\n\
-             admin:\n  key: \"{ADMIN}\"\nlogging:\n  access_log: false\n",
+             admin:\n  key: \"{ADMIN}\"\nlogging:\n  access_log: false\n{LEGACY_MODELS_YAML}",
                 file.display()
             )
         },

@@ -12,7 +12,7 @@ mod common;
 use std::io::Read;
 use std::time::Duration;
 
-use common::{chat_body, raw, spawn_proxy_with, temp_dir, within, MODEL};
+use common::{chat_body, raw, spawn_proxy_with, temp_dir, within, LEGACY_MODELS_YAML, MODEL};
 use k2proxy::mock::{Account, MockConfig};
 
 const CLIENT_KEY: &str = "sk-SECRET-client-key-0001";
@@ -37,7 +37,7 @@ fn config(base: &str, port: u16, metrics: u16, dir: &std::path::Path, key: &str)
          pool:\n  tokens: [\"{REFUSED}\", \"{LIMITED}\", \"{GOOD}\"]\n  tokens_file: \"{}\"\n\
          updater:\n  accounts_file: \"{}\"\n\
          retry:\n  backoff: 10ms\n  max_attempts: 4\n\
-         logging:\n  level: trace\n  access_log: true\n",
+         logging:\n  level: trace\n  access_log: true\n{LEGACY_MODELS_YAML}",
         dir.join("tokens.txt").display(),
         dir.join("accounts.jsonl").display(),
     )

@@ -215,12 +215,16 @@ pub struct UpstreamSection {
     pub tls_verify: bool,
     /// Browser-like headers sent upstream.
     pub headers: HeaderSection,
+    /// The thinking field every assistant message sent upstream carries (the client's own
+    /// reasoning, else `""`): one of [`crate::k2think::THINKING_FIELDS`], or `""` for none.
+    #[serde(deserialize_with = "de_string")]
+    pub thinking_field: String,
 }
 
 impl Default for UpstreamSection {
     fn default() -> Self {
         UpstreamSection {
-            base_url: "https://www.k2think.ai".to_string(),
+            base_url: "https://chat.ifm.ai".to_string(),
             mode: UpstreamMode::Auto,
             user_path: "/api/chat/completions".to_string(),
             guest_path: "/api/guest/chat/completions".to_string(),
@@ -232,6 +236,7 @@ impl Default for UpstreamSection {
             keepalive: Duration::from_secs(60),
             tls_verify: true,
             headers: HeaderSection::default(),
+            thinking_field: "reasoning".to_string(),
         }
     }
 }
@@ -241,11 +246,20 @@ impl Default for UpstreamSection {
 pub struct HeaderSection {
     #[serde(deserialize_with = "de_string")]
     pub user_agent: String,
+    /// Client hints of the same browser as `user_agent` (empty: not sent).
     #[serde(deserialize_with = "de_string")]
-    pub origin: String,
-    /// Referer sent upstream; `{chat_id}` is replaced by the request's chat id (webui payload).
+    pub sec_ch_ua: String,
     #[serde(deserialize_with = "de_string")]
-    pub referer: String,
+    pub sec_ch_ua_mobile: String,
+    #[serde(deserialize_with = "de_string")]
+    pub sec_ch_ua_platform: String,
+    /// Origin sent upstream; unset: the base URL.
+    #[serde(deserialize_with = "de_opt_string")]
+    pub origin: Option<String>,
+    /// Referer sent upstream; `{chat_id}` is replaced by the request's chat id (webui
+    /// payload). Unset: `<base_url>/guest` in guest mode, `<base_url>/` in user mode.
+    #[serde(deserialize_with = "de_opt_string")]
+    pub referer: Option<String>,
     #[serde(deserialize_with = "de_string")]
     pub accept_language: String,
     /// More headers, name to value.
@@ -256,14 +270,24 @@ pub struct HeaderSection {
 impl Default for HeaderSection {
     fn default() -> Self {
         HeaderSection {
-            user_agent: "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/140.0.0.0 Safari/537.36 Edg/140.0.0.0".to_string(),
-            origin: "https://www.k2think.ai".to_string(),
-            referer: "https://www.k2think.ai/".to_string(),
+            user_agent: CHROME_USER_AGENT.to_string(),
+            sec_ch_ua: CHROME_SEC_CH_UA.to_string(),
+            sec_ch_ua_mobile: "?0".to_string(),
+            sec_ch_ua_platform: "\"Windows\"".to_string(),
+            origin: None,
+            referer: None,
             accept_language: "en-US,en;q=0.9".to_string(),
             extra: BTreeMap::new(),
         }
     }
 }
+
+/// A current desktop Chrome (156, December 2026) on Windows, as the newest web clients of
+/// the upstream send it (k2think-protocol.md §0.5 #10).
+pub const CHROME_USER_AGENT: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36";
+/// The `sec-ch-ua` brand list of that Chrome.
+pub const CHROME_SEC_CH_UA: &str =
+    "\"Chromium\";v=\"156\", \"Google Chrome\";v=\"156\", \"Not_A Brand\";v=\"99\"";
 
 /// A model the proxy offers.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -283,6 +307,10 @@ pub struct ModelEntry {
     pub aliases: Vec<String>,
     #[serde(default = "owner", deserialize_with = "de_string")]
     pub owned_by: String,
+    /// Whether the model takes images (`image_url` parts); `false`: a request with an image
+    /// gets a 400 naming the model instead of an upstream failure.
+    #[serde(default = "yes")]
+    pub images: bool,
 }
 
 fn yes() -> bool {
@@ -293,25 +321,93 @@ fn owner() -> String {
     "MBZUAI".to_string()
 }
 
-/// The models served when the file lists none.
-pub fn default_models() -> Vec<ModelEntry> {
-    let m = |id: &str, reasoning: bool, aliases: &[&str]| ModelEntry {
+/// The models served when the file lists none: K2 Horizon, or with `base_url` on the old
+/// host (www.k2think.ai) that host's K2-Think-v2 catalogue.
+pub fn default_models(base_url: &str) -> Vec<ModelEntry> {
+    let legacy = UpstreamTarget::parse(base_url).is_ok_and(|t| {
+        t.host.eq_ignore_ascii_case(crate::k2think::LEGACY_HOST)
+            || t.host.eq_ignore_ascii_case("k2think.ai")
+    });
+    if legacy {
+        legacy_models()
+    } else {
+        horizon_models()
+    }
+}
+
+fn model_entry(
+    id: &str,
+    upstream: &str,
+    reasoning: bool,
+    aliases: &[&str],
+    owned_by: &str,
+    images: bool,
+) -> ModelEntry {
+    ModelEntry {
         id: id.to_string(),
-        upstream: "MBZUAI-IFM/K2-Think-v2".to_string(),
+        upstream: upstream.to_string(),
         reasoning,
         aliases: aliases.iter().map(|a| a.to_string()).collect(),
-        owned_by: owner(),
-    };
+        owned_by: owned_by.to_string(),
+        images,
+    }
+}
+
+/// K2 Horizon (text only), with and without reasoning; the K2-Think ids answer as aliases
+/// so that existing clients and configs keep working.
+pub fn horizon_models() -> Vec<ModelEntry> {
+    let up = crate::k2think::HORIZON_MODEL;
     vec![
-        m(
-            "MBZUAI-IFM/K2-Think-v2",
+        model_entry(
+            "IFM/K2-Horizon",
+            up,
+            true,
+            &[
+                "K2-Horizon",
+                up,
+                "MBZUAI-IFM/K2-Think-v2",
+                "MBZUAI-IFM/K2-Think",
+                "K2-Think",
+                "k2-think",
+            ],
+            "IFM",
+            false,
+        ),
+        model_entry(
+            "IFM/K2-Horizon-nothink",
+            up,
+            false,
+            &[
+                "K2-Horizon-nothink",
+                "MBZUAI-IFM/K2-Think-v2-nothink",
+                "MBZUAI-IFM/K2-Think-nothink",
+                "K2-Think-nothink",
+            ],
+            "IFM",
+            false,
+        ),
+    ]
+}
+
+/// The old host's catalogue (www.k2think.ai, K2-Think-v2, takes images).
+pub fn legacy_models() -> Vec<ModelEntry> {
+    let up = crate::k2think::LEGACY_MODEL;
+    vec![
+        model_entry(
+            up,
+            up,
             true,
             &["MBZUAI-IFM/K2-Think", "K2-Think", "k2-think"],
+            "MBZUAI",
+            true,
         ),
-        m(
+        model_entry(
             "MBZUAI-IFM/K2-Think-v2-nothink",
+            up,
             false,
             &["MBZUAI-IFM/K2-Think-nothink", "K2-Think-nothink"],
+            "MBZUAI",
+            true,
         ),
     ]
 }
@@ -386,6 +482,17 @@ pub enum ReasoningOutput {
     Drop,
 }
 
+/// Where `chat_template_kwargs.reasoning_effort` goes in the upstream body.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EffortPlacement {
+    /// `{"extra_body": {"chat_template_kwargs": {…}}}`, as the newest web clients send it.
+    #[default]
+    ExtraBody,
+    /// `{"chat_template_kwargs": {…}}` at the top level.
+    TopLevel,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReasoningSection {
@@ -394,6 +501,11 @@ pub struct ReasoningSection {
     /// (K2-Think-v2 sometimes omits the opening `<think>`). If the answer ends with no closing
     /// tag, that text is delivered as content too, so nothing is lost.
     pub implicit_think: bool,
+    /// Reasoning effort sent when the client asks for none (`low`, `medium`, `high`);
+    /// `null`: send none then (the upstream's own default applies).
+    pub effort: Option<crate::openai::Effort>,
+    /// Where the effort goes in the upstream body.
+    pub effort_placement: EffortPlacement,
 }
 
 impl Default for ReasoningSection {
@@ -401,6 +513,8 @@ impl Default for ReasoningSection {
         ReasoningSection {
             output: ReasoningOutput::ReasoningContent,
             implicit_think: true,
+            effort: Some(crate::openai::Effort::Medium),
+            effort_placement: EffortPlacement::ExtraBody,
         }
     }
 }
@@ -611,7 +725,7 @@ impl Config {
             })?
         };
         if config.models.is_empty() {
-            config.models = default_models();
+            config.models = default_models(&config.upstream.base_url);
         }
         config
             .validate()
@@ -670,6 +784,16 @@ impl Config {
             if d.is_zero() {
                 return err(key, "must be greater than zero");
             }
+        }
+        let field = self.upstream.thinking_field.as_str();
+        if !field.is_empty() && !crate::k2think::THINKING_FIELDS.contains(&field) {
+            return Err((
+                "upstream.thinking_field".to_string(),
+                format!(
+                    "`{field}` is not a thinking field the upstream takes; use one of {} (or \"\" for none)",
+                    crate::k2think::THINKING_FIELDS.join(", ")
+                ),
+            ));
         }
         for (name, value) in &self.upstream.headers.extra {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
@@ -749,6 +873,12 @@ impl Config {
                     format!("{s} is not an HTTP error status (400-599)"),
                 ));
             }
+            if matches!(s, 400 | 422) {
+                return Err((
+                    format!("retry.on_status[{i}]"),
+                    format!("{s} is final: the upstream refused the request itself, and the same request would be refused again"),
+                ));
+            }
         }
         if let Some(m) = &self.metrics.listen {
             if m.parse::<SocketAddr>().is_err() {
@@ -816,6 +946,27 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// `Origin` sent upstream: `upstream.headers.origin`, else the base URL.
+    pub fn upstream_origin(&self) -> String {
+        match &self.upstream.headers.origin {
+            Some(o) => o.clone(),
+            None => self.upstream.base_url.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// `Referer` sent upstream (before `{chat_id}` is filled in): `upstream.headers.referer`,
+    /// else the web chat's page for the mode: `<base>/guest` or `<base>/`.
+    pub fn upstream_referer(&self) -> String {
+        if let Some(r) = &self.upstream.headers.referer {
+            return r.clone();
+        }
+        let base = self.upstream.base_url.trim_end_matches('/');
+        match self.effective_mode() {
+            UpstreamMode::User => format!("{base}/"),
+            _ => format!("{base}/guest"),
+        }
     }
 
     /// The upstream mode after resolving `auto`.

@@ -19,7 +19,7 @@ fn shipped_config_is_valid_and_matches_the_defaults() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/k2proxy.yaml");
     let c = Config::load(&path).unwrap();
     let d = Config {
-        models: default_models(),
+        models: default_models(&Config::default().upstream.base_url),
         ..Config::default()
     };
     assert_eq!(c, d, "conf/k2proxy.yaml must document exactly the defaults");

@@ -102,9 +102,9 @@ pub fn render(form: Form, reasoning: &str, answer: &str, duration: u64, tag: &st
     match form {
         Form::V1 => format!("<think>{reasoning}</think>\n<answer>{answer}</answer>"),
         Form::V2 => format!("<{tag} duration=\"{duration}\">{reasoning}</{tag}>\n{answer}"),
-        Form::V2Answer => format!(
-            "<{tag} duration=\"{duration}\">{reasoning}</{tag}>\n<answer>{answer}</answer>"
-        ),
+        Form::V2Answer => {
+            format!("<{tag} duration=\"{duration}\">{reasoning}</{tag}>\n<answer>{answer}</answer>")
+        }
         Form::V2NoOpen => format!("{reasoning}</{tag}>\n\n{answer}"),
         Form::Details => format!(
             "{}<answer>{answer}</answer>",

@@ -535,8 +535,12 @@ fn thinking_violation(messages: &Value) -> Option<String> {
             return None;
         }
         let fields = crate::k2think::THINKING_FIELDS;
-        let null = fields.iter().find(|f| m.get(**f).is_some_and(Value::is_null));
-        let ok = fields.iter().any(|f| m.get(*f).is_some_and(Value::is_string));
+        let null = fields
+            .iter()
+            .find(|f| m.get(**f).is_some_and(Value::is_null));
+        let ok = fields
+            .iter()
+            .any(|f| m.get(*f).is_some_and(Value::is_string));
         match (ok, null) {
             (true, None) => None,
             (_, Some(f)) => Some(format!(
@@ -553,10 +557,13 @@ fn thinking_violation(messages: &Value) -> Option<String> {
 
 /// `chat_template_kwargs.reasoning_effort`, at the top level or under `extra_body`.
 fn requested_effort(body: &Value) -> Option<String> {
-    ["/chat_template_kwargs/reasoning_effort", "/extra_body/chat_template_kwargs/reasoning_effort"]
-        .iter()
-        .find_map(|p| body.pointer(p).and_then(Value::as_str))
-        .map(str::to_string)
+    [
+        "/chat_template_kwargs/reasoning_effort",
+        "/extra_body/chat_template_kwargs/reasoning_effort",
+    ]
+    .iter()
+    .find_map(|p| body.pointer(p).and_then(Value::as_str))
+    .map(str::to_string)
 }
 
 async fn chat(ctx: &Ctx, user_mode: bool) -> io::Result<Reply> {

@@ -30,8 +30,8 @@ use pingora::ErrorType;
 
 use super::{respond, routes, upstream, App, Ctx, Snapshot};
 use crate::config::ModelEntry;
-use crate::config::{PayloadStyle, ReasoningOutput, UpstreamMode};
-use crate::k2think::{BodyStyle, Payload};
+use crate::config::{EffortPlacement, PayloadStyle, ReasoningOutput, UpstreamMode};
+use crate::k2think::{BodyStyle, KwargsPlacement, Payload};
 use crate::metrics::Metrics;
 use crate::openai::{ApiError, ChatRequest};
 use crate::pool::{Lease, LeaseError, Outcome};
@@ -244,6 +244,25 @@ async fn prepare<'s>(
     let Some(model) = snap.model(&req.model) else {
         return Err(routes::model_not_found(snap, &req.model));
     };
+    if !model.images {
+        if let Some((i, j)) = files::first_image(&req) {
+            // The parsed request's indices are the client's own on the chat surface only.
+            let param =
+                (ctx.surface == Surface::Chat).then(|| format!("messages[{i}].content[{j}]"));
+            return Err(ApiError {
+                param,
+                ..ApiError::new(
+                    400,
+                    "invalid_request_error",
+                    "model_does_not_support_images",
+                    format!(
+                        "The model `{}` takes text only (models[].images is false for it); remove the image parts or use a model that takes images",
+                        req.model
+                    ),
+                )
+            });
+        }
+    }
     let tools = ToolSet::from_request(req.tools.as_deref(), req.tool_choice.as_ref())
         .map_err(|(param, message)| ApiError::invalid(message, Some(param)))?
         .map(Arc::new);
@@ -277,6 +296,12 @@ pub(super) fn upstream_payload(
             },
             tools,
             template: snap.config.tools.prompt_template.as_deref(),
+            thinking_field: crate::k2think::thinking_field(&up_cfg.thinking_field),
+            default_effort: snap.config.reasoning.effort,
+            effort_placement: match snap.config.reasoning.effort_placement {
+                EffortPlacement::ExtraBody => KwargsPlacement::ExtraBody,
+                EffortPlacement::TopLevel => KwargsPlacement::TopLevel,
+            },
         },
     )
 }
@@ -421,6 +446,7 @@ impl Failure {
             } => match *status {
                 401 | 403 => Outcome::Rejected(*status),
                 429 => Outcome::RateLimited(*retry_after),
+                s if refuses_request(s) => Outcome::RequestRefused(s),
                 s => Outcome::ServerError(s),
             },
             Failure::Timeout(_) => Outcome::Timeout,
@@ -442,7 +468,9 @@ impl Failure {
 
     fn retryable(&self, on_status: &[u16]) -> bool {
         match self {
-            Failure::Status { status, .. } => on_status.contains(status),
+            Failure::Status { status, .. } => {
+                !refuses_request(*status) && on_status.contains(status)
+            }
             _ => true,
         }
     }
@@ -606,6 +634,16 @@ impl Job<'_> {
                 "upstream_error",
                 "upstream_auth_failed",
                 format!("K2Think refused the proxy's credentials ({what})"),
+            ),
+            Failure::Status { status, detail, .. } if refuses_request(status) => ApiError::new(
+                400,
+                "invalid_request_error",
+                "upstream_rejected_request",
+                if detail.is_empty() {
+                    format!("K2Think refused the request (HTTP {status}) without saying why")
+                } else {
+                    format!("K2Think refused the request (HTTP {status}): {detail}")
+                },
             ),
             Failure::Status { status, .. } if status >= 500 => ApiError::new(
                 502,
@@ -1174,6 +1212,13 @@ fn release<'a>(
     })
 }
 
+/// An upstream status that refuses the request itself (a retired model, a body it will not
+/// take): final, whatever `retry.on_status` says, and no token's fault. The client gets a
+/// 400 with the upstream's own words.
+pub fn refuses_request(status: u16) -> bool {
+    matches!(status, 400 | 422)
+}
+
 /// SSE or a JSON answer, from the content type or, when that says neither, the first byte.
 fn detect_format(content_type: &str, first: &[u8]) -> Result<UpstreamFormat, Failure> {
     let lead = first.iter().find(|b| !b.is_ascii_whitespace()).copied();
@@ -1235,7 +1280,7 @@ async fn error_detail(up: &mut HttpSession) -> String {
             .unwrap_or_default(),
         Err(_) => String::new(),
     };
-    text.chars().take(200).collect()
+    text.chars().take(500).collect()
 }
 
 /// `Retry-After` as seconds or an HTTP date.

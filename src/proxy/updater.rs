@@ -278,9 +278,10 @@ async fn sign_in(app: &App, account: &Account) -> Result<String, String> {
         req.insert_header("accept", "application/json")?;
         req.insert_header("accept-encoding", "identity")?;
         req.insert_header("content-length", body.len().to_string())?;
-        if !h.origin.is_empty() {
-            req.insert_header("origin", h.origin.as_str())?;
-            req.insert_header("referer", format!("{}/auth?mode=signin", h.origin))?;
+        let origin = snap.config.upstream_origin();
+        if !origin.is_empty() {
+            req.insert_header("referer", format!("{origin}/auth?mode=signin"))?;
+            req.insert_header("origin", origin)?;
         }
         if !h.user_agent.is_empty() {
             req.insert_header("user-agent", h.user_agent.as_str())?;

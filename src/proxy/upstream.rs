@@ -107,14 +107,23 @@ pub fn request_header(
     )?;
     req.insert_header("accept-encoding", "identity")?;
     let h = &up.headers;
-    if !h.user_agent.is_empty() {
-        req.insert_header("user-agent", h.user_agent.as_str())?;
+    for (name, value) in [
+        ("user-agent", &h.user_agent),
+        ("sec-ch-ua", &h.sec_ch_ua),
+        ("sec-ch-ua-mobile", &h.sec_ch_ua_mobile),
+        ("sec-ch-ua-platform", &h.sec_ch_ua_platform),
+    ] {
+        if !value.is_empty() {
+            req.insert_header(name, value.as_str())?;
+        }
     }
-    if !h.origin.is_empty() {
-        req.insert_header("origin", h.origin.as_str())?;
+    let origin = snap.config.upstream_origin();
+    if !origin.is_empty() {
+        req.insert_header("origin", origin)?;
     }
-    if !h.referer.is_empty() {
-        req.insert_header("referer", h.referer.replace("{chat_id}", chat_id))?;
+    let referer = snap.config.upstream_referer();
+    if !referer.is_empty() {
+        req.insert_header("referer", referer.replace("{chat_id}", chat_id))?;
     }
     if !h.accept_language.is_empty() {
         req.insert_header("accept-language", h.accept_language.as_str())?;

@@ -126,6 +126,20 @@ fn decode_b64(s: &str) -> Result<Vec<u8>, Refusal> {
         })
 }
 
+/// The first image part of the request, as (message, part) indices.
+pub fn first_image(req: &ChatRequest) -> Option<(usize, usize)> {
+    req.messages
+        .iter()
+        .enumerate()
+        .find_map(|(i, m)| match &m.content {
+            Content::Parts(parts) => parts
+                .iter()
+                .position(|p| matches!(p, Part::Image { .. }))
+                .map(|j| (i, j)),
+            _ => None,
+        })
+}
+
 /// Decode `%XX` escapes (in `data:` URLs without base64, and in paths: model ids contain `/`).
 pub fn percent_decode(s: &str) -> Vec<u8> {
     let b = s.as_bytes();

@@ -12,10 +12,16 @@
 //!   `function`) results become `user` messages carrying the tool's name, found from the
 //!   matching `tool_call_id` earlier in this conversation;
 //! - with `tools`, the tool instructions go first, as a system message;
-//! - sampling parameters go into `params`.
+//! - sampling parameters go into `params`;
+//! - every assistant message carries a thinking field (the client's own reasoning, else
+//!   `""`), which the new upstream requires (k2think-protocol.md §0.5 #3);
+//! - the reasoning effort (the client's, else the configured default) goes into
+//!   `chat_template_kwargs.reasoning_effort` (§0.5 #4).
 
-use crate::k2think::{BodyStyle, ImageUrl, Params, Payload, UpContent, UpMessage, UpPart};
-use crate::openai::{ChatRequest, Content, Message, Part, Role, Stop};
+use crate::k2think::{
+    BodyStyle, ImageUrl, KwargsPlacement, Params, Payload, Thinking, UpContent, UpMessage, UpPart,
+};
+use crate::openai::{ChatRequest, Content, Effort, Message, Part, Role, Stop};
 use crate::transform::tools::{encode_result, function_calls_block, ToolSet};
 
 /// What the caller decides about the upstream request.
@@ -28,6 +34,12 @@ pub struct RewriteOptions<'a> {
     pub tools: Option<&'a ToolSet>,
     /// `tools.prompt_template` from the config.
     pub template: Option<&'a str>,
+    /// The thinking field of assistant messages (`None`: send none).
+    pub thinking_field: Option<&'static str>,
+    /// The effort sent when the client asks for none.
+    pub default_effort: Option<Effort>,
+    /// Where the effort goes.
+    pub effort_placement: KwargsPlacement,
 }
 
 impl<'a> RewriteOptions<'a> {
@@ -39,18 +51,22 @@ impl<'a> RewriteOptions<'a> {
             style: BodyStyle::Minimal,
             tools: None,
             template: None,
+            thinking_field: Some("reasoning"),
+            default_effort: None,
+            effort_placement: KwargsPlacement::ExtraBody,
         }
     }
 }
 
 pub fn to_k2think(req: &ChatRequest, opts: RewriteOptions<'_>) -> Payload {
-    let mut messages = convert_messages(&req.messages, opts.tools);
+    let mut messages = convert_messages(&req.messages, opts.tools, opts.thinking_field);
     if let Some(set) = opts.tools {
         messages.insert(
             0,
             UpMessage {
                 role: "system",
                 content: UpContent::Text(set.instructions(opts.template)),
+                thinking: None,
             },
         );
     }
@@ -59,6 +75,10 @@ pub fn to_k2think(req: &ChatRequest, opts: RewriteOptions<'_>) -> Payload {
         model: opts.upstream_model.to_string(),
         messages,
         params: params(req),
+        effort: req
+            .reasoning_effort
+            .or(opts.default_effort)
+            .map(|e| (e.as_str(), opts.effort_placement)),
         style: opts.style,
         chat_id: crate::k2think::uuid_v4(),
     }
@@ -79,7 +99,13 @@ fn params(req: &ChatRequest) -> Params {
     }
 }
 
-pub fn convert_messages(messages: &[Message], tools: Option<&ToolSet>) -> Vec<UpMessage> {
+/// The client's messages as the upstream's history; `thinking_field` names the field every
+/// assistant message carries (`None`: none).
+pub fn convert_messages(
+    messages: &[Message],
+    tools: Option<&ToolSet>,
+    thinking_field: Option<&'static str>,
+) -> Vec<UpMessage> {
     messages
         .iter()
         .enumerate()
@@ -87,14 +113,20 @@ pub fn convert_messages(messages: &[Message], tools: Option<&ToolSet>) -> Vec<Up
             Role::System | Role::Developer => UpMessage {
                 role: "system",
                 content: convert_content(&m.content),
+                thinking: None,
             },
             Role::User => UpMessage {
                 role: "user",
                 content: convert_content(&m.content),
+                thinking: None,
             },
             Role::Assistant => UpMessage {
                 role: "assistant",
                 content: assistant_content(m, tools),
+                thinking: thinking_field.map(|field| Thinking {
+                    field,
+                    text: m.reasoning_content.clone().unwrap_or_default(),
+                }),
             },
             Role::Tool | Role::Function => UpMessage {
                 role: "user",
@@ -102,6 +134,7 @@ pub fn convert_messages(messages: &[Message], tools: Option<&ToolSet>) -> Vec<Up
                     tool_name(messages, i, m),
                     &m.content.text(),
                 )),
+                thinking: None,
             },
         })
         .collect()

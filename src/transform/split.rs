@@ -14,6 +14,10 @@
 //!    start is removed;
 //! 5. no markup: all content.
 //!
+//! K2 Horizon's lower reasoning efforts name their tag `think_fast` / `think_faster`
+//! (k2think-protocol.md §0.5 #4): `<think_fast>` opens and `</think_fast>` closes like
+//! `<think>` and `</think>`, and any of the three closers ends any reasoning.
+//!
 //! Rules: whitespace before the first tag is ignored; `<answer>`/`</answer>`
 //! never reach the output; each channel's leading whitespace is trimmed and
 //! its trailing whitespace is held back until something else follows (and
@@ -270,6 +274,45 @@ fn exact(rest: &str, tag: &str) -> Tag {
     }
 }
 
+/// The reasoning closers: `</think>` and the lower efforts' `</think_fast>`,
+/// `</think_faster>`.
+const THINK_CLOSERS: [&str; 3] = ["</think>", "</think_fast>", "</think_faster>"];
+
+/// `rest` starts with one of the reasoning closers, or could still become one.
+fn closer(rest: &str) -> Tag {
+    let mut partial = false;
+    for tag in THINK_CLOSERS {
+        match exact(rest, tag) {
+            Tag::Match(n) => return Tag::Match(n),
+            Tag::Partial => partial = true,
+            Tag::No => {}
+        }
+    }
+    if partial {
+        Tag::Partial
+    } else {
+        Tag::No
+    }
+}
+
+/// `rest` starts with a reasoning opening tag (`<think`, `<think_fast`, `<think_faster`,
+/// with or without attributes), or could still become one.
+fn think_open(rest: &str) -> Tag {
+    let mut partial = false;
+    for name in ["<think", "<think_fast", "<think_faster"] {
+        match open(rest, name) {
+            Tag::Match(n) => return Tag::Match(n),
+            Tag::Partial => partial = true,
+            Tag::No => {}
+        }
+    }
+    if partial {
+        Tag::Partial
+    } else {
+        Tag::No
+    }
+}
+
 /// `rest` starts with the opening tag `name` (e.g. `<think`), optionally
 /// followed by attributes, up to `>` within [`MAX_TAG`] bytes.
 fn open(rest: &str, name: &str) -> Tag {
@@ -480,10 +523,10 @@ impl Splitter {
         if t.starts_with('<') {
             let mut partial = false;
             for (which, m) in [
-                (0, open(t, "<think")),
+                (0, think_open(t)),
                 (1, open(t, "<details")),
                 (2, exact(t, "<answer>")),
-                (3, exact(t, "</think>")),
+                (3, closer(t)),
             ] {
                 match m {
                     Tag::Match(n) => {
@@ -525,7 +568,7 @@ impl Splitter {
         self.emit_reasoning(&rest[..k], out);
         let at = &rest[k..];
         let mut partial = false;
-        match exact(at, "</think>") {
+        match closer(at) {
             Tag::Match(n) => {
                 self.spec.clear();
                 self.state = State::AfterThink;
@@ -679,7 +722,7 @@ impl Splitter {
             Tag::No => {}
         }
         if stray_think {
-            match exact(at, "</think>") {
+            match closer(at) {
                 Tag::Match(n) => {
                     self.state = State::Answer { stray_think: false };
                     return Step::Go(i + k + n);
@@ -776,6 +819,41 @@ mod tests {
             all_splits(true, t),
             rc("line one\n\nline <two>\nno space", "A <i>b</i>")
         );
+    }
+
+    #[test]
+    fn lower_effort_tags_split_like_think() {
+        let t = "<think_fast duration=\"2\">Quick plan.</think_fast>\nDone <i>fast</i>.";
+        assert_eq!(all_splits(true, t), rc("Quick plan.", "Done <i>fast</i>."));
+        assert_eq!(all_splits(false, t), rc("Quick plan.", "Done <i>fast</i>."));
+        let t = "<think_faster>R</think_faster>\n<answer>A</answer>";
+        assert_eq!(all_splits(true, t), rc("R", "A"));
+        // Without an opening tag, any closer proves the speculation.
+        for closer in ["</think>", "</think_fast>", "</think_faster>"] {
+            let t = format!("Plan it.{closer}\n\nAnswer.");
+            assert_eq!(all_splits(true, &t), rc("Plan it.", "Answer."), "{closer}");
+            assert_eq!(
+                all_splits(false, &t),
+                rc("", "Plan it.\n\nAnswer."),
+                "{closer}: a stray closer is removed"
+            );
+        }
+        // Near misses stay text.
+        assert_eq!(
+            all_splits(false, "<think_slow>x</think_fastest>"),
+            rc("", "<think_slow>x</think_fastest>")
+        );
+    }
+
+    #[test]
+    fn details_with_a_bare_answer() {
+        let t = "<details type=\"reasoning\" done=\"true\" duration=\"2\">\n<summary>Thought for 2 seconds</summary>\n> First line\n> second <b>line</b>\n</details>\nThe answer, <i>bare</i>.\nLine two.";
+        let want = rc(
+            "First line\nsecond <b>line</b>",
+            "The answer, <i>bare</i>.\nLine two.",
+        );
+        assert_eq!(all_splits(true, t), want);
+        assert_eq!(all_splits(false, t), want);
     }
 
     #[test]
@@ -908,6 +986,10 @@ mod tests {
             "<think duration=\"3\">",
             "</th",
             "<ans",
+            "<think_fast>",
+            "</think_fast>",
+            "</think_faster>",
+            "_fast",
         ];
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut next = move || {

@@ -8,7 +8,10 @@
 //!   incremental, see below), `{"done": true, …}`, `{"usage": {…}}`, OpenAI
 //!   chunks `{"choices":[{"delta":{…},"finish_reason":…}]}`, `{"error": …}` /
 //!   `{"detail": …}` without content (upstream error), an `event: error`
-//!   event, or data that is not JSON (raw incremental text). A `data:` block
+//!   event, or data that is not JSON (raw incremental text). K2 Horizon's leading
+//!   `{"task_id": …}` is skipped, and its OpenAI finish chunk after `done` gives only its
+//!   `finish_reason`: a `choices` text after `done`, or in a stream of `content` values,
+//!   repeats what those carried and is never added. A `data:` block
 //!   that holds several JSON lines (an upstream that never sends blank lines)
 //!   is split into its lines.
 //! * A single JSON completion ([`UpstreamFormat::Json`]): OpenAI
@@ -311,6 +314,9 @@ struct Core {
     raw: String,
     raw_ok: bool,
     mode: Mode,
+    /// A top-level `content` value was seen: the text is the K2Think `content` stream, and
+    /// OpenAI-style `choices` chunks (K2 Horizon sends one after `done`) only repeat it.
+    content_field: bool,
     done: bool,
     usable: bool,
     usage: Option<Usage>,
@@ -408,15 +414,19 @@ impl Core {
             self.usable = true;
         }
         if let Some(c) = p.content {
+            self.content_field = true;
             self.on_content_text(c, p.done, out);
             if self.error.is_some() {
                 return;
             }
         }
-        if let Some(r) = p.delta_reasoning {
+        // After `done`, or in a `content` stream, a `choices` chunk's text repeats what the
+        // `content` values carried (K2 Horizon's finish chunk, §0.5 #7): never added.
+        let repeats = self.done || self.content_field;
+        if let Some(r) = p.delta_reasoning.filter(|_| !repeats) {
             self.splitter.push_reasoning(&r, out);
         }
-        if let Some(c) = p.delta_content {
+        if let Some(c) = p.delta_content.filter(|_| !repeats) {
             self.on_append(&c, out);
         }
         if let Some(f) = p.finish_reason {
@@ -555,7 +565,7 @@ impl Core {
         }
         self.usable = true;
         // The whole text is known: no need to speculate about untagged text.
-        if self.implicit_think && !text.contains("</think>") && !text.contains("<answer>") {
+        if self.implicit_think && !text.contains("</think") && !text.contains("<answer>") {
             self.splitter.disable_implicit(out);
         }
         if let Some(r) = p.delta_reasoning.as_deref() {
@@ -612,6 +622,7 @@ impl K2Decoder {
                 raw: String::new(),
                 raw_ok: false,
                 mode: Mode::Unknown,
+                content_field: false,
                 done: false,
                 usable: false,
                 usage: None,

@@ -79,12 +79,15 @@ mod tests {
     #[test]
     fn a_payload_counts_messages_framing_and_images() {
         let p = Payload {
+            effort: None,
             messages: vec![
                 crate::k2think::UpMessage {
                     role: "system",
                     content: UpContent::Text("abcdefgh".into()),
+                    thinking: None,
                 },
                 crate::k2think::UpMessage {
+                    thinking: None,
                     role: "user",
                     content: UpContent::Parts(vec![
                         UpPart::Text {

@@ -14,6 +14,11 @@ use k2proxy::proxy::{build_server, App, RunArgs, ShutdownSignal, ShutdownSignalW
 use serde_json::Value;
 
 pub const MODEL: &str = "MBZUAI-IFM/K2-Think-v2";
+/// The `models` section an operator of the old host (www.k2think.ai) gets by default, for
+/// config files written against the old-host mock (`MockConfig::default()`).
+pub const LEGACY_MODELS_YAML: &str = "models:\n\
+  - {id: \"MBZUAI-IFM/K2-Think-v2\", upstream: \"MBZUAI-IFM/K2-Think-v2\"}\n\
+  - {id: \"MBZUAI-IFM/K2-Think-v2-nothink\", upstream: \"MBZUAI-IFM/K2-Think-v2\", reasoning: false}\n";
 pub const NOTHINK: &str = "MBZUAI-IFM/K2-Think-v2-nothink";
 
 struct TestShutdown(Mutex<Option<tokio::sync::oneshot::Receiver<()>>>);
@@ -239,12 +244,21 @@ pub fn start_mock(rt: &tokio::runtime::Runtime, cfg: MockConfig) -> MockServer {
 
 impl Env {
     /// Mock with `mock_cfg`, proxy with the default config pointed at it, changed by `edit`.
+    /// A mock of the old host (it serves no K2 Horizon) gets the old host's catalogue, as
+    /// `base_url: https://www.k2think.ai` would.
     pub fn start(mock_cfg: MockConfig, edit: impl FnOnce(&mut Config)) -> Env {
         let rt = runtime();
+        let legacy = !mock_cfg
+            .models
+            .iter()
+            .any(|m| m == k2proxy::k2think::HORIZON_MODEL);
         let mock = start_mock(&rt, mock_cfg);
         let base = mock.base_url();
         let mut env = Env::start_with(rt, |c| {
             c.upstream.base_url = base;
+            if legacy {
+                c.models = k2proxy::config::legacy_models();
+            }
             edit(c)
         });
         env.mock = Some(mock);

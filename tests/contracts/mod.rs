@@ -191,16 +191,22 @@ fn check_request_on(surface: Surface, body: &[u8], limits: files::Limits) {
             let payload = to_k2think(
                 req,
                 RewriteOptions {
-                    upstream_model: "K2-Think",
-                    stream: req.stream,
-                    style,
                     tools: set.as_ref(),
                     template,
+                    style,
+                    stream: req.stream,
+                    ..RewriteOptions::streamed("K2-Think")
                 },
             );
             let v: Value = serde_json::from_slice(&payload.to_bytes()).expect("payload is JSON");
             assert!(v["messages"].is_array());
             assert!(!payload.messages.is_empty());
+            // The new upstream refuses an assistant message without a string thinking field.
+            for m in v["messages"].as_array().into_iter().flatten() {
+                if m["role"] == "assistant" {
+                    assert!(m["reasoning"].is_string(), "thinking field: {m}");
+                }
+            }
         }
     };
     rewrite(&req);
