@@ -37,9 +37,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Check the configured upstream: its model list and one small chat per upstream model,
-    /// streamed and not. Exit status 0 when every check passed, 1 when one failed, 2 for a
-    /// bad configuration or usage.
+    /// Check the configured upstream and report what it answers.
+    ///
+    /// Asks `/api/models` for the configured upstream model ids, and sends one small chat
+    /// per upstream model, streamed and not, with a two-turn history. Exit status 0 when
+    /// every check passed (skipped ones allowed), 1 when one failed, 2 for a bad
+    /// configuration or usage.
     Probe(ProbeArgs),
 }
 

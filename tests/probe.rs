@@ -146,6 +146,8 @@ fn passes_against_k2_horizon() {
             .as_str()
             .is_some_and(|a| a.starts_with("Echo: Once more")));
         assert!(o["reasoning_chars"].as_u64().is_some_and(|n| n > 0));
+        // the finish chunk after `done` was not added on top of the answer
+        assert_eq!(o["answer_matches_text"], true, "{c:#}");
     }
     let s = &check(&report, &stream_check(HORIZON_MODEL))["observed"];
     assert_eq!(s["delivery"], "cumulative");
@@ -188,6 +190,7 @@ fn passes_against_the_old_host() {
         assert_eq!(c["observed"]["markup"], "think", "{c:#}");
         assert_eq!(c["observed"]["task_id"], false);
         assert_eq!(c["observed"]["finish_chunk_after_done"], false);
+        assert_eq!(c["observed"]["answer_matches_text"], true);
     }
     let s = &check(&report, &stream_check(LEGACY_MODEL))["observed"];
     assert_eq!(s["end"], "done_marker");
@@ -243,7 +246,14 @@ fn fails_clearly_against_the_legacy_host_switch() {
 #[test]
 fn fails_clearly_on_a_thinking_field_violation() {
     let up = Upstream::start(MockConfig::horizon());
-    let conf = config_file("thinking", &up.base_url(), &[HORIZON_MODEL], &[], "");
+    // `thinking_field: ""`: assistant turns go upstream without a thinking field
+    let conf = config_file(
+        "thinking",
+        &up.base_url(),
+        &[HORIZON_MODEL],
+        &["thinking_field: \"\""],
+        "",
+    );
     let (code, report) = probe_json(&conf, &[]);
     assert_eq!(code, 1, "{report:#}");
     for c in chat_checks(&report) {
