@@ -130,6 +130,10 @@ fn start_mock(port: u16) -> Proc {
             "--listen".into(),
             format!("127.0.0.1:{port}"),
             "--no-record".into(),
+            // The old host's personality: its answers end cleanly and keep the connection,
+            // so the figures stay comparable with those measured before K2 Horizon.
+            "--personality".into(),
+            "k2think".into(),
         ],
     );
     wait_port(&mut p, port);
@@ -143,7 +147,8 @@ fn start_proxy(port: u16, mock_port: u16, dir: &std::path::Path) -> Proc {
         "server:\n  listen: [\"127.0.0.1:{port}\"]\n\
          upstream:\n  base_url: \"http://127.0.0.1:{mock_port}\"\n\
          pool:\n  tokens: [\"bench-a\", \"bench-b\", \"bench-c\"]\n\
-         metrics:\n  listen: \"127.0.0.1:{metrics}\"\n"
+         metrics:\n  listen: \"127.0.0.1:{metrics}\"\n\
+             models:\n  - {{id: \"MBZUAI-IFM/K2-Think-v2\", upstream: \"MBZUAI-IFM/K2-Think-v2\"}}\n"
     );
     std::fs::write(&conf, yaml).expect("write bench config");
     let mut p = spawn(

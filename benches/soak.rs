@@ -393,6 +393,10 @@ fn main() -> ExitCode {
             "--listen".into(),
             format!("127.0.0.1:{mock_port}"),
             "--no-record".into(),
+            // The old host's personality: its answers end cleanly and keep the connection,
+            // so the figures stay comparable with those measured before K2 Horizon.
+            "--personality".into(),
+            "k2think".into(),
         ],
     );
     wait_port(&mut mock, mock_port);
@@ -405,7 +409,8 @@ fn main() -> ExitCode {
              auth:\n  api_keys: [{{name: soak, key: \"{KEY}\"}}]\n\
              pool:\n  tokens: [\"soak-a\", \"soak-b\", \"soak-c\", \"soak-d\"]\n  max_failures: 1000000000\n\
              retry:\n  backoff: 10ms\n\
-             metrics:\n  listen: \"127.0.0.1:{metrics_port}\"\n"
+             metrics:\n  listen: \"127.0.0.1:{metrics_port}\"\n\
+             models:\n  - {{id: \"MBZUAI-IFM/K2-Think-v2\", upstream: \"MBZUAI-IFM/K2-Think-v2\"}}\n"
         ),
     )
     .expect("write config");

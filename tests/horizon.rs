@@ -275,7 +275,11 @@ fn effort_reaches_the_upstream_from_every_surface() {
         c.reasoning.effort_placement = k2proxy::config::EffortPlacement::TopLevel;
         c.reasoning.effort = None;
     });
-    assert_eq!(env.chat(&json!({"model": HORIZON, "messages": user})).status, 200);
+    assert_eq!(
+        env.chat(&json!({"model": HORIZON, "messages": user}))
+            .status,
+        200
+    );
     let r = env.chat(&json!({"model": HORIZON, "messages": user, "reasoning_effort": "low"}));
     assert_eq!(r.status, 200);
     let b = upstream_bodies(&env);
@@ -287,27 +291,39 @@ fn effort_reaches_the_upstream_from_every_surface() {
 #[test]
 fn lower_efforts_close_their_reasoning_with_their_own_tag() {
     let env = env();
-    for (effort, form) in [("low", "v2"), ("medium", "v2-noopen"), ("high", "v2-answer")] {
+    for (effort, form) in [
+        ("low", "v2"),
+        ("medium", "v2-noopen"),
+        ("high", "v2-answer"),
+    ] {
         let prompt = format!("effort {effort} [[mock: form={form}]]");
         let (reasoning, answer) = expected(&prompt, "");
         let mut body = common::chat_body(HORIZON, &prompt, true);
         body["reasoning_effort"] = json!(effort);
         let s = env.stream(&body);
         s.assert_well_formed();
-        assert_eq!((s.reasoning(), s.content()), (reasoning, answer), "{effort}");
+        assert_eq!(
+            (s.reasoning(), s.content()),
+            (reasoning, answer),
+            "{effort}"
+        );
     }
 }
 
 #[test]
 fn images_to_a_text_only_model_get_a_400_naming_it() {
     let env = env();
-    let image = json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}});
+    let image =
+        json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}});
     let r = env.chat(&json!({"model": HORIZON, "messages": [
         {"role": "user", "content": [{"type": "text", "text": "what is this?"}, image]}
     ]}));
     let v = r.assert_error(400, "model_does_not_support_images");
     assert_eq!(v["error"]["param"], "messages[0].content[1]");
-    assert!(v["error"]["message"].as_str().unwrap().contains(HORIZON), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains(HORIZON),
+        "{v}"
+    );
     let r = env.post(
         "/v1/messages",
         json!({"model": "K2-Horizon", "max_tokens": 64, "messages": [{"role": "user", "content": [
@@ -319,7 +335,10 @@ fn images_to_a_text_only_model_get_a_400_naming_it() {
     let v = r.json();
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "invalid_request_error");
-    assert!(v["error"]["message"].as_str().unwrap().contains("K2-Horizon"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("K2-Horizon"));
     assert!(env.requests().is_empty(), "nothing went upstream");
 }
 
@@ -370,7 +389,8 @@ fn an_upstream_400_is_final_strikes_no_token_and_says_why() {
     let stats = env.get("/admin/tokens/stats").json();
     let toks = stats["data"]["tokens"].as_array().unwrap();
     assert!(
-        toks.iter().all(|t| t["strikes"] == 0 && t["state"] == "active"),
+        toks.iter()
+            .all(|t| t["strikes"] == 0 && t["state"] == "active"),
         "{stats}"
     );
     // The same on the Messages surface, in Anthropic's shape.

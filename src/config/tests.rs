@@ -132,3 +132,60 @@ fn tokens_file_path_is_relative_to_the_config() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_default_catalogue_follows_the_host() {
+    let c = parse("").unwrap();
+    assert_eq!(c.upstream.base_url, "https://chat.ifm.ai");
+    let ids: Vec<&str> = c.models.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["IFM/K2-Horizon", "IFM/K2-Horizon-nothink"]);
+    assert!(c
+        .models
+        .iter()
+        .all(|m| m.upstream == crate::k2think::HORIZON_MODEL && !m.images));
+    assert!(c.models[0]
+        .aliases
+        .iter()
+        .any(|a| a == "MBZUAI-IFM/K2-Think-v2"));
+    for old in ["https://www.k2think.ai", "https://k2think.ai/"] {
+        let c = parse(&format!("upstream:\n  base_url: {old}\n")).unwrap();
+        assert_eq!(c.models, legacy_models(), "{old}");
+        assert!(c.models.iter().all(|m| m.images));
+    }
+    // A listed catalogue is taken as written; `images` defaults to true.
+    let c = parse("models:\n  - {id: a, upstream: b}\n").unwrap();
+    assert!(c.models[0].images);
+}
+
+#[test]
+fn origin_and_referer_follow_the_base_url_unless_set() {
+    let c = parse("upstream:\n  base_url: https://chat.ifm.ai/\n").unwrap();
+    assert_eq!(c.upstream_origin(), "https://chat.ifm.ai");
+    assert_eq!(c.upstream_referer(), "https://chat.ifm.ai/guest");
+    let c = parse("upstream:\n  base_url: https://chat.ifm.ai\npool:\n  tokens: [t]\n").unwrap();
+    assert_eq!(c.upstream_referer(), "https://chat.ifm.ai/");
+    let c = parse(
+        "upstream:\n  headers:\n    origin: https://o.example\n    referer: https://o.example/c/{chat_id}\n",
+    )
+    .unwrap();
+    assert_eq!(c.upstream_origin(), "https://o.example");
+    assert_eq!(c.upstream_referer(), "https://o.example/c/{chat_id}");
+}
+
+#[test]
+fn thinking_field_effort_and_final_statuses_are_checked() {
+    let c = parse("").unwrap();
+    assert_eq!(c.upstream.thinking_field, "reasoning");
+    assert_eq!(c.reasoning.effort, Some(crate::openai::Effort::Medium));
+    assert_eq!(c.reasoning.effort_placement, EffortPlacement::ExtraBody);
+    assert!(parse("upstream:\n  thinking_field: \"\"\n").is_ok());
+    assert!(parse("upstream:\n  thinking_field: think_faster\n").is_ok());
+    let e = parse("upstream:\n  thinking_field: thoughts\n").unwrap_err();
+    assert_eq!(e.key, "upstream.thinking_field");
+    let e = parse("reasoning:\n  effort: extreme\n").unwrap_err();
+    assert_eq!(e.key, "reasoning.effort");
+    let c = parse("reasoning:\n  effort: null\n  effort_placement: top_level\n").unwrap();
+    assert_eq!(c.reasoning.effort, None);
+    let e = parse("retry:\n  on_status: [429, 400]\n").unwrap_err();
+    assert_eq!(e.key, "retry.on_status[1]");
+}

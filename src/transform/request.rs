@@ -299,4 +299,78 @@ mod tests {
         let orphan = msgs[4]["content"].as_str().unwrap();
         assert!(!orphan.contains("Tool name") && orphan.contains("orphan"));
     }
+    #[test]
+    fn assistant_messages_carry_a_thinking_field_and_effort_goes_where_configured() {
+        let req = ChatRequest::parse(
+            json!({"model": "m", "reasoning_effort": "xhigh", "messages": [
+                {"role": "user", "content": "q1"},
+                {"role": "assistant", "content": "a1", "reasoning_content": "r1"},
+                {"role": "user", "content": "q2"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+                {"role": "assistant", "content": "a3", "reasoning": "r3"}
+            ]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let body = |opts: RewriteOptions<'_>| -> Value {
+            serde_json::from_slice(&to_k2think(&req, opts).to_bytes()).unwrap()
+        };
+        let v = body(RewriteOptions::streamed("up"));
+        let thinking: Vec<&Value> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.get("reasoning").unwrap_or(&Value::Null))
+            .collect();
+        assert_eq!(
+            thinking,
+            [
+                &Value::Null,
+                &json!("r1"),
+                &Value::Null,
+                &json!(""),
+                &Value::Null,
+                &json!("r3")
+            ],
+            "assistant messages only, the client's own reasoning else \"\", never null"
+        );
+        assert_eq!(
+            v["extra_body"],
+            json!({"chat_template_kwargs": {"reasoning_effort": "high"}})
+        );
+        assert!(v.get("chat_template_kwargs").is_none());
+        // Another field name, no field at all; the configured default when the client
+        // asks for nothing, at the top level.
+        let v = body(RewriteOptions {
+            thinking_field: Some("think_fast"),
+            ..RewriteOptions::streamed("up")
+        });
+        assert_eq!(v["messages"][1]["think_fast"], "r1");
+        assert!(v["messages"][1].get("reasoning").is_none());
+        let v = body(RewriteOptions {
+            thinking_field: None,
+            ..RewriteOptions::streamed("up")
+        });
+        assert!(v["messages"][1].as_object().unwrap().len() == 2);
+        let mut plain = req.clone();
+        plain.reasoning_effort = None;
+        let p = to_k2think(
+            &plain,
+            RewriteOptions {
+                default_effort: Some(Effort::Medium),
+                effort_placement: KwargsPlacement::TopLevel,
+                ..RewriteOptions::streamed("up")
+            },
+        );
+        let v: Value = serde_json::from_slice(&p.to_bytes()).unwrap();
+        assert_eq!(v["chat_template_kwargs"]["reasoning_effort"], "medium");
+        assert!(v.get("extra_body").is_none());
+        let p = to_k2think(&plain, RewriteOptions::streamed("up"));
+        let v: Value = serde_json::from_slice(&p.to_bytes()).unwrap();
+        assert!(v.get("chat_template_kwargs").is_none() && v.get("extra_body").is_none());
+    }
 }
