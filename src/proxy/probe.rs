@@ -155,8 +155,9 @@ fn chat_targets<'s>(snap: &'s Snapshot, only: &[String]) -> Result<Vec<ChatTarge
 /// The token user mode probes with: the first of `pool.tokens`, else the first token line
 /// of `pool.tokens_file`. `Err` says what to configure.
 fn first_token(config: &Config) -> Result<Secret, String> {
-    if let Some(t) = config.pool.tokens.iter().find(|t| !t.trim().is_empty()) {
-        return Ok(Secret::new(t.trim()));
+    // As the pool loads them: inline tokens first, then the file's.
+    if let Some(t) = config.pool.tokens.first() {
+        return Ok(Secret::new(t.as_str()));
     }
     let file_note = match config.pool.tokens_file.as_deref() {
         None => String::new(),
