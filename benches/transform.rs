@@ -270,12 +270,22 @@ static COUNTING: Counting = Counting;
 /// The SSE body the mock upstream sends for `form`/`delivery`, with about `words` filler
 /// words of reasoning and twice as many of answer.
 fn mock_body(form: Form, delivery: Delivery, words: usize) -> Vec<u8> {
+    mock_body_from(
+        Directives {
+            form,
+            delivery,
+            ..Directives::default()
+        },
+        words,
+    )
+}
+
+/// What the mock sends with `base` directives and `words` filler words.
+fn mock_body_from(base: Directives, words: usize) -> Vec<u8> {
     let d = Directives {
-        form,
-        delivery,
         reasoning_words: words,
         answer_words: 2 * words,
-        ..Directives::default()
+        ..base
     };
     let spec = StreamSpec {
         directives: &d,
@@ -365,12 +375,17 @@ fn bench_forms(c: &mut Criterion) {
         ("v2-answer", Form::V2Answer, Delivery::Cumulative),
         ("v2-noopen", Form::V2NoOpen, Delivery::Cumulative),
         ("details", Form::Details, Delivery::Cumulative),
+        ("details-bare", Form::DetailsBare, Delivery::Cumulative),
         ("none", Form::None, Delivery::Cumulative),
         ("v1-incremental", Form::V1, Delivery::Incremental),
         ("v1-delta", Form::V1, Delivery::Delta),
     ];
-    for (name, form, delivery) in cases {
-        let body = mock_body(form, delivery, 300);
+    let bodies = cases
+        .iter()
+        .map(|(name, form, delivery)| (*name, mock_body(*form, *delivery, 300)))
+        // K2 Horizon as chat.ifm.ai sends it: task_id, details + bare answer, finish chunk.
+        .chain([("horizon", mock_body_from(Directives::horizon(), 300))]);
+    for (name, body) in bodies {
         group.throughput(Throughput::Bytes(body.len() as u64));
         for piece in [10usize, 1460] {
             group.bench_with_input(BenchmarkId::new(name, piece), &body, |b, body| {

@@ -14,6 +14,13 @@ pub const HORIZON_MODEL: &str = "IFM/K2-Horizon-375B-A23B";
 pub const LEGACY_MODEL: &str = "MBZUAI-IFM/K2-Think-v2";
 /// The old host. Pointing `upstream.base_url` at it brings back its model catalogue.
 pub const LEGACY_HOST: &str = "www.k2think.ai";
+/// An upstream status that refuses the request itself (a retired model, a body it will not
+/// take): final, whatever `retry.on_status` says, and no token's fault. The client gets a
+/// 400 with the upstream's own words.
+pub fn refuses_request(status: u16) -> bool {
+    matches!(status, 400 | 422)
+}
+
 /// The assistant-message fields the new upstream accepts as the thinking field (§0.5 #3).
 pub const THINKING_FIELDS: [&str; 5] = [
     "reasoning",

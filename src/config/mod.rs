@@ -873,7 +873,7 @@ impl Config {
                     format!("{s} is not an HTTP error status (400-599)"),
                 ));
             }
-            if matches!(s, 400 | 422) {
+            if crate::k2think::refuses_request(*s) {
                 return Err((
                     format!("retry.on_status[{i}]"),
                     format!("{s} is final: the upstream refused the request itself, and the same request would be refused again"),

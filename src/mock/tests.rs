@@ -1046,3 +1046,130 @@ async fn shutdown_drops_open_streams() {
     assert!(!c.parsed().complete);
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+/// A Horizon chat body: `messages` as given, `model` K2 Horizon, optional extra fields.
+fn horizon_body(messages: Value, extra: Value) -> Vec<u8> {
+    let mut v =
+        json!({"model": crate::k2think::HORIZON_MODEL, "stream": true, "messages": messages});
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
+async fn horizon_chat(addr: SocketAddr, body: &[u8]) -> Conn {
+    let mut c = Conn::send(addr, "POST", "/api/guest/chat/completions", &[], body).await;
+    c.read_to_end(Duration::from_secs(5)).await;
+    c
+}
+
+#[tokio::test]
+async fn horizon_personality_answers_like_chat_ifm_ai() {
+    let m = start(MockConfig::horizon()).await;
+    let user = json!([{"role": "user", "content": "hi"}]);
+    let c = horizon_chat(m.addr(), &horizon_body(user.clone(), json!({}))).await;
+    let p = c.parsed();
+    assert_eq!(p.status, 200);
+    assert!(
+        !p.complete,
+        "ragged: no chunked terminator after the last event"
+    );
+    let ev: Vec<Value> = p
+        .events()
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(
+        ev[0]["task_id"].is_string(),
+        "a leading task_id: {:?}",
+        ev[0]
+    );
+    let n = ev.len();
+    assert_eq!(ev[n - 2]["done"], true);
+    let d = Directives::horizon();
+    let full = markup_for("hi", &d);
+    assert_eq!(ev[n - 2]["content"], full.as_str());
+    assert!(full.contains("</details>\nEcho: hi") && !full.contains("<answer>"));
+    assert!(full.contains("\n> The user wrote 2 characters.\n> I should"));
+    // The finish chunk repeats the answer after `done`.
+    assert_eq!(ev[n - 1]["choices"][0]["finish_reason"], "stop");
+    assert_eq!(ev[n - 1]["choices"][0]["delta"]["content"], "Echo: hi");
+    assert!(!p.events().iter().any(|e| e == "[DONE]"));
+
+    // The thinking-field rule: missing or null is a 400 with the upstream's words.
+    for assistant in [
+        json!({"role": "assistant", "content": "a"}),
+        json!({"role": "assistant", "content": "a", "reasoning": null}),
+    ] {
+        let msgs =
+            json!([{"role": "user", "content": "q"}, assistant, {"role": "user", "content": "q2"}]);
+        let c = horizon_chat(m.addr(), &horizon_body(msgs, json!({}))).await;
+        let p = c.parsed();
+        assert_eq!(p.status, 400);
+        let detail = p.json()["detail"].as_str().unwrap().to_string();
+        assert!(
+            detail.starts_with("messages[1]") && detail.contains("Add a supported thinking field"),
+            "{detail}"
+        );
+    }
+    for field in crate::k2think::THINKING_FIELDS {
+        let msgs = json!([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", field: ""}, {"role": "user", "content": "q2"}]);
+        let c = horizon_chat(m.addr(), &horizon_body(msgs, json!({}))).await;
+        assert_eq!(c.parsed().status, 200, "{field}");
+    }
+
+    // Effort closers, from either placement.
+    for (kwargs, tag) in [
+        (
+            json!({"extra_body": {"chat_template_kwargs": {"reasoning_effort": "low"}}}),
+            "think_faster",
+        ),
+        (
+            json!({"chat_template_kwargs": {"reasoning_effort": "medium"}}),
+            "think_fast",
+        ),
+        (json!({}), "think"),
+    ] {
+        let user = json!([{"role": "user", "content": "x [[mock: form=v2; task_id=false; finish_chunk=false]]"}]);
+        let c = horizon_chat(m.addr(), &horizon_body(user, kwargs)).await;
+        let ev = c.parsed().events();
+        let done: Value = serde_json::from_str(&ev[ev.len() - 1]).unwrap();
+        let content = done["content"].as_str().unwrap();
+        assert!(
+            content.starts_with(&format!("<{tag} duration="))
+                && content.contains(&format!("</{tag}>\n")),
+            "{content}"
+        );
+    }
+
+    // A detail event with no content.
+    let user = json!([{"role": "user", "content": "x [[mock: fault=detail; cut_after=2]]"}]);
+    let c = horizon_chat(m.addr(), &horizon_body(user, json!({}))).await;
+    let ev = c.parsed().events();
+    assert_eq!(ev.len(), 3);
+    let last: Value = serde_json::from_str(&ev[2]).unwrap();
+    assert_eq!(last, json!({"detail": super::DETAIL_EVENT}));
+    // Only K2 Horizon is served.
+    let body = serde_json::to_vec(
+        &json!({"model": MODEL, "stream": true, "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .unwrap();
+    let c = horizon_chat(m.addr(), &body).await;
+    assert_eq!(c.parsed().status, 400);
+    m.shutdown().await;
+
+    // The old host today: its guest path answers 400, its user path still works.
+    let m = start(MockConfig {
+        legacy_guest_400: true,
+        ..MockConfig::default()
+    })
+    .await;
+    let c = horizon_chat(m.addr(), &chat_body("x", true)).await;
+    let p = c.parsed();
+    assert_eq!(
+        (p.status, p.json()["detail"].clone()),
+        (400, json!("Model not found"))
+    );
+    assert_eq!(chat_done(m.addr(), Some("t"), "x", true).await.status, 200);
+    m.shutdown().await;
+}

@@ -31,7 +31,7 @@ use pingora::ErrorType;
 use super::{respond, routes, upstream, App, Ctx, Snapshot};
 use crate::config::ModelEntry;
 use crate::config::{EffortPlacement, PayloadStyle, ReasoningOutput, UpstreamMode};
-use crate::k2think::{BodyStyle, KwargsPlacement, Payload};
+use crate::k2think::{refuses_request, BodyStyle, KwargsPlacement, Payload};
 use crate::metrics::Metrics;
 use crate::openai::{ApiError, ChatRequest};
 use crate::pool::{Lease, LeaseError, Outcome};
@@ -1210,13 +1210,6 @@ fn release<'a>(
             }
         }
     })
-}
-
-/// An upstream status that refuses the request itself (a retired model, a body it will not
-/// take): final, whatever `retry.on_status` says, and no token's fault. The client gets a
-/// 400 with the upstream's own words.
-pub fn refuses_request(status: u16) -> bool {
-    matches!(status, 400 | 422)
 }
 
 /// SSE or a JSON answer, from the content type or, when that says neither, the first byte.

@@ -280,27 +280,24 @@ const THINK_CLOSERS: [&str; 3] = ["</think>", "</think_fast>", "</think_faster>"
 
 /// `rest` starts with one of the reasoning closers, or could still become one.
 fn closer(rest: &str) -> Tag {
-    let mut partial = false;
-    for tag in THINK_CLOSERS {
-        match exact(rest, tag) {
-            Tag::Match(n) => return Tag::Match(n),
-            Tag::Partial => partial = true,
-            Tag::No => {}
-        }
-    }
-    if partial {
-        Tag::Partial
-    } else {
-        Tag::No
-    }
+    any_of(THINK_CLOSERS.iter().map(|tag| exact(rest, tag)))
 }
 
 /// `rest` starts with a reasoning opening tag (`<think`, `<think_fast`, `<think_faster`,
 /// with or without attributes), or could still become one.
 fn think_open(rest: &str) -> Tag {
+    any_of(
+        ["<think", "<think_fast", "<think_faster"]
+            .iter()
+            .map(|name| open(rest, name)),
+    )
+}
+
+/// The first match among `tags`; else `Partial` when any could still match.
+fn any_of(tags: impl Iterator<Item = Tag>) -> Tag {
     let mut partial = false;
-    for name in ["<think", "<think_fast", "<think_faster"] {
-        match open(rest, name) {
+    for t in tags {
+        match t {
             Tag::Match(n) => return Tag::Match(n),
             Tag::Partial => partial = true,
             Tag::No => {}
