@@ -561,6 +561,10 @@ impl Report {
                 for (key, value) in c.details() {
                     let _ = writeln!(out, "    {key:<8} {value}");
                 }
+            } else if let Observed::Answer(a) = &c.observed {
+                // Which events the upstream sent (task_id, detail, finish chunk…): what
+                // changes first when the upstream does.
+                let _ = writeln!(out, "    {:<8} {}", "events", a.sequence());
             }
         }
         let count = |v: Verdict| self.checks.iter().filter(|c| c.verdict == v).count();
@@ -1991,7 +1995,7 @@ mod tests {
                 "{name}: {table}"
             );
         }
-        // only the failed row has details underneath
+        // the failed row has its details underneath
         let detail_lines: Vec<&str> = table.lines().filter(|l| l.starts_with("    ")).collect();
         assert!(
             detail_lines
@@ -2005,10 +2009,17 @@ mod tests {
                 .any(|l| l.contains("models   K2-Horizon")),
             "{table}"
         );
+        // An ok chat row has one line underneath: the events the upstream sent.
+        let lines: Vec<&str> = table.lines().collect();
+        let ok_row = lines
+            .iter()
+            .position(|l| l.starts_with("chat IFM/K2-Horizon-375B-A23B (stream)"))
+            .unwrap();
         assert!(
-            !detail_lines.iter().any(|l| l.contains("task_id")),
+            lines[ok_row + 1].starts_with("    events   task_id"),
             "{table}"
         );
+        assert!(!lines[ok_row + 2].starts_with("    "), "{table}");
         assert!(
             table
                 .trim_end()

@@ -408,7 +408,21 @@ fn the_table_names_every_check() {
         .position(|l| l.starts_with("CHECK"))
         .expect("a header row");
     assert!(lines[header].contains("RESULT") && lines[header].contains("SUMMARY"));
-    let rows = &lines[header + 1..header + 4];
+    let rows: Vec<&str> = lines[header + 1..]
+        .iter()
+        .copied()
+        .filter(|l| !l.starts_with("    ") && !l.is_empty())
+        .take(3)
+        .collect();
+    // Under each chat row, the events the upstream sent.
+    let events: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("    events   "))
+        .collect();
+    assert_eq!(events.len(), 2, "{table}");
+    assert!(events[0].ends_with("done [DONE]"), "{table}");
+    assert_eq!(events[1], "    events   json", "{table}");
     assert!(
         rows[0].starts_with("models") && rows[0].contains("skipped"),
         "{table}"
