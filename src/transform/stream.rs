@@ -422,12 +422,14 @@ impl Core {
         }
         // After `done`, or in a `content` stream, a `choices` chunk's text repeats what the
         // `content` values carried (K2 Horizon's finish chunk, §0.5 #7): never added.
-        let repeats = self.done || self.content_field;
-        if let Some(r) = p.delta_reasoning.filter(|_| !repeats) {
-            self.splitter.push_reasoning(&r, out);
-        }
-        if let Some(c) = p.delta_content.filter(|_| !repeats) {
-            self.on_append(&c, out);
+        // (One branch, not a filter per field: the filters cost 5% at 1460-byte pieces.)
+        if p.has_choices && !self.done && !self.content_field {
+            if let Some(r) = p.delta_reasoning {
+                self.splitter.push_reasoning(&r, out);
+            }
+            if let Some(c) = p.delta_content {
+                self.on_append(&c, out);
+            }
         }
         if let Some(f) = p.finish_reason {
             if !f.is_empty() {
