@@ -345,6 +345,24 @@ fn admin_reload_and_status_need_the_admin_key() {
         .contains(&json!("logging.level")));
     authed(&env, ADMIN, env.client.get(env.url("/admin/config/reload")))
         .assert_error(405, "method_not_allowed");
+    // An emptied file (a truncating rewrite caught midway, `: > file`) is refused: the keys
+    // stay, and nobody gets in without one (issue 16, item 1).
+    for blank in ["", "# nothing but a comment\n"] {
+        std::fs::write(&path, blank).unwrap();
+        let v = authed(
+            &env,
+            ADMIN,
+            env.client.post(env.url("/admin/config/reload")),
+        )
+        .json();
+        assert_ne!(v["status"], "success", "{v}");
+        assert!(
+            v.to_string().contains("empty or holds only comments"),
+            "{v}"
+        );
+        env.send(env.client.get(env.url("/v1/models")))
+            .assert_error(401, "invalid_api_key");
+    }
 }
 
 #[test]

@@ -684,6 +684,20 @@ impl Config {
             key: String::new(),
             message: format!("cannot read the file: {e}"),
         })?;
+        // An empty file (or one of comments only) would serve every default: guest mode, no
+        // API keys, no admin key. From a file that is a truncated or half-written edit far
+        // more often than an intent, so it is refused; `server: {}` asks for the defaults.
+        let blank = serde_yaml::from_str::<serde_yaml::Value>(&text).is_ok_and(|v| v.is_null());
+        if blank {
+            return Err(ConfigError {
+                source,
+                key: String::new(),
+                message: "the file is empty or holds only comments; refusing it (an empty \
+                          config would drop every API key and the admin key). Write at least \
+                          one section, e.g. `server: {}`, to run on the defaults"
+                    .to_string(),
+            });
+        }
         let mut config = Config::parse(&text, &source)?;
         config.resolve_paths(path.parent());
         Ok(config)

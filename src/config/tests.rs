@@ -189,3 +189,33 @@ fn thinking_field_effort_and_final_statuses_are_checked() {
     let e = parse("retry:\n  on_status: [429, 400]\n").unwrap_err();
     assert_eq!(e.key, "retry.on_status[1]");
 }
+
+#[test]
+fn an_empty_or_comment_only_file_is_refused() {
+    let dir = std::env::temp_dir().join(format!("k2p-empty-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text) in [
+        ("empty.yaml", ""),
+        ("comments.yaml", "# server:\n#   listen: []\n\n"),
+        ("null.yaml", "~\n"),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert!(
+            e.message.contains("empty or holds only comments"),
+            "{name}: {e}"
+        );
+        assert!(
+            e.to_string().starts_with(&path.display().to_string()),
+            "{e}"
+        );
+    }
+    let path = dir.join("defaults.yaml");
+    std::fs::write(&path, "server: {}\n").unwrap();
+    assert_eq!(
+        Config::load(&path).unwrap().server.listen,
+        vec!["0.0.0.0:8080"]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
