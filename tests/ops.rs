@@ -363,6 +363,35 @@ fn admin_reload_and_status_need_the_admin_key() {
         env.send(env.client.get(env.url("/v1/models")))
             .assert_error(401, "invalid_api_key");
     }
+    // A file that lost its `auth` section keeps the keys; one that says `api_keys: []`
+    // drops them (issue 16, item 1).
+    let full = conf(&env.mock().base_url(), env.port, "info");
+    let lost = full.replace("auth:\n  api_keys: [\"sk-client-key-000000\"]\n", "");
+    assert_ne!(lost, full);
+    std::fs::write(&path, &lost).unwrap();
+    let v = authed(
+        &env,
+        ADMIN,
+        env.client.post(env.url("/admin/config/reload")),
+    )
+    .json();
+    assert_ne!(v["status"], "success", "{v}");
+    assert!(v.to_string().contains("auth: {api_keys: []}"), "{v}");
+    env.send(env.client.get(env.url("/v1/models")))
+        .assert_error(401, "invalid_api_key");
+    let explicit = full.replace(
+        "auth:\n  api_keys: [\"sk-client-key-000000\"]\n",
+        "auth:\n  api_keys: []\n",
+    );
+    std::fs::write(&path, &explicit).unwrap();
+    let v = authed(
+        &env,
+        ADMIN,
+        env.client.post(env.url("/admin/config/reload")),
+    )
+    .json();
+    assert_eq!(v["status"], "success", "{v}");
+    assert_eq!(env.get("/v1/models").status, 200);
 }
 
 #[test]

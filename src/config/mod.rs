@@ -678,11 +678,16 @@ impl Default for LoggingSection {
 impl Config {
     /// Read, parse and validate a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_document(path).map(|(c, _)| c)
+    }
+
+    /// [`Config::load`], also giving the YAML document itself (which keys the file sets).
+    pub fn load_with_document(path: &Path) -> Result<(Config, serde_yaml::Value), ConfigError> {
         let source = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let text = read_config_text(path).map_err(|message| ConfigError {
             source: source.clone(),
             key: String::new(),
-            message: format!("cannot read the file: {e}"),
+            message,
         })?;
         // An empty file (or one of comments only) would serve every default: guest mode, no
         // API keys, no admin key. From a file that is a truncated or half-written edit far
@@ -700,7 +705,43 @@ impl Config {
         }
         let mut config = Config::parse(&text, &source)?;
         config.resolve_paths(path.parent());
-        Ok(config)
+        let doc = serde_yaml::from_str::<serde_yaml::Value>(&text).unwrap_or_default();
+        Ok((config, doc))
+    }
+
+    /// A reload from `self` (running) to `new` that drops every API key, or the admin key,
+    /// is taken only when the file `doc` says so (`auth: {api_keys: []}`,
+    /// `admin: {key: null}`): a key section lost to a bad edit must not open the API. `Ok`
+    /// gives what an explicit drop removes, to be logged loudly; `Err` says why it is refused.
+    pub fn check_dropped_guards(
+        &self,
+        new: &Config,
+        doc: &serde_yaml::Value,
+    ) -> Result<Vec<String>, String> {
+        let sets = |section: &str, key: &str| {
+            doc.get(section)
+                .and_then(|s| s.as_mapping())
+                .is_some_and(|m| m.contains_key(key))
+        };
+        let mut dropped = Vec::new();
+        if !self.auth.api_keys.is_empty() && new.auth.api_keys.is_empty() {
+            if !sets("auth", "api_keys") {
+                return Err(format!(
+                    "the new file has no auth.api_keys while {} key(s) are in force: refused, so that a lost section cannot open the API to everyone. To serve without keys, write `auth: {{api_keys: []}}`",
+                    self.auth.api_keys.len()
+                ));
+            }
+            dropped.push("every API key (auth.api_keys: []): the API is now open".to_string());
+        }
+        if self.admin.key.is_some() && new.admin.key.is_none() {
+            if !sets("admin", "key") {
+                return Err("the new file has no admin.key while one is in force: refused. To drop it, write `admin: {key: null}`".to_string());
+            }
+            dropped.push(
+                "the admin key (admin.key: null): admin routes answer loopback only".to_string(),
+            );
+        }
+        Ok(dropped)
     }
 
     /// Parse and validate configuration text; `source` names it in errors.
@@ -999,6 +1040,37 @@ impl Config {
             m => m,
         }
     }
+}
+
+/// Largest configuration file read.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// The text of a configuration file: a regular file (after symlinks) of at most
+/// [`MAX_CONFIG_BYTES`]. A FIFO, a device (`/dev/zero`) or a directory is refused before it
+/// is opened, so a read can neither block for good nor grow without bound.
+fn read_config_text(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    if !meta.is_file() {
+        return Err("is not a regular file (a FIFO, a device or a directory?)".to_string());
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "the file is larger than {MAX_CONFIG_BYTES} bytes; a config is a few KB"
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The file may have grown since `metadata`: read one byte past the cap to tell.
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "the file is larger than {MAX_CONFIG_BYTES} bytes; a config is a few KB"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| "the file is not UTF-8 text".to_string())
 }
 
 /// Where the upstream lives, taken apart from `upstream.base_url`.

@@ -219,3 +219,67 @@ fn an_empty_or_comment_only_file_is_refused() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn only_regular_files_of_bounded_size_are_read() {
+    // A FIFO would block a reader for good, /dev/zero would grow it without end: both are
+    // refused before they are opened.
+    let e = Config::load(Path::new("/dev/zero")).unwrap_err();
+    assert!(e.message.contains("not a regular file"), "{e}");
+    let dir = std::env::temp_dir().join(format!("k2p-conf-kinds-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo.yaml");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if made.is_ok_and(|s| s.success()) {
+        let e = Config::load(&fifo).unwrap_err();
+        assert!(e.message.contains("not a regular file"), "{e}");
+    }
+    let e = Config::load(&dir).unwrap_err();
+    assert!(e.message.contains("not a regular file"), "{e}");
+    let big = dir.join("big.yaml");
+    let mut text = String::from("server: {}\n");
+    text.push_str(&"# padding\n".repeat(MAX_CONFIG_BYTES as usize / 10 + 1));
+    std::fs::write(&big, text).unwrap();
+    let e = Config::load(&big).unwrap_err();
+    assert!(e.message.contains("larger than"), "{e}");
+    let bad = dir.join("latin1.yaml");
+    std::fs::write(&bad, b"server: {}\n# caf\xe9\n").unwrap();
+    assert!(Config::load(&bad).unwrap_err().message.contains("UTF-8"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn dropping_every_key_on_reload_needs_the_file_to_say_so() {
+    let doc = |t: &str| serde_yaml::from_str::<serde_yaml::Value>(t).unwrap();
+    let running =
+        parse("auth:\n  api_keys: [sk-a-key]\nadmin:\n  key: admin-key-0123456789\n").unwrap();
+    // A file that lost its sections: refused, naming what to write instead.
+    let text = "server: {}\n";
+    let e = running
+        .check_dropped_guards(&parse(text).unwrap(), &doc(text))
+        .unwrap_err();
+    assert!(e.contains("auth: {api_keys: []}"), "{e}");
+    let text = "auth:\n  api_keys: [sk-a-key]\n";
+    let e = running
+        .check_dropped_guards(&parse(text).unwrap(), &doc(text))
+        .unwrap_err();
+    assert!(e.contains("admin: {key: null}"), "{e}");
+    // Said explicitly: taken, and what it removes is reported.
+    let text = "auth:\n  api_keys: []\nadmin:\n  key: null\n";
+    let dropped = running
+        .check_dropped_guards(&parse(text).unwrap(), &doc(text))
+        .unwrap();
+    assert_eq!(dropped.len(), 2, "{dropped:?}");
+    // Keys kept or changed, or none to begin with: nothing to check.
+    let text = "auth:\n  api_keys: [sk-other]\nadmin:\n  key: admin-key-9876543210\n";
+    assert!(running
+        .check_dropped_guards(&parse(text).unwrap(), &doc(text))
+        .unwrap()
+        .is_empty());
+    let open = parse("server: {}\n").unwrap();
+    assert!(open
+        .check_dropped_guards(&open, &doc("server: {}\n"))
+        .unwrap()
+        .is_empty());
+}

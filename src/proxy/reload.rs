@@ -112,9 +112,12 @@ impl App {
             .config_path
             .as_ref()
             .ok_or_else(|| "the server was started without a configuration file".to_string())?;
-        let config = Config::load(path).map_err(|e| e.to_string())?;
-        let tokens = load_tokens(&config)?;
+        let (config, doc) = Config::load_with_document(path).map_err(|e| e.to_string())?;
         let old = self.snapshot();
+        for dropped in old.config.check_dropped_guards(&config, &doc)? {
+            warn!("config reload from {}: removes {dropped}", path.display());
+        }
+        let tokens = load_tokens(&config)?;
         let changes = diff(&old.config, &config);
         let level = config.logging.level.clone();
         let settings = pool_settings(&config);
