@@ -151,14 +151,15 @@ fn init_logging(level: &str) {
     }
 }
 
-/// The logger, minus Pingora's trace records: at trace level Pingora logs raw request and
-/// response heads, `Authorization` headers and upstream bearer tokens included. Secrets
-/// stay out of the logs at every level.
+/// The logger, minus Pingora's debug and trace records: at trace level Pingora logs raw
+/// request and response heads, `Authorization` headers and upstream bearer tokens
+/// included, and at debug level a malformed request head whole. Secrets stay out of the
+/// logs at every level.
 struct NoWireTrace(env_logger::Logger);
 
 impl NoWireTrace {
     fn allowed(meta: &log::Metadata<'_>) -> bool {
-        meta.level() < log::Level::Trace || !meta.target().starts_with("pingora")
+        meta.level() <= log::Level::Info || !meta.target().starts_with("pingora")
     }
 }
 

@@ -169,6 +169,16 @@ fn no_secret_appears_in_logs_errors_metrics_or_admin_output() {
     );
     assert!(r.starts_with("HTTP/1.1 401"), "{r}");
     out.push(r);
+    // A malformed request head that carries a key: Pingora logs such heads whole at debug
+    // level (issue 16, item 8), and the log runs at trace here.
+    let r = raw(
+        port,
+        &format!(
+            "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\nNot a header line\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert!(!r.starts_with("HTTP/1.1 200"), "{r}");
+    out.push(r);
     // A key rotation through a reload, and the status that reports it.
     std::fs::write(
         &path,

@@ -468,7 +468,7 @@ fn access_line(format: LogFormat, method: &str, path: &str, ctx: &Ctx) -> String
                 "route": ctx.route,
                 "status": ctx.status,
                 "key": ctx.key_name,
-                "model": ctx.model,
+                "model": ctx.model.as_deref().map(|m| truncate_chars(m, LOG_FIELD_CHARS)),
                 "attempts": ctx.attempts,
                 "token": ctx.token,
                 "ttft_ms": ctx.ttft.map(ms),
@@ -485,7 +485,7 @@ fn access_line(format: LogFormat, method: &str, path: &str, ctx: &Ctx) -> String
             ctx.request_id,
             ctx.status,
             ctx.key_name.as_deref().unwrap_or("-"),
-            ctx.model.as_deref().unwrap_or("-"),
+            ctx.model.as_deref().map_or("-".into(), log_word),
             ctx.attempts,
             ctx.token.as_deref().unwrap_or("-"),
             ctx.ttft
@@ -499,6 +499,32 @@ fn access_line(format: LogFormat, method: &str, path: &str, ctx: &Ctx) -> String
                 .map(|e| format!(" error={e:?}"))
                 .unwrap_or_default(),
         ),
+    }
+}
+
+/// Most characters of a client-chosen value (the model name) in an access-log line.
+const LOG_FIELD_CHARS: usize = 128;
+
+/// `s` cut to `max` characters, with `…` when cut.
+fn truncate_chars(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]).into(),
+        None => s.into(),
+    }
+}
+
+/// A client-chosen value as one word of a plain access-log line: at most
+/// [`LOG_FIELD_CHARS`] characters, and quoted with escapes when it holds whitespace, a quote
+/// or a control character, so that no value can end the line or forge a field.
+fn log_word(s: &str) -> std::borrow::Cow<'_, str> {
+    let s = truncate_chars(s, LOG_FIELD_CHARS);
+    if s.is_empty()
+        || s.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '=')
+    {
+        format!("{:?}", s.as_ref()).into()
+    } else {
+        s
     }
 }
 
@@ -517,4 +543,31 @@ fn request_id(session: &Session) -> String {
     }
     let r: u128 = rand::random();
     format!("req_{:024x}", r & ((1u128 << 96) - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_values_cannot_forge_or_bloat_access_log_lines() {
+        assert_eq!(log_word("IFM/K2-Horizon"), "IFM/K2-Horizon");
+        let forged = "m\r\n2026-12-01T00:00:00Z req_x POST /admin 200 key=root\0";
+        let w = log_word(forged);
+        assert!(
+            !w.contains('\n') && !w.contains('\r') && !w.contains('\0'),
+            "{w}"
+        );
+        assert!(w.starts_with('"') && w.contains("\\r\\n"), "{w}");
+        assert_eq!(log_word("a key=x"), "\"a key=x\"");
+        assert_eq!(log_word(""), "\"\"");
+        let long = "é".repeat(1_000_000);
+        let w = log_word(&long);
+        assert_eq!(
+            w.chars().count(),
+            LOG_FIELD_CHARS + 1,
+            "cut, with an ellipsis"
+        );
+        assert!(truncate_chars(&long, 5).ends_with('…'));
+    }
 }
