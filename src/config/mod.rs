@@ -761,7 +761,7 @@ impl Config {
             serde_path_to_error::deserialize(de).map_err(|e| {
                 let key = e.path().to_string();
                 let inner = e.into_inner();
-                let mut message = inner.to_string();
+                let mut message = redact_strings(&inner.to_string());
                 if let Some(loc) = inner.location() {
                     let suffix = format!(" at line {} column {}", loc.line(), loc.column());
                     if let Some(stripped) = message.strip_suffix(&suffix) {
@@ -1040,6 +1040,43 @@ impl Config {
             m => m,
         }
     }
+}
+
+/// A parser error with every quoted string value (`string "…"`) replaced by its length:
+/// a value in the wrong place may be a secret, and a file that is not a config at all (a
+/// symlink to `/etc/shadow`) would otherwise be echoed in the log and the admin status.
+fn redact_strings(msg: &str) -> String {
+    const OPEN: &str = "string \"";
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(at) = rest.find(OPEN) {
+        out.push_str(&rest[..at]);
+        let body = &rest[at + OPEN.len()..];
+        // The value is written with Rust's escapes: a quote inside is `\"`.
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in body.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = Some(i);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        let Some(end) = end else {
+            out.push_str("a string");
+            return out;
+        };
+        out.push_str(&format!(
+            "a string of {} characters",
+            body[..end].chars().count()
+        ));
+        rest = &body[end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Largest configuration file read.

@@ -283,3 +283,21 @@ fn dropping_every_key_on_reload_needs_the_file_to_say_so() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn errors_never_echo_string_values() {
+    let e = parse("server:\n  threads: \"s3cr3t-value\"\n").unwrap_err();
+    assert_eq!(e.key, "server.threads");
+    assert!(!e.to_string().contains("s3cr3t"), "{e}");
+    assert!(e.message.contains("a string of 12 characters"), "{e}");
+    // A file that is no config at all (a symlink to /etc/passwd, say) is not echoed.
+    let e = parse("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/:/bin/sh\n").unwrap_err();
+    assert!(!e.to_string().contains("root:x"), "{e}");
+    assert_eq!(
+        redact_strings(r#"invalid value: string "a\"b", expected x; string "" too"#),
+        "invalid value: a string of 4 characters, expected x; a string of 0 characters too"
+    );
+    // Typos in names stay visible: they are what the operator needs to see.
+    let e = parse("upstream:\n  mode: usr\n").unwrap_err();
+    assert!(e.message.contains("unknown variant `usr`"), "{e}");
+}
