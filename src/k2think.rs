@@ -7,6 +7,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use serde_json::Value;
 
 /// K2 Horizon, the web chat's model since 2026-09 (k2think-protocol.md §0.5 #2).
 pub const HORIZON_MODEL: &str = "IFM/K2-Horizon-375B-A23B";
@@ -19,6 +20,37 @@ pub const LEGACY_HOST: &str = "www.k2think.ai";
 /// 400 with the upstream's own words.
 pub fn refuses_request(status: u16) -> bool {
     matches!(status, 400 | 422)
+}
+
+/// Characters of a non-JSON error body kept as its detail.
+const BODY_DETAIL: usize = 300;
+
+/// The upstream's explanation in an error body, exactly: `detail`, `error.message` (or a
+/// string `error`), or `message` of a JSON body (a structured value as compact JSON); the
+/// start of a body that is neither JSON nor HTML; `None` otherwise.
+pub fn error_detail(content_type: &str, body: &[u8]) -> Option<String> {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        let present = |d: &&Value| !d.is_null();
+        let found = v
+            .get("detail")
+            .filter(present)
+            .or_else(|| {
+                let e = v.get("error").filter(present)?;
+                e.get("message").filter(present).or(Some(e))
+            })
+            .or_else(|| v.get("message").filter(present))?;
+        return Some(match found {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    let html = content_type.contains("html") || text.starts_with('<');
+    if text.is_empty() || html {
+        return None;
+    }
+    Some(text.chars().take(BODY_DETAIL).collect())
 }
 
 /// The assistant-message fields the new upstream accepts as the thinking field (§0.5 #3).

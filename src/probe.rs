@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::k2think::error_detail;
 use crate::sse::SseDecoder;
 use crate::transform::complete::Completion;
-use crate::transform::stream::UpstreamFormat;
+use crate::transform::stream::{error_message, UpstreamFormat};
 
 /// The history every chat check sends: two turns, so a rule about earlier assistant
 /// messages (the thinking field, §0.5 #3) is exercised.
@@ -29,8 +30,6 @@ pub const HISTORY: [(&str, &str); 3] = [
 
 /// Characters of the decoded answer kept in the report.
 pub const ANSWER_HEAD: usize = 60;
-/// Characters of a non-JSON error body kept as its detail.
-const BODY_DETAIL: usize = 300;
 /// Bytes of a body kept for a second look (a JSON answer, or an SSE body not yet proven
 /// to be SSE); past it the answer is junk for a probe.
 const KEEP_LIMIT: usize = 1 << 20;
@@ -440,34 +439,6 @@ fn http_text(status: u16, detail: Option<&str>) -> String {
 /// Whitespace runs (newlines included) as one space, for a table cell.
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// The upstream's explanation in an error body, exactly: `detail`, `error.message` (or a
-/// string `error`), or `message` of a JSON body (a structured value as compact JSON); the
-/// start of a body that is neither JSON nor HTML; `None` otherwise.
-pub fn error_detail(content_type: &str, body: &[u8]) -> Option<String> {
-    if let Ok(v) = serde_json::from_slice::<Value>(body) {
-        let present = |d: &&Value| !d.is_null();
-        let found = v
-            .get("detail")
-            .filter(present)
-            .or_else(|| {
-                let e = v.get("error").filter(present)?;
-                e.get("message").filter(present).or(Some(e))
-            })
-            .or_else(|| v.get("message").filter(present))?;
-        return Some(match found {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        });
-    }
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    let html = content_type.contains("html") || text.starts_with('<');
-    if text.is_empty() || html {
-        return None;
-    }
-    Some(text.chars().take(BODY_DETAIL).collect())
 }
 
 /// The ids of a model list: `{"data": [...]}` or a bare array, of `{"id": …}` objects
@@ -1061,7 +1032,7 @@ impl AnswerObserver {
         if name == "error" {
             self.note("error");
             let msg = match serde_json::from_str::<Value>(t) {
-                Ok(v) => message_of(&v),
+                Ok(v) => error_message(&v),
                 Err(_) if t.is_empty() => "upstream error".to_string(),
                 Err(_) => t.to_string(),
             };
@@ -1125,7 +1096,7 @@ impl AnswerObserver {
                 .find_map(|(k, kind)| o.get(k).filter(|e| !e.is_null()).map(|e| (kind, e)));
             if let Some((kind, e)) = err {
                 self.note(kind);
-                self.error_event.get_or_insert_with(|| message_of(e));
+                self.error_event.get_or_insert_with(|| error_message(e));
                 return;
             }
         }
@@ -1196,7 +1167,7 @@ impl AnswerObserver {
                     .filter(|e| !e.is_null())
                     .or(v.get("error").filter(|e| !e.is_null()));
                 if let Some(e) = err {
-                    self.error_event = Some(message_of(e));
+                    self.error_event = Some(error_message(e));
                 }
             }
         }
@@ -1304,21 +1275,6 @@ fn answer_of(text: &str, implicit_think: bool) -> String {
     let mut whole = Completion::new(UpstreamFormat::Json, implicit_think);
     whole.push(json!({ "content": text }).to_string().as_bytes());
     whole.finish().map(|r| r.content).unwrap_or_default()
-}
-
-/// The message of an error value: a string, or an object's `message` / `detail` /
-/// `error` (looked into), or compact JSON.
-fn message_of(v: &Value) -> String {
-    fn find(v: &Value, depth: u8) -> Option<String> {
-        match v {
-            Value::String(s) => Some(s.clone()),
-            Value::Object(o) if depth < 4 => ["message", "detail", "error", "msg"]
-                .iter()
-                .find_map(|k| o.get(*k).and_then(|x| find(x, depth + 1))),
-            _ => None,
-        }
-    }
-    find(v, 0).unwrap_or_else(|| v.to_string())
 }
 
 #[cfg(test)]

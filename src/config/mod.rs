@@ -692,8 +692,10 @@ impl Config {
         // An empty file (or one of comments only) would serve every default: guest mode, no
         // API keys, no admin key. From a file that is a truncated or half-written edit far
         // more often than an intent, so it is refused; `server: {}` asks for the defaults.
-        let blank = serde_yaml::from_str::<serde_yaml::Value>(&text).is_ok_and(|v| v.is_null());
-        if blank {
+        // Read once as a document: for this check and for which keys the file sets. A
+        // syntax error is left to `Config::parse`, which names its line and column.
+        let doc = serde_yaml::from_str::<serde_yaml::Value>(&text).ok();
+        if doc.as_ref().is_some_and(serde_yaml::Value::is_null) {
             return Err(ConfigError {
                 source,
                 key: String::new(),
@@ -705,8 +707,7 @@ impl Config {
         }
         let mut config = Config::parse(&text, &source)?;
         config.resolve_paths(path.parent());
-        let doc = serde_yaml::from_str::<serde_yaml::Value>(&text).unwrap_or_default();
-        Ok((config, doc))
+        Ok((config, doc.unwrap_or_default()))
     }
 
     /// A reload from `self` (running) to `new` that drops every API key, or the admin key,

@@ -771,7 +771,7 @@ impl Job<'_> {
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
-            let detail = error_detail(&mut up).await;
+            let detail = error_detail(&mut up, &content_type).await;
             return Err(Failure::Status {
                 status,
                 retry_after,
@@ -1248,8 +1248,10 @@ fn is_timeout(t: &ErrorType) -> bool {
     )
 }
 
-/// A short, secret-free explanation from an upstream error body (`detail` / `error.message`).
-async fn error_detail(up: &mut HttpSession) -> String {
+/// The upstream's explanation of a failed attempt, from its error body (read up to
+/// [`ERROR_BODY_LIMIT`] bytes, for at most 2 s): [`crate::k2think::error_detail`], cut to
+/// 500 characters.
+async fn error_detail(up: &mut HttpSession, content_type: &str) -> String {
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(2), async {
         while buf.len() < ERROR_BODY_LIMIT {
@@ -1261,19 +1263,9 @@ async fn error_detail(up: &mut HttpSession) -> String {
     })
     .await;
     let _ = read;
-    let text = match serde_json::from_slice::<serde_json::Value>(&buf) {
-        Ok(v) => v
-            .get("detail")
-            .or_else(|| v.get("error").and_then(|e| e.get("message").or(Some(e))))
-            .or_else(|| v.get("message"))
-            .map(|d| match d {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .unwrap_or_default(),
-        Err(_) => String::new(),
-    };
-    text.chars().take(500).collect()
+    crate::k2think::error_detail(content_type, &buf)
+        .map(|d| d.chars().take(500).collect())
+        .unwrap_or_default()
 }
 
 /// `Retry-After` as seconds or an HTTP date.

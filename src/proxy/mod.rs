@@ -51,6 +51,10 @@ pub struct Snapshot {
     pub config: Config,
     pub mode: UpstreamMode,
     pub target: UpstreamTarget,
+    /// `Origin` and `Referer` (before `{chat_id}`) of every upstream request, worked out
+    /// once per config rather than per attempt.
+    pub origin: String,
+    pub referer: String,
     keys: Vec<(String, Secret)>,
 }
 
@@ -74,6 +78,8 @@ impl Snapshot {
         Ok(Snapshot {
             mode: config.effective_mode(),
             target,
+            origin: config.upstream_origin(),
+            referer: config.upstream_referer(),
             keys,
             config,
         })

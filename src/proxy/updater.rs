@@ -278,10 +278,9 @@ async fn sign_in(app: &App, account: &Account) -> Result<String, String> {
         req.insert_header("accept", "application/json")?;
         req.insert_header("accept-encoding", "identity")?;
         req.insert_header("content-length", body.len().to_string())?;
-        let origin = snap.config.upstream_origin();
-        if !origin.is_empty() {
-            req.insert_header("referer", format!("{origin}/auth?mode=signin"))?;
-            req.insert_header("origin", origin)?;
+        if !snap.origin.is_empty() {
+            req.insert_header("referer", format!("{}/auth?mode=signin", snap.origin))?;
+            req.insert_header("origin", snap.origin.as_str())?;
         }
         if !h.user_agent.is_empty() {
             req.insert_header("user-agent", h.user_agent.as_str())?;

@@ -117,13 +117,11 @@ pub fn request_header(
             req.insert_header(name, value.as_str())?;
         }
     }
-    let origin = snap.config.upstream_origin();
-    if !origin.is_empty() {
-        req.insert_header("origin", origin)?;
+    if !snap.origin.is_empty() {
+        req.insert_header("origin", snap.origin.as_str())?;
     }
-    let referer = snap.config.upstream_referer();
-    if !referer.is_empty() {
-        req.insert_header("referer", referer.replace("{chat_id}", chat_id))?;
+    if !snap.referer.is_empty() {
+        req.insert_header("referer", snap.referer.replace("{chat_id}", chat_id))?;
     }
     if !h.accept_language.is_empty() {
         req.insert_header("accept-language", h.accept_language.as_str())?;

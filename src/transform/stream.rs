@@ -265,7 +265,7 @@ impl<'a> Parsed<'a> {
 
 /// Human message out of an upstream error value: a string, or an object's
 /// `message` (looking into `error`/`detail`), or the first array item.
-fn error_message(v: &Value) -> String {
+pub fn error_message(v: &Value) -> String {
     fn find(v: &Value, depth: u8) -> Option<String> {
         if depth > 4 {
             return None;
