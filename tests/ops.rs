@@ -325,28 +325,6 @@ fn admin_reload_and_status_need_the_admin_key() {
     let v = r.json();
     assert_eq!(v["data"]["trigger"], "admin");
     assert_eq!(v["data"]["changed"], json!([]));
-    // a listener change is applied only after a restart, and says so
-    let text = conf(&env.mock().base_url(), env.port, "debug").replace(
-        "metrics:\n  listen: null",
-        "metrics:\n  listen: \"127.0.0.1:1\"",
-    );
-    std::fs::write(&path, text).unwrap();
-    let v = authed(
-        &env,
-        ADMIN,
-        env.client.post(env.url("/admin/config/reload")),
-    )
-    .json();
-    assert_eq!(v["status"], "success");
-    assert_eq!(v["data"]["need_restart"], json!(["metrics.listen"]));
-    assert!(v["data"]["changed"]
-        .as_array()
-        .unwrap()
-        .contains(&json!("logging.level")));
-    authed(&env, ADMIN, env.client.get(env.url("/admin/config/reload")))
-        .assert_error(405, "method_not_allowed");
-    // An emptied file (a truncating rewrite caught midway, `: > file`) is refused: the keys
-    // stay, and nobody gets in without one (issue 16, item 1).
     // Write `text` as the config, reload; the reload's answer, and whether the API still
     // wants a key.
     let reload_with = |text: &str| {
@@ -360,6 +338,22 @@ fn admin_reload_and_status_need_the_admin_key() {
         let locked = env.get("/v1/models").status == 401;
         (v, locked)
     };
+    // a listener change is applied only after a restart, and says so
+    let text = conf(&env.mock().base_url(), env.port, "debug").replace(
+        "metrics:\n  listen: null",
+        "metrics:\n  listen: \"127.0.0.1:1\"",
+    );
+    let (v, _) = reload_with(&text);
+    assert_eq!(v["status"], "success");
+    assert_eq!(v["data"]["need_restart"], json!(["metrics.listen"]));
+    assert!(v["data"]["changed"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("logging.level")));
+    authed(&env, ADMIN, env.client.get(env.url("/admin/config/reload")))
+        .assert_error(405, "method_not_allowed");
+    // An emptied file (a truncating rewrite caught midway, `: > file`) is refused: the keys
+    // stay, and nobody gets in without one (issue 16, item 1).
     for blank in ["", "# nothing but a comment\n"] {
         let (v, locked) = reload_with(blank);
         assert_ne!(v["status"], "success", "{v}");
