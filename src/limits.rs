@@ -1,10 +1,12 @@
-//! Per-client-key limits: requests in flight (a counter) and request rate (a token bucket).
+//! Per-client-key limits: requests in flight (a counter) and request rate (a token bucket),
+//! and the process-wide cap on chat requests in flight ([`Gate`], `limits.max_requests`).
 //!
 //! Pure: the clock is a parameter, so the rules are tested without sleeping. A [`Permit`]
 //! holds one in-flight slot until it is dropped. Keys that are idle and full again are
 //! forgotten, so the table does not grow with every client address ever seen.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -145,6 +147,43 @@ impl Limiter {
     }
 }
 
+/// Chat requests in flight across every key, against `limits.max_requests`.
+#[derive(Debug, Default)]
+pub struct Gate {
+    open: AtomicUsize,
+}
+
+/// One request counted by a [`Gate`]; released on drop.
+#[derive(Debug)]
+pub struct Slot(Arc<Gate>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Gate {
+    pub fn new() -> Arc<Gate> {
+        Arc::new(Gate::default())
+    }
+
+    /// A slot when fewer than `max` requests are in flight (`max` 0: always), else `None`.
+    pub fn enter(self: &Arc<Self>, max: usize) -> Option<Slot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (max == 0 || n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+
+    /// Requests counted now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +294,23 @@ mod tests {
             "a key with requests in flight is kept"
         );
         drop(held);
+    }
+
+    #[test]
+    fn the_gate_admits_up_to_its_limit_and_frees_slots_on_drop() {
+        let gate = Gate::new();
+        let held: Vec<Slot> = (0..3).filter_map(|_| gate.enter(3)).collect();
+        assert_eq!(held.len(), 3);
+        assert!(gate.enter(3).is_none(), "a fourth is refused");
+        assert_eq!(gate.open(), 3, "a refusal counts nothing");
+        drop(held);
+        assert_eq!(gate.open(), 0);
+        assert!(gate.enter(3).is_some());
+        // 0 = unlimited, still counted
+        let many: Vec<Slot> = (0..100).filter_map(|_| gate.enter(0)).collect();
+        assert_eq!(many.len(), 100);
+        assert_eq!(gate.open(), 100);
+        // a lower limit after a reload refuses until enough requests ended
+        assert!(gate.enter(50).is_none());
     }
 }

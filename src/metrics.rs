@@ -55,6 +55,8 @@ pub struct Metrics {
     pub client_connections: IntGauge,
     /// Client requests being handled now.
     pub requests_in_flight: IntGauge,
+    /// Connections and requests refused by `limits.max_connections` / `limits.max_requests`.
+    pub overload_refusals: IntCounterVec,
 }
 
 impl Metrics {
@@ -156,6 +158,14 @@ impl Metrics {
         for state in ["active", "cooling", "disabled"] {
             pool_tokens.with_label_values(&[state]).set(0);
         }
+        let overload_refusals = counter_vec(
+            "k2proxy_overload_refusals_total",
+            "Connections and chat requests refused with 503 by limits.max_connections and limits.max_requests.",
+            &["limit"],
+        )?;
+        for limit in ["max_connections", "max_requests"] {
+            overload_refusals.with_label_values(&[limit]);
+        }
         for outcome in ["complete", "upstream_error", "client_abort"] {
             stream_outcomes.with_label_values(&[outcome]);
         }
@@ -179,6 +189,7 @@ impl Metrics {
             config_loaded_at,
             client_connections,
             requests_in_flight,
+            overload_refusals,
         })
     }
 

@@ -546,6 +546,18 @@ pub struct LimitsSection {
     /// dropped and counted as `client_abort`.
     #[serde(deserialize_with = "de_duration")]
     pub client_write_timeout: Duration,
+    /// A kept-alive connection with no request in progress (HTTP/1.1 between requests, an
+    /// HTTP/2 connection with no open stream) is closed after this, like nginx's
+    /// `keepalive_timeout`. Whole seconds. HTTP/2 connections take a new value at restart.
+    #[serde(deserialize_with = "de_duration")]
+    pub client_idle_timeout: Duration,
+    /// Client connections open at once; a connection beyond it gets 503 and is closed.
+    /// `null`: half the process's open-files limit, less a reserve (the limit is raised to
+    /// its hard maximum at start).
+    pub max_connections: Option<usize>,
+    /// Chat requests (all three APIs) in flight at once across all keys: 503
+    /// `server_overloaded` with `Retry-After` beyond it. 0 = unlimited.
+    pub max_requests: usize,
     /// Per client key (the key's name; the client address when no keys are configured).
     pub per_key: PerKeyLimits,
 }
@@ -573,6 +585,9 @@ impl Default for LimitsSection {
             client_header_timeout: Duration::from_secs(10),
             client_body_timeout: Duration::from_secs(60),
             client_write_timeout: Duration::from_secs(60),
+            client_idle_timeout: Duration::from_secs(60),
+            max_connections: None,
+            max_requests: 1024,
             per_key: PerKeyLimits::default(),
         }
     }
@@ -987,6 +1002,15 @@ impl Config {
             if d.is_zero() {
                 return err(key, "must be greater than zero");
             }
+        }
+        if self.limits.client_idle_timeout < Duration::from_secs(1) {
+            return err("limits.client_idle_timeout", "must be at least 1s");
+        }
+        if self.limits.max_connections == Some(0) {
+            return err(
+                "limits.max_connections",
+                "must be at least 1, or null for a limit derived from the open-files limit",
+            );
         }
         let rate = self.limits.per_key.rate;
         if !rate.is_finite() || rate < 0.0 {

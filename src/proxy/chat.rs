@@ -62,7 +62,28 @@ const CLIENT_CLOSED: u16 = 499;
 const WRITE_BATCH: usize = 32 * 1024;
 
 pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut Ctx) {
-    // Per-key limits first: a refused request costs no body read.
+    // The process-wide cap, then per-key limits: a refused request costs no body read.
+    match app.gate.enter(snap.config.limits.max_requests) {
+        Some(slot) => ctx.slot = Some(slot),
+        None => {
+            app.metrics
+                .overload_refusals
+                .with_label_values(&["max_requests"])
+                .inc();
+            let err = ApiError::new(
+                503,
+                "server_error",
+                "server_overloaded",
+                format!(
+                    "The proxy is at its limit of {} requests in flight (limits.max_requests); retry shortly",
+                    snap.config.limits.max_requests
+                ),
+            )
+            .with_retry_after(Some(1));
+            ctx.outcome = "overloaded";
+            return respond::error(session, ctx, &err).await;
+        }
+    }
     let who = client_key(ctx, session);
     let permit = match app
         .limiter
@@ -921,7 +942,7 @@ impl Job<'_> {
                         ctx.ttft = Some(ctx.started.elapsed());
                         first = false;
                     }
-                    if !write(session, ctx, &self.app.metrics, &mut live.out).await {
+                    if !self.write(session, ctx, &mut live.out).await {
                         return;
                     }
                 }
@@ -1038,10 +1059,11 @@ impl Job<'_> {
                 .or(Some("upstream failed mid-stream".into()));
         }
         drop(permit);
-        if !write(session, ctx, &self.app.metrics, &mut live.out).await {
+        if !self.write(session, ctx, &mut live.out).await {
             return;
         }
-        if let Err(e) = session.write_response_body(None, true).await {
+        let end = tokio::time::timeout_at(self.deadline, session.write_response_body(None, true));
+        if let Ok(Err(e)) | Err(e) = end.await.map_err(|_| too_slow(ctx)) {
             debug!("{}: could not end the response: {e}", ctx.request_id);
             ctx.outcome = "client_abort";
         }
@@ -1050,6 +1072,36 @@ impl Job<'_> {
             release(self.app, up, &peer, self.snap.config.upstream.keepalive).await;
         }
     }
+}
+
+impl Job<'_> {
+    /// [`write`], within `limits.request_timeout`: a client that reads, but too slowly for
+    /// the answer to end in time (an HTTP/2 window opened a byte at a time), is cut off
+    /// like one that stopped reading.
+    async fn write(&self, session: &mut Session, ctx: &mut Ctx, out: &mut Vec<u8>) -> bool {
+        let metrics = &self.app.metrics;
+        match tokio::time::timeout_at(self.deadline, write(session, ctx, metrics, out)).await {
+            Ok(written) => written,
+            Err(_) => {
+                too_slow(ctx);
+                false
+            }
+        }
+    }
+}
+
+/// Mark a request whose client did not take its answer within `limits.request_timeout`.
+fn too_slow(ctx: &mut Ctx) -> pingora::BError {
+    debug!(
+        "{}: the client did not read the answer within limits.request_timeout",
+        ctx.request_id
+    );
+    ctx.outcome = "client_abort";
+    ctx.error = Some("the client did not read the answer within limits.request_timeout".into());
+    pingora::Error::explain(
+        ErrorType::WriteTimedout,
+        "the client did not read the answer within limits.request_timeout",
+    )
 }
 
 /// Whom `limits.per_key` counts a request against: its API key's name, or the client
@@ -1123,9 +1175,11 @@ async fn unless_client_leaves<F: Future>(
     }
 }
 
-/// Resolves when the client has gone away (closed or reset its connection, or an HTTP/2
-/// stream reset) while the proxy is waiting on the upstream; pending otherwise. Only for
-/// use once the request body has been read.
+/// Resolves when the client has gone away (reset its connection, or an HTTP/2 stream
+/// reset) while the proxy is waiting on the upstream; pending otherwise. A client that only
+/// half-closed (FIN after its request) still gets its answer (`apply_session_limits`); one
+/// that closed for good is found by the next write. Only for use once the request body has
+/// been read.
 async fn client_gone(session: &mut Session) -> pingora::Error {
     match session.read_body_or_idle(true).await {
         Err(e) => *e,

@@ -1,4 +1,5 @@
-//! Client connections: a deadline on request heads, and a count of open connections.
+//! Client connections: a deadline on request heads, a count and a cap of open connections,
+//! and the per-request connection settings (idle keep-alive, write timeout, pipelining).
 //!
 //! Pingora times each read of a request head separately (60 s), so a client that sends
 //! one header byte a minute holds a connection and a task for as long as it likes, and
@@ -14,6 +15,11 @@
 //! cover the end of a response (`finish`), which would otherwise wait on such a client for
 //! good; and this one costs nothing while writes complete at once, because its timer is
 //! only armed when a write has to wait.
+//!
+//! Beyond `limits.max_connections` a new connection is answered 503 and closed before
+//! Pingora sees it. The bare error answers Pingora writes itself (400 for a request head it
+//! refuses, such as an absolute-form target whose authority differs from `Host`) are given
+//! a JSON error body here, like every other error the proxy sends ([`error_body_for`]).
 
 use std::fmt;
 use std::future::Future;
@@ -22,6 +28,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -32,11 +40,13 @@ use pingora::protocols::{
     TimingDigest, UniqueID, UniqueIDType,
 };
 use pingora::proxy::HttpProxy;
+use pingora::proxy::Session;
 use pingora::server::ShutdownWatch;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 
 use super::{App, Held, K2Proxy};
+use crate::config::LimitsSection;
 
 /// What part of an HTTP/1 exchange a connection is in, as seen from its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +63,10 @@ enum Phase {
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
+/// How long a closed-for-good client has to answer the `100 Continue` probe with a reset
+/// (one round trip) before its end of input is taken as a half-close.
+const CLOSE_PROBE_WAIT: Duration = Duration::from_millis(500);
+
 /// The head-deadline bookkeeping of one connection, fed with what is read and written.
 #[derive(Debug, Clone)]
 pub struct HeadClock {
@@ -61,6 +75,11 @@ pub struct HeadClock {
     /// Bytes of the HTTP/2 preface matched from the start of the connection, while they
     /// still match.
     preface: Option<usize>,
+    /// The last bytes of the current head's request line (its version), until the line ends.
+    version: [u8; 8],
+    line_done: bool,
+    /// The current request is HTTP/1.1 (its line ended in `HTTP/1.1`).
+    http11: bool,
 }
 
 impl HeadClock {
@@ -73,7 +92,16 @@ impl HeadClock {
                 newlines: 0,
             },
             preface: Some(0),
+            version: [0; 8],
+            line_done: false,
+            http11: false,
         }
+    }
+
+    /// The request's head is in and no answer has been written, and it is HTTP/1.1: an
+    /// interim `100 Continue` may be sent (HTTP/1.0 clients must not get one).
+    pub fn may_send_interim(&self) -> bool {
+        self.phase == Phase::Busy && self.http11
     }
 
     /// When the current head must be complete, if one is arriving.
@@ -108,11 +136,22 @@ impl HeadClock {
                 deadline,
                 newlines: 0,
             };
+            self.line_done = false;
+            self.http11 = false;
             started = Some(deadline);
         }
         if let Phase::Head { newlines, .. } = &mut self.phase {
             // The head ends at an empty line; like httparse, a bare `\n` ends a line too.
             for &b in data {
+                if !self.line_done {
+                    if b == b'\n' {
+                        self.line_done = true;
+                        self.http11 = self.version == *b"HTTP/1.1";
+                    } else if b != b'\r' {
+                        self.version.rotate_left(1);
+                        self.version[7] = b;
+                    }
+                }
                 match b {
                     b'\n' => {
                         *newlines += 1;
@@ -151,6 +190,14 @@ pub struct ClientStream {
     write_armed: bool,
     /// A write timed out: the client is treated as gone for good.
     write_dead: bool,
+    /// An end of input met while a request waits for its answer is being told apart: a
+    /// `100 Continue` went out, and `timer` runs until the read is tried again.
+    probing: bool,
+    /// This connection's end of input was probed already.
+    probed: bool,
+    /// A bare Pingora error answer being written in its place, with a JSON body: the bytes,
+    /// how many are out, and the length of the answer it replaces.
+    replacing: Option<(Bytes, usize, usize)>,
 }
 
 impl ClientStream {
@@ -167,6 +214,9 @@ impl ClientStream {
             write_timer,
             write_armed: false,
             write_dead: false,
+            probing: false,
+            probed: false,
+            replacing: None,
         }
     }
 
@@ -209,6 +259,42 @@ impl ClientStream {
         }
     }
 
+    /// A request is waiting for its answer and its client's input just ended: it either
+    /// half-closed (and wants the answer) or closed for good (and the upstream exchange
+    /// should stop). Only a write tells them apart.
+    fn should_probe(&self) -> bool {
+        !self.probed && self.clock.may_send_interim() && !self.write_dead
+    }
+
+    /// Write `100 Continue`, an interim answer every HTTP/1.1 client skips (RFC 9110
+    /// §15.2): a socket closed for good answers it with a reset, which the next read
+    /// reports. False when it could not go out at once.
+    fn send_interim(&mut self, cx: &mut Context<'_>) -> bool {
+        const INTERIM: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+        let mut sent = 0;
+        while sent < INTERIM.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &INTERIM[sent..]) {
+                Poll::Ready(Ok(n)) if n > 0 => sent += n,
+                _ => return false,
+            }
+        }
+        matches!(
+            Pin::new(&mut self.inner).poll_flush(cx),
+            Poll::Ready(Ok(()))
+        )
+    }
+
+    /// The socket was reset (its TCP state is `CLOSE`): the client closed it for good.
+    /// Reads do not say so once the client's FIN was read; the kernel's TCP state does.
+    fn reset_by_peer(&self) -> bool {
+        /// `TCP_CLOSE` in the kernel's `tcp_info.tcpi_state`.
+        const TCP_CLOSE: u8 = 7;
+        self.inner
+            .get_socket_digest()
+            .and_then(|d| d.tcp_info())
+            .is_some_and(|info| info.tcpi_state == TCP_CLOSE)
+    }
+
     fn timed_out(&self) -> io::Error {
         io::Error::new(
             io::ErrorKind::TimedOut,
@@ -236,8 +322,37 @@ impl AsyncRead for ClientStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.probing {
+            if this.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.probing = false;
+            if this.reset_by_peer() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "the client closed its connection before the answer",
+                )));
+            }
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() == before && this.should_probe() => {
+                this.probed = true;
+                if !this.send_interim(cx) {
+                    return Poll::Ready(Ok(()));
+                }
+                this.probing = true;
+                this.timer
+                    .as_mut()
+                    .reset((Instant::now() + CLOSE_PROBE_WAIT).into());
+                match this.timer.as_mut().poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) => {
+                        this.probing = false;
+                        Poll::Ready(Ok(()))
+                    }
+                }
+            }
             Poll::Ready(Ok(())) => {
                 let now = Instant::now();
                 if let Some(deadline) = this.clock.on_read(&buf.filled()[before..], now) {
@@ -267,6 +382,27 @@ impl AsyncWrite for ClientStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.replacing.is_none() {
+            if let Some(answer) = error_body_for(buf) {
+                this.replacing = Some((answer, 0, buf.len()));
+            }
+        }
+        if let Some((answer, done, replaced)) = this.replacing.take() {
+            let mut done = done;
+            while done < answer.len() {
+                match this.guarded(cx, |s, cx| s.poll_write(cx, &answer[done..])) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => done += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        this.replacing = Some((answer, done, replaced));
+                        return Poll::Pending;
+                    }
+                }
+            }
+            this.clock.on_write(&answer);
+            return Poll::Ready(Ok(replaced));
+        }
         let r = this.guarded(cx, |s, cx| s.poll_write(cx, buf));
         if let Poll::Ready(Ok(n)) = &r {
             this.clock.on_write(&buf[..*n]);
@@ -303,7 +439,7 @@ impl AsyncWrite for ClientStream {
 #[async_trait]
 impl Shutdown for ClientStream {
     async fn shutdown(&mut self) {
-        self.inner.shutdown().await
+        Shutdown::shutdown(self.inner.as_mut()).await
     }
 }
 
@@ -364,8 +500,172 @@ impl Peek for ClientStream {
     }
 }
 
-/// The proxy service's connection handler: counts the connection, wraps its stream in a
-/// [`ClientStream`] and hands it to Pingora's HTTP proxy.
+/// `head` when it is a whole bodiless error answer that Pingora generated itself (it names
+/// itself in `Server` and sends `Content-Length: 0`): the same answer with a JSON error body
+/// in the OpenAI shape, the default shape of errors that come before any route.
+pub fn error_body_for(head: &[u8]) -> Option<Bytes> {
+    const SERVER: &[u8] = b"\r\nServer: Pingora\r\n";
+    const EMPTY: &[u8] = b"\r\nContent-Length: 0\r\n";
+    if head.len() > 1024
+        || !head.starts_with(b"HTTP/1.1 ")
+        || !head.ends_with(b"\r\n\r\n")
+        || memchr::memmem::find(head, SERVER).is_none()
+        || memchr::memmem::find(head, EMPTY).is_none()
+    {
+        return None;
+    }
+    let text = std::str::from_utf8(head).ok()?;
+    let code: u16 = text.get(9..12)?.parse().ok()?;
+    if code < 400 {
+        return None;
+    }
+    let (kind, error_code, message) = match code {
+        400 => (
+            "invalid_request_error",
+            "bad_request",
+            "The request line or headers are not valid HTTP/1.1 and were refused before routing \
+             (for example an absolute-form target whose host differs from the Host header, or a \
+             malformed header)"
+                .to_string(),
+        ),
+        401..=499 => (
+            "invalid_request_error",
+            "bad_request",
+            format!("The request was refused before routing (HTTP {code})"),
+        ),
+        _ => (
+            "server_error",
+            "internal_error",
+            format!("The proxy could not handle the request (HTTP {code})"),
+        ),
+    };
+    let body = serde_json::json!({
+        "error": {"message": message, "type": kind, "param": null, "code": error_code}
+    })
+    .to_string();
+    let head = text
+        .replacen(
+            "\r\nServer: Pingora\r\n",
+            "\r\nContent-Type: application/json\r\n",
+            1,
+        )
+        .replacen(
+            "\r\nContent-Length: 0\r\n",
+            &format!("\r\nContent-Length: {}\r\n", body.len()),
+            1,
+        );
+    Some(Bytes::from(head + &body))
+}
+
+/// Settings of each request's session that Pingora would otherwise leave at its defaults:
+/// an HTTP/1.1 connection kept alive after this request is closed once it idles for
+/// `client_idle_timeout` (Pingora waits for the next request for ever), HTTP/2 body writes
+/// give up after `client_write_timeout` without progress (the h2 flow-control window is
+/// the peer's to open), pipelined HTTP/1.1 requests are answered in order, and a client
+/// that half-closes after its request still gets its answer (RFC 9112 §9.6; a client that
+/// really left is found by the next write).
+pub fn apply_session_limits(session: &mut Session, limits: &LimitsSection) {
+    if session.get_keepalive().is_some() {
+        // `Some(0)` is Pingora's "no limit": at least one second
+        let secs = limits.client_idle_timeout.as_secs().max(1);
+        session.set_keepalive(Some(secs));
+    }
+    session.set_write_timeout(Some(limits.client_write_timeout));
+    session.set_pipelining_enabled(true);
+    session.set_abort_on_close(false);
+}
+
+/// Descriptors kept out of `limits.max_connections`' automatic value: listeners, the
+/// upstream pool's idle connections, files, the watcher.
+const RESERVED_FDS: u64 = 64;
+
+/// The automatic `limits.max_connections` for an open-files limit: every client connection
+/// in a chat request also holds an upstream connection, so half of what is left after a
+/// reserve; at least 16.
+pub fn connections_for(open_files: u64) -> usize {
+    let n = open_files.saturating_sub(RESERVED_FDS) / 2;
+    usize::try_from(n).unwrap_or(usize::MAX).max(16)
+}
+
+/// The process's open-files limit (the soft one).
+fn open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_cur
+}
+
+/// `limits.max_connections` when the config leaves it `null`.
+pub fn auto_max_connections() -> usize {
+    connections_for(open_files_limit())
+}
+
+/// Raise the soft open-files limit to the hard one (as nginx's `worker_rlimit_nofile` and
+/// Go's runtime do): the soft default of 1024 is what let idle connections lock every
+/// other client out. Returns the limit now in force.
+pub fn raise_open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct they are given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// Answer a connection beyond `limits.max_connections` with 503 and close it. What the
+/// client already sent is read and dropped for a moment first: closing a socket with
+/// unread bytes resets it, and the reset can destroy the answer before it is read.
+async fn refuse_connection(mut stream: Stream, limit: usize) {
+    let body = serde_json::json!({"error": {
+        "message": format!("The proxy has {limit} client connections open (limits.max_connections); retry shortly"),
+        "type": "server_error",
+        "param": null,
+        "code": "server_overloaded",
+    }})
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.flush().await?;
+        AsyncWriteExt::shutdown(&mut stream).await?;
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < 64 * 1024 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        Ok::<(), io::Error>(())
+    })
+    .await;
+}
+
+/// The proxy service's connection handler: counts the connection (refusing it beyond
+/// `limits.max_connections`), wraps its stream in a [`ClientStream`] and hands it to
+/// Pingora's HTTP proxy.
 pub struct ClientApp {
     pub proxy: Arc<HttpProxy<K2Proxy>>,
     pub app: Arc<App>,
@@ -378,9 +678,25 @@ impl ServerApp for ClientApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let limits = &self.app.snapshot().config.limits;
+        let snap = self.app.snapshot();
+        let limits = &snap.config.limits;
         let (header, write) = (limits.client_header_timeout, limits.client_write_timeout);
         let _open = Held::new(&self.app.metrics.client_connections);
+        let limit = limits
+            .max_connections
+            .unwrap_or(self.app.auto_max_connections);
+        let open = usize::try_from(self.app.metrics.client_connections.get()).unwrap_or(0);
+        if open > limit {
+            drop(snap);
+            self.app
+                .metrics
+                .overload_refusals
+                .with_label_values(&["max_connections"])
+                .inc();
+            refuse_connection(stream, limit).await;
+            return None;
+        }
+        drop(snap);
         let stream: Stream = Box::new(ClientStream::new(stream, header, write));
         ServerApp::process_new(&self.proxy, stream, shutdown).await
     }
@@ -478,5 +794,72 @@ mod tests {
         c.on_read(b"PRI / HTTP/1.1\r\n\r\n", now);
         c.on_write(b"HTTP/1.1 400 Bad\r\n\r\n");
         assert!(c.on_read(b"G", now).is_some());
+    }
+
+    #[test]
+    fn bare_pingora_errors_get_a_json_body_and_nothing_else_is_touched() {
+        let bare = b"HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 0\r\nCache-Control: private, no-store\r\nConnection: close\r\n\r\n";
+        let out = error_body_for(bare).expect("rewritten");
+        let text = std::str::from_utf8(&out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+        assert!(head.contains("\r\nContent-Type: application/json\r\n"));
+        assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())));
+        assert!(head.contains("\r\nConnection: close"));
+        assert!(!head.contains("Pingora"));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "bad_request");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        let five = String::from_utf8_lossy(bare).replace("400 Bad Request", "502 Bad Gateway");
+        let out = error_body_for(five.as_bytes()).unwrap();
+        assert!(String::from_utf8_lossy(&out).contains("\"type\":\"server_error\""));
+        // the proxy's own answers, bodies and partial heads pass as they are
+        for other in [
+            &b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"[..],
+            &b"HTTP/1.1 200 OK\r\nServer: Pingora\r\nContent-Length: 0\r\n\r\n"[..],
+            &bare[..40],
+            b"data: {\"x\":1}\n\n",
+        ] {
+            assert!(error_body_for(other).is_none(), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn the_automatic_connection_cap_follows_the_open_files_limit() {
+        assert_eq!(connections_for(1024), 480);
+        assert_eq!(connections_for(65_536), 32_736);
+        assert_eq!(connections_for(10), 16, "never below a floor");
+        assert!(connections_for(u64::MAX) > 1 << 40);
+    }
+
+    #[test]
+    fn the_request_version_is_read_at_every_split() {
+        let cases: [(&[u8], bool); 4] = [
+            (
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\n\r\n",
+                true,
+            ),
+            (b"GET / HTTP/1.1\nHost: a\n\n", true),
+            (b"GET / HTTP/1.0\r\nHost: a\r\n\r\n", false),
+            (b"GET /HTTP/1.1x HTTP/1.0\r\nX: HTTP/1.1\r\n\r\n", false),
+        ];
+        for (head, http11) in cases {
+            for cut in 0..=head.len() {
+                let now = Instant::now();
+                let mut c = HeadClock::new(T, now);
+                c.on_read(&head[..cut], now);
+                c.on_read(&head[cut..], now);
+                assert_eq!(c.may_send_interim(), http11, "{head:?} at {cut}");
+                c.on_write(b"HTTP/1.1 200 OK\r\n\r\n");
+                assert!(!c.may_send_interim(), "answered");
+            }
+        }
+        // the next request on the connection is judged on its own line
+        let now = Instant::now();
+        let mut c = HeadClock::new(T, now);
+        c.on_read(b"GET / HTTP/1.1\r\n\r\n", now);
+        c.on_write(b"HTTP/1.1 200 OK\r\n\r\n");
+        c.on_read(b"GET / HTTP/1.0\r\n\r\n", now);
+        assert!(!c.may_send_interim());
     }
 }

@@ -103,6 +103,10 @@ pub struct App {
     idle: conns::IdleConns,
     /// Per-client-key concurrency and rate (`limits.per_key`).
     limiter: Arc<crate::limits::Limiter>,
+    /// Chat requests in flight across all keys (`limits.max_requests`).
+    gate: Arc<crate::limits::Gate>,
+    /// `limits.max_connections` when it is `null`: worked out from the open-files limit.
+    auto_max_connections: usize,
     resolver: upstream::Resolver,
     metrics: Metrics,
     /// The file reloads read; `None` for a server built from an in-memory config.
@@ -138,6 +142,8 @@ impl App {
             connector: Connector::new(Some(ConnectorOptions::from_server_conf(server_conf))),
             idle: conns::IdleConns::new(server_conf.upstream_keepalive_pool_size),
             limiter: crate::limits::Limiter::new(),
+            gate: crate::limits::Gate::new(),
+            auto_max_connections: client::auto_max_connections(),
             resolver: upstream::Resolver::default(),
             metrics,
             reload_status: Mutex::new(reload::ReloadStatus {
@@ -266,10 +272,18 @@ pub fn build_server(
     if config.auth.api_keys.is_empty() {
         warn!("auth.api_keys is empty: the API is open to every client that can reach it");
     }
+    let open_files = client::raise_open_files_limit();
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
     server.bootstrap();
     let app = Arc::new(App::new(config, config_path, &server.configuration)?);
     let snap = app.snapshot();
+    info!(
+        "open-files limit {open_files}: up to {} client connections (limits.max_connections)",
+        snap.config
+            .limits
+            .max_connections
+            .unwrap_or(app.auto_max_connections)
+    );
     info!(
         "upstream {} in {} mode, {} token(s), {} model(s)",
         snap.config.upstream.base_url,
@@ -283,6 +297,7 @@ pub fn build_server(
     );
     let mut options = HttpServerOptions::default();
     options.h2c = h2c;
+    options.h2_idle_timeout = Some(snap.config.limits.client_idle_timeout);
     let mut proxy = pingora::proxy::http_proxy(&server.configuration, K2Proxy { app: app.clone() });
     proxy.server_options = Some(options);
     let mut service = Service::new(
@@ -360,6 +375,8 @@ pub struct Ctx {
     pub tool_malformed: u64,
     /// Counts the request in `k2proxy_requests_in_flight` while the context lives.
     _in_flight: Held,
+    /// A chat request's place under `limits.max_requests`, held to its last byte.
+    pub slot: Option<crate::limits::Slot>,
 }
 
 /// One unit of a gauge (open connections, requests in flight), held until dropped, so the
@@ -404,12 +421,14 @@ impl ProxyHttp for K2Proxy {
             tool_calls: 0,
             tool_malformed: 0,
             _in_flight: Held::new(&self.app.metrics.requests_in_flight),
+            slot: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.request_id = request_id(session);
         let snap = self.app.snapshot();
+        client::apply_session_limits(session, &snap.config.limits);
         routes::dispatch(&self.app, &snap, session, ctx).await;
         Ok(true)
     }
