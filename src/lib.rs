@@ -2,7 +2,7 @@
 //!
 //! Module map (design.md §2): `config` (YAML schema), `openai` (downstream wire types),
 //! `anthropic` (the Anthropic Messages surface), `responses` (the OpenAI Responses surface),
-//! `fields` (reading hand-converted requests),
+//! `fields` (reading hand-converted requests), `files` (reading operator-named files safely),
 //! `k2think` (upstream wire types), `sse` (event stream codec), `transform` (pure request and
 //! stream transforms), `pool` (token pool), `secret` (masked secrets), `probe` (the
 //! upstream checks of `k2proxy probe`: judging and reports), `proxy` (the only module that
@@ -11,6 +11,7 @@
 pub mod anthropic;
 pub mod config;
 pub mod fields;
+pub mod files;
 pub mod k2think;
 pub mod limits;
 pub mod metrics;

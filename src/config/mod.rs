@@ -1084,30 +1084,16 @@ fn redact_strings(msg: &str) -> String {
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 /// The text of a configuration file: a regular file (after symlinks) of at most
-/// [`MAX_CONFIG_BYTES`]. A FIFO, a device (`/dev/zero`) or a directory is refused before it
-/// is opened, so a read can neither block for good nor grow without bound.
+/// [`MAX_CONFIG_BYTES`]. A FIFO, a device (`/dev/zero`) or a directory is refused on the
+/// opened handle (opened without blocking), so a read can neither block for good nor grow
+/// without bound, and the path cannot be swapped between the check and the read.
 fn read_config_text(path: &Path) -> Result<String, String> {
-    use std::io::Read;
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read the file: {e}"))?;
-    if !meta.is_file() {
-        return Err("is not a regular file (a FIFO, a device or a directory?)".to_string());
-    }
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(format!(
-            "the file is larger than {MAX_CONFIG_BYTES} bytes; a config is a few KB"
-        ));
-    }
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read the file: {e}"))?;
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    // The file may have grown since `metadata`: read one byte past the cap to tell.
-    file.take(MAX_CONFIG_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read the file: {e}"))?;
-    if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(format!(
-            "the file is larger than {MAX_CONFIG_BYTES} bytes; a config is a few KB"
-        ));
-    }
+    let bytes = crate::files::read_capped(path, MAX_CONFIG_BYTES).map_err(|e| match e {
+        crate::files::ReadError::TooLarge(_) => {
+            format!("{e}; a config is a few KB")
+        }
+        e => e.to_string(),
+    })?;
     String::from_utf8(bytes).map_err(|_| "the file is not UTF-8 text".to_string())
 }
 

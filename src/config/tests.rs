@@ -223,7 +223,7 @@ fn an_empty_or_comment_only_file_is_refused() {
 #[test]
 fn only_regular_files_of_bounded_size_are_read() {
     // A FIFO would block a reader for good, /dev/zero would grow it without end: both are
-    // refused before they are opened.
+    // opened without blocking and refused on the opened handle, before any read.
     let e = Config::load(Path::new("/dev/zero")).unwrap_err();
     assert!(e.message.contains("not a regular file"), "{e}");
     let dir = std::env::temp_dir().join(format!("k2p-conf-kinds-{}", std::process::id()));

@@ -37,7 +37,7 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
     let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
     let reply = match (method.as_str(), segments.as_slice()) {
         ("POST", ["config", "reload"]) => {
-            let attempt = app.reload("admin");
+            let attempt = app.reload("admin").await;
             let code = if attempt.result == "success" {
                 200
             } else {
@@ -58,7 +58,7 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
         ("DELETE", ["tokens", i]) => remove(app, i),
         ("POST", ["tokens"]) => add(app, session).await,
         ("POST", ["tokens", "reload"]) => {
-            let attempt = app.reload("admin");
+            let attempt = app.reload("admin").await;
             let data = stats_json(&app.pool.stats(Instant::now()));
             if attempt.result == "success" {
                 ok_message(
