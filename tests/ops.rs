@@ -553,7 +553,7 @@ fn sighup_reloads_the_binary_and_sigterm_lets_a_stream_finish() {
     let status = || {
         let r = raw(
             port,
-            "GET /admin/config/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "GET /admin/config/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         );
         let body = r.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
         serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)

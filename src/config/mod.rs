@@ -624,6 +624,10 @@ pub struct AdminSection {
     /// Bearer key for `/admin/*`. Unset: admin routes answer only to loopback clients.
     #[serde(deserialize_with = "de_opt_string")]
     pub key: Option<String>,
+    /// Host names (no scheme, no port) the admin API answers to, besides IP addresses and
+    /// `localhost`: the public name when it is reached through a reverse proxy.
+    #[serde(deserialize_with = "de_string_list")]
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -952,6 +956,25 @@ impl Config {
         }
         if self.admin.key.as_deref().is_some_and(|k| k.len() < 16) {
             return err("admin.key", "must be at least 16 characters");
+        }
+        for (i, h) in self.admin.allowed_hosts.iter().enumerate() {
+            let h = h.strip_suffix('.').unwrap_or(h);
+            let name = !h.is_empty()
+                && h.len() <= 253
+                && h.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if !name {
+                return Err((
+                    format!("admin.allowed_hosts[{i}]"),
+                    "must be a host name such as admin.example.com (no scheme, port or path)"
+                        .to_string(),
+                ));
+            }
         }
         if let Some(t) = &self.tools.prompt_template {
             if !t.contains("{trigger_signal}") || !t.contains("{tools_list}") {
