@@ -789,6 +789,74 @@ fn a_fifo_or_dev_zero_at_the_config_or_tokens_path_fails_the_reload_and_nothing_
 }
 
 #[test]
+fn other_files_next_to_the_config_cost_nothing_even_the_trace_log_itself() {
+    // issue 16, item 9: with RUST_LOG=trace and stderr written into the config's directory,
+    // every log line was a file-system event that the watcher machinery logged: the proxy
+    // fed itself hundreds of MB a minute.
+    let dir = temp_dir("watchnoise");
+    let path = dir.join("k2proxy.yaml");
+    let port = common::free_port();
+    let text = |key: &str| yaml("http://127.0.0.1:9", port, &[key], &["tok"], &[]);
+    std::fs::write(&path, text("sk-first-key-0000000")).unwrap();
+    let log = dir.join("k2proxy.stderr.log");
+    let stderr = std::fs::File::create(&log).unwrap();
+    let proc = common::spawn_proxy_env(
+        &path,
+        port,
+        std::process::Stdio::from(stderr),
+        &[("RUST_LOG", "trace")],
+    );
+    let status = || {
+        let r = raw(
+            port,
+            "GET /admin/config/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        );
+        let body = r.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)["data"].clone()
+    };
+    let log_size = || std::fs::metadata(&log).unwrap().len();
+    // the watcher is up once it says so
+    within(Duration::from_secs(5), "the watcher started", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("for changes"))
+    });
+    assert_eq!(status()["reloads"], 0);
+    let sibling = dir.join("notes.txt");
+    for i in 0..2000 {
+        std::fs::write(&sibling, format!("edit {i}\n")).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after_writes = log_size();
+    std::thread::sleep(Duration::from_secs(1));
+    let settled = log_size();
+    assert!(
+        after_writes < 256 * 1024,
+        "2,000 writes to another file grew the log to {after_writes} bytes"
+    );
+    assert!(
+        settled - after_writes < 16 * 1024,
+        "the log keeps feeding itself: {after_writes} -> {settled} bytes in a second"
+    );
+    assert_eq!(status()["reloads"], 0, "no reload for another file");
+    // The config file itself still reloads.
+    replace_file(&path, &text("sk-second-key-000000"));
+    within(Duration::from_secs(3), "file-triggered reload", || {
+        let s = status();
+        s["reloads"] == 1 && s["last_attempt"]["trigger"] == "file"
+    });
+    assert_eq!(status()["last_attempt"]["result"], "success");
+    let models = |key: &str| {
+        raw(
+            port,
+            &format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    assert!(models("sk-second-key-000000").starts_with("HTTP/1.1 200"));
+    assert!(models("sk-first-key-0000000").starts_with("HTTP/1.1 401"));
+    drop(proc);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn systemd_unit_is_valid_and_stops_after_the_grace_period() {
     let unit =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/k2proxy.service"))

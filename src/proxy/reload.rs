@@ -249,6 +249,19 @@ impl ConfigWatcher {
     }
 }
 
+/// Whether `path` has the file name of one of the `watched` files. Compares names only, no
+/// syscall: this runs for every event in the watched directories (a log file written next
+/// to the config makes one per line), so every other file's events stop here, for nothing.
+fn is_watched_name(path: &Path, watched: [Option<&Path>; 2]) -> bool {
+    let Some(name) = path.file_name() else {
+        return false;
+    };
+    watched
+        .into_iter()
+        .flatten()
+        .any(|w| w.file_name() == Some(name))
+}
+
 /// `path` with its directory made canonical (the file itself may not exist yet).
 fn absolute(path: &Path) -> PathBuf {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
@@ -268,12 +281,23 @@ impl BackgroundService for ConfigWatcher {
             return;
         }
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<PathBuf>>();
+        let app = self.app.clone();
         let mut watcher = match notify::recommended_watcher(
             move |res: notify::Result<notify::Event>| {
-                if let Ok(ev) = res {
-                    if !matches!(ev.kind, EventKind::Access(_)) {
-                        let _ = tx.send(ev.paths);
-                    }
+                let Ok(ev) = res else { return };
+                if matches!(ev.kind, EventKind::Access(_)) {
+                    return;
+                }
+                // By file name first: other files' events are not even sent on. The tokens
+                // file is read from the running config, so a reload that renames it is
+                // followed.
+                let snap = app.state.load();
+                let watched = [
+                    app.config_path.as_deref(),
+                    snap.config.pool.tokens_file.as_deref().map(Path::new),
+                ];
+                if ev.paths.iter().any(|p| is_watched_name(p, watched)) {
+                    let _ = tx.send(ev.paths);
                 }
             },
         ) {
@@ -305,6 +329,7 @@ impl BackgroundService for ConfigWatcher {
                 _ = shutdown.changed() => break,
                 paths = rx.recv() => {
                     let Some(paths) = paths else { break };
+                    // Only events that name a watched file get here; now the full paths.
                     let files = self.watched_files();
                     if !paths.iter().any(|p| files.contains(&absolute(p))) {
                         continue;
@@ -350,6 +375,40 @@ impl BackgroundService for SighupReload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_are_filtered_by_file_name_alone() {
+        let config = Path::new("/etc/k2proxy/k2proxy.yaml");
+        let tokens = Path::new("/var/lib/k2proxy/tokens.txt");
+        let watched = [Some(config), Some(tokens)];
+        for hit in [
+            "/etc/k2proxy/k2proxy.yaml",
+            "/var/lib/k2proxy/tokens.txt",
+            // another spelling of the directory: the full-path compare settles it later
+            "/etc/./k2proxy/k2proxy.yaml",
+            "k2proxy.yaml",
+        ] {
+            assert!(is_watched_name(Path::new(hit), watched), "{hit}");
+        }
+        for miss in [
+            "/etc/k2proxy/k2proxy.stderr.log",
+            "/etc/k2proxy/.k2proxy.yaml.swp",
+            "/etc/k2proxy/k2proxy.yaml~",
+            "/etc/k2proxy/tokens.txt.tmp.42",
+            "/etc/k2proxy",
+            "/",
+        ] {
+            assert!(!is_watched_name(Path::new(miss), watched), "{miss}");
+        }
+        assert!(is_watched_name(
+            Path::new("/x/k2proxy.yaml"),
+            [Some(config), None]
+        ));
+        assert!(!is_watched_name(
+            Path::new("/x/tokens.txt"),
+            [Some(config), None]
+        ));
+    }
     use pingora::server::configuration::ServerConf;
     use std::time::Instant;
 
