@@ -1,16 +1,19 @@
 //! k2proxy: an OpenAI-compatible edge proxy for the K2Think web chat, built on Pingora.
 //!
-//! Module map (design.md §2): `config` (YAML schema), `openai` (downstream wire types),
+//! Module map (design.md §2): `config` (YAML schema), `admin_guard` (the admin API's
+//! cross-site, Host and forwarding checks), `openai` (downstream wire types),
 //! `anthropic` (the Anthropic Messages surface), `responses` (the OpenAI Responses surface),
-//! `fields` (reading hand-converted requests),
+//! `fields` (reading hand-converted requests), `files` (reading operator-named files safely),
 //! `k2think` (upstream wire types), `sse` (event stream codec), `transform` (pure request and
 //! stream transforms), `pool` (token pool), `secret` (masked secrets), `probe` (the
 //! upstream checks of `k2proxy probe`: judging and reports), `proxy` (the only module that
 //! touches Pingora), `mock` (the mock K2Think upstream used by tests and benches).
 
+pub mod admin_guard;
 pub mod anthropic;
 pub mod config;
 pub mod fields;
+pub mod files;
 pub mod k2think;
 pub mod limits;
 pub mod metrics;

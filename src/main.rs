@@ -151,15 +151,24 @@ fn init_logging(level: &str) {
     }
 }
 
-/// The logger, minus Pingora's debug and trace records: at trace level Pingora logs raw
-/// request and response heads, `Authorization` headers and upstream bearer tokens
-/// included, and at debug level a malformed request head whole. Secrets stay out of the
-/// logs at every level.
+/// The logger, minus the debug and trace records of [`QUIET_TARGETS`].
 struct NoWireTrace(env_logger::Logger);
+
+/// Targets whose debug and trace records never reach the log.
+///
+/// - `pingora`: at trace level Pingora logs raw request and response heads,
+///   `Authorization` headers and upstream bearer tokens included, and at debug level a
+///   malformed request head whole. Secrets stay out of the logs at every level.
+/// - `notify`, `inotify`, `mio`: the config watcher's machinery logs a record per
+///   file-system event (and per poll registration). With the log written into the config's
+///   directory each record is itself an event, and the proxy fed itself hundreds of MB a
+///   minute.
+const QUIET_TARGETS: [&str; 4] = ["pingora", "notify", "inotify", "mio"];
 
 impl NoWireTrace {
     fn allowed(meta: &log::Metadata<'_>) -> bool {
-        meta.level() <= log::Level::Info || !meta.target().starts_with("pingora")
+        meta.level() <= log::Level::Info
+            || !QUIET_TARGETS.iter().any(|t| meta.target().starts_with(t))
     }
 }
 
@@ -176,5 +185,35 @@ impl log::Log for NoWireTrace {
 
     fn flush(&self) {
         self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NoWireTrace;
+
+    fn allowed(level: log::Level, target: &str) -> bool {
+        NoWireTrace::allowed(&log::Metadata::builder().level(level).target(target).build())
+    }
+
+    #[test]
+    fn wire_and_watcher_machinery_stay_out_of_the_debug_log() {
+        use log::Level::{Debug, Error, Info, Trace, Warn};
+        for target in [
+            "pingora_core::protocols::http::v1::server",
+            "pingora_proxy",
+            "notify::inotify",
+            "inotify",
+            "mio::poll",
+        ] {
+            assert!(!allowed(Trace, target), "{target}");
+            assert!(!allowed(Debug, target), "{target}");
+            for level in [Info, Warn, Error] {
+                assert!(allowed(level, target), "{target} {level}");
+            }
+        }
+        for level in [Trace, Debug, Info] {
+            assert!(allowed(level, "k2proxy::proxy::reload"));
+        }
     }
 }

@@ -8,16 +8,41 @@
 //! directory, is flushed to disk, the previous file is kept as `<name>.bak` (itself written
 //! the same way), and the temporary file is renamed over the old one. A crash at any point
 //! leaves either the old or the new file, whole; never an empty or half-written one.
+//!
+//! Every read (the file itself, and the previous version a write keeps) goes through
+//! [`crate::files::read_capped`]: a FIFO or a device at the path is refused rather than
+//! read, and the file is read up to [`MAX_BYTES`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::files::{read_capped, ReadError};
+
 const ACCOUNT_TAG: &str = "# account=";
 
+/// A token, and the account it was signed in with (when the file says so).
+pub type Listed = (String, Option<String>);
+
+/// Largest tokens file read: room for thousands of tokens (a JWT is about 1 KB).
+pub const MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The tokens in the file at `path`, as [`parse`] gives them; `Ok(None)` when the file
+/// does not exist (yet). Only a regular file of at most [`MAX_BYTES`] is read.
+pub fn read(path: &Path) -> Result<Option<Vec<Listed>>, String> {
+    match read_capped(path, MAX_BYTES) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => Ok(Some(parse(&text))),
+            Err(_) => Err("the file is not UTF-8 text".to_string()),
+        },
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Tokens in file order, each with the account it came from (if annotated).
-pub fn parse(text: &str) -> Vec<(String, Option<String>)> {
+pub fn parse(text: &str) -> Vec<Listed> {
     let mut out = Vec::new();
     let mut account: Option<String> = None;
     for line in text.lines().map(str::trim) {
@@ -81,10 +106,11 @@ fn replace(path: &Path, contents: &[u8]) -> io::Result<()> {
 
 /// Replace the file atomically, keeping the previous version as `<name>.bak`.
 pub fn write_atomic(path: &Path, contents: &str) -> io::Result<()> {
-    match fs::read(path) {
+    match read_capped(path, MAX_BYTES) {
         Ok(previous) => replace(&sibling(path, ".bak"), &previous)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+        Err(e) if e.is_not_found() => {}
+        Err(ReadError::Io(e)) => return Err(e),
+        Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidInput, e.to_string())),
     }
     replace(path, contents.as_bytes())?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

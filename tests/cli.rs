@@ -105,6 +105,61 @@ fn check_mode_names_the_bad_key_and_fails() {
 }
 
 #[test]
+fn check_mode_refuses_a_fifo_or_dev_zero_without_hanging() {
+    // issue 16, item 4: `-t` on a FIFO must not wait for a writer, on /dev/zero must not
+    // read for ever.
+    let dir = std::env::temp_dir().join(format!("k2p-cli-kinds-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo.yaml");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let zero = dir.join("zero.yaml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    for conf in [&fifo, &zero] {
+        let mut child = Kill(
+            Command::new(PROXY)
+                .arg("-t")
+                .arg("-c")
+                .arg(conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.0.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "`k2proxy -t -c {}` hangs",
+                conf.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        child
+            .0
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("not a regular file") && err.contains(&conf.display().to_string()),
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn proxy_and_mock_binaries_serve_a_chat_end_to_end() {
     // the mock, as the README runs it by hand
     let mock_port = common::free_port();

@@ -553,7 +553,7 @@ fn sighup_reloads_the_binary_and_sigterm_lets_a_stream_finish() {
     let status = || {
         let r = raw(
             port,
-            "GET /admin/config/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "GET /admin/config/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         );
         let body = r.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
         serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)
@@ -673,6 +673,187 @@ fn json_access_log_has_every_field_and_no_secrets() {
     }
     drop(proc);
     drop(rt);
+}
+
+/// One bodiless admin POST to the real binary, as curl sends it: status line and JSON body.
+fn admin_post(port: u16, path: &str) -> (String, Value) {
+    let r = raw(
+        port,
+        &format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"),
+    );
+    let status = r.lines().next().unwrap_or("").to_string();
+    let body = r.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Put a FIFO at `path` (atomically, as a rename over the file).
+fn fifo_over(path: &Path) {
+    let tmp = path.with_extension("fifo~");
+    let _ = std::fs::remove_file(&tmp);
+    assert!(Command::new("mkfifo").arg(&tmp).status().unwrap().success());
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Put a symlink to `/dev/zero` at `path`.
+fn dev_zero_over(path: &Path) {
+    let tmp = path.with_extension("zero~");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink("/dev/zero", &tmp).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn a_fifo_or_dev_zero_at_the_config_or_tokens_path_fails_the_reload_and_nothing_hangs() {
+    // issue 16, item 4: a FIFO at the config path hung the watcher, and one admin reload
+    // then hung every route; a symlink to /dev/zero grew the process to gigabytes.
+    let dir = temp_dir("fifo");
+    let path = dir.join("k2proxy.yaml");
+    let tokens = dir.join("tokens.txt");
+    std::fs::write(&tokens, "tok-from-file-0001\n").unwrap();
+    let port = common::free_port();
+    let text = yaml("http://127.0.0.1:9", port, &[], &[], &[]).replace(
+        "pool:\n  tokens: []\n",
+        &format!("pool:\n  tokens_file: \"{}\"\n", tokens.display()),
+    );
+    std::fs::write(&path, &text).unwrap();
+    let proc = spawn_proxy(&path, port);
+    let pid = proc.child.id();
+    let health = || {
+        raw(
+            port,
+            "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+    };
+    let token_count = || {
+        let r = raw(
+            port,
+            &format!("GET /admin/tokens/stats HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"),
+        );
+        let body = r.split("\r\n\r\n").nth(1).unwrap_or("");
+        serde_json::from_str::<Value>(body).unwrap_or(Value::Null)["data"]["total_tokens"].clone()
+    };
+    assert_eq!(token_count(), 1);
+    let rss_before = rss_kib(pid);
+
+    // The config file, then the tokens file, replaced by a FIFO and by /dev/zero.
+    type Case<'a> = (&'a Path, fn(&Path), &'a str, &'a str);
+    let cases: [Case; 4] = [
+        (&path, fifo_over, "/admin/config/reload", "422"),
+        (&path, dev_zero_over, "/admin/config/reload", "422"),
+        (&tokens, fifo_over, "/admin/tokens/reload", "500"),
+        (&tokens, dev_zero_over, "/admin/tokens/reload", "500"),
+    ];
+    for (target, replace, route, code) in cases {
+        replace(target);
+        let (status, v) = admin_post(port, route);
+        assert!(
+            status.starts_with(&format!("HTTP/1.1 {code}")),
+            "{route} after {} became special: {status} {v}",
+            target.display()
+        );
+        let why = if route == "/admin/config/reload" {
+            v["data"]["error"].as_str().unwrap_or_default().to_string()
+        } else {
+            v["message"].as_str().unwrap_or_default().to_string()
+        };
+        assert!(why.contains("not a regular file"), "{v}");
+        assert!(
+            health().starts_with("HTTP/1.1 200"),
+            "/health keeps answering"
+        );
+        assert_eq!(token_count(), 1, "the previous tokens keep serving");
+        // the file back (removed first: writing into a FIFO would block the test)
+        std::fs::remove_file(target).unwrap();
+        std::fs::write(&path, &text).unwrap();
+        std::fs::write(&tokens, "tok-from-file-0001\n").unwrap();
+    }
+    let (status, v) = admin_post(port, "/admin/config/reload");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status} {v}");
+    let rss_after = rss_kib(pid);
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "resident memory grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    drop(proc);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn other_files_next_to_the_config_cost_nothing_even_the_trace_log_itself() {
+    // issue 16, item 9: with RUST_LOG=trace and stderr written into the config's directory,
+    // every log line was a file-system event that the watcher machinery logged: the proxy
+    // fed itself hundreds of MB a minute.
+    let dir = temp_dir("watchnoise");
+    let path = dir.join("k2proxy.yaml");
+    let port = common::free_port();
+    let text = |key: &str| yaml("http://127.0.0.1:9", port, &[key], &["tok"], &[]);
+    std::fs::write(&path, text("sk-first-key-0000000")).unwrap();
+    let log = dir.join("k2proxy.stderr.log");
+    let stderr = std::fs::File::create(&log).unwrap();
+    let proc = common::spawn_proxy_env(
+        &path,
+        port,
+        std::process::Stdio::from(stderr),
+        &[("RUST_LOG", "trace")],
+    );
+    let status = || {
+        let r = raw(
+            port,
+            "GET /admin/config/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        );
+        let body = r.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)["data"].clone()
+    };
+    let log_size = || std::fs::metadata(&log).unwrap().len();
+    // the watcher is up once it says so
+    within(Duration::from_secs(5), "the watcher started", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("for changes"))
+    });
+    assert_eq!(status()["reloads"], 0);
+    let sibling = dir.join("notes.txt");
+    for i in 0..2000 {
+        std::fs::write(&sibling, format!("edit {i}\n")).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after_writes = log_size();
+    std::thread::sleep(Duration::from_secs(1));
+    let settled = log_size();
+    assert!(
+        after_writes < 256 * 1024,
+        "2,000 writes to another file grew the log to {after_writes} bytes"
+    );
+    assert!(
+        settled - after_writes < 16 * 1024,
+        "the log keeps feeding itself: {after_writes} -> {settled} bytes in a second"
+    );
+    assert_eq!(status()["reloads"], 0, "no reload for another file");
+    // The config file itself still reloads.
+    replace_file(&path, &text("sk-second-key-000000"));
+    within(Duration::from_secs(3), "file-triggered reload", || {
+        let s = status();
+        s["reloads"] == 1 && s["last_attempt"]["trigger"] == "file"
+    });
+    assert_eq!(status()["last_attempt"]["result"], "success");
+    let models = |key: &str| {
+        raw(
+            port,
+            &format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    assert!(models("sk-second-key-000000").starts_with("HTTP/1.1 200"));
+    assert!(models("sk-first-key-0000000").starts_with("HTTP/1.1 401"));
+    drop(proc);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

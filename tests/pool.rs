@@ -20,7 +20,9 @@ fn admin(env: &Env, method: reqwest::Method, path: &str, body: Option<Value>) ->
         .request(method, env.url(path))
         .header("authorization", format!("Bearer {ADMIN}"));
     if let Some(b) = body {
-        req = req.body(b.to_string());
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
     }
     env.send(req)
 }

@@ -639,6 +639,10 @@ pub struct AdminSection {
     /// Bearer key for `/admin/*`. Unset: admin routes answer only to loopback clients.
     #[serde(deserialize_with = "de_opt_string")]
     pub key: Option<String>,
+    /// Host names (no scheme, no port) the admin API answers to, besides IP addresses and
+    /// `localhost`: the public name when it is reached through a reverse proxy.
+    #[serde(deserialize_with = "de_string_list")]
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -968,6 +972,25 @@ impl Config {
         if self.admin.key.as_deref().is_some_and(|k| k.len() < 16) {
             return err("admin.key", "must be at least 16 characters");
         }
+        for (i, h) in self.admin.allowed_hosts.iter().enumerate() {
+            let h = h.strip_suffix('.').unwrap_or(h);
+            let name = !h.is_empty()
+                && h.len() <= 253
+                && h.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if !name {
+                return Err((
+                    format!("admin.allowed_hosts[{i}]"),
+                    "must be a host name such as admin.example.com (no scheme, port or path)"
+                        .to_string(),
+                ));
+            }
+        }
         if let Some(t) = &self.tools.prompt_template {
             if !t.contains("{trigger_signal}") || !t.contains("{tools_list}") {
                 return err(
@@ -1108,30 +1131,16 @@ fn redact_strings(msg: &str) -> String {
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 /// The text of a configuration file: a regular file (after symlinks) of at most
-/// [`MAX_CONFIG_BYTES`]. A FIFO, a device (`/dev/zero`) or a directory is refused before it
-/// is opened, so a read can neither block for good nor grow without bound.
+/// [`MAX_CONFIG_BYTES`]. A FIFO, a device (`/dev/zero`) or a directory is refused on the
+/// opened handle (opened without blocking), so a read can neither block for good nor grow
+/// without bound, and the path cannot be swapped between the check and the read.
 fn read_config_text(path: &Path) -> Result<String, String> {
-    use std::io::Read;
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read the file: {e}"))?;
-    if !meta.is_file() {
-        return Err("is not a regular file (a FIFO, a device or a directory?)".to_string());
-    }
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(format!(
-            "the file is larger than {MAX_CONFIG_BYTES} bytes; a config is a few KB"
-        ));
-    }
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read the file: {e}"))?;
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    // The file may have grown since `metadata`: read one byte past the cap to tell.
-    file.take(MAX_CONFIG_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read the file: {e}"))?;
-    if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(format!(
-            "the file is larger than {MAX_CONFIG_BYTES} bytes; a config is a few KB"
-        ));
-    }
+    let bytes = crate::files::read_capped(path, MAX_CONFIG_BYTES).map_err(|e| match e {
+        crate::files::ReadError::TooLarge(_) => {
+            format!("{e}; a config is a few KB")
+        }
+        e => e.to_string(),
+    })?;
     String::from_utf8(bytes).map_err(|_| "the file is not UTF-8 text".to_string())
 }
 

@@ -70,6 +70,33 @@ fn wrong_types_and_values_name_the_key() {
 }
 
 #[test]
+fn admin_allowed_hosts_are_bare_host_names() {
+    let c = parse("admin:\n  allowed_hosts: [admin.example.com, Proxy-1.internal.]\n").unwrap();
+    assert_eq!(
+        c.admin.allowed_hosts,
+        vec!["admin.example.com", "Proxy-1.internal."]
+    );
+    assert!(parse("server: {}\n")
+        .unwrap()
+        .admin
+        .allowed_hosts
+        .is_empty());
+    for bad in [
+        "https://admin.example.com",
+        "admin.example.com:8443",
+        "admin.example.com/admin",
+        "",
+        "two words",
+        "a..b",
+        "*.example.com",
+    ] {
+        let e = parse(&format!("admin:\n  allowed_hosts: [\"{bad}\"]\n")).unwrap_err();
+        assert_eq!(e.key, "admin.allowed_hosts[0]", "{bad}");
+        assert!(e.message.contains("host name"), "{e}");
+    }
+}
+
+#[test]
 fn durations_sizes_and_keys_parse() {
     let c = parse(
         "upstream:\n  connect_timeout: 250ms\n  header_timeout: 2m\n  idle_timeout: 45\n\
@@ -223,7 +250,7 @@ fn an_empty_or_comment_only_file_is_refused() {
 #[test]
 fn only_regular_files_of_bounded_size_are_read() {
     // A FIFO would block a reader for good, /dev/zero would grow it without end: both are
-    // refused before they are opened.
+    // opened without blocking and refused on the opened handle, before any read.
     let e = Config::load(Path::new("/dev/zero")).unwrap_err();
     assert!(e.message.contains("not a regular file"), "{e}");
     let dir = std::env::temp_dir().join(format!("k2p-conf-kinds-{}", std::process::id()));

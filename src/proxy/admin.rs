@@ -1,7 +1,9 @@
 //! Admin routes (`/admin/*`) and the dashboard page (`/admin`).
 //!
-//! Every API route needs `admin.key` (Bearer, constant-time compare); with no key
-//! configured they answer only to loopback clients. Tokens always appear masked.
+//! Every route, the page included, first passes [`crate::admin_guard::check`]: no foreign
+//! `Host` (DNS rebinding), no cross-site request, no forwarded request without a key, JSON
+//! bodies only. Then every API route needs `admin.key` (Bearer, constant-time compare); with
+//! no key configured they answer only to loopback clients. Tokens always appear masked.
 //! Paths and JSON shapes of `/admin/tokens/*` follow the seed proxies
 //! (k2think-protocol.md §5.4), with per-token state added.
 
@@ -13,6 +15,7 @@ use pingora::proxy::Session;
 use serde_json::{json, Value};
 
 use super::{respond, App, Ctx, Snapshot};
+use crate::admin_guard;
 use crate::openai::ApiError;
 use crate::pool::{PoolStats, Source};
 use crate::secret::{ct_eq, Secret};
@@ -28,6 +31,11 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
         .path()
         .trim_end_matches('/')
         .to_string();
+    let req = session.req_header();
+    let authority = req.uri.authority().map(|a| a.as_str());
+    if let Err(e) = admin_guard::check(&req.method, authority, &req.headers, &snap.config.admin) {
+        return respond::error(session, ctx, &e).await;
+    }
     if path == "/admin" {
         return page(snap, session, ctx).await;
     }
@@ -37,7 +45,7 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
     let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
     let reply = match (method.as_str(), segments.as_slice()) {
         ("POST", ["config", "reload"]) => {
-            let attempt = app.reload("admin");
+            let attempt = app.reload("admin").await;
             let code = if attempt.result == "success" {
                 200
             } else {
@@ -58,7 +66,7 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
         ("DELETE", ["tokens", i]) => remove(app, i),
         ("POST", ["tokens"]) => add(app, session).await,
         ("POST", ["tokens", "reload"]) => {
-            let attempt = app.reload("admin");
+            let attempt = app.reload("admin").await;
             let data = stats_json(&app.pool.stats(Instant::now()));
             if attempt.result == "success" {
                 ok_message(

@@ -112,8 +112,9 @@ pub struct App {
     /// The file reloads read; `None` for a server built from an in-memory config.
     config_path: Option<PathBuf>,
     reload_status: Mutex<reload::ReloadStatus>,
-    /// Serializes reloads (file watcher, SIGHUP and admin may fire together).
-    reload_lock: Mutex<()>,
+    /// Serializes reloads (file watcher, SIGHUP and admin may fire together); async and
+    /// taken under a deadline (see `reload.rs`), so no one ever blocks on it.
+    reload_lock: Arc<tokio::sync::Mutex<()>>,
     /// Refresh work for the updater (sign-ins), sent without waiting.
     refresh_tx: tokio::sync::mpsc::UnboundedSender<PoolEvent>,
     refresh_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<PoolEvent>>>,
@@ -152,7 +153,7 @@ impl App {
                 ..Default::default()
             }),
             config_path,
-            reload_lock: Mutex::new(()),
+            reload_lock: Arc::new(tokio::sync::Mutex::new(())),
             refresh_tx,
             refresh_rx: Mutex::new(Some(refresh_rx)),
             tokens_file_lock: Mutex::new(()),
@@ -216,12 +217,12 @@ fn load_tokens(c: &Config) -> Result<Vec<(Secret, Source)>, String> {
         .map(|t| (Secret::new(t.as_str()), Source::Inline))
         .collect();
     if let Some(path) = &c.pool.tokens_file {
-        match std::fs::read_to_string(path) {
-            Ok(text) => tokens.extend(tokens_file::parse(&text).into_iter().map(|(t, account)| {
+        match tokens_file::read(std::path::Path::new(path)) {
+            Ok(Some(list)) => tokens.extend(list.into_iter().map(|(t, account)| {
                 let source = account.map_or(Source::File, Source::Account);
                 (Secret::new(t), source)
             })),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None) => {
                 warn!("pool.tokens_file {path} does not exist yet; starting without its tokens")
             }
             Err(e) => return Err(format!("pool.tokens_file {path}: {e}")),

@@ -2,6 +2,11 @@
 //! `POST /admin/config/reload`) call one function, [`App::reload`]. The new file is parsed
 //! and validated first and swapped in atomically only when valid; every request keeps the
 //! snapshot it started with. A bad edit keeps the old configuration serving.
+//!
+//! A reload never blocks a request: it is async, its file work runs on a blocking thread
+//! under a deadline, and reloads are serialized by an async lock taken under a deadline, so
+//! a file that stalls its reader (a FIFO, a hung network mount) fails the trigger with a
+//! clear message after a few seconds while the running configuration keeps serving.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -15,9 +20,13 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Serialize;
 
+use tokio::sync::OwnedMutexGuard;
+
 use super::{load_tokens, pool_settings, App, Snapshot};
 use crate::config::diff::diff;
 use crate::config::Config;
+use crate::pool::Source;
+use crate::secret::Secret;
 
 /// Editors write a file in several steps; wait this long after the first event.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -56,10 +65,78 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Longest a reload may spend reading the configuration and tokens files. Past it the
+/// trigger gets a failure and the running configuration keeps serving; the read itself goes
+/// on in the background (a blocking read cannot be cancelled) and its result is dropped.
+pub const READ_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Longest a reload waits for the one before it. A healthy reload takes milliseconds; one
+/// that waits longer is behind a read that is stuck, and fails rather than queue up.
+pub const LOCK_DEADLINE: Duration = Duration::from_secs(2);
+
+/// What a reload reads from disk: the configuration, its YAML document, and the tokens.
+type Loaded = (Config, serde_yaml::Value, Vec<(Secret, Source)>);
+
+/// Read the configuration at `path` and the tokens file it names. Blocking file work: it
+/// runs on a blocking thread, never on a request worker.
+fn read_files(path: &Path) -> Result<Loaded, String> {
+    let (config, doc) = Config::load_with_document(path).map_err(|e| e.to_string())?;
+    let tokens = load_tokens(&config)?;
+    Ok((config, doc, tokens))
+}
+
+/// Take the reload lock, waiting at most `deadline`.
+async fn lock_within(
+    lock: &Arc<tokio::sync::Mutex<()>>,
+    deadline: Duration,
+) -> Result<OwnedMutexGuard<()>, String> {
+    tokio::time::timeout(deadline, lock.clone().lock_owned())
+        .await
+        .map_err(|_| {
+            format!(
+                "another reload has been running for over {}s (reading the config file may be stuck); try again later",
+                deadline.as_secs_f64()
+            )
+        })
+}
+
+/// Run `work` on a blocking thread while holding `guard`, waiting at most `deadline` for
+/// it. The guard travels with the work, so a read that is stuck keeps later reloads out
+/// (they fail after [`LOCK_DEADLINE`]) instead of piling more stuck threads up; it is given
+/// back with the result, so the caller stays serialized while it applies the result.
+async fn blocking_within<T: Send + 'static>(
+    guard: OwnedMutexGuard<()>,
+    deadline: Duration,
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<(T, OwnedMutexGuard<()>), String> {
+    let task = tokio::task::spawn_blocking(move || (work(), guard));
+    match tokio::time::timeout(deadline, task).await {
+        Err(_) => Err(format!(
+            "reading the config file took longer than {}s; the previous configuration keeps serving",
+            deadline.as_secs_f64()
+        )),
+        Ok(Err(e)) => Err(format!("reading the config file failed: {e}")),
+        Ok(Ok((result, guard))) => result.map(|v| (v, guard)),
+    }
+}
+
 impl App {
-    /// Re-read the configuration file (and the tokens file) and apply what is valid.
-    pub fn reload(&self, trigger: &str) -> ReloadAttempt {
-        let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+    /// Re-read the configuration file (and the tokens file) and apply what is valid. The
+    /// file work runs on a blocking thread under [`READ_DEADLINE`], so no trigger waits
+    /// longer than that and no request worker ever blocks on a file.
+    pub async fn reload(&self, trigger: &str) -> ReloadAttempt {
+        self.reload_with(trigger, READ_DEADLINE, LOCK_DEADLINE, read_files)
+            .await
+    }
+
+    /// [`App::reload`] with its deadlines and its file reader given.
+    async fn reload_with(
+        &self,
+        trigger: &str,
+        read_deadline: Duration,
+        lock_deadline: Duration,
+        read: fn(&Path) -> Result<Loaded, String>,
+    ) -> ReloadAttempt {
         let mut attempt = ReloadAttempt {
             at: unix_now(),
             trigger: trigger.to_string(),
@@ -68,7 +145,7 @@ impl App {
             changed: Vec::new(),
             need_restart: Vec::new(),
         };
-        match self.try_reload() {
+        match self.try_reload(read_deadline, lock_deadline, read).await {
             Ok((changed, need_restart)) => {
                 attempt.result = "success";
                 if !changed.is_empty() {
@@ -107,17 +184,24 @@ impl App {
         attempt
     }
 
-    fn try_reload(&self) -> Result<(Vec<String>, Vec<String>), String> {
+    async fn try_reload(
+        &self,
+        read_deadline: Duration,
+        lock_deadline: Duration,
+        read: fn(&Path) -> Result<Loaded, String>,
+    ) -> Result<(Vec<String>, Vec<String>), String> {
         let path = self
             .config_path
-            .as_ref()
+            .clone()
             .ok_or_else(|| "the server was started without a configuration file".to_string())?;
-        let (config, doc) = Config::load_with_document(path).map_err(|e| e.to_string())?;
+        let guard = lock_within(&self.reload_lock, lock_deadline).await?;
+        let shown = path.display().to_string();
+        let ((config, doc, tokens), _serial) =
+            blocking_within(guard, read_deadline, move || read(&path)).await?;
         let old = self.snapshot();
         for dropped in old.config.check_dropped_guards(&config, &doc)? {
-            warn!("config reload from {}: removes {dropped}", path.display());
+            warn!("config reload from {shown}: removes {dropped}");
         }
-        let tokens = load_tokens(&config)?;
         let changes = diff(&old.config, &config);
         let level = config.logging.level.clone();
         let settings = pool_settings(&config);
@@ -165,6 +249,19 @@ impl ConfigWatcher {
     }
 }
 
+/// Whether `path` has the file name of one of the `watched` files. Compares names only, no
+/// syscall: this runs for every event in the watched directories (a log file written next
+/// to the config makes one per line), so every other file's events stop here, for nothing.
+fn is_watched_name(path: &Path, watched: [Option<&Path>; 2]) -> bool {
+    let Some(name) = path.file_name() else {
+        return false;
+    };
+    watched
+        .into_iter()
+        .flatten()
+        .any(|w| w.file_name() == Some(name))
+}
+
 /// `path` with its directory made canonical (the file itself may not exist yet).
 fn absolute(path: &Path) -> PathBuf {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
@@ -184,12 +281,23 @@ impl BackgroundService for ConfigWatcher {
             return;
         }
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<PathBuf>>();
+        let app = self.app.clone();
         let mut watcher = match notify::recommended_watcher(
             move |res: notify::Result<notify::Event>| {
-                if let Ok(ev) = res {
-                    if !matches!(ev.kind, EventKind::Access(_)) {
-                        let _ = tx.send(ev.paths);
-                    }
+                let Ok(ev) = res else { return };
+                if matches!(ev.kind, EventKind::Access(_)) {
+                    return;
+                }
+                // By file name first: other files' events are not even sent on. The tokens
+                // file is read from the running config, so a reload that renames it is
+                // followed.
+                let snap = app.state.load();
+                let watched = [
+                    app.config_path.as_deref(),
+                    snap.config.pool.tokens_file.as_deref().map(Path::new),
+                ];
+                if ev.paths.iter().any(|p| is_watched_name(p, watched)) {
+                    let _ = tx.send(ev.paths);
                 }
             },
         ) {
@@ -221,13 +329,14 @@ impl BackgroundService for ConfigWatcher {
                 _ = shutdown.changed() => break,
                 paths = rx.recv() => {
                     let Some(paths) = paths else { break };
+                    // Only events that name a watched file get here; now the full paths.
                     let files = self.watched_files();
                     if !paths.iter().any(|p| files.contains(&absolute(p))) {
                         continue;
                     }
                     tokio::time::sleep(DEBOUNCE).await;
                     while rx.try_recv().is_ok() {}
-                    self.app.reload("file");
+                    self.app.reload("file").await;
                 }
             }
         }
@@ -256,9 +365,106 @@ impl BackgroundService for SighupReload {
                     if got.is_none() {
                         break;
                     }
-                    self.app.reload("sighup");
+                    self.app.reload("sighup").await;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_filtered_by_file_name_alone() {
+        let config = Path::new("/etc/k2proxy/k2proxy.yaml");
+        let tokens = Path::new("/var/lib/k2proxy/tokens.txt");
+        let watched = [Some(config), Some(tokens)];
+        for hit in [
+            "/etc/k2proxy/k2proxy.yaml",
+            "/var/lib/k2proxy/tokens.txt",
+            // another spelling of the directory: the full-path compare settles it later
+            "/etc/./k2proxy/k2proxy.yaml",
+            "k2proxy.yaml",
+        ] {
+            assert!(is_watched_name(Path::new(hit), watched), "{hit}");
+        }
+        for miss in [
+            "/etc/k2proxy/k2proxy.stderr.log",
+            "/etc/k2proxy/.k2proxy.yaml.swp",
+            "/etc/k2proxy/k2proxy.yaml~",
+            "/etc/k2proxy/tokens.txt.tmp.42",
+            "/etc/k2proxy",
+            "/",
+        ] {
+            assert!(!is_watched_name(Path::new(miss), watched), "{miss}");
+        }
+        assert!(is_watched_name(
+            Path::new("/x/k2proxy.yaml"),
+            [Some(config), None]
+        ));
+        assert!(!is_watched_name(
+            Path::new("/x/tokens.txt"),
+            [Some(config), None]
+        ));
+    }
+    use pingora::server::configuration::ServerConf;
+    use std::time::Instant;
+
+    /// A read that stalls (a hung network mount, a FIFO opened the old way).
+    fn stuck(_: &Path) -> Result<Loaded, String> {
+        std::thread::sleep(Duration::from_millis(1500));
+        Err("a stalled read must never be waited for".to_string())
+    }
+
+    #[test]
+    fn a_stuck_read_fails_its_trigger_in_time_and_the_next_reload_fails_fast() {
+        let dir = std::env::temp_dir().join(format!("k2p-reload-stuck-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("k2proxy.yaml");
+        std::fs::write(&path, "server: {}\n").unwrap();
+        let config = Config::load(&path).unwrap();
+        let app = App::new(config, Some(path.clone()), &ServerConf::default()).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let before = app.snapshot();
+            let short = Duration::from_millis(200);
+            let started = Instant::now();
+            let a = app.reload_with("admin", short, short, stuck).await;
+            assert_eq!(a.result, "failure");
+            let why = a.error.unwrap_or_default();
+            assert!(
+                why.contains("reading the config file took longer than 0.2s"),
+                "{why}"
+            );
+            assert!(started.elapsed() < Duration::from_millis(1200));
+            assert!(
+                Arc::ptr_eq(&before, &app.snapshot()),
+                "the old config serves"
+            );
+            // The stalled read still holds the lock: the next reload fails fast, it does
+            // not queue up behind it.
+            let started = Instant::now();
+            let b = app
+                .reload_with("sighup", READ_DEADLINE, short, read_files)
+                .await;
+            assert_eq!(b.result, "failure");
+            let why = b.error.unwrap_or_default();
+            assert!(why.contains("another reload has been running"), "{why}");
+            assert!(started.elapsed() < Duration::from_millis(1200));
+            // Once the stalled read ends, reloads work again.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let c = app.reload("file").await;
+            assert_eq!(c.result, "success", "{:?}", c.error);
+            let status = app.reload_status();
+            assert_eq!((status.reloads, status.failures), (3, 2));
+        });
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

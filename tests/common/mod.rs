@@ -443,10 +443,22 @@ pub fn spawn_proxy(config: &std::path::Path, port: u16) -> Proc {
 
 /// Like [`spawn_proxy`], with the diagnostics (stderr) going to `stderr`.
 pub fn spawn_proxy_with(config: &std::path::Path, port: u16, stderr: std::process::Stdio) -> Proc {
+    spawn_proxy_env(config, port, stderr, &[])
+}
+
+/// Like [`spawn_proxy_with`], with these environment variables set (`RUST_LOG` is unset
+/// unless given here).
+pub fn spawn_proxy_env(
+    config: &std::path::Path,
+    port: u16,
+    stderr: std::process::Stdio,
+    env: &[(&str, &str)],
+) -> Proc {
     let child = std::process::Command::new(PROXY_BIN)
         .arg("-c")
         .arg(config)
         .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(stderr)
         .spawn()
