@@ -60,9 +60,49 @@ fn health_and_models() {
     }
     // an alias resolves, under the name asked for
     assert_eq!(env.get("/v1/models/K2-Think").json()["id"], "K2-Think");
-    let r = env.get("/v1/models/gpt-4o");
+    let r = env.get("/v1/models/llama-3-70b");
     let v = r.assert_error(404, "model_not_found");
     assert!(v["error"]["message"].as_str().unwrap().contains(MODEL));
+}
+
+/// Agents probe the base URL (`HEAD /`, `GET /`) and ask for their vendor's default model
+/// names; both work without per-client settings, and the patterns stay out of the list.
+#[test]
+fn the_root_answers_and_vendor_model_names_reach_k2() {
+    let env = keyed();
+    for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+        let r = env.send(env.client.request(method.clone(), env.url("/")));
+        assert_eq!(r.status, 200, "{method}");
+        if method == reqwest::Method::GET {
+            assert_eq!(r.json()["status"], "ok");
+        } else {
+            assert!(r.body.is_empty(), "HEAD has no body");
+        }
+    }
+    let key = "Bearer sk-team-a-0123456789";
+    for (asked, reasoning) in [
+        ("claude-sonnet-4-5-20250929", true),
+        ("gpt-5.1-codex", true),
+        ("claude-haiku-4-5-20251001", false),
+    ] {
+        let r = env.send(
+            env.client
+                .post(env.url("/v1/chat/completions"))
+                .header("authorization", key)
+                .json(&chat_body(asked, "hi", false)),
+        );
+        assert_eq!(r.status, 200, "{asked}: {}", r.text());
+        let v = r.json();
+        assert_eq!(v["model"], asked, "the answer names the model asked for");
+        let has_reasoning = v["choices"][0]["message"]["reasoning_content"].is_string();
+        assert_eq!(has_reasoning, reasoning, "{asked}: {v}");
+    }
+    let listed = env.send(
+        env.client
+            .get(env.url("/v1/models"))
+            .header("authorization", key),
+    );
+    assert!(!listed.text().contains('*'), "{}", listed.text());
 }
 
 #[test]

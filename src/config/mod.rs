@@ -302,7 +302,10 @@ pub struct ModelEntry {
     /// Show reasoning (`true`) or drop it (`false`, the `-nothink` variants).
     #[serde(default = "yes")]
     pub reasoning: bool,
-    /// Other names that resolve to this model (not listed by `/v1/models`).
+    /// Other names that resolve to this model (not listed by `/v1/models`). A name with
+    /// `*` is a pattern (`*` matches any run of characters, `claude-*`): a client name that
+    /// is no id or exact alias goes to the model whose matching pattern has the most
+    /// literal characters (the earlier model on a tie).
     #[serde(default, deserialize_with = "de_string_list")]
     pub aliases: Vec<String>,
     #[serde(default = "owner", deserialize_with = "de_string")]
@@ -315,6 +318,51 @@ pub struct ModelEntry {
 
 fn yes() -> bool {
     true
+}
+
+/// The model a client's name resolves to: by id or exact alias, else by the alias pattern
+/// with the most literal characters (see [`ModelEntry::aliases`]).
+pub fn resolve_model<'m>(models: &'m [ModelEntry], name: &str) -> Option<&'m ModelEntry> {
+    if let Some(m) = models
+        .iter()
+        .find(|m| m.id == name || m.aliases.iter().any(|a| a == name && !a.contains('*')))
+    {
+        return Some(m);
+    }
+    let mut best: Option<(usize, &ModelEntry)> = None;
+    for m in models {
+        for a in m.aliases.iter().filter(|a| a.contains('*')) {
+            let literal = a.len() - a.matches('*').count();
+            if best.is_none_or(|(b, _)| literal > b) && glob_match(a.as_bytes(), name.as_bytes())
+            {
+                best = Some((literal, m));
+            }
+        }
+    }
+    best.map(|(_, m)| m)
+}
+
+/// `name` matches `pattern`, where `*` stands for any run of bytes (none included).
+fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    // greedy with backtracking to the last star: linear for patterns with few stars
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, n));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == name[n] {
+            p += 1;
+            n += 1;
+        } else if let Some((sp, sn)) = star {
+            p = sp + 1;
+            n = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 fn owner() -> String {
@@ -369,6 +417,12 @@ pub fn horizon_models() -> Vec<ModelEntry> {
                 "MBZUAI-IFM/K2-Think",
                 "K2-Think",
                 "k2-think",
+                "claude-*",
+                "gpt-*",
+                "codex-*",
+                "o1*",
+                "o3*",
+                "o4*",
             ],
             "IFM",
             false,
@@ -382,6 +436,9 @@ pub fn horizon_models() -> Vec<ModelEntry> {
                 "MBZUAI-IFM/K2-Think-v2-nothink",
                 "MBZUAI-IFM/K2-Think-nothink",
                 "K2-Think-nothink",
+                "claude-*haiku*",
+                "gpt-*mini*",
+                "gpt-*nano*",
             ],
             "IFM",
             false,
@@ -397,7 +454,17 @@ pub fn legacy_models() -> Vec<ModelEntry> {
             up,
             up,
             true,
-            &["MBZUAI-IFM/K2-Think", "K2-Think", "k2-think"],
+            &[
+                "MBZUAI-IFM/K2-Think",
+                "K2-Think",
+                "k2-think",
+                "claude-*",
+                "gpt-*",
+                "codex-*",
+                "o1*",
+                "o3*",
+                "o4*",
+            ],
             "MBZUAI",
             true,
         ),
@@ -405,7 +472,13 @@ pub fn legacy_models() -> Vec<ModelEntry> {
             "MBZUAI-IFM/K2-Think-v2-nothink",
             up,
             false,
-            &["MBZUAI-IFM/K2-Think-nothink", "K2-Think-nothink"],
+            &[
+                "MBZUAI-IFM/K2-Think-nothink",
+                "K2-Think-nothink",
+                "claude-*haiku*",
+                "gpt-*mini*",
+                "gpt-*nano*",
+            ],
             "MBZUAI",
             true,
         ),

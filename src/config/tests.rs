@@ -328,3 +328,48 @@ fn errors_never_echo_string_values() {
     let e = parse("upstream:\n  mode: usr\n").unwrap_err();
     assert!(e.message.contains("unknown variant `usr`"), "{e}");
 }
+
+#[test]
+fn alias_patterns_route_vendor_model_names_by_the_most_specific_match() {
+    let models = default_models("https://chat.ifm.ai");
+    let id = |name: &str| resolve_model(&models, name).map(|m| m.id.as_str());
+    assert_eq!(id("IFM/K2-Horizon"), Some("IFM/K2-Horizon"));
+    assert_eq!(id("K2-Think-nothink"), Some("IFM/K2-Horizon-nothink"));
+    assert_eq!(id("claude-sonnet-4-5-20250929"), Some("IFM/K2-Horizon"));
+    assert_eq!(id("claude-opus-4-1"), Some("IFM/K2-Horizon"));
+    assert_eq!(id("claude-haiku-4-5-20251001"), Some("IFM/K2-Horizon-nothink"));
+    assert_eq!(id("claude-3-5-haiku-latest"), Some("IFM/K2-Horizon-nothink"));
+    assert_eq!(id("gpt-5.1-codex"), Some("IFM/K2-Horizon"));
+    assert_eq!(id("gpt-4o-mini"), Some("IFM/K2-Horizon-nothink"));
+    assert_eq!(id("o3"), Some("IFM/K2-Horizon"));
+    assert_eq!(id("o4-mini"), Some("IFM/K2-Horizon"), "o4* is the only pattern");
+    assert_eq!(id("llama-3"), None);
+    assert_eq!(id("claude"), None, "claude-* needs the dash");
+    assert_eq!(id(""), None);
+    // an exact alias that happens to contain a star is only a pattern
+    let yaml = "models:\n  - {id: a, upstream: x, aliases: [\"x*y\"]}\n  - {id: b, upstream: x, aliases: [\"*\"]}\n";
+    let c = parse(yaml).unwrap();
+    let id = |name: &str| resolve_model(&c.models, name).map(|m| m.id.as_str());
+    assert_eq!(id("x-and-y"), Some("a"), "more literal characters win");
+    assert_eq!(id("anything"), Some("b"), "a lone star catches the rest");
+    assert_eq!(id("xy"), Some("a"));
+}
+
+#[test]
+fn glob_matching_backtracks_and_anchors_both_ends() {
+    for (p, n, ok) in [
+        ("a*b", "ab", true),
+        ("a*b", "axxb", true),
+        ("a*b", "axxbx", false),
+        ("*haiku*", "claude-3-haiku", true),
+        ("claude-*haiku*", "claude-haiku", true),
+        ("claude-*haiku*", "claude-hai", false),
+        ("claude-*haiku*", "claude--haiku", true),
+        ("**", "", true),
+        ("a*a*a", "aaaa", true),
+        ("a*a*a", "aa", false),
+        ("é*", "été", true),
+    ] {
+        assert_eq!(super::glob_match(p.as_bytes(), n.as_bytes()), ok, "{p} ~ {n}");
+    }
+}

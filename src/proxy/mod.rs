@@ -87,10 +87,7 @@ impl Snapshot {
 
     /// The model a client name resolves to (by id or alias).
     pub fn model(&self, name: &str) -> Option<&ModelEntry> {
-        self.config
-            .models
-            .iter()
-            .find(|m| m.id == name || m.aliases.iter().any(|a| a == name))
+        crate::config::resolve_model(&self.config.models, name)
     }
 }
 

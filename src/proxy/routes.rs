@@ -15,6 +15,7 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
     let method = session.req_header().method.as_str().to_string();
     let path = session.req_header().uri.path().to_string();
     let route = match path.as_str() {
+        "/" => Route::Root,
         "/health" => Route::Health,
         "/v1/models" => Route::Models,
         "/v1/chat/completions" => Route::Chat,
@@ -54,12 +55,22 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
         ctx.outcome = "rejected";
         return respond::error_with(session, ctx, &e, &[("allow", allowed.to_string())]).await;
     }
-    if !matches!(route, Route::Health | Route::Ready) {
+    if !matches!(route, Route::Root | Route::Health | Route::Ready) {
         if let Err(e) = authenticate(snap, session, ctx) {
             return respond::error(session, ctx, &e).await;
         }
     }
     match route {
+        // Agents (Claude Code) probe the base URL before they start.
+        Route::Root => {
+            let body = json!({
+                "name": "k2proxy",
+                "version": env!("CARGO_PKG_VERSION"),
+                "status": "ok",
+                "apis": ["/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/models"],
+            });
+            let _ = respond::json(session, ctx, 200, body.to_string().into_bytes(), &[]).await;
+        }
         Route::Health => {
             let body = json!({
                 "status": "ok",
@@ -105,6 +116,7 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
+    Root,
     Health,
     Ready,
     Models,
@@ -118,6 +130,7 @@ enum Route {
 impl Route {
     fn name(self) -> &'static str {
         match self {
+            Route::Root => "root",
             Route::Health => "health",
             Route::Ready => "ready",
             Route::Models => "models",
