@@ -502,16 +502,19 @@ impl Sink {
 impl Job<'_> {
     fn new_sink(&self, format: UpstreamFormat) -> Sink {
         let implicit = self.snap.config.reasoning.implicit_think;
+        let delivery = self.snap.config.upstream.content_delivery;
         if self.stream {
             let wire = self.surface.encoder(&self.reply);
-            Sink::Stream(ChatStream::with_encoder(
-                wire,
-                format,
-                implicit,
-                self.tools.as_ref(),
-            ))
+            Sink::Stream(
+                ChatStream::with_encoder(wire, format, implicit, self.tools.as_ref())
+                    .with_delivery(delivery),
+            )
         } else {
-            Sink::Collect(Completion::new(format, implicit).with_tools(self.tools.clone()))
+            Sink::Collect(
+                Completion::new(format, implicit)
+                    .with_delivery(delivery)
+                    .with_tools(self.tools.clone()),
+            )
         }
     }
 

@@ -1385,6 +1385,7 @@ mod tests {
             implicit_think: implicit,
             include_usage: true,
             tools: set,
+            delivery: crate::transform::stream::ContentDelivery::default(),
         }
     }
 
