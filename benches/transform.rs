@@ -26,7 +26,9 @@ use k2proxy::transform::complete::Completion;
 use k2proxy::transform::encode::{Reply, Surface};
 use k2proxy::transform::request::{to_k2think, RewriteOptions};
 use k2proxy::transform::split::{Deltas, Splitter};
-use k2proxy::transform::stream::{ChatStream, ReasoningMode, StreamOptions, UpstreamFormat};
+use k2proxy::transform::stream::{
+    ChatStream, ContentDelivery, ReasoningMode, StreamOptions, UpstreamFormat,
+};
 use k2proxy::transform::tools::{function_calls_block, ToolDetector, ToolSet};
 
 const SENTENCES: &[&str] = &[
@@ -101,6 +103,10 @@ fn openai_delta_stream(text: &str) -> Vec<u8> {
 }
 
 fn options() -> StreamOptions {
+    options_as(ContentDelivery::Cumulative)
+}
+
+fn options_as(delivery: ContentDelivery) -> StreamOptions {
     StreamOptions {
         id: "chatcmpl-bench".to_string(),
         created: 1_758_000_000,
@@ -109,12 +115,18 @@ fn options() -> StreamOptions {
         implicit_think: true,
         include_usage: true,
         tools: None,
+        delivery,
     }
 }
 
 fn run_stream(body: &[u8], piece: usize, out: &mut Vec<u8>) -> usize {
+    run_stream_as(ContentDelivery::Cumulative, body, piece, out)
+}
+
+/// [`run_stream`] reading `content` values as `delivery` says.
+fn run_stream_as(delivery: ContentDelivery, body: &[u8], piece: usize, out: &mut Vec<u8>) -> usize {
     out.clear();
-    let mut s = ChatStream::new(options(), UpstreamFormat::Sse);
+    let mut s = ChatStream::new(options_as(delivery), UpstreamFormat::Sse);
     s.start(out);
     for p in body.chunks(piece) {
         s.push(p, out);
@@ -382,14 +394,25 @@ fn bench_forms(c: &mut Criterion) {
     ];
     let bodies = cases
         .iter()
-        .map(|(name, form, delivery)| (*name, mock_body(*form, *delivery, 300)))
+        .map(|(name, form, delivery)| {
+            // `upstream.content_delivery` as the mock sends (deltas: either).
+            let reading = match delivery {
+                Delivery::Incremental => ContentDelivery::Incremental,
+                _ => ContentDelivery::Cumulative,
+            };
+            (*name, reading, mock_body(*form, *delivery, 300))
+        })
         // K2 Horizon as chat.ifm.ai sends it: task_id, details + bare answer, finish chunk.
-        .chain([("horizon", mock_body_from(Directives::horizon(), 300))]);
-    for (name, body) in bodies {
+        .chain([(
+            "horizon",
+            ContentDelivery::Cumulative,
+            mock_body_from(Directives::horizon(), 300),
+        )]);
+    for (name, reading, body) in bodies {
         group.throughput(Throughput::Bytes(body.len() as u64));
         for piece in [10usize, 1460] {
             group.bench_with_input(BenchmarkId::new(name, piece), &body, |b, body| {
-                b.iter(|| run_stream(black_box(body), piece, &mut out))
+                b.iter(|| run_stream_as(reading, black_box(body), piece, &mut out))
             });
         }
     }

@@ -17,7 +17,9 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::fields::{self, bad, message, number_in, opt_bool, opt_str, req_str, wrong_type, Obj};
+use crate::fields::{
+    self, bad, message, number_in, opt_bool, opt_str, req_str, wrong_type, Converted, Obj, Origin,
+};
 use crate::openai::{
     ApiError, ChatRequest, Content, Effort, FunctionCall, Message, Part, Role, Stop,
 };
@@ -32,11 +34,21 @@ use crate::transform::tools::ToolCall;
 // Request conversion
 // ---------------------------------------------------------------------------------------
 
+/// A Messages request: the shared chat request, and where its messages came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub chat: ChatRequest,
+    /// For checks after the conversion: their errors name `messages[…]` of the client.
+    pub origin: Origin,
+}
+
 /// A Messages request body → the shared chat request (`count_tokens`: `max_tokens` is not
-/// required there). Errors are 400s whose `param` names the field.
-pub fn parse_request(body: &[u8], count_tokens: bool) -> Result<ChatRequest, ApiError> {
+/// required there). Errors are 400s whose `param`, and the start of whose message, names
+/// the field (Anthropic's error body has only the message).
+pub fn parse_request(body: &[u8], count_tokens: bool) -> Result<Request, ApiError> {
     let root = fields::root(body)?;
     let model = fields::model(&root)?;
+    check_fields(&root)?;
 
     let max_tokens = match fields::positive(&root, "max_tokens")? {
         None if !count_tokens => return Err(bad("max_tokens", "is required")),
@@ -62,9 +74,13 @@ pub fn parse_request(body: &[u8], count_tokens: bool) -> Result<ChatRequest, Api
         Some(v) => return Err(wrong_type("stop_sequences", "an array of strings", v)),
     };
 
-    let mut messages = Vec::new();
+    let mut messages = Converted::of("messages");
     if let Some(system) = system_text(root.get("system"))? {
-        messages.push(message(Role::System, Content::Text(system)));
+        messages.push(
+            message(Role::System, Content::Text(system)),
+            "system",
+            Vec::new(),
+        );
     }
     let list = match root.get("messages") {
         Some(Value::Array(a)) if !a.is_empty() => a,
@@ -80,66 +96,96 @@ pub fn parse_request(body: &[u8], count_tokens: bool) -> Result<ChatRequest, Api
     let tool_choice = convert_tool_choice(root.get("tool_choice"))?;
     let reasoning_effort = effort(&root)?;
 
-    Ok(ChatRequest {
+    let chat = ChatRequest {
         model,
-        messages,
+        messages: messages.messages,
         stream,
-        stream_options: None,
         temperature,
         top_p,
         max_tokens,
-        max_completion_tokens: None,
         stop,
-        presence_penalty: None,
-        frequency_penalty: None,
-        seed: None,
-        n: None,
         tools,
         tool_choice,
         reasoning_effort,
+        ..ChatRequest::default()
+    };
+    Ok(Request {
+        chat,
+        origin: messages.origin,
+    })
+}
+
+/// The fields Anthropic defines that are only checked here (the upstream takes none of
+/// them): `metadata`, `top_k`, `service_tier`, `context_management`; `thinking` and
+/// `output_config` whatever [`effort`] reads of them.
+fn check_fields(root: &Obj) -> Result<(), ApiError> {
+    if let Some(metadata) = fields::check_object("metadata", root.get("metadata"))? {
+        opt_str(metadata, "user_id", "metadata")?;
+    }
+    fields::check_int_in("top_k", root.get("top_k"), 0, i64::MAX)?;
+    fields::check_str("service_tier", root.get("service_tier"))?;
+    fields::check_object("context_management", root.get("context_management"))?;
+    if let Some(thinking) = fields::check_object("thinking", root.get("thinking"))? {
+        match req_str(thinking, "type", "thinking")? {
+            "enabled" | "disabled" | "adaptive" => {}
+            other => {
+                return Err(bad(
+                    "thinking.type",
+                    format!("must be \"enabled\", \"disabled\" or \"adaptive\", got \"{other}\""),
+                ))
+            }
+        }
+        budget_tokens(thinking)?;
+    }
+    if let Some(config) = fields::check_object("output_config", root.get("output_config"))? {
+        output_effort(config)?;
+    }
+    Ok(())
+}
+
+/// `thinking.budget_tokens`, where given: a non-negative integer.
+fn budget_tokens(thinking: &Obj) -> Result<Option<u64>, ApiError> {
+    match thinking.get("budget_tokens") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| wrong_type("thinking.budget_tokens", "a non-negative integer", v)),
+    }
+}
+
+/// `output_config.effort`, where given: `low`, `medium`, `high` or `max` (OpenAI's names
+/// are taken too).
+fn output_effort(config: &Obj) -> Result<Option<Effort>, ApiError> {
+    let Some(name) = opt_str(config, "effort", "output_config")? else {
+        return Ok(None);
+    };
+    Effort::from_client(name).map(Some).ok_or_else(|| {
+        bad(
+            "output_config.effort",
+            format!("unknown effort `{name}`; use low, medium, high or max"),
+        )
     })
 }
 
 /// The reasoning effort a Messages request asks for: `output_config.effort` (`low`,
 /// `medium`, `high`, `max`), else the `thinking` settings: a `budget_tokens` of an
 /// `enabled` thinking, `disabled` as low, `adaptive` as no preference.
+/// Both are checked by [`check_fields`] first.
 fn effort(root: &Obj) -> Result<Option<Effort>, ApiError> {
-    if let Some(config) = root.get("output_config").filter(|v| !v.is_null()) {
-        let config = config
-            .as_object()
-            .ok_or_else(|| wrong_type("output_config", "an object", config))?;
-        if let Some(name) = opt_str(config, "effort", "output_config")? {
-            return Effort::from_client(name).map(Some).ok_or_else(|| {
-                bad(
-                    "output_config.effort",
-                    format!("unknown effort `{name}`; use low, medium, high or max"),
-                )
-            });
+    if let Some(Value::Object(config)) = root.get("output_config") {
+        if let Some(e) = output_effort(config)? {
+            return Ok(Some(e));
         }
     }
-    let Some(thinking) = root.get("thinking").filter(|v| !v.is_null()) else {
+    let Some(Value::Object(thinking)) = root.get("thinking") else {
         return Ok(None);
     };
-    let thinking = thinking
-        .as_object()
-        .ok_or_else(|| wrong_type("thinking", "an object", thinking))?;
     Ok(match opt_str(thinking, "type", "thinking")? {
         Some("disabled") => Some(Effort::Low),
-        Some("enabled") | None => match thinking.get("budget_tokens") {
-            None | Some(Value::Null) => None,
-            Some(v) => match v.as_u64() {
-                Some(n) => Some(Effort::from_budget(n)),
-                None => {
-                    return Err(wrong_type(
-                        "thinking.budget_tokens",
-                        "a non-negative integer",
-                        v,
-                    ))
-                }
-            },
-        },
-        // `adaptive` and types to come: the model decides, the config's default applies.
-        Some(_) => None,
+        Some("enabled") => budget_tokens(thinking)?.map(Effort::from_budget),
+        // `adaptive`: the model decides, the config's default applies.
+        _ => None,
     })
 }
 
@@ -184,7 +230,7 @@ fn system_text(v: Option<&Value>) -> Result<Option<String>, ApiError> {
 
 /// One Anthropic message → one or more shared messages (a user message with
 /// `tool_result` blocks becomes `tool` messages first, then the rest of the user turn).
-fn convert_message(i: usize, m: &Value, out: &mut Vec<Message>) -> Result<(), ApiError> {
+fn convert_message(i: usize, m: &Value, out: &mut Converted) -> Result<(), ApiError> {
     let at = format!("messages[{i}]");
     let obj = m
         .as_object()
@@ -201,7 +247,7 @@ fn convert_message(i: usize, m: &Value, out: &mut Vec<Message>) -> Result<(), Ap
     };
     let blocks = match obj.get("content") {
         Some(Value::String(s)) => {
-            out.push(message(role, Content::Text(s.clone())));
+            out.push(message(role, Content::Text(s.clone())), at, Vec::new());
             return Ok(());
         }
         Some(Value::Array(a)) => a,
@@ -215,7 +261,10 @@ fn convert_message(i: usize, m: &Value, out: &mut Vec<Message>) -> Result<(), Ap
         }
     };
     match role {
-        Role::Assistant => out.push(assistant_message(&at, blocks)?),
+        Role::Assistant => {
+            let m = assistant_message(&at, blocks)?;
+            out.push(m, at, Vec::new());
+        }
         _ => user_messages(&at, blocks, out)?,
     }
     Ok(())
@@ -285,19 +334,25 @@ fn unsupported_block(at: &str, kind: &str, supported: &str) -> ApiError {
     )
 }
 
-fn user_messages(at: &str, blocks: &[Value], out: &mut Vec<Message>) -> Result<(), ApiError> {
-    let mut parts: Vec<Part> = Vec::new();
+/// A content part and the client's path of the block it came from.
+type Sourced = (Part, String);
+
+fn user_messages(at: &str, blocks: &[Value], out: &mut Converted) -> Result<(), ApiError> {
+    let mut parts: Vec<Sourced> = Vec::new();
     // Images from tool results: the shared request carries tool results as text only, so
     // they go into the user message that follows the results (before the user's own parts).
-    let mut carried: Vec<Part> = Vec::new();
+    let mut carried: Vec<Sourced> = Vec::new();
     for (j, b) in blocks.iter().enumerate() {
         let bat = format!("{at}.content[{j}]");
         let (obj, kind) = as_block(b, &bat)?;
         match kind {
-            "text" => parts.push(Part::Text(req_str(obj, "text", &bat)?.to_string())),
-            "image" => parts.push(image_part(obj, &bat)?),
-            "document" => parts.push(document_part(obj, &bat)?),
-            "tool_result" => out.push(tool_result(obj, &bat, &mut carried)?),
+            "text" => parts.push((Part::Text(req_str(obj, "text", &bat)?.to_string()), bat)),
+            "image" => parts.push((image_part(obj, &bat)?, bat)),
+            "document" => parts.push((document_part(obj, &bat)?, bat)),
+            "tool_result" => {
+                let m = tool_result(obj, &bat, &mut carried)?;
+                out.push(m, bat, Vec::new());
+            }
             "tool_use" => {
                 return Err(bad(
                     &format!("{bat}.type"),
@@ -321,14 +376,15 @@ fn user_messages(at: &str, blocks: &[Value], out: &mut Vec<Message>) -> Result<(
             // Only tool results: they are the whole turn.
             return Ok(());
         }
-        parts.push(Part::Text(String::new()));
+        parts.push((Part::Text(String::new()), format!("{at}.content")));
     }
+    let (parts, paths): (Vec<Part>, Vec<String>) = parts.into_iter().unzip();
     let content = if parts.iter().all(|p| matches!(p, Part::Text(_))) {
         Content::Text(Content::Parts(parts).text())
     } else {
         Content::Parts(parts)
     };
-    out.push(message(Role::User, content));
+    out.push(message(Role::User, content), at, paths);
     Ok(())
 }
 
@@ -388,7 +444,7 @@ fn document_part(obj: &Obj, at: &str) -> Result<Part, ApiError> {
 }
 
 /// A `tool_result` block → a `tool` message (text); its images go to `carried`.
-fn tool_result(obj: &Obj, at: &str, carried: &mut Vec<Part>) -> Result<Message, ApiError> {
+fn tool_result(obj: &Obj, at: &str, carried: &mut Vec<Sourced>) -> Result<Message, ApiError> {
     let id = req_str(obj, "tool_use_id", at)?;
     let is_error = match obj.get("is_error") {
         None | Some(Value::Null) => false,
@@ -408,7 +464,7 @@ fn tool_result(obj: &Obj, at: &str, carried: &mut Vec<Part>) -> Result<Message, 
                 match kind {
                     "text" => texts.push(req_str(bobj, "text", &bat)?),
                     "image" => {
-                        carried.push(image_part(bobj, &bat)?);
+                        carried.push((image_part(bobj, &bat)?, bat));
                         images += 1;
                     }
                     other => {
@@ -483,6 +539,10 @@ fn convert_tool_choice(v: Option<&Value>) -> Result<Option<Value>, ApiError> {
         Some(Value::Object(o)) => o,
         Some(v) => return Err(wrong_type("tool_choice", "an object", v)),
     };
+    fields::check_bool(
+        "tool_choice.disable_parallel_tool_use",
+        obj.get("disable_parallel_tool_use"),
+    )?;
     let choice = match req_str(obj, "type", "tool_choice")? {
         "auto" => json!("auto"),
         "any" => json!("required"),
@@ -875,7 +935,9 @@ mod tests {
     use crate::transform::encode::testing::{call, events, names, result};
 
     fn parse(v: Value) -> ChatRequest {
-        parse_request(v.to_string().as_bytes(), false).expect("valid request")
+        parse_request(v.to_string().as_bytes(), false)
+            .expect("valid request")
+            .chat
     }
 
     fn err(v: Value) -> ApiError {
@@ -1176,7 +1238,7 @@ mod tests {
     fn count_tokens_needs_no_max_tokens() {
         let body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
         let r = parse_request(body.to_string().as_bytes(), true).expect("count_tokens body");
-        assert_eq!(r.max_tokens, None);
+        assert_eq!(r.chat.max_tokens, None);
         let e = parse_request(body.to_string().as_bytes(), false).expect_err("needs max_tokens");
         assert_eq!(e.param.as_deref(), Some("max_tokens"));
     }
@@ -1420,6 +1482,167 @@ mod tests {
         // Unsupported block types are named.
         let e = err(user(json!([{"type": "search_result"}])));
         assert!(e.message.contains("`search_result`"), "{}", e.message);
+    }
+
+    #[test]
+    fn lax_fields_are_refused_naming_the_field() {
+        // Issue 16: `thinking: 7` got a 200 when `output_config.effort` was set.
+        let with = |extra: Value| {
+            let mut body = with_messages(json!([{"role": "user", "content": "x"}]));
+            for (k, v) in extra.as_object().expect("object") {
+                body[k] = v.clone();
+            }
+            body
+        };
+        let cases: Vec<(Value, &str)> = vec![
+            (with(json!({"thinking": 7})), "thinking"),
+            (
+                with(json!({"thinking": 7, "output_config": {"effort": "high"}})),
+                "thinking",
+            ),
+            (with(json!({"thinking": "enabled"})), "thinking"),
+            (with(json!({"thinking": {}})), "thinking.type"),
+            (
+                with(json!({"thinking": {"budget_tokens": 2048}})),
+                "thinking.type",
+            ),
+            (
+                with(json!({"thinking": {"type": "sometimes"}})),
+                "thinking.type",
+            ),
+            (with(json!({"thinking": {"type": 1}})), "thinking.type"),
+            (
+                with(json!({"thinking": {"type": "enabled", "budget_tokens": "lots"}})),
+                "thinking.budget_tokens",
+            ),
+            (
+                with(
+                    json!({"thinking": {"type": "adaptive", "budget_tokens": -1}, "output_config": {"effort": "low"}}),
+                ),
+                "thinking.budget_tokens",
+            ),
+            (with(json!({"output_config": 3})), "output_config"),
+            (
+                with(json!({"output_config": {"effort": "huge"}})),
+                "output_config.effort",
+            ),
+            (with(json!({"metadata": 5})), "metadata"),
+            (
+                with(json!({"metadata": {"user_id": 5}})),
+                "metadata.user_id",
+            ),
+            (with(json!({"top_k": "x"})), "top_k"),
+            (with(json!({"top_k": -1})), "top_k"),
+            (with(json!({"service_tier": 1})), "service_tier"),
+            (
+                with(json!({"context_management": []})),
+                "context_management",
+            ),
+            (
+                with(json!({"tool_choice": {"type": "auto", "disable_parallel_tool_use": "yes"}})),
+                "tool_choice.disable_parallel_tool_use",
+            ),
+        ];
+        for (body, param) in cases {
+            let e = err(body.clone());
+            assert_eq!(e.status, 400, "{body}");
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+            // Anthropic's error body has only the message: it names the field.
+            assert!(e.message.starts_with(param), "{}", e.message);
+            let v: Value = serde_json::from_slice(&error_body(&e)).expect("json");
+            assert_eq!(v["type"], "error");
+            assert_eq!(v["error"]["type"], "invalid_request_error");
+            assert!(v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(param)));
+        }
+    }
+
+    #[test]
+    fn what_claude_code_sends_is_accepted() {
+        let r = parse_request(
+            json!({
+                "model": "claude-sonnet-4-5", "max_tokens": 32000, "stream": true,
+                "thinking": {"type": "adaptive"},
+                "output_config": {"effort": "medium"},
+                "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+                "metadata": {"user_id": "user_abc_account_def_session_ghi"},
+                "system": [
+                    {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}
+                ],
+                "tools": [{"name": "Bash", "description": "Run a command",
+                    "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}},
+                    "cache_control": {"type": "ephemeral"}}],
+                "tool_choice": {"type": "auto", "disable_parallel_tool_use": false},
+                "messages": [{"role": "user", "content": [
+                    {"type": "text", "text": "list files", "cache_control": {"type": "ephemeral"}}
+                ]}]
+            })
+            .to_string()
+            .as_bytes(),
+            false,
+        )
+        .expect("a Claude Code body");
+        assert_eq!(r.chat.reasoning_effort, Some(Effort::Medium));
+        for thinking in [
+            json!({"type": "enabled", "budget_tokens": 31999}),
+            json!({"type": "enabled"}),
+            json!({"type": "disabled"}),
+            json!(null),
+        ] {
+            let mut body = with_messages(json!([{"role": "user", "content": "x"}]));
+            body["thinking"] = thinking.clone();
+            body["top_k"] = json!(40);
+            body["service_tier"] = json!("auto");
+            assert!(
+                parse_request(body.to_string().as_bytes(), false).is_ok(),
+                "{thinking}"
+            );
+        }
+    }
+
+    #[test]
+    fn origin_names_the_clients_block() {
+        // The converted request has the system message first and tool results split off:
+        // an error found after the conversion names the client's block.
+        let mut body = with_messages(json!([
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "shot", "input": {}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t", "content": [
+                    {"type": "text", "text": "here"},
+                    {"type": "image", "source": {"type": "url", "url": "https://x.test/s.png"}}
+                ]},
+                {"type": "text", "text": "what is it?"},
+                {"type": "document", "title": "a.pdf", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}}
+            ]},
+        ]));
+        body["system"] = json!("be brief");
+        let r = parse_request(body.to_string().as_bytes(), false).expect("valid");
+        let o = &r.origin;
+        assert_eq!(r.chat.messages.len(), 5);
+        assert_eq!(o.path("messages[0]"), "system");
+        assert_eq!(o.path("messages[1].content[0]"), "messages[0]");
+        assert_eq!(o.path("messages[3]"), "messages[2].content[0]");
+        // The user turn: the tool result's image first, then the text and the document.
+        assert_eq!(
+            o.path("messages[4].content[0]"),
+            "messages[2].content[0].content[1]"
+        );
+        assert_eq!(o.path("messages[4].content[1]"), "messages[2].content[1]");
+        assert_eq!(
+            o.path("messages[4].content[2].type"),
+            "messages[2].content[2].type"
+        );
+        assert_eq!(o.path("messages"), "messages");
+        assert_eq!(o.path("tools[1].function.name"), "tools[1].name");
+        assert_eq!(o.path("tool_choice.function.name"), "tool_choice.name");
+        let e = o.error(ApiError::invalid(
+            "not a text file",
+            Some("messages[4].content[2]".into()),
+        ));
+        assert_eq!(e.param.as_deref(), Some("messages[2].content[2]"));
+        assert_eq!(e.message, "messages[2].content[2]: not a text file");
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Reading a request body field by field, for the surfaces whose requests are converted by
 //! hand (Anthropic Messages, OpenAI Responses): every 400 names the exact field, as
 //! `param` and at the start of the message (`messages[2].content[0].source: is required`).
+//! The `check_*` readers also check the fields the chat surface takes but does not use
+//! (`user`, `metadata`, …). [`Origin`] names a converted message or part by its place in
+//! the client's own body, for the checks that run after the conversion.
 
 use serde_json::{Map, Value};
 
@@ -105,6 +108,143 @@ pub fn opt_str<'a>(obj: &'a Obj, key: &str, at: &str) -> Result<Option<&'a str>,
     }
 }
 
+/// `v` (the field `param`) as a string; absent or null is `None`.
+pub fn check_str<'a>(param: &str, v: Option<&'a Value>) -> Result<Option<&'a str>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(wrong_type(param, "a string", v)),
+    }
+}
+
+/// `v` (the field `param`) as a boolean; absent or null is `None`.
+pub fn check_bool(param: &str, v: Option<&Value>) -> Result<Option<bool>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(wrong_type(param, "a boolean", v)),
+    }
+}
+
+/// `v` (the field `param`) as an object; absent or null is `None`.
+pub fn check_object<'a>(param: &str, v: Option<&'a Value>) -> Result<Option<&'a Obj>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(o)) => Ok(Some(o)),
+        Some(v) => Err(wrong_type(param, "an object", v)),
+    }
+}
+
+/// `v` (the field `param`) as an integer in `lo..=hi` (`i64::MAX`: no upper bound); absent
+/// or null is `None`.
+pub fn check_int_in(
+    param: &str,
+    v: Option<&Value>,
+    lo: i64,
+    hi: i64,
+) -> Result<Option<i64>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_i64() {
+            Some(n) if (lo..=hi).contains(&n) => Ok(Some(n)),
+            Some(n) if hi == i64::MAX => Err(bad(param, format!("must be at least {lo}, got {n}"))),
+            Some(n) => Err(bad(
+                param,
+                format!("must be between {lo} and {hi}, got {n}"),
+            )),
+            None => Err(wrong_type(param, "an integer", v)),
+        },
+    }
+}
+
+/// `v` (the field `param`) as one of `allowed`; absent or null is `None`.
+pub fn check_one_of<'a>(
+    param: &str,
+    v: Option<&'a Value>,
+    allowed: &[&str],
+) -> Result<Option<&'a str>, ApiError> {
+    match check_str(param, v)? {
+        None => Ok(None),
+        Some(s) if allowed.contains(&s) => Ok(Some(s)),
+        Some(s) => Err(bad(
+            param,
+            format!("must be one of {}, got \"{s}\"", quoted(allowed)),
+        )),
+    }
+}
+
+/// `"a", "b" or "c"`.
+fn quoted(names: &[&str]) -> String {
+    let q: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    match q.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => q.concat(),
+    }
+}
+
+/// `v` (the field `param`) as an array of strings; absent or null is `None`.
+pub fn check_str_list<'a>(
+    param: &str,
+    v: Option<&'a Value>,
+) -> Result<Option<Vec<&'a str>>, ApiError> {
+    let list = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(a)) => a,
+        Some(v) => return Err(wrong_type(param, "an array of strings", v)),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| match s {
+            Value::String(s) => Ok(s.as_str()),
+            v => Err(wrong_type(&format!("{param}[{i}]"), "a string", v)),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// `metadata` as OpenAI takes it: an object whose values are strings.
+pub fn check_metadata(param: &str, v: Option<&Value>) -> Result<(), ApiError> {
+    if let Some(map) = check_object(param, v)? {
+        for (k, v) in map {
+            check_str(&format!("{param}.{k}"), Some(v))?
+                .ok_or_else(|| bad(&format!("{param}.{k}"), "expected a string, got null"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A structured-output format: `{"type": "text" | "json_object" | "json_schema", …}`. The
+/// JSON schema's `name` and `schema` sit in a nested `json_schema` object (`nested`, chat's
+/// `response_format`) or in the format object itself (Responses' `text.format`).
+pub fn check_format(param: &str, v: Option<&Value>, nested: bool) -> Result<(), ApiError> {
+    let Some(format) = check_object(param, v)? else {
+        return Ok(());
+    };
+    let kind = req_str(format, "type", param)?;
+    match kind {
+        "text" | "json_object" => Ok(()),
+        "json_schema" => {
+            let (spec, at) = if nested {
+                let at = join(param, "json_schema");
+                match check_object(&at, format.get("json_schema"))? {
+                    Some(o) => (o, at),
+                    None => return Err(bad(&at, "is required")),
+                }
+            } else {
+                (format, param.to_string())
+            };
+            req_str(spec, "name", &at)?;
+            check_object(&join(&at, "schema"), spec.get("schema"))?;
+            check_bool(&join(&at, "strict"), spec.get("strict"))?;
+            Ok(())
+        }
+        other => Err(bad(
+            &join(param, "type"),
+            format!("must be \"text\", \"json_object\" or \"json_schema\", got \"{other}\""),
+        )),
+    }
+}
+
 /// `at.key`, or `key` at the root.
 fn join(at: &str, key: &str) -> String {
     if at.is_empty() {
@@ -167,6 +307,113 @@ pub fn result_text(texts: &[&str], images: usize, from: &str) -> String {
     text
 }
 
+/// Where the messages and parts of a converted request came from in the client's body: the
+/// converted `messages[2].content[1]` is the client's `input[3].content[1]`. Checks that run
+/// after the conversion (files, images, tool names, the message count) name the client's
+/// field through [`Origin::error`]. The chat surface's own request is not converted:
+/// [`Origin::default`] leaves every error as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The client's name of the message list (`messages`, `input`); empty: the chat surface.
+    list: &'static str,
+    messages: Vec<MessageOrigin>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MessageOrigin {
+    /// The client's path of the item the message came from.
+    at: String,
+    /// The client's path of each part of the message's content.
+    parts: Vec<String>,
+}
+
+impl Origin {
+    /// The origin of messages converted from the client's list named `list`.
+    pub fn of(list: &'static str) -> Origin {
+        Origin {
+            list,
+            messages: Vec::new(),
+        }
+    }
+
+    /// The client's path for `param`, a path of the converted request.
+    pub fn path(&self, param: &str) -> String {
+        if self.list.is_empty() {
+            return param.to_string();
+        }
+        // Tools are flat objects on both converted surfaces (`tools[0].name`).
+        if param.starts_with("tools[") || param.starts_with("tool_choice") {
+            return param.replacen(".function.", ".", 1);
+        }
+        let Some(rest) = param.strip_prefix("messages") else {
+            return param.to_string();
+        };
+        let Some((i, rest)) = index(rest) else {
+            return format!("{}{rest}", self.list);
+        };
+        let Some(m) = self.messages.get(i) else {
+            return self.list.to_string();
+        };
+        match rest.strip_prefix(".content").and_then(index) {
+            Some((j, rest)) => match m.parts.get(j) {
+                Some(p) => format!("{p}{rest}"),
+                None => m.at.clone(),
+            },
+            None => m.at.clone(),
+        }
+    }
+
+    /// `e` naming the client's field: `param` mapped by [`Origin::path`] and, on the
+    /// converted surfaces, the message starting with it as every other 400 there does
+    /// (Anthropic errors carry no `param`).
+    pub fn error(&self, mut e: ApiError) -> ApiError {
+        if self.list.is_empty() {
+            return e;
+        }
+        if let Some(p) = e.param.take() {
+            let path = self.path(&p);
+            if !e.message.starts_with(&format!("{path}:")) {
+                e.message = format!("{path}: {}", e.message);
+            }
+            e.param = Some(path);
+        }
+        e
+    }
+}
+
+/// `[3]…` → (3, `…`).
+fn index(s: &str) -> Option<(usize, &str)> {
+    let s = s.strip_prefix('[')?;
+    let end = s.find(']')?;
+    Some((s[..end].parse().ok()?, &s[end + 1..]))
+}
+
+/// The messages a conversion makes, each with where it came from ([`Origin`]).
+#[derive(Debug, Default)]
+pub struct Converted {
+    pub messages: Vec<Message>,
+    pub origin: Origin,
+}
+
+impl Converted {
+    /// An empty conversion of the client's list named `list`.
+    pub fn of(list: &'static str) -> Converted {
+        Converted {
+            messages: Vec::new(),
+            origin: Origin::of(list),
+        }
+    }
+
+    /// Add `m`, made from the client's item at `at`, whose parts come from `parts`.
+    pub fn push(&mut self, m: Message, at: impl Into<String>, parts: Vec<String>) {
+        self.messages.push(m);
+        self.origin.messages.push(MessageOrigin {
+            at: at.into(),
+            parts,
+        });
+    }
+}
+
 /// A message with no name, tool calls or tool-call id.
 pub fn message(role: Role, content: Content) -> Message {
     Message {
@@ -176,6 +423,7 @@ pub fn message(role: Role, content: Content) -> Message {
         tool_calls: Vec::new(),
         tool_call_id: None,
         reasoning_content: None,
+        function_call: None,
     }
 }
 

@@ -1,12 +1,14 @@
 //! Downstream wire types: the OpenAI chat request we accept and the error body we return.
 //!
-//! Parsing is strict about the fields we use (a wrong type is a 400 that names the field,
-//! as `param`) and lenient about the rest: unknown fields that OpenAI clients send are
-//! ignored.
+//! Parsing is strict about the fields we use, and about the fields OpenAI defines that we
+//! only check (`user`, `metadata`, `response_format`, …): a wrong type or value is a 400
+//! that names the field, as `param`. Fields OpenAI does not define are ignored.
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
+
+use crate::fields;
 
 /// An error as the client sees it: `{"error":{"message","type","param","code"}}` + status.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,8 +77,8 @@ pub fn expect_object(body: &[u8]) -> Result<(), ApiError> {
     }
 }
 
-/// `POST /v1/chat/completions` body (the fields we act on).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// `POST /v1/chat/completions` body (the fields we act on, and those we only check).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
@@ -111,6 +113,33 @@ pub struct ChatRequest {
     /// upstream's three levels.
     #[serde(default, deserialize_with = "client_effort")]
     pub reasoning_effort: Option<Effort>,
+    // OpenAI's fields that are only checked ([`ChatRequest::validate`]): the upstream takes
+    // none of them, but a client that sends a wrong one gets the 400 OpenAI would give,
+    // not an answer that ignored it. Absent and `null` are `None`.
+    #[serde(default)]
+    pub user: Option<Value>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    pub response_format: Option<Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<Value>,
+    #[serde(default)]
+    pub logprobs: Option<Value>,
+    #[serde(default)]
+    pub top_logprobs: Option<Value>,
+    #[serde(default)]
+    pub logit_bias: Option<Value>,
+    #[serde(default)]
+    pub store: Option<Value>,
+    #[serde(default)]
+    pub service_tier: Option<Value>,
+    #[serde(default)]
+    pub prompt_cache_key: Option<Value>,
+    #[serde(default)]
+    pub safety_identifier: Option<Value>,
+    #[serde(default)]
+    pub modalities: Option<Value>,
 }
 
 /// How hard the model reasons: the upstream's `chat_template_kwargs.reasoning_effort`
@@ -210,6 +239,10 @@ pub struct Message {
     /// back upstream as the message's thinking field.
     #[serde(default, alias = "reasoning")]
     pub reasoning_content: Option<String>,
+    /// The deprecated `function_call` of an assistant message: read only because such a
+    /// message, like one with `tool_calls`, needs no content.
+    #[serde(default)]
+    pub function_call: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -461,7 +494,26 @@ impl ChatRequest {
                     "a tool message needs `tool_call_id`".to_string(),
                 );
             }
+            // As OpenAI: content is required, except on an assistant message that calls
+            // tools (or a function) and on a deprecated `function` message.
+            let calls = !m.tool_calls.is_empty() || m.function_call.is_some();
+            let optional = match m.role {
+                Role::Assistant => calls,
+                Role::Function => true,
+                _ => false,
+            };
+            if m.content == Content::None && !optional {
+                let role = format!("{:?}", m.role).to_lowercase();
+                let param = format!("messages[{i}].content");
+                let why = if m.role == Role::Assistant {
+                    "is required for an assistant message without `tool_calls`".to_string()
+                } else {
+                    format!("is required for a {role} message")
+                };
+                return Err(fields::bad(&param, why));
+            }
         }
+        self.check_openai_fields()?;
         let range = |param: &str, v: Option<f64>, lo: f64, hi: f64| match v {
             Some(x) if !(lo..=hi).contains(&x) => Err(ApiError::invalid(
                 format!("{param} must be between {lo} and {hi}, got {x}"),
@@ -478,6 +530,44 @@ impl ChatRequest {
         }
         if self.n.unwrap_or(1) != 1 {
             return bad("n", "only n = 1 is supported".to_string());
+        }
+        Ok(())
+    }
+
+    /// The fields OpenAI defines that only need their shape checked, and `tool_choice`
+    /// (checked again against the tools by the tool emulation).
+    fn check_openai_fields(&self) -> Result<(), ApiError> {
+        fields::check_str("user", self.user.as_ref())?;
+        fields::check_metadata("metadata", self.metadata.as_ref())?;
+        fields::check_format("response_format", self.response_format.as_ref(), true)?;
+        fields::check_bool("parallel_tool_calls", self.parallel_tool_calls.as_ref())?;
+        fields::check_bool("logprobs", self.logprobs.as_ref())?;
+        fields::check_int_in("top_logprobs", self.top_logprobs.as_ref(), 0, 20)?;
+        if let Some(bias) = fields::check_object("logit_bias", self.logit_bias.as_ref())? {
+            for (token, v) in bias {
+                if !v.is_number() {
+                    return Err(fields::wrong_type(
+                        &format!("logit_bias.{token}"),
+                        "a number",
+                        v,
+                    ));
+                }
+            }
+        }
+        fields::check_bool("store", self.store.as_ref())?;
+        fields::check_str("service_tier", self.service_tier.as_ref())?;
+        fields::check_str("prompt_cache_key", self.prompt_cache_key.as_ref())?;
+        fields::check_str("safety_identifier", self.safety_identifier.as_ref())?;
+        fields::check_str_list("modalities", self.modalities.as_ref())?;
+        let choice = crate::transform::tools::parse_tool_choice(self.tool_choice.as_ref())
+            .map_err(|(param, message)| fields::bad(&param, message))?;
+        if let crate::transform::tools::ToolChoice::Function(name) = choice {
+            if self.tools.as_ref().is_none_or(|t| t.is_empty()) {
+                return Err(fields::bad(
+                    "tool_choice.function.name",
+                    format!("no tool named '{name}' in tools (the request has no tools)"),
+                ));
+            }
         }
         Ok(())
     }
@@ -499,6 +589,7 @@ fn strip_position(msg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn err(body: &str) -> ApiError {
         ChatRequest::parse(body.as_bytes()).unwrap_err()
@@ -551,6 +642,173 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("n"));
         let e = err(r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#);
         assert_eq!(e.param.as_deref(), Some("messages[0].tool_call_id"));
+    }
+
+    #[test]
+    fn lax_fields_and_empty_messages_are_refused_naming_the_field() {
+        // Issue 16: each of these used to get a 200.
+        let user = json!([{"role": "user", "content": "x"}]);
+        let with = |extra: Value| {
+            let mut body = json!({"model": "m", "messages": user});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            body
+        };
+        let messages = |m: Value| json!({"model": "m", "messages": m});
+        let cases: Vec<(Value, &str)> = vec![
+            (with(json!({"tool_choice": 7})), "tool_choice"),
+            (with(json!({"tool_choice": "sometimes"})), "tool_choice"),
+            (
+                with(json!({"tool_choice": {"type": "function"}})),
+                "tool_choice.function.name",
+            ),
+            (
+                with(json!({"tool_choice": {"type": "allowed_tools", "allowed_tools": {}}})),
+                "tool_choice.type",
+            ),
+            (
+                with(json!({"tool_choice": {"type": "function", "function": {"name": "f"}}})),
+                "tool_choice.function.name",
+            ),
+            (with(json!({"response_format": 3})), "response_format"),
+            (with(json!({"response_format": {}})), "response_format.type"),
+            (
+                with(json!({"response_format": {"type": "xml"}})),
+                "response_format.type",
+            ),
+            (
+                with(json!({"response_format": {"type": "json_schema"}})),
+                "response_format.json_schema",
+            ),
+            (
+                with(
+                    json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}),
+                ),
+                "response_format.json_schema.name",
+            ),
+            (
+                with(
+                    json!({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": 1}}}),
+                ),
+                "response_format.json_schema.schema",
+            ),
+            (with(json!({"user": {}})), "user"),
+            (with(json!({"user": 5})), "user"),
+            (with(json!({"metadata": 5})), "metadata"),
+            (with(json!({"metadata": {"run": 1}})), "metadata.run"),
+            (
+                with(json!({"parallel_tool_calls": "yes"})),
+                "parallel_tool_calls",
+            ),
+            (with(json!({"logprobs": 1})), "logprobs"),
+            (with(json!({"top_logprobs": 50})), "top_logprobs"),
+            (with(json!({"top_logprobs": "2"})), "top_logprobs"),
+            (with(json!({"logit_bias": []})), "logit_bias"),
+            (
+                with(json!({"logit_bias": {"50256": "ban"}})),
+                "logit_bias.50256",
+            ),
+            (with(json!({"store": "no"})), "store"),
+            (with(json!({"service_tier": 1})), "service_tier"),
+            (with(json!({"prompt_cache_key": 1})), "prompt_cache_key"),
+            (with(json!({"safety_identifier": []})), "safety_identifier"),
+            (with(json!({"modalities": "text"})), "modalities"),
+            (with(json!({"modalities": [1]})), "modalities[0]"),
+            (messages(json!([{"role": "user"}])), "messages[0].content"),
+            (
+                messages(json!([{"role": "user", "content": null}])),
+                "messages[0].content",
+            ),
+            (
+                messages(json!([{"role": "system"}, {"role": "user", "content": "x"}])),
+                "messages[0].content",
+            ),
+            (
+                messages(json!([{"role": "developer", "content": null}])),
+                "messages[0].content",
+            ),
+            (
+                messages(json!([{"role": "user", "content": "x"}, {"role": "assistant"}])),
+                "messages[1].content",
+            ),
+            (
+                messages(
+                    json!([{"role": "user", "content": "x"}, {"role": "assistant", "content": null, "tool_calls": []}]),
+                ),
+                "messages[1].content",
+            ),
+            (
+                messages(json!([{"role": "tool", "tool_call_id": "c"}])),
+                "messages[0].content",
+            ),
+        ];
+        for (body, param) in cases {
+            let e = err(&body.to_string());
+            assert_eq!(e.status, 400, "{body}");
+            assert_eq!(e.kind, "invalid_request_error", "{body}");
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+            assert!(e.message.starts_with(param), "{body}: {}", e.message);
+            let v: Value = serde_json::from_slice(&e.body()).unwrap();
+            assert_eq!(v["error"]["param"], param);
+            assert_eq!(v["error"]["type"], "invalid_request_error");
+        }
+    }
+
+    #[test]
+    fn what_openai_clients_send_is_accepted() {
+        // The OpenAI SDK's shapes of every checked field, and the message forms that carry
+        // no content: an assistant turn with tool calls (null or absent content) or a
+        // deprecated function call, a deprecated function result.
+        let r = ChatRequest::parse(
+            json!({
+                "model": "m", "user": "u-1", "metadata": {"run": "7"},
+                "response_format": {"type": "json_schema", "json_schema": {
+                    "name": "answer", "strict": true, "schema": {"type": "object"}}},
+                "tool_choice": "auto", "parallel_tool_calls": false, "logprobs": false,
+                "top_logprobs": 0, "logit_bias": {"50256": -100}, "store": false,
+                "service_tier": "auto", "prompt_cache_key": "k", "safety_identifier": "s",
+                "modalities": ["text"], "seed": 1,
+                "messages": [
+                    {"role": "developer", "content": "be brief"},
+                    {"role": "user", "content": "weather?"},
+                    {"role": "assistant", "content": null, "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
+                    {"role": "tool", "tool_call_id": "c1", "content": "sun"},
+                    {"role": "assistant", "tool_calls": [
+                        {"id": "c2", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
+                    {"role": "tool", "tool_call_id": "c2", "content": ""},
+                    {"role": "assistant", "content": null, "function_call": {"name": "w", "arguments": "{}"}},
+                    {"role": "function", "name": "w", "content": null},
+                    {"role": "assistant", "content": ""},
+                    {"role": "user", "content": [{"type": "text", "text": "and now?"}]}
+                ]
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .expect("an OpenAI SDK body");
+        assert_eq!(r.messages.len(), 10);
+        for extra in [
+            json!({"tool_choice": "none"}),
+            json!({"tool_choice": "required"}),
+            json!({"tool_choice": null, "user": null, "metadata": null}),
+            json!({"response_format": {"type": "text"}}),
+            json!({"response_format": {"type": "json_object"}}),
+        ] {
+            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            assert!(
+                ChatRequest::parse(body.to_string().as_bytes()).is_ok(),
+                "{body}"
+            );
+        }
+        let forced = json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "function", "function": {"name": "w"}}],
+            "tool_choice": {"type": "function", "function": {"name": "w"}}});
+        assert!(ChatRequest::parse(forced.to_string().as_bytes()).is_ok());
     }
 
     #[test]

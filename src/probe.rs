@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::k2think::error_detail;
 use crate::sse::SseDecoder;
 use crate::transform::complete::Completion;
-use crate::transform::stream::{error_message, UpstreamFormat};
+use crate::transform::stream::{error_message, ContentDelivery, UpstreamFormat};
 
 /// The history every chat check sends: two turns, so a rule about earlier assistant
 /// messages (the thinking field, §0.5 #3) is exercised.
@@ -36,7 +36,7 @@ const KEEP_LIMIT: usize = 1 << 20;
 /// The warning for an answer that is not what the upstream's text holds.
 const MISMATCH: &str = "the decoded answer differs from the answer in the upstream's final text";
 /// Shared prefix (bytes) that makes a `content` value that does not extend the text a
-/// cumulative rewrite (as the decoder rules it).
+/// cumulative rewrite (as the decoder's `auto` reading rules it).
 const REWRITE_PREFIX: usize = 8;
 
 /// An OpenAI chat request body with [`HISTORY`], for `model` (a public id).
@@ -293,11 +293,10 @@ impl Check {
                 a.markup.map_or("no text", Markup::as_str),
                 a.end.label(a.delivery),
                 one_line(&a.answer_head),
-                if a.answer_matches_text == Some(false) {
-                    format!(" · warning: {MISMATCH}")
-                } else {
-                    String::new()
-                }
+                a.warnings()
+                    .iter()
+                    .map(|w| format!(" · warning: {w}"))
+                    .collect::<String>()
             ),
             Observed::Nothing => String::new(),
         }
@@ -372,8 +371,8 @@ impl Check {
                 if let Some(e) = &a.decoder_error {
                     out.push(("decoder", e.clone()));
                 }
-                if a.answer_matches_text == Some(false) {
-                    out.push(("warning", MISMATCH.to_string()));
+                for w in a.warnings() {
+                    out.push(("warning", w));
                 }
             }
             Observed::Models(m) => {
@@ -768,6 +767,8 @@ pub struct AnswerSeen {
     /// added on top of the cumulative text). `None` when not compared (no text, or no
     /// clean end). Reported, not judged.
     pub answer_matches_text: Option<bool>,
+    /// How the decoder read the `content` values (`upstream.content_delivery`).
+    pub content_delivery: ContentDelivery,
 }
 
 impl AnswerSeen {
@@ -776,6 +777,36 @@ impl AnswerSeen {
             UpstreamFormat::Sse => "sse",
             UpstreamFormat::Json => "json",
         }
+    }
+
+    /// A `content` stream that looks incremental read as cumulative, or the other way
+    /// round: the configured `upstream.content_delivery` does not fit this upstream.
+    /// Only a stream of `content` values without OpenAI deltas is judged.
+    pub fn delivery_mismatch(&self) -> Option<String> {
+        if self.events.iter().any(|(k, _)| *k == "delta") {
+            return None;
+        }
+        let seen = match (self.delivery, self.content_delivery) {
+            (Delivery::Incremental, ContentDelivery::Cumulative) => "incremental",
+            (Delivery::Cumulative, ContentDelivery::Incremental) => "cumulative",
+            _ => return None,
+        };
+        Some(format!(
+            "the content values look {seen}, but upstream.content_delivery is {}",
+            self.content_delivery.as_str()
+        ))
+    }
+
+    /// The warnings of this answer, for people.
+    fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(w) = self.delivery_mismatch() {
+            out.push(w);
+        }
+        if self.answer_matches_text == Some(false) {
+            out.push(MISMATCH.to_string());
+        }
+        out
     }
 
     /// The events as one line: `task_id content×12 done finish_chunk`.
@@ -823,12 +854,14 @@ impl AnswerSeen {
             "answer_chars": self.answer_chars,
             "answer_head": self.answer_head,
             "answer_matches_text": self.answer_matches_text,
+            "content_delivery": self.content_delivery.as_str(),
+            "delivery_mismatch": self.delivery_mismatch(),
         })
     }
 }
 
-/// The answer's raw text as the events build it (for its markup), under the decoder's
-/// cumulative/incremental rule.
+/// The answer's raw text as the events build it (for its markup), read as the decoder's
+/// `auto` reading guesses (what the upstream looks like, whatever the config says).
 #[derive(Debug, Default)]
 struct RawText {
     text: String,
@@ -902,6 +935,7 @@ enum Framing {
 pub struct AnswerObserver {
     content_type: String,
     implicit_think: bool,
+    delivery: ContentDelivery,
     framing: Framing,
     format: UpstreamFormat,
     completion: Option<Completion>,
@@ -925,12 +959,18 @@ pub struct AnswerObserver {
 }
 
 impl AnswerObserver {
-    /// An observer for one body with this (lower-case) content type; `implicit_think` as
-    /// `reasoning.implicit_think` sets it for requests.
-    pub fn new(content_type: &str, implicit_think: bool) -> AnswerObserver {
+    /// An observer for one body with this (lower-case) content type; `implicit_think` and
+    /// `delivery` as `reasoning.implicit_think` and `upstream.content_delivery` set them
+    /// for requests.
+    pub fn new(
+        content_type: &str,
+        implicit_think: bool,
+        delivery: ContentDelivery,
+    ) -> AnswerObserver {
         AnswerObserver {
             content_type: content_type.to_ascii_lowercase(),
             implicit_think,
+            delivery,
             framing: Framing::Undecided(Vec::new()),
             format: UpstreamFormat::Sse,
             completion: None,
@@ -989,7 +1029,8 @@ impl AnswerObserver {
             UpstreamFormat::Sse
         };
         self.framing = if json { Framing::Json } else { Framing::Sse };
-        self.completion = Some(Completion::new(self.format, self.implicit_think));
+        self.completion =
+            Some(Completion::new(self.format, self.implicit_think).with_delivery(self.delivery));
     }
 
     fn feed(&mut self, bytes: &[u8]) {
@@ -1260,6 +1301,7 @@ impl AnswerObserver {
             answer_chars,
             answer_head,
             answer_matches_text,
+            content_delivery: self.delivery,
         }
     }
 
@@ -1303,9 +1345,20 @@ mod tests {
         crate::mock::reply_for(PROMPT, d).1
     }
 
-    /// What an observer sees of `body` fed in `pieces`, ending with `end`.
+    /// What an observer sees of `body` fed in `pieces`, ending with `end`, with the
+    /// default `upstream.content_delivery` (cumulative).
     fn observe(content_type: &str, pieces: &[&[u8]], end: BodyEnd) -> AnswerSeen {
-        let mut o = AnswerObserver::new(content_type, true);
+        observe_as(ContentDelivery::default(), content_type, pieces, end)
+    }
+
+    /// [`observe`] with `upstream.content_delivery: delivery`.
+    fn observe_as(
+        delivery: ContentDelivery,
+        content_type: &str,
+        pieces: &[&[u8]],
+        end: BodyEnd,
+    ) -> AnswerSeen {
+        let mut o = AnswerObserver::new(content_type, true, delivery);
         for p in pieces {
             o.push(p);
         }
@@ -1315,31 +1368,31 @@ mod tests {
     /// The observation of `body` is the same whole, byte by byte, and split at every
     /// byte (into two pieces), and at every pair of cuts for short bodies.
     fn observe_every_split(content_type: &str, body: &[u8], end: BodyEnd) -> AnswerSeen {
-        let whole = observe(content_type, &[body], end.clone());
+        observe_every_split_as(ContentDelivery::default(), content_type, body, end)
+    }
+
+    /// [`observe_every_split`] with `upstream.content_delivery: delivery`.
+    fn observe_every_split_as(
+        delivery: ContentDelivery,
+        content_type: &str,
+        body: &[u8],
+        end: BodyEnd,
+    ) -> AnswerSeen {
+        let observe =
+            |pieces: &[&[u8]], end: BodyEnd| observe_as(delivery, content_type, pieces, end);
+        let whole = observe(&[body], end.clone());
         let bytewise: Vec<&[u8]> = body.chunks(1).collect();
-        assert_eq!(
-            observe(content_type, &bytewise, end.clone()),
-            whole,
-            "byte by byte"
-        );
+        assert_eq!(observe(&bytewise, end.clone()), whole, "byte by byte");
         for i in 0..=body.len() {
             let (a, b) = body.split_at(i);
-            assert_eq!(
-                observe(content_type, &[a, b], end.clone()),
-                whole,
-                "split at {i}"
-            );
+            assert_eq!(observe(&[a, b], end.clone()), whole, "split at {i}");
         }
         if body.len() <= 400 {
             for i in 0..body.len() {
                 for j in i..body.len() {
                     let (a, rest) = body.split_at(i);
                     let (b, c) = rest.split_at(j - i);
-                    assert_eq!(
-                        observe(content_type, &[a, b, c], end.clone()),
-                        whole,
-                        "split at {i},{j}"
-                    );
+                    assert_eq!(observe(&[a, b, c], end.clone()), whole, "split at {i},{j}");
                 }
             }
         }
@@ -1389,7 +1442,14 @@ mod tests {
                 ..Directives::default()
             };
             let body = mock_stream(&d);
-            let seen = observe_every_split(SSE, &body, BodyEnd::Eof);
+            // `upstream.content_delivery` as the upstream sends (deltas: either).
+            let configured = match delivery {
+                MockDelivery::Incremental => ContentDelivery::Incremental,
+                _ => ContentDelivery::Cumulative,
+            };
+            let seen = observe_every_split_as(configured, SSE, &body, BodyEnd::Eof);
+            assert_eq!(seen.content_delivery, configured);
+            assert_eq!(seen.delivery_mismatch(), None, "{delivery:?}");
             let want = match delivery {
                 MockDelivery::Cumulative => Delivery::Cumulative,
                 MockDelivery::Incremental => Delivery::Incremental,
@@ -1415,6 +1475,73 @@ mod tests {
             assert_eq!(seen.finish_after_done, None);
             assert_eq!(seen.answer_head, mock_answer(&d), "{delivery:?}");
             assert_eq!(seen.answer_matches_text, Some(true), "{delivery:?}");
+        }
+    }
+
+    #[test]
+    fn a_content_delivery_that_does_not_fit_the_upstream_is_a_warning() {
+        // No `done` event repeating the whole text at the end, which would mend a
+        // misread non-stream answer.
+        let body_of = |delivery| {
+            mock_stream(&Directives {
+                delivery,
+                chunk: 24,
+                end: MockEnd::Marker,
+                ..Directives::default()
+            })
+        };
+        let answer = mock_answer(&Directives::default());
+        // Incremental pieces read as cumulative: each piece rewrites the text.
+        let seen = observe_as(
+            ContentDelivery::Cumulative,
+            SSE,
+            &[&body_of(MockDelivery::Incremental)],
+            BodyEnd::Eof,
+        );
+        assert_eq!(seen.delivery, Delivery::Incremental);
+        assert_eq!(
+            seen.delivery_mismatch().as_deref(),
+            Some(
+                "the content values look incremental, but upstream.content_delivery is cumulative"
+            )
+        );
+        assert_eq!(seen.warnings().len(), 2, "{:?}", seen.warnings());
+        assert_eq!(seen.to_json()["content_delivery"], "cumulative");
+        assert!(seen.to_json()["delivery_mismatch"].is_string());
+        // Cumulative values read as pieces: the text repeats.
+        let seen = observe_as(
+            ContentDelivery::Incremental,
+            SSE,
+            &[&body_of(MockDelivery::Cumulative)],
+            BodyEnd::Eof,
+        );
+        assert_eq!(
+            seen.delivery_mismatch().as_deref(),
+            Some(
+                "the content values look cumulative, but upstream.content_delivery is incremental"
+            )
+        );
+        assert_ne!(seen.answer_head, answer);
+        // `auto` guesses either, and OpenAI deltas are never judged.
+        for delivery in MockDelivery::ALL {
+            let seen = observe_as(
+                ContentDelivery::Auto,
+                SSE,
+                &[&body_of(delivery)],
+                BodyEnd::Eof,
+            );
+            assert_eq!(seen.delivery_mismatch(), None, "{delivery:?}");
+            assert_eq!(seen.answer_head, answer, "{delivery:?}");
+            assert!(seen.warnings().is_empty(), "{delivery:?}");
+        }
+        for configured in [ContentDelivery::Cumulative, ContentDelivery::Incremental] {
+            let seen = observe_as(
+                configured,
+                SSE,
+                &[&body_of(MockDelivery::Delta)],
+                BodyEnd::Eof,
+            );
+            assert_eq!(seen.delivery_mismatch(), None, "{configured:?}");
         }
     }
 

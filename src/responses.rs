@@ -22,7 +22,7 @@
 
 use serde_json::{json, Value};
 
-use crate::fields::{self, bad, message, opt_str, req_str, wrong_type, Obj};
+use crate::fields::{self, bad, message, opt_str, req_str, wrong_type, Converted, Obj, Origin};
 use crate::openai::{ApiError, ChatRequest, Content, Effort, FunctionCall, Message, Part, Role};
 use crate::transform::chunk::{write_json_str, write_u64};
 use crate::transform::complete::CompletionResult;
@@ -41,6 +41,8 @@ use crate::transform::tools::ToolCall;
 pub struct Request {
     pub chat: ChatRequest,
     pub echo: Obj,
+    /// For checks after the conversion: their errors name `input[…]`, not `messages[…]`.
+    pub origin: Origin,
 }
 
 /// A Responses request body → the shared chat request. Errors are 400s whose `param` names
@@ -74,13 +76,22 @@ pub fn parse_request(body: &[u8]) -> Result<Request, ApiError> {
     let top_p = fields::number_in(&root, "top_p", 0.0, 1.0)?;
     let max_output_tokens = fields::positive(&root, "max_output_tokens")?;
     let instructions = opt_str(&root, "instructions", "")?;
+    check_fields(&root)?;
 
-    let mut messages = Vec::new();
+    let mut messages = Converted::of("input");
     if let Some(text) = instructions.filter(|t| !t.is_empty()) {
-        messages.push(message(Role::System, Content::Text(text.to_string())));
+        messages.push(
+            message(Role::System, Content::Text(text.to_string())),
+            "instructions",
+            Vec::new(),
+        );
     }
     match root.get("input") {
-        Some(Value::String(s)) => messages.push(message(Role::User, Content::Text(s.clone()))),
+        Some(Value::String(s)) => messages.push(
+            message(Role::User, Content::Text(s.clone())),
+            "input",
+            Vec::new(),
+        ),
         Some(Value::Array(items)) if !items.is_empty() => convert_items(items, &mut messages)?,
         Some(Value::Array(_)) => return Err(bad("input", "must contain at least one item")),
         None | Some(Value::Null) => return Err(bad("input", "is required")),
@@ -92,7 +103,7 @@ pub fn parse_request(body: &[u8]) -> Result<Request, ApiError> {
             ))
         }
     }
-    if messages.iter().all(|m| m.role == Role::System) {
+    if messages.messages.iter().all(|m| m.role == Role::System) {
         return Err(bad(
             "input",
             "has no message, function call or function call output",
@@ -134,23 +145,54 @@ pub fn parse_request(body: &[u8]) -> Result<Request, ApiError> {
 
     let chat = ChatRequest {
         model,
-        messages,
+        messages: messages.messages,
         stream,
-        stream_options: None,
         temperature,
         top_p,
         max_tokens: max_output_tokens,
-        max_completion_tokens: None,
-        stop: None,
-        presence_penalty: None,
-        frequency_penalty: None,
-        seed: None,
-        n: None,
         tools,
         tool_choice,
         reasoning_effort,
+        ..ChatRequest::default()
     };
-    Ok(Request { chat, echo })
+    Ok(Request {
+        chat,
+        echo,
+        origin: messages.origin,
+    })
+}
+
+/// The fields OpenAI defines that are only checked here (the upstream takes none of them;
+/// several are echoed in the `response`), as OpenAI types them. Codex CLI sends `include`,
+/// `store`, `prompt_cache_key`, `reasoning: {effort, summary}`, `text: {verbosity,
+/// format}` and `parallel_tool_calls`.
+fn check_fields(root: &Obj) -> Result<(), ApiError> {
+    fields::check_metadata("metadata", root.get("metadata"))?;
+    fields::check_str("user", root.get("user"))?;
+    fields::check_str_list("include", root.get("include"))?;
+    fields::check_bool("store", root.get("store"))?;
+    fields::check_str("prompt_cache_key", root.get("prompt_cache_key"))?;
+    fields::check_str("safety_identifier", root.get("safety_identifier"))?;
+    fields::check_str("service_tier", root.get("service_tier"))?;
+    fields::check_one_of("truncation", root.get("truncation"), &["auto", "disabled"])?;
+    fields::check_int_in("max_tool_calls", root.get("max_tool_calls"), 1, i64::MAX)?;
+    fields::check_int_in("top_logprobs", root.get("top_logprobs"), 0, 20)?;
+    if let Some(reasoning) = fields::check_object("reasoning", root.get("reasoning"))? {
+        const SUMMARIES: &[&str] = &["auto", "concise", "detailed", "none"];
+        for key in ["summary", "generate_summary"] {
+            let at = format!("reasoning.{key}");
+            fields::check_one_of(&at, reasoning.get(key), SUMMARIES)?;
+        }
+    }
+    if let Some(text) = fields::check_object("text", root.get("text"))? {
+        fields::check_one_of(
+            "text.verbosity",
+            text.get("verbosity"),
+            &["low", "medium", "high"],
+        )?;
+        fields::check_format("text.format", text.get("format"), false)?;
+    }
+    Ok(())
 }
 
 /// `reasoning.effort` (`none`, `minimal`, `low`, `medium`, `high`, `xhigh`).
@@ -199,8 +241,9 @@ fn reasoning_text(obj: &Obj, at: &str) -> Result<Option<String>, ApiError> {
 /// `input` items → chat messages. Consecutive `function_call` items (and the assistant
 /// message before them) become one assistant message; images from function call outputs
 /// go into a user message after the run of outputs.
-fn convert_items(items: &[Value], out: &mut Vec<Message>) -> Result<(), ApiError> {
-    let mut carried: Vec<Part> = Vec::new();
+fn convert_items(items: &[Value], out: &mut Converted) -> Result<(), ApiError> {
+    // Images from function call outputs, each with the client's path of its part.
+    let mut carried: Vec<(Part, String)> = Vec::new();
     // A `reasoning` item's text, for the assistant message the next items make.
     let mut reasoning: Option<String> = None;
     for (i, item) in items.iter().enumerate() {
@@ -214,18 +257,15 @@ fn convert_items(items: &[Value], out: &mut Vec<Message>) -> Result<(), ApiError
             None => return Err(bad(&format!("{at}.type"), "is required")),
         };
         if kind != "function_call_output" && !carried.is_empty() {
-            out.push(message(
-                Role::User,
-                Content::Parts(std::mem::take(&mut carried)),
-            ));
+            push_carried(std::mem::take(&mut carried), out);
         }
         match kind {
             "message" => {
-                let mut m = input_message(obj, &at)?;
+                let (mut m, parts) = input_message(obj, &at)?;
                 if m.role == Role::Assistant {
                     m.reasoning_content = reasoning.take();
                 }
-                out.push(m);
+                out.push(m, at, parts);
             }
             "function_call" => {
                 let call = crate::openai::ToolCall {
@@ -247,18 +287,24 @@ fn convert_items(items: &[Value], out: &mut Vec<Message>) -> Result<(), ApiError
                         },
                     },
                 };
-                match out.last_mut() {
+                match out.messages.last_mut() {
                     Some(m) if m.role == Role::Assistant && reasoning.is_none() => {
                         m.tool_calls.push(call)
                     }
-                    _ => out.push(Message {
-                        tool_calls: vec![call],
-                        reasoning_content: reasoning.take(),
-                        ..message(Role::Assistant, Content::None)
-                    }),
+                    _ => {
+                        let m = Message {
+                            tool_calls: vec![call],
+                            reasoning_content: reasoning.take(),
+                            ..message(Role::Assistant, Content::None)
+                        };
+                        out.push(m, at, Vec::new());
+                    }
                 }
             }
-            "function_call_output" => out.push(call_output(obj, &at, &mut carried)?),
+            "function_call_output" => {
+                let m = call_output(obj, &at, &mut carried)?;
+                out.push(m, at, Vec::new());
+            }
             // Earlier reasoning goes back upstream as the thinking field of the assistant
             // message that follows it.
             "reasoning" => {
@@ -286,13 +332,20 @@ fn convert_items(items: &[Value], out: &mut Vec<Message>) -> Result<(), ApiError
         }
     }
     if !carried.is_empty() {
-        out.push(message(Role::User, Content::Parts(carried)));
+        push_carried(carried, out);
     }
     Ok(())
 }
 
-/// A `message` item (`role` + a string or content parts).
-fn input_message(obj: &Obj, at: &str) -> Result<Message, ApiError> {
+/// The user message that carries the images of function call outputs.
+fn push_carried(carried: Vec<(Part, String)>, out: &mut Converted) {
+    let at = carried.first().map(|(_, p)| p.clone()).unwrap_or_default();
+    let (parts, paths): (Vec<Part>, Vec<String>) = carried.into_iter().unzip();
+    out.push(message(Role::User, Content::Parts(parts)), at, paths);
+}
+
+/// A `message` item (`role` + a string or content parts), and the path of each part.
+fn input_message(obj: &Obj, at: &str) -> Result<(Message, Vec<String>), ApiError> {
     let role = match req_str(obj, "role", at)? {
         "user" => Role::User,
         "assistant" => Role::Assistant,
@@ -309,12 +362,13 @@ fn input_message(obj: &Obj, at: &str) -> Result<Message, ApiError> {
     };
     let cat = format!("{at}.content");
     let parts = match obj.get("content") {
-        Some(Value::String(s)) => return Ok(message(role, Content::Text(s.clone()))),
+        Some(Value::String(s)) => return Ok((message(role, Content::Text(s.clone())), Vec::new())),
         Some(Value::Array(a)) => a,
         None | Some(Value::Null) => return Err(bad(&cat, "is required")),
         Some(v) => return Err(wrong_type(&cat, "a string or an array of content parts", v)),
     };
     let mut out = Vec::with_capacity(parts.len());
+    let mut paths = Vec::with_capacity(parts.len());
     for (j, p) in parts.iter().enumerate() {
         let pat = format!("{cat}[{j}]");
         let (pobj, kind) = part_of(p, &pat)?;
@@ -342,13 +396,14 @@ fn input_message(obj: &Obj, at: &str) -> Result<Message, ApiError> {
             _ => return Err(unsupported_part(&pat, kind, "input_text")),
         };
         out.push(part);
+        paths.push(pat);
     }
     let content = if out.iter().all(|p| matches!(p, Part::Text(_))) {
         Content::Text(Content::Parts(out).text())
     } else {
         Content::Parts(out)
     };
-    Ok(message(role, content))
+    Ok((message(role, content), paths))
 }
 
 fn part_of<'a>(v: &'a Value, at: &str) -> Result<(&'a Obj, &'a str), ApiError> {
@@ -397,7 +452,11 @@ fn file_part(obj: &Obj, at: &str) -> Result<Part, ApiError> {
 }
 
 /// A `function_call_output` item → a `tool` message (text); its images go to `carried`.
-fn call_output(obj: &Obj, at: &str, carried: &mut Vec<Part>) -> Result<Message, ApiError> {
+fn call_output(
+    obj: &Obj,
+    at: &str,
+    carried: &mut Vec<(Part, String)>,
+) -> Result<Message, ApiError> {
     let id = req_str(obj, "call_id", at)?;
     let oat = format!("{at}.output");
     let text = match obj.get("output") {
@@ -411,7 +470,7 @@ fn call_output(obj: &Obj, at: &str, carried: &mut Vec<Part>) -> Result<Message, 
                 match kind {
                     "input_text" => texts.push(req_str(pobj, "text", &pat)?),
                     "input_image" => {
-                        carried.push(image_part(pobj, &pat)?);
+                        carried.push((image_part(pobj, &pat)?, pat));
                         images += 1;
                     }
                     other => return Err(unsupported_part(&pat, other, "input_text, input_image")),
@@ -1256,6 +1315,145 @@ mod tests {
         }
         assert_eq!(parse_request(b"").unwrap_err().status, 400);
         assert_eq!(parse_request(b"[]").unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn lax_fields_are_refused_naming_the_field() {
+        // Issue 16: `metadata: 5` got a 200 (and was echoed back).
+        let with = |extra: Value| {
+            let mut body = json!({"model": "m", "input": "x"});
+            for (k, v) in extra.as_object().expect("object") {
+                body[k] = v.clone();
+            }
+            body
+        };
+        let cases: Vec<(Value, &str)> = vec![
+            (with(json!({"metadata": 5})), "metadata"),
+            (with(json!({"metadata": {"run": 1}})), "metadata.run"),
+            (with(json!({"metadata": {"run": null}})), "metadata.run"),
+            (with(json!({"user": {}})), "user"),
+            (
+                with(json!({"include": "reasoning.encrypted_content"})),
+                "include",
+            ),
+            (with(json!({"include": [1]})), "include[0]"),
+            (with(json!({"store": "no"})), "store"),
+            (with(json!({"prompt_cache_key": 1})), "prompt_cache_key"),
+            (with(json!({"safety_identifier": 1})), "safety_identifier"),
+            (with(json!({"service_tier": []})), "service_tier"),
+            (with(json!({"truncation": "sometimes"})), "truncation"),
+            (with(json!({"max_tool_calls": 0})), "max_tool_calls"),
+            (with(json!({"top_logprobs": 21})), "top_logprobs"),
+            (
+                with(json!({"parallel_tool_calls": "yes"})),
+                "parallel_tool_calls",
+            ),
+            (with(json!({"reasoning": 1})), "reasoning"),
+            (
+                with(json!({"reasoning": {"summary": "long"}})),
+                "reasoning.summary",
+            ),
+            (
+                with(json!({"reasoning": {"summary": 1}})),
+                "reasoning.summary",
+            ),
+            (
+                with(json!({"reasoning": {"generate_summary": "x"}})),
+                "reasoning.generate_summary",
+            ),
+            (with(json!({"text": 3})), "text"),
+            (
+                with(json!({"text": {"verbosity": "loud"}})),
+                "text.verbosity",
+            ),
+            (with(json!({"text": {"format": "json"}})), "text.format"),
+            (
+                with(json!({"text": {"format": {"type": "xml"}}})),
+                "text.format.type",
+            ),
+            (
+                with(json!({"text": {"format": {"type": "json_schema", "schema": {}}}})),
+                "text.format.name",
+            ),
+            (
+                with(
+                    json!({"text": {"format": {"type": "json_schema", "name": "n", "schema": []}}}),
+                ),
+                "text.format.schema",
+            ),
+        ];
+        for (body, param) in cases {
+            let e = err(body.clone());
+            assert_eq!(e.status, 400, "{body}");
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+            assert!(e.message.starts_with(param), "{}", e.message);
+            let v: Value = serde_json::from_slice(&e.body()).expect("json");
+            assert_eq!(v["error"]["type"], "invalid_request_error");
+            assert_eq!(v["error"]["param"], param);
+        }
+    }
+
+    #[test]
+    fn what_codex_sends_is_accepted() {
+        let r = parse(json!({
+            "model": "gpt-5-codex", "instructions": "You are Codex.", "stream": true,
+            "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "fix it"}]}],
+            "tools": [{"type": "function", "name": "shell", "description": "Run", "strict": false,
+                "parameters": {"type": "object", "properties": {"command": {"type": "array", "items": {"type": "string"}}}}}],
+            "tool_choice": "auto", "parallel_tool_calls": false,
+            "reasoning": {"effort": "medium", "summary": "auto"},
+            "store": false, "include": ["reasoning.encrypted_content"],
+            "prompt_cache_key": "0199-abc",
+            "text": {"verbosity": "low", "format": {"type": "json_schema", "name": "codex_output_schema",
+                "strict": true, "schema": {"type": "object"}}},
+        }));
+        assert_eq!(r.chat.reasoning_effort, Some(Effort::Medium));
+        for extra in [
+            json!({"reasoning": {"effort": "xhigh", "summary": "none"}}),
+            json!({"reasoning": {"effort": null, "summary": null}}),
+            json!({"text": {"format": {"type": "text"}}}),
+            json!({"metadata": {}, "user": "u", "service_tier": "auto", "truncation": "disabled"}),
+        ] {
+            let mut body = json!({"model": "m", "input": "x"});
+            for (k, v) in extra.as_object().expect("object") {
+                body[k] = v.clone();
+            }
+            parse(body);
+        }
+    }
+
+    #[test]
+    fn origin_names_the_input_item() {
+        let r = parse(json!({
+            "model": "m", "instructions": "be brief",
+            "input": [
+                {"role": "user", "content": [
+                    {"type": "input_text", "text": "look"},
+                    {"type": "input_image", "image_url": "https://x.test/a.png"}
+                ]},
+                {"type": "function_call", "call_id": "c", "name": "shot", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c", "output": [
+                    {"type": "input_image", "image_url": "https://x.test/s.png"}
+                ]},
+                {"role": "user", "content": "and?"}
+            ]
+        }));
+        let o = &r.origin;
+        // instructions, user, assistant call, tool output, carried image, user
+        assert_eq!(r.chat.messages.len(), 6);
+        assert_eq!(o.path("messages"), "input");
+        assert_eq!(o.path("messages[0]"), "instructions");
+        assert_eq!(o.path("messages[1].content[1]"), "input[0].content[1]");
+        assert_eq!(o.path("messages[2]"), "input[1]");
+        assert_eq!(o.path("messages[4].content[0]"), "input[2].output[0]");
+        assert_eq!(o.path("messages[5]"), "input[3]");
+        assert_eq!(o.path("tools[1].function.name"), "tools[1].name");
+        let e = o.error(ApiError::invalid(
+            "too big",
+            Some("messages[1].content[1]".into()),
+        ));
+        assert_eq!(e.param.as_deref(), Some("input[0].content[1]"));
+        assert_eq!(e.message, "input[0].content[1]: too big");
     }
 
     fn body(r: &CompletionResult, mode: ReasoningMode) -> Value {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::{chat_body, expected, tokens, Env, Sse, MODEL, NOTHINK};
 use k2proxy::mock::MockConfig;
+use k2proxy::transform::stream::ContentDelivery;
 use serde_json::{json, Value};
 
 #[test]
@@ -114,10 +115,27 @@ fn guest_mode_uses_the_guest_endpoint_without_a_token() {
 
 #[test]
 fn every_markup_form_and_delivery_splits_reasoning_from_content() {
-    let env = Env::start(MockConfig::default(), |_| {});
+    // Each upstream delivery with the `upstream.content_delivery` that reads it (OpenAI
+    // deltas are read alike by every setting), and `auto` guessing each.
+    for (reading, deliveries) in [
+        (ContentDelivery::Cumulative, &["cumulative", "delta"][..]),
+        (ContentDelivery::Incremental, &["incremental", "delta"][..]),
+        (
+            ContentDelivery::Auto,
+            &["cumulative", "incremental", "delta"][..],
+        ),
+    ] {
+        let env = Env::start(MockConfig::default(), |c| {
+            c.upstream.content_delivery = reading
+        });
+        every_form_splits(&env, deliveries);
+    }
+}
+
+fn every_form_splits(env: &Env, deliveries: &[&str]) {
     let prompt = "Split me 你好 👋";
     for form in ["v1", "v2", "v2-answer", "v2-noopen", "details"] {
-        for delivery in ["cumulative", "incremental", "delta"] {
+        for delivery in deliveries {
             let d = format!("form={form}; delivery={delivery}; chunk=5; reasoning_words=12");
             let text = format!("{prompt} [[mock: {d}]]");
             let (reasoning, answer) = expected(prompt, &d);
@@ -149,6 +167,54 @@ fn every_markup_form_and_delivery_splits_reasoning_from_content() {
             assert_eq!(s.reasoning(), "", "{form}/{delivery} nothink");
             assert_eq!(s.content(), answer);
             assert!(!s.raw.contains("reasoning"), "{}", s.raw);
+        }
+    }
+}
+
+#[test]
+fn repetitive_answers_arrive_whole_in_the_configured_delivery() {
+    // Issue 16: 200 `=` sent as incremental 32-byte pieces arrived as 14 characters with
+    // `finish_reason: stop`, since a piece that repeats the text looks like a cumulative
+    // value. `upstream.content_delivery` says how to read them; nothing is guessed.
+    let prompt = "=".repeat(3000);
+    for (reading, delivery, chunk) in [
+        (ContentDelivery::Incremental, "incremental", 32),
+        (ContentDelivery::Cumulative, "cumulative", 64),
+    ] {
+        let env = Env::start(MockConfig::default(), |c| {
+            c.upstream.content_delivery = reading;
+            // untagged text is the answer, not reasoning held until `</think>`
+            c.reasoning.implicit_think = false;
+        });
+        // The bare answer (the repetitive text comes first, as in the issue), without the
+        // `done` event that repeats the whole text, and after reasoning with filler words.
+        for extra in [
+            "form=none",
+            "form=none; end=marker",
+            "form=v1; answer_words=600",
+        ] {
+            let d = format!("delivery={delivery}; chunk={chunk}; {extra}");
+            let text = format!("{prompt} [[mock: {d}]]");
+            let (reasoning, answer) = expected(&prompt, &d);
+            let reasoning = if extra.contains("none") {
+                ""
+            } else {
+                &reasoning
+            };
+            assert!(answer.len() > 3000);
+            let s = env.stream(&chat_body(MODEL, &text, true));
+            s.assert_well_formed();
+            assert_eq!(s.content().len(), answer.len(), "{d}: stream length");
+            assert_eq!(s.content(), answer, "{d}: stream");
+            assert_eq!(s.reasoning().trim(), reasoning.trim(), "{d}");
+            assert_eq!(s.finish_reason().as_deref(), Some("stop"));
+            let v = env.chat(&chat_body(MODEL, &text, false)).json();
+            assert_eq!(
+                v["choices"][0]["message"]["content"],
+                answer.as_str(),
+                "{d}: non-stream"
+            );
+            assert_eq!(v["choices"][0]["finish_reason"], "stop");
         }
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::{chat_body, within, Env, MODEL};
 use k2proxy::config::Config;
 use k2proxy::mock::MockConfig;
+use k2proxy::transform::stream::ContentDelivery;
 
 /// Raw HTTP/1.1 request bytes for a chat completion.
 fn request(prompt: &str, stream: bool) -> Vec<u8> {
@@ -84,7 +85,9 @@ fn chat_status_count(env: &Env, status: &str) -> u64 {
 
 #[test]
 fn a_client_that_leaves_mid_stream_drops_the_upstream_at_once() {
-    let env = Env::start(MockConfig::default(), |_| {});
+    let env = Env::start(MockConfig::default(), |c| {
+        c.upstream.content_delivery = ContentDelivery::Incremental;
+    });
     let mut s = connect(&env);
     // Paced: the whole answer would take a minute.
     s.write_all(&request(
@@ -138,6 +141,7 @@ fn a_client_that_leaves_before_the_first_token_drops_the_upstream() {
 fn a_client_that_stops_reading_is_cut_off_by_the_write_timeout() {
     let env = Env::start(MockConfig::default(), |c| {
         c.limits.client_write_timeout = Duration::from_millis(500);
+        c.upstream.content_delivery = ContentDelivery::Incremental;
     });
     let mut s = connect(&env);
     // Far more than the socket buffers hold, as fast as the mock can send it.

@@ -397,6 +397,85 @@ fn errors_are_anthropic_shaped() {
 }
 
 #[test]
+fn lax_fields_and_later_checks_name_the_clients_field() {
+    let env = Env::start(MockConfig::default(), |c| {
+        c.auth.api_keys = vec![k2proxy::config::ApiKeyEntry {
+            name: "claude".into(),
+            key: KEY.into(),
+        }];
+        c.limits.max_messages = 6;
+        for m in &mut c.models {
+            m.images = false;
+        }
+    });
+    let x = json!([{"role": "user", "content": "x"}]);
+    let shot = |extra: Value| {
+        json!([
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "shot", "input": {}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t", "content": [
+                    {"type": "text", "text": "here"}, extra
+                ]},
+                {"type": "text", "text": "what is it?"}
+            ]}
+        ])
+    };
+    let image = json!({"type": "image", "source": {"type": "url", "url": "https://x.test/s.png"}});
+    let text = json!({"type": "text", "text": "fine"});
+    let weather = weather_tool()[0].clone();
+    let cases = [
+        // Issue 16: `thinking: 7` got a 200 next to an `output_config.effort`.
+        (
+            json!({"thinking": 7, "output_config": {"effort": "high"}, "messages": x}),
+            "thinking",
+        ),
+        (
+            json!({"thinking": {"type": "sometimes"}, "messages": x}),
+            "thinking.type",
+        ),
+        (
+            json!({"metadata": {"user_id": 5}, "messages": x}),
+            "metadata.user_id",
+        ),
+        // Checks after the conversion name the client's block, not the converted message
+        // (the system prompt and the tool result are messages of their own there).
+        (
+            json!({"system": "be brief", "messages": shot(image)}),
+            "messages[2].content[0].content[1]",
+        ),
+        (
+            json!({"system": "be brief", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "read"},
+                {"type": "document", "title": "a.pdf", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}}
+            ]}]}),
+            "messages[0].content[1]",
+        ),
+        (
+            json!({"tools": [weather.clone(), weather], "messages": shot(text)}),
+            "tools[1].name",
+        ),
+        (
+            json!({"tools": weather_tool(), "tool_choice": {"type": "tool", "name": "nope"}, "messages": x}),
+            "tool_choice.name",
+        ),
+        (
+            json!({"messages": [x[0], x[0], x[0], x[0], x[0], x[0], x[0]]}),
+            "messages",
+        ),
+    ];
+    for (mut body, field) in cases {
+        body["model"] = json!(MODEL);
+        body["max_tokens"] = json!(10);
+        let r = post(&env, "/v1/messages", &body);
+        let v = assert_anthropic_error(&r, 400, "invalid_request_error");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(&format!("{field}:")), "{body}: {v}");
+    }
+    assert!(env.requests().is_empty(), "nothing went upstream");
+}
+
+#[test]
 fn upstream_failures_are_anthropic_shaped_and_never_look_finished() {
     let env = Env::start(MockConfig::default(), |c| {
         c.pool.tokens = tokens(&["e1;fault=500", "e2;fault=500"]);

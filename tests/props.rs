@@ -27,7 +27,9 @@ use k2proxy::sse::{self, SseDecoder, SseError, DEFAULT_MAX_LINE};
 use k2proxy::transform::complete::Completion;
 use k2proxy::transform::files;
 
-use k2proxy::transform::stream::{ChatStream, ReasoningMode, StreamOptions, UpstreamFormat};
+use k2proxy::transform::stream::{
+    ChatStream, ContentDelivery, ReasoningMode, StreamOptions, UpstreamFormat,
+};
 use k2proxy::transform::tools::{function_calls_block, parse_block, ToolSet};
 
 // ---------------------------------------------------------------------------
@@ -516,7 +518,14 @@ struct Opts {
     implicit: bool,
     include_usage: bool,
     tools: Option<u8>,
+    delivery: ContentDelivery,
 }
+
+const DELIVERIES: [ContentDelivery; 3] = [
+    ContentDelivery::Cumulative,
+    ContentDelivery::Incremental,
+    ContentDelivery::Auto,
+];
 
 fn opts() -> impl Strategy<Value = Opts> {
     (
@@ -531,14 +540,18 @@ fn opts() -> impl Strategy<Value = Opts> {
         any::<bool>(),
         any::<bool>(),
         proptest::option::of(0u8..4),
+        select(&DELIVERIES[..]),
     )
-        .prop_map(|(format, reasoning, implicit, include_usage, tools)| Opts {
-            format,
-            reasoning,
-            implicit,
-            include_usage,
-            tools,
-        })
+        .prop_map(
+            |(format, reasoning, implicit, include_usage, tools, delivery)| Opts {
+                format,
+                reasoning,
+                implicit,
+                include_usage,
+                tools,
+                delivery,
+            },
+        )
 }
 
 impl Opts {
@@ -552,6 +565,7 @@ impl Opts {
                 implicit_think: self.implicit,
                 include_usage: self.include_usage,
                 tools: self.tools.map(tool_set),
+                delivery: self.delivery,
             },
             self.format,
         )
@@ -585,7 +599,9 @@ fn run_stream(pieces: &[&[u8]], o: &Opts) -> (Vec<u8>, Result<(), String>, Assem
 type Completed = Result<(String, String, String, Option<Value>, Vec<(String, Value)>), String>;
 
 fn run_complete(pieces: &[&[u8]], o: &Opts) -> Completed {
-    let mut c = Completion::new(o.format, o.implicit).with_tools(o.tools.map(tool_set));
+    let mut c = Completion::new(o.format, o.implicit)
+        .with_delivery(o.delivery)
+        .with_tools(o.tools.map(tool_set));
     for p in pieces {
         c.push(p);
     }
@@ -780,6 +796,50 @@ fn cumulative_body() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+/// Answer text, or repetitive text (a short unit many times over: what fooled the guess
+/// of `content_delivery: auto`).
+fn answer_or_repetitive() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => answer_text(),
+        1 => ("[=ab ]{1,3}", 2usize..150).prop_map(|(unit, n)| unit.repeat(n)),
+    ]
+}
+
+/// A K2Think `content` stream of the text as `delivery` sends it: each value the text so
+/// far (cumulative) or the next piece (incremental), then maybe a `done` event repeating
+/// the whole text, then `[DONE]`. (text, delivery, body)
+fn content_stream() -> impl Strategy<Value = (String, ContentDelivery, Vec<u8>)> {
+    (
+        answer_or_repetitive(),
+        select(&DELIVERIES[..2]),
+        vec(any::<usize>(), 0..12),
+        any::<bool>(),
+    )
+        .prop_map(|(t, delivery, cuts, done)| {
+            let mut out = Vec::new();
+            let mut prev = 0;
+            for end in cut_points(t.len(), &Split::Cuts(cuts), |i| t.is_char_boundary(i))
+                .into_iter()
+                .chain([t.len()])
+            {
+                let value = match delivery {
+                    ContentDelivery::Incremental => &t[prev..end],
+                    _ => &t[..end],
+                };
+                sse::write_data(&mut out, json!({ "content": value }).to_string().as_bytes());
+                prev = end;
+            }
+            if done {
+                sse::write_data(
+                    &mut out,
+                    json!({"done": true, "content": t}).to_string().as_bytes(),
+                );
+            }
+            sse::write_data(&mut out, b"[DONE]");
+            (t, delivery, out)
+        })
+}
+
 /// An OpenAI-style delta stream: reasoning pieces, content pieces, a finish reason.
 fn incremental_body() -> impl Strategy<Value = Vec<u8>> {
     (
@@ -828,6 +888,26 @@ proptest! {
     #[test]
     fn stream_incremental_answers(body in incremental_body(), split in split_strategy(), o in opts()) {
         check_body(&body, &split, &o)?;
+    }
+
+    #[test]
+    fn content_streams_read_in_their_delivery_give_the_whole_text(
+        (text, delivery, body) in content_stream(),
+        split in split_strategy(),
+        o in opts(),
+    ) {
+        let o = Opts { format: UpstreamFormat::Sse, delivery, ..o };
+        check_body(&body, &split, &o)?;
+        // The answer is the one of the whole text sent as one JSON document.
+        let plain = Opts { tools: None, implicit: false, ..o };
+        let whole = json!({ "content": text }).to_string();
+        let want = run_complete(&[whole.as_bytes()], &Opts { format: UpstreamFormat::Json, ..plain.clone() });
+        let got = run_complete(&split_bytes(&body, &split), &plain);
+        prop_assert_eq!(
+            got.map(|(r, c, ..)| (r, c)),
+            want.map(|(r, c, ..)| (r, c)),
+            "{:?} {:?}", delivery, text
+        );
     }
 
     #[test]

@@ -517,6 +517,74 @@ fn errors_are_openai_shaped_and_name_the_field() {
 }
 
 #[test]
+fn lax_fields_and_later_checks_name_the_input_item() {
+    let env = Env::start(MockConfig::default(), |c| {
+        c.auth.api_keys = vec![k2proxy::config::ApiKeyEntry {
+            name: "codex".into(),
+            key: KEY.into(),
+        }];
+        c.limits.max_messages = 4;
+        for m in &mut c.models {
+            m.images = false;
+        }
+    });
+    let look = |part: Value| json!([{"role": "user", "content": [{"type": "input_text", "text": "look"}, part]}]);
+    let image = json!({"type": "input_image", "image_url": "https://x.test/a.png"});
+    let pdf = json!({"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"});
+    let tool = json!({"type": "function", "name": "w", "parameters": {"type": "object"}});
+    let turn = json!({"role": "user", "content": "again"});
+    let cases = [
+        // Issue 16: `metadata: 5` got a 200 (and was echoed back).
+        (json!({"metadata": 5, "input": "x"}), "metadata"),
+        (
+            json!({"reasoning": {"summary": "long"}, "input": "x"}),
+            "reasoning.summary",
+        ),
+        (
+            json!({"text": {"verbosity": "loud"}, "input": "x"}),
+            "text.verbosity",
+        ),
+        // Checks after the conversion name the input item, never `messages[…]` (the
+        // instructions are a message of their own there).
+        (
+            json!({"instructions": "be brief", "input": look(image)}),
+            "input[0].content[1]",
+        ),
+        (
+            json!({"instructions": "be brief", "input": look(pdf)}),
+            "input[0].content[1]",
+        ),
+        (
+            json!({"tools": [tool.clone(), tool.clone()], "input": "x"}),
+            "tools[1].name",
+        ),
+        (
+            json!({"tools": [tool], "tool_choice": {"type": "function", "name": "nope"}, "input": "x"}),
+            "tool_choice.name",
+        ),
+        (
+            json!({"instructions": "i", "input": [turn, turn, turn, turn]}),
+            "input",
+        ),
+    ];
+    for (mut body, param) in cases {
+        body["model"] = json!(MODEL);
+        let r = post(&env, &body);
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        assert_eq!(v["error"]["param"], param, "{body}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(param)),
+            "{v}"
+        );
+    }
+    assert!(env.requests().is_empty(), "nothing went upstream");
+}
+
+#[test]
 fn upstream_failures_end_in_an_error_never_a_completed_response() {
     let env = Env::start(MockConfig::default(), |c| {
         c.pool.tokens = tokens(&["e1;fault=500", "e2;fault=500"]);

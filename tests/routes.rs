@@ -189,6 +189,63 @@ fn bad_input_is_a_400_that_names_the_field() {
 }
 
 #[test]
+fn lax_fields_are_a_400_that_names_the_field() {
+    // Issue 16: each of these used to get a 200.
+    let env = Env::start(MockConfig::default(), |_| {});
+    let x = json!([{"role": "user", "content": "x"}]);
+    let cases = [
+        (
+            json!({"model": MODEL, "messages": x, "tool_choice": 7}),
+            "tool_choice",
+        ),
+        (
+            json!({"model": MODEL, "messages": x, "tool_choice": "sometimes"}),
+            "tool_choice",
+        ),
+        (
+            json!({"model": MODEL, "messages": x, "response_format": 3}),
+            "response_format",
+        ),
+        (
+            json!({"model": MODEL, "messages": x, "response_format": {"type": "yaml"}}),
+            "response_format.type",
+        ),
+        (json!({"model": MODEL, "messages": x, "user": {}}), "user"),
+        (
+            json!({"model": MODEL, "messages": x, "metadata": {"a": 1}}),
+            "metadata.a",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user"}]}),
+            "messages[0].content",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": null}]}),
+            "messages[1].content",
+        ),
+    ];
+    for (body, param) in cases {
+        let v = env.chat(&body).assert_error(400, "invalid_request");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        assert_eq!(v["error"]["param"], param, "{body}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(param)),
+            "{v}"
+        );
+    }
+    assert!(env.requests().is_empty(), "nothing went upstream");
+    // An assistant turn that only calls tools needs no content.
+    let ok = json!({"model": MODEL, "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "sun"}
+    ], "user": "u", "metadata": {"a": "b"}, "response_format": {"type": "text"}, "tool_choice": "auto"});
+    assert_eq!(env.chat(&ok).status, 200);
+}
+
+#[test]
 fn wrong_method_and_unknown_path() {
     let env = Env::start(MockConfig::default(), |_| {});
     let r = env.get("/v1/chat/completions");

@@ -1,8 +1,8 @@
 //! `ChatStream` (and the non-stream `Completion`): arbitrary upstream bytes never panic,
 //! the output is well-formed `chat.completion.chunk` SSE ending in exactly one of `[DONE]`
 //! and an error event, and nothing depends on how the upstream body is split.
-//! Input: one header byte (format, reasoning mode, implicit think, usage, tools, split
-//! seed), then the upstream body.
+//! Input: one header byte (format and `content` delivery, reasoning mode, implicit think,
+//! usage, tools, split seed), then the upstream body.
 //!
 //! cargo +nightly fuzz run chat_stream -- -max_total_time=60
 
@@ -13,7 +13,9 @@ mod common;
 use std::sync::Arc;
 
 use k2proxy::transform::complete::Completion;
-use k2proxy::transform::stream::{ChatStream, ReasoningMode, StreamOptions, UpstreamFormat};
+use k2proxy::transform::stream::{
+    ChatStream, ContentDelivery, ReasoningMode, StreamOptions, UpstreamFormat,
+};
 use k2proxy::transform::tools::ToolSet;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
@@ -37,6 +39,7 @@ struct Opts {
     implicit: bool,
     include_usage: bool,
     tools: Option<Arc<ToolSet>>,
+    delivery: ContentDelivery,
 }
 
 fn run_stream(pieces: &[&[u8]], o: &Opts) -> (Result<(), String>, common::Assembled) {
@@ -49,6 +52,7 @@ fn run_stream(pieces: &[&[u8]], o: &Opts) -> (Result<(), String>, common::Assemb
             implicit_think: o.implicit,
             include_usage: o.include_usage,
             tools: o.tools.clone(),
+            delivery: o.delivery,
         },
         o.format,
     );
@@ -69,7 +73,9 @@ fn run_stream(pieces: &[&[u8]], o: &Opts) -> (Result<(), String>, common::Assemb
 type Completed = Result<(String, String, String, Vec<(String, String)>), String>;
 
 fn run_complete(pieces: &[&[u8]], o: &Opts) -> Completed {
-    let mut c = Completion::new(o.format, o.implicit).with_tools(o.tools.clone());
+    let mut c = Completion::new(o.format, o.implicit)
+        .with_delivery(o.delivery)
+        .with_tools(o.tools.clone());
     for p in pieces {
         c.push(p);
     }
@@ -101,6 +107,12 @@ fuzz_target!(|data: &[u8]| {
         implicit: h & 16 != 0,
         include_usage: h & 32 != 0,
         tools: (h & 64 != 0).then(tools),
+        // SSE: the three readings of `content` values; JSON: the default.
+        delivery: match h & 3 {
+            2 => ContentDelivery::Incremental,
+            3 => ContentDelivery::Auto,
+            _ => ContentDelivery::Cumulative,
+        },
     };
     let pieces = common::split_bytes(body, h);
     let (r, whole) = run_stream(&[body], &o);

@@ -113,5 +113,9 @@ mod tests {
         assert_eq!(c.need_restart, ["metrics.listen", "server.listen"]);
         assert!(!serde_json::to_string(&c).unwrap().contains("sk-new-key"));
         assert_eq!(diff(&a, &a.clone()), Changes::default());
+        // How upstream `content` values are read applies to the next request.
+        let d = diff(&a, &parse("upstream:\n  content_delivery: incremental\n"));
+        assert_eq!(d.changed, ["upstream.content_delivery"]);
+        assert!(d.need_restart.is_empty());
     }
 }

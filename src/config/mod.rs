@@ -219,6 +219,10 @@ pub struct UpstreamSection {
     /// reasoning, else `""`): one of [`crate::k2think::THINKING_FIELDS`], or `""` for none.
     #[serde(deserialize_with = "de_string")]
     pub thinking_field: String,
+    /// How the upstream's SSE `content` values relate: each the whole text so far
+    /// (`cumulative`, K2Think and K2 Horizon), each a new piece (`incremental`), or guessed
+    /// from the text (`auto`, fooled by repetitive text). Applies to new requests on reload.
+    pub content_delivery: crate::transform::stream::ContentDelivery,
 }
 
 impl Default for UpstreamSection {
@@ -237,6 +241,7 @@ impl Default for UpstreamSection {
             tls_verify: true,
             headers: HeaderSection::default(),
             thinking_field: "reasoning".to_string(),
+            content_delivery: crate::transform::stream::ContentDelivery::Cumulative,
         }
     }
 }

@@ -67,6 +67,26 @@ fn wrong_types_and_values_name_the_key() {
     assert_eq!(e.key, "models[1]");
     let e = parse("limits:\n  max_body_bytes: 12 parsecs\n").unwrap_err();
     assert_eq!(e.key, "limits.max_body_bytes");
+    let e = parse("upstream:\n  content_delivery: sometimes\n").unwrap_err();
+    assert_eq!(e.key, "upstream.content_delivery");
+}
+
+#[test]
+fn content_delivery_defaults_to_cumulative_and_takes_each_reading() {
+    use crate::transform::stream::ContentDelivery;
+    assert_eq!(
+        parse("").unwrap().upstream.content_delivery,
+        ContentDelivery::Cumulative
+    );
+    for (name, want) in [
+        ("cumulative", ContentDelivery::Cumulative),
+        ("incremental", ContentDelivery::Incremental),
+        ("auto", ContentDelivery::Auto),
+    ] {
+        let c = parse(&format!("upstream:\n  content_delivery: {name}\n")).unwrap();
+        assert_eq!(c.upstream.content_delivery, want);
+        assert_eq!(want.as_str(), name);
+    }
 }
 
 #[test]

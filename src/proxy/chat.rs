@@ -238,40 +238,21 @@ async fn prepare<'s>(
             ));
         }
     };
-    let Parsed { mut req, echo } = ctx.surface.parse(&body, count_tokens)?;
-    let limits = &snap.config.limits;
-    if req.messages.len() > limits.max_messages {
-        let err = ApiError::invalid(
-            format!(
-                "Too many messages: {} (the limit is {}, limits.max_messages)",
-                req.messages.len(),
-                limits.max_messages
-            ),
-            Some("messages".to_string()),
-        );
-        return Err(err);
-    }
-    let file_limits = files::Limits {
-        max_file_bytes: limits.max_file_bytes.0 as usize,
-        max_image_bytes: limits.max_image_bytes.0 as usize,
-    };
-    if let Err(e) = files::resolve(&mut req, file_limits) {
-        return Err(ApiError {
-            param: Some(e.param),
-            ..ApiError::new(e.status, "invalid_request_error", e.code, e.message)
-        });
-    }
+    let Parsed {
+        mut req,
+        echo,
+        origin,
+    } = ctx.surface.parse(&body, count_tokens)?;
+    // The checks below see the converted request: `origin` names the client's own field.
+    check_limits_and_files(snap, &mut req).map_err(|e| origin.error(e))?;
     ctx.model = Some(req.model.clone());
     let Some(model) = snap.model(&req.model) else {
         return Err(routes::model_not_found(snap, &req.model));
     };
     if !model.images {
         if let Some((i, j)) = files::first_image(&req) {
-            // The parsed request's indices are the client's own on the chat surface only.
-            let param =
-                (ctx.surface == Surface::Chat).then(|| format!("messages[{i}].content[{j}]"));
-            return Err(ApiError {
-                param,
+            return Err(origin.error(ApiError {
+                param: Some(format!("messages[{i}].content[{j}]")),
                 ..ApiError::new(
                     400,
                     "invalid_request_error",
@@ -281,11 +262,11 @@ async fn prepare<'s>(
                         req.model
                     ),
                 )
-            });
+            }));
         }
     }
     let tools = ToolSet::from_request(req.tools.as_deref(), req.tool_choice.as_ref())
-        .map_err(|(param, message)| ApiError::invalid(message, Some(param)))?
+        .map_err(|(param, message)| origin.error(ApiError::invalid(message, Some(param))))?
         .map(Arc::new);
     let payload = upstream_payload(snap, model, &req, tools.as_deref());
     Ok(Prepared {
@@ -294,6 +275,30 @@ async fn prepare<'s>(
         model,
         tools,
         payload,
+    })
+}
+
+/// `limits.max_messages`, and the files and `data:` images of a parsed request inlined or
+/// checked; errors name the converted request's fields.
+fn check_limits_and_files(snap: &Snapshot, req: &mut ChatRequest) -> Result<(), ApiError> {
+    let limits = &snap.config.limits;
+    if req.messages.len() > limits.max_messages {
+        return Err(ApiError::invalid(
+            format!(
+                "Too many messages: {} (the limit is {}, limits.max_messages)",
+                req.messages.len(),
+                limits.max_messages
+            ),
+            Some("messages".to_string()),
+        ));
+    }
+    let file_limits = files::Limits {
+        max_file_bytes: limits.max_file_bytes.0 as usize,
+        max_image_bytes: limits.max_image_bytes.0 as usize,
+    };
+    files::resolve(req, file_limits).map_err(|e| ApiError {
+        param: Some(e.param),
+        ..ApiError::new(e.status, "invalid_request_error", e.code, e.message)
     })
 }
 
@@ -523,16 +528,19 @@ impl Sink {
 impl Job<'_> {
     fn new_sink(&self, format: UpstreamFormat) -> Sink {
         let implicit = self.snap.config.reasoning.implicit_think;
+        let delivery = self.snap.config.upstream.content_delivery;
         if self.stream {
             let wire = self.surface.encoder(&self.reply);
-            Sink::Stream(ChatStream::with_encoder(
-                wire,
-                format,
-                implicit,
-                self.tools.as_ref(),
-            ))
+            Sink::Stream(
+                ChatStream::with_encoder(wire, format, implicit, self.tools.as_ref())
+                    .with_delivery(delivery),
+            )
         } else {
-            Sink::Collect(Completion::new(format, implicit).with_tools(self.tools.clone()))
+            Sink::Collect(
+                Completion::new(format, implicit)
+                    .with_delivery(delivery)
+                    .with_tools(self.tools.clone()),
+            )
         }
     }
 

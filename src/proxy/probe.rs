@@ -355,8 +355,12 @@ impl Prober<'_> {
                 started.elapsed(),
             );
         }
-        let mut seen =
-            AnswerObserver::new(&content_type, self.snap.config.reasoning.implicit_think);
+        let cfg = &self.snap.config;
+        let mut seen = AnswerObserver::new(
+            &content_type,
+            cfg.reasoning.implicit_think,
+            cfg.upstream.content_delivery,
+        );
         let end = loop {
             let wait = if seen.done_seen() {
                 deadline.min(tokio::time::Instant::now() + AFTER_DONE_WAIT)

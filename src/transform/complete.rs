@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::transform::split::{Delta, Deltas};
 use crate::transform::stream::{
-    K2Decoder, ReasoningMode, Routed, ToolStage, UpstreamFormat, Usage, NOT_AN_ANSWER,
+    ContentDelivery, K2Decoder, ReasoningMode, Routed, ToolStage, UpstreamFormat, Usage,
+    NOT_AN_ANSWER,
 };
 use crate::transform::tools::{ToolCall, ToolSet};
 
@@ -48,6 +49,12 @@ impl Completion {
             tools: None,
             calls: Vec::new(),
         }
+    }
+
+    /// Read `content` values as `delivery` says (see [`K2Decoder::with_delivery`]).
+    pub fn with_delivery(mut self, delivery: ContentDelivery) -> Self {
+        self.decoder = self.decoder.with_delivery(delivery);
+        self
     }
 
     /// Enable tool-call emulation (`None`, or `tool_choice: "none"`: plain

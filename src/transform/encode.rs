@@ -13,6 +13,7 @@ use rand::Rng;
 use serde_json::{Map, Value};
 
 use crate::anthropic::{self, MessagesEncoder};
+use crate::fields::Origin;
 use crate::openai::{ApiError, ChatRequest};
 use crate::responses::{self, ResponsesEncoder};
 use crate::transform::chunk::ChunkEncoder;
@@ -51,12 +52,14 @@ pub enum Surface {
     Responses,
 }
 
-/// A request read by its surface: the shared chat request, and the request fields the
-/// surface's answer repeats (Responses; empty for the others).
+/// A request read by its surface: the shared chat request, the request fields the
+/// surface's answer repeats (Responses; empty for the others), and where the converted
+/// messages came from (Messages, Responses; the identity for chat).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Parsed {
     pub req: ChatRequest,
     pub echo: Map<String, Value>,
+    pub origin: Origin,
 }
 
 /// What one answer repeats on every surface.
@@ -90,15 +93,29 @@ impl Surface {
     /// Read a request body (`count_tokens`: an Anthropic token count, which needs no
     /// `max_tokens`).
     pub fn parse(self, body: &[u8], count_tokens: bool) -> Result<Parsed, ApiError> {
-        let (req, echo) = match self {
-            Surface::Chat => (ChatRequest::parse(body)?, Map::new()),
-            Surface::Messages => (anthropic::parse_request(body, count_tokens)?, Map::new()),
+        Ok(match self {
+            Surface::Chat => Parsed {
+                req: ChatRequest::parse(body)?,
+                echo: Map::new(),
+                origin: Origin::default(),
+            },
+            Surface::Messages => {
+                let r = anthropic::parse_request(body, count_tokens)?;
+                Parsed {
+                    req: r.chat,
+                    echo: Map::new(),
+                    origin: r.origin,
+                }
+            }
             Surface::Responses => {
                 let r = responses::parse_request(body)?;
-                (r.chat, r.echo)
+                Parsed {
+                    req: r.chat,
+                    echo: r.echo,
+                    origin: r.origin,
+                }
             }
-        };
-        Ok(Parsed { req, echo })
+        })
     }
 
     /// Whether the answer reports input tokens even when the upstream does not (then

@@ -18,15 +18,27 @@
 //!   `choices[0].message` or `{"content": …}`. A JSON body arriving in SSE
 //!   mode, or an SSE body in JSON mode, is recognised too.
 //!
-//! `content` values: the first value sets the text. A later value that
-//! starts with the text so far is cumulative (only the suffix is new; the
-//! mode becomes sticky). A value that does not, but shares a prefix of at
-//! least [`REWRITE_PREFIX`] bytes with the text or contains the text's tail
-//! (a rewritten head), is a cumulative rewrite: the channels are derived
-//! again and only what goes beyond the already emitted output is emitted.
-//! Otherwise, while the mode is unknown, the stream is incremental (sticky)
-//! and values are appended. Per event the work is a prefix compare plus the
-//! new suffix; a full re-derive happens only on a real rewrite.
+//! `content` values are read as [`ContentDelivery`] says (`upstream.content_delivery`);
+//! the text alone cannot tell `"=="` + `"===="` (incremental) from `"=="` → `"===="`
+//! (cumulative), so the decision is the operator's, not a guess:
+//!
+//! * [`ContentDelivery::Cumulative`] (the default; every known K2Think client reads
+//!   `content` so): a value that starts with the text so far adds its suffix; a value that
+//!   does not is a rewrite: the channels are derived again and only what goes beyond the
+//!   already emitted output is emitted.
+//! * [`ContentDelivery::Incremental`]: every value is appended, except the `content` of a
+//!   `done: true` event, which is the whole text when it extends or repeats what arrived
+//!   (see [`Core::on_final_content`]).
+//! * [`ContentDelivery::Auto`] (an unknown upstream): the first value sets the text; a
+//!   later value that extends it makes the stream cumulative (sticky); one that does not,
+//!   but shares a prefix of at least [`REWRITE_PREFIX`] bytes with the text or contains
+//!   the text's tail (a rewritten head), is a cumulative rewrite; otherwise the stream is
+//!   incremental (sticky). Repetitive text fools this guess: 200 `=` sent incrementally
+//!   in 32-byte pieces look like cumulative values, and most of the text is lost.
+//!
+//! OpenAI `choices[].delta` text and data that is not JSON are incremental in every mode
+//! (another channel). Per event the work is a prefix compare plus the new suffix; a full
+//! re-derive happens only on a rewrite.
 //!
 //! Tool-call emulation ([`StreamOptions::tools`], [`ToolStage`]): the content
 //! channel goes through [`crate::transform::tools::ToolDetector`]; calls are
@@ -116,11 +128,46 @@ impl Usage {
     }
 }
 
+/// How the upstream's `content` values relate to each other (`upstream.content_delivery`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentDelivery {
+    /// Each value carries the whole text so far (K2Think, K2 Horizon).
+    #[default]
+    Cumulative,
+    /// Each value carries a new piece of the text.
+    Incremental,
+    /// Guessed from the text (see the module docs); fooled by repetitive text.
+    Auto,
+}
+
+impl ContentDelivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContentDelivery::Cumulative => "cumulative",
+            ContentDelivery::Incremental => "incremental",
+            ContentDelivery::Auto => "auto",
+        }
+    }
+}
+
+/// The reading of `content` values in force: fixed by a configured [`ContentDelivery`],
+/// or `Unknown` until [`ContentDelivery::Auto`] has guessed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Unknown,
     Cumulative,
     Incremental,
+}
+
+impl Mode {
+    fn of(delivery: ContentDelivery) -> Mode {
+        match delivery {
+            ContentDelivery::Cumulative => Mode::Cumulative,
+            ContentDelivery::Incremental => Mode::Incremental,
+            ContentDelivery::Auto => Mode::Unknown,
+        }
+    }
 }
 
 /// Typed fast path for one event payload; anything unexpected falls back to
@@ -313,6 +360,7 @@ struct Core {
     /// next cumulative value is checked against it and only its new suffix is decoded.
     raw: String,
     raw_ok: bool,
+    /// How `content` values are read (see [`ContentDelivery`]).
     mode: Mode,
     /// A top-level `content` value was seen: the text is the K2Think `content` stream, and
     /// OpenAI-style `choices` chunks (K2 Horizon sends one after `done`) only repeat it.
@@ -524,7 +572,8 @@ impl Core {
         }
     }
 
-    /// A `content` value under the cumulative/incremental rule.
+    /// A `content` value under the cumulative/incremental rule of [`Core::mode`]: a fixed
+    /// mode never changes; `Unknown` ([`ContentDelivery::Auto`]) turns into one of them.
     fn on_content(&mut self, s: &str, out: &mut Deltas) {
         if s.is_empty() {
             return;
@@ -623,7 +672,8 @@ pub struct K2Decoder {
 }
 
 impl K2Decoder {
-    /// A decoder for one upstream body.
+    /// A decoder for one upstream body, reading `content` values as cumulative (the
+    /// default [`ContentDelivery`]; see [`K2Decoder::with_delivery`]).
     pub fn new(format: UpstreamFormat, implicit_think: bool) -> Self {
         K2Decoder {
             format,
@@ -635,7 +685,7 @@ impl K2Decoder {
                 text: String::new(),
                 raw: String::new(),
                 raw_ok: false,
-                mode: Mode::Unknown,
+                mode: Mode::of(ContentDelivery::default()),
                 content_field: false,
                 done: false,
                 usable: false,
@@ -646,6 +696,13 @@ impl K2Decoder {
             },
             finished: false,
         }
+    }
+
+    /// Read `content` values as `delivery` says (`upstream.content_delivery`). Set before
+    /// the first byte is pushed.
+    pub fn with_delivery(mut self, delivery: ContentDelivery) -> Self {
+        self.core.mode = Mode::of(delivery);
+        self
     }
 
     /// Feed the next piece of the body; appends deltas to `out`.
@@ -817,6 +874,8 @@ pub struct StreamOptions {
     /// Tool-call emulation (`None`: plain text, today's output). With
     /// `tool_choice: "none"` the text is not searched either.
     pub tools: Option<Arc<ToolSet>>,
+    /// How the upstream's `content` values relate (`upstream.content_delivery`).
+    pub delivery: ContentDelivery,
 }
 
 /// Tool detection over the content channel of a decoded response, shared by
@@ -904,6 +963,7 @@ impl ChatStream<ChunkEncoder> {
         let enc = ChunkEncoder::new(&opts.id, opts.created, &opts.model, opts.reasoning)
             .with_usage(opts.include_usage);
         ChatStream::with_encoder(enc, format, opts.implicit_think, opts.tools.as_ref())
+            .with_delivery(opts.delivery)
     }
 }
 
@@ -923,6 +983,12 @@ impl<E: Encoder> ChatStream<E> {
             end: None,
             tools: ToolStage::new(tools),
         }
+    }
+
+    /// Read `content` values as `delivery` says (see [`K2Decoder::with_delivery`]).
+    pub fn with_delivery(mut self, delivery: ContentDelivery) -> Self {
+        self.decoder = self.decoder.with_delivery(delivery);
+        self
     }
 
     /// Write the first chunk (`delta: {"role":"assistant","content":""}`).
@@ -1144,6 +1210,7 @@ mod tests {
             implicit_think,
             include_usage: true,
             tools: None,
+            delivery: ContentDelivery::default(),
         }
     }
 
@@ -1167,6 +1234,9 @@ mod tests {
         input: Vec<u8>,
         format: UpstreamFormat,
         implicit: bool,
+        /// `content_delivery` of the expected file (default: cumulative), the reading the
+        /// expected answer holds for.
+        delivery: ContentDelivery,
         expected: Value,
     }
 
@@ -1189,11 +1259,16 @@ mod tests {
                     "json" => ("json", UpstreamFormat::Json),
                     _ => ("sse", UpstreamFormat::Sse),
                 };
+                let delivery = match expected.get("content_delivery") {
+                    Some(d) => serde_json::from_value(d.clone()).unwrap(),
+                    None => ContentDelivery::default(),
+                };
                 Fixture {
                     input: std::fs::read(format!("{dir}/{base}.{ext}")).unwrap(),
                     name: base,
                     format,
                     implicit: expected["implicit_think"].as_bool().unwrap(),
+                    delivery,
                     expected,
                 }
             })
@@ -1202,11 +1277,20 @@ mod tests {
 
     impl Fixture {
         fn check_stream(&self, pieces: &[&[u8]], what: &str) -> Assembled {
-            let (out, r) = stream(
-                pieces,
-                self.format,
-                opts(ReasoningMode::Field, self.implicit),
-            );
+            self.check_stream_as(self.delivery, pieces, what)
+        }
+
+        fn check_stream_as(
+            &self,
+            delivery: ContentDelivery,
+            pieces: &[&[u8]],
+            what: &str,
+        ) -> Assembled {
+            let o = StreamOptions {
+                delivery,
+                ..opts(ReasoningMode::Field, self.implicit)
+            };
+            let (out, r) = stream(pieces, self.format, o);
             let a = assemble(&out);
             let e = &self.expected;
             let ctx = format!("{} ({what})", self.name);
@@ -1251,7 +1335,7 @@ mod tests {
             Option<Usage>,
             Option<String>,
         ) {
-            let mut d = K2Decoder::new(self.format, self.implicit);
+            let mut d = K2Decoder::new(self.format, self.implicit).with_delivery(self.delivery);
             let mut out = Deltas::new();
             for p in pieces {
                 d.push(p, &mut out);
@@ -1268,7 +1352,7 @@ mod tests {
         }
 
         fn check_complete(&self, pieces: &[&[u8]], what: &str) {
-            let mut c = Completion::new(self.format, self.implicit);
+            let mut c = Completion::new(self.format, self.implicit).with_delivery(self.delivery);
             for p in pieces {
                 c.push(p);
             }
@@ -1329,6 +1413,23 @@ mod tests {
     }
 
     #[test]
+    fn fixtures_decode_the_same_with_the_auto_guess() {
+        // None of the fixtures holds repetitive text: `auto` guesses each reading right.
+        for f in fixtures() {
+            let whole = f.check_stream(&[&f.input], "whole");
+            let bytes: Vec<&[u8]> = f.input.chunks(1).collect();
+            assert_eq!(
+                f.check_stream_as(ContentDelivery::Auto, &[&f.input], "auto, whole"),
+                whole
+            );
+            assert_eq!(
+                f.check_stream_as(ContentDelivery::Auto, &bytes, "auto, byte by byte"),
+                whole
+            );
+        }
+    }
+
+    #[test]
     fn fixtures_drop_and_inline_modes() {
         for f in fixtures() {
             let e = &f.expected;
@@ -1338,6 +1439,10 @@ mod tests {
                 .as_str()
                 .unwrap();
             let content = e["content"].as_str().unwrap();
+            let opts = |reasoning, implicit| StreamOptions {
+                delivery: f.delivery,
+                ..opts(reasoning, implicit)
+            };
             for pieces in [vec![&f.input[..]], f.input.chunks(7).collect()] {
                 let (out, _) = stream(&pieces, f.format, opts(ReasoningMode::Drop, f.implicit));
                 let a = assemble(&out);
@@ -1520,9 +1625,10 @@ mod tests {
     }
 
     #[test]
-    fn cumulative_incremental_and_rewrite_rules() {
+    fn auto_guesses_cumulative_incremental_and_rewrites() {
         let run = |events: &[&str]| {
-            let mut d = K2Decoder::new(UpstreamFormat::Sse, false);
+            let mut d =
+                K2Decoder::new(UpstreamFormat::Sse, false).with_delivery(ContentDelivery::Auto);
             let mut out = Deltas::new();
             for e in events {
                 let body = format!("data: {}\n\n", json!({ "content": e }));
@@ -1566,6 +1672,167 @@ mod tests {
             ]),
             s("", "Hello there, friend")
         );
+    }
+
+    /// An SSE body of `content` values (`{"done": true}` and `[DONE]` after them).
+    fn content_body(values: &[String]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for v in values {
+            sse::write_data(&mut body, json!({ "content": v }).to_string().as_bytes());
+        }
+        sse::write_data(&mut body, br#"{"done":true}"#);
+        sse::write_data(&mut body, b"[DONE]");
+        body
+    }
+
+    /// `text` cut into pieces of `n` characters.
+    fn pieces_of(text: &str, n: usize) -> Vec<String> {
+        let chars: Vec<char> = text.chars().collect();
+        chars.chunks(n).map(|c| c.iter().collect()).collect()
+    }
+
+    /// Each prefix of `text` that ends a piece of `n` characters: what a cumulative
+    /// upstream sends.
+    fn snapshots_of(text: &str, n: usize) -> Vec<String> {
+        let mut so_far = String::new();
+        pieces_of(text, n)
+            .into_iter()
+            .map(|p| {
+                so_far.push_str(&p);
+                so_far.clone()
+            })
+            .collect()
+    }
+
+    /// `body` read as `delivery`, streamed and collected, whole and split at every byte
+    /// boundary: each time exactly `(reasoning, content)` and `finish_reason: stop`.
+    fn assert_decodes_at_every_split(delivery: ContentDelivery, body: &[u8], want: (&str, &str)) {
+        for i in 0..=body.len() {
+            let (a, b) = body.split_at(i);
+            let o = StreamOptions {
+                delivery,
+                ..opts(ReasoningMode::Field, false)
+            };
+            let (out, r) = stream(&[a, b], UpstreamFormat::Sse, o);
+            assert_eq!(r, Ok(()), "split at {i}");
+            let got = assemble(&out);
+            assert_eq!(
+                (got.reasoning.as_str(), got.content.as_str()),
+                want,
+                "{delivery:?}, stream split at {i}"
+            );
+            assert_eq!(got.finish_reason.as_deref(), Some("stop"), "split at {i}");
+            let mut c = Completion::new(UpstreamFormat::Sse, false).with_delivery(delivery);
+            c.push(a);
+            c.push(b);
+            let r = c.finish().expect("an answer");
+            assert_eq!(
+                (r.reasoning.as_str(), r.content.as_str()),
+                want,
+                "{delivery:?}, non-stream split at {i}"
+            );
+            assert_eq!(r.finish_reason, "stop", "split at {i}");
+        }
+    }
+
+    #[test]
+    fn repetitive_incremental_text_arrives_whole_when_read_as_incremental() {
+        // Issue 16: 200 `=` in 32-byte pieces arrived as a few characters, since the
+        // second piece "extends" the first one as a cumulative value would.
+        let equals = "=".repeat(200);
+        let body = content_body(&pieces_of(&equals, 32));
+        assert_decodes_at_every_split(ContentDelivery::Incremental, &body, ("", &equals));
+        // A repeated phrase in pieces that do not line up with it.
+        let phrase = "abc".repeat(400);
+        let body = content_body(&pieces_of(&phrase, 7));
+        assert_decodes_at_every_split(ContentDelivery::Incremental, &body, ("", &phrase));
+        // With reasoning, and a `done` event that repeats the whole text (the mock's
+        // incremental stream): nothing doubled.
+        let text = format!("<think>{}</think>{}", "ab".repeat(60), "=".repeat(300));
+        let mut values = pieces_of(&text, 32);
+        let mut body = Vec::new();
+        for v in values.drain(..) {
+            sse::write_data(&mut body, json!({ "content": v }).to_string().as_bytes());
+        }
+        sse::write_data(
+            &mut body,
+            json!({"done": true, "content": text})
+                .to_string()
+                .as_bytes(),
+        );
+        let (reasoning, answer) = ("ab".repeat(60), "=".repeat(300));
+        assert_decodes_at_every_split(ContentDelivery::Incremental, &body, (&reasoning, &answer));
+    }
+
+    #[test]
+    fn repetitive_cumulative_text_arrives_once_when_read_as_cumulative() {
+        let equals = "=".repeat(200);
+        let body = content_body(&snapshots_of(&equals, 32));
+        assert_decodes_at_every_split(ContentDelivery::Cumulative, &body, ("", &equals));
+        let phrase = "abc".repeat(100);
+        let body = content_body(&snapshots_of(&phrase, 7));
+        assert_decodes_at_every_split(ContentDelivery::Cumulative, &body, ("", &phrase));
+        // A repeated value (no growth) adds nothing; a shorter one is a rewrite.
+        let values = ["====", "====", "========", "======"].map(String::from);
+        assert_decodes_at_every_split(
+            ContentDelivery::Cumulative,
+            &content_body(&values),
+            ("", "========"),
+        );
+    }
+
+    #[test]
+    fn the_auto_guess_is_fooled_by_repetitive_text() {
+        // Documented: content alone cannot tell "==" + "====" from "==" → "====".
+        let run = |delivery, body: &[u8]| {
+            let mut c = Completion::new(UpstreamFormat::Sse, false).with_delivery(delivery);
+            c.push(body);
+            c.finish().map(|r| r.content)
+        };
+        let equals = "=".repeat(200);
+        let incremental = content_body(&pieces_of(&equals, 32));
+        assert_ne!(run(ContentDelivery::Auto, &incremental), Ok(equals.clone()));
+        assert_eq!(
+            run(ContentDelivery::Incremental, &incremental),
+            Ok(equals.clone())
+        );
+        // Non-repetitive text is guessed right either way.
+        let text = "The quick brown fox jumps over the lazy dog, twice.";
+        for (body, delivery) in [
+            (
+                content_body(&pieces_of(text, 8)),
+                ContentDelivery::Incremental,
+            ),
+            (
+                content_body(&snapshots_of(text, 8)),
+                ContentDelivery::Cumulative,
+            ),
+        ] {
+            assert_eq!(run(ContentDelivery::Auto, &body), Ok(text.to_string()));
+            assert_eq!(run(delivery, &body), Ok(text.to_string()));
+        }
+    }
+
+    #[test]
+    fn openai_deltas_and_raw_data_are_appended_in_every_mode() {
+        let equals = "=".repeat(64);
+        let mut deltas = Vec::new();
+        let mut raw = Vec::new();
+        for p in pieces_of(&equals, 16) {
+            let ev = json!({"choices": [{"delta": {"content": p}}]});
+            sse::write_data(&mut deltas, ev.to_string().as_bytes());
+            sse::write_data(&mut raw, p.as_bytes());
+        }
+        sse::write_data(&mut deltas, b"[DONE]");
+        sse::write_data(&mut raw, b"[DONE]");
+        for delivery in [
+            ContentDelivery::Cumulative,
+            ContentDelivery::Incremental,
+            ContentDelivery::Auto,
+        ] {
+            assert_decodes_at_every_split(delivery, &deltas, ("", &equals));
+            assert_decodes_at_every_split(delivery, &raw, ("", &equals));
+        }
     }
 
     #[test]
@@ -1654,9 +1921,18 @@ mod tests {
                 ReasoningMode::Drop,
             ][round % 3];
             let pieces: Vec<&[u8]> = body.chunks(1 + (next() % 9) as usize).collect();
-            let (out, _) = stream(&pieces, format, opts(mode, round % 2 == 0));
+            let delivery = [
+                ContentDelivery::Cumulative,
+                ContentDelivery::Incremental,
+                ContentDelivery::Auto,
+            ][(round / 3) % 3];
+            let o = StreamOptions {
+                delivery,
+                ..opts(mode, round % 2 == 0)
+            };
+            let (out, _) = stream(&pieces, format, o);
             assemble(&out);
-            let mut c = Completion::new(format, round % 2 == 1);
+            let mut c = Completion::new(format, round % 2 == 1).with_delivery(delivery);
             for p in &pieces {
                 c.push(p);
             }
@@ -1683,7 +1959,8 @@ mod tests {
             } else {
                 input.replace("<think>r</think><answer>Hi there</answer>", last)
             };
-            let mut d = K2Decoder::new(UpstreamFormat::Sse, true);
+            let mut d = K2Decoder::new(UpstreamFormat::Sse, true)
+                .with_delivery(ContentDelivery::Incremental);
             let mut out = Deltas::new();
             d.push(body.as_bytes(), &mut out);
             d.finish(&mut out);
@@ -1692,7 +1969,8 @@ mod tests {
         }
         // a genuinely new last piece is appended
         let body = "data: {\"content\":\"Hello\"}\n\ndata: {\"content\":\" wor\"}\n\ndata: {\"done\":true,\"content\":\"ld\"}\n\n";
-        let mut d = K2Decoder::new(UpstreamFormat::Sse, false);
+        let mut d =
+            K2Decoder::new(UpstreamFormat::Sse, false).with_delivery(ContentDelivery::Incremental);
         let mut out = Deltas::new();
         d.push(body.as_bytes(), &mut out);
         d.finish(&mut out);
@@ -1700,14 +1978,19 @@ mod tests {
     }
 
     /// (reasoning, content) the decoder produces for `events` (each a JSON payload), fed
-    /// whole and split at every byte, which must agree.
+    /// whole and split at every byte, which must agree; `content` read as cumulative.
     fn decode_events(events: &[&str]) -> (String, String) {
+        decode_events_as(ContentDelivery::Cumulative, events)
+    }
+
+    /// [`decode_events`] with `content` read as `delivery` says.
+    fn decode_events_as(delivery: ContentDelivery, events: &[&str]) -> (String, String) {
         let mut body = Vec::new();
         for e in events {
             sse::write_data(&mut body, e.as_bytes());
         }
         let run = |pieces: &[&[u8]]| {
-            let mut d = K2Decoder::new(UpstreamFormat::Sse, true);
+            let mut d = K2Decoder::new(UpstreamFormat::Sse, true).with_delivery(delivery);
             let mut out = Deltas::new();
             for p in pieces {
                 d.push(p, &mut out);
@@ -1760,11 +2043,14 @@ mod tests {
 
     #[test]
     fn incremental_values_never_use_the_cumulative_fast_path() {
-        let got = decode_events(&[
+        let events = [
             r#"{"content":"<think>one "}"#,
             r#"{"content":"two</think>"}"#,
             r#"{"content":"<think>one \"x"}"#,
-        ]);
-        assert_eq!(got, ("one two".to_string(), "<think>one \"x".to_string()));
+        ];
+        let want = ("one two".to_string(), "<think>one \"x".to_string());
+        for delivery in [ContentDelivery::Incremental, ContentDelivery::Auto] {
+            assert_eq!(decode_events_as(delivery, &events), want, "{delivery:?}");
+        }
     }
 }

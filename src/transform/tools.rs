@@ -114,6 +114,47 @@ fn perr(param: impl Into<String>, msg: impl Into<String>) -> ParamError {
     (param.into(), msg.into())
 }
 
+/// The request's `tool_choice` on its own (a named function must still be among the tools):
+/// `"auto"`, `"none"`, `"required"` (or Anthropic's `"any"`), or a function,
+/// `{"type":"function","function":{"name":…}}` or the flat `{"name":…}`.
+/// `Err((param, message))` names the bad field.
+pub fn parse_tool_choice(tool_choice: Option<&Value>) -> Result<ToolChoice, ParamError> {
+    Ok(match tool_choice {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" | "any" => ToolChoice::Required,
+            _ => {
+                return Err(perr(
+                    "tool_choice",
+                    "must be \"auto\", \"none\", \"required\" or {\"type\":\"function\",\"function\":{\"name\":…}}",
+                ))
+            }
+        },
+        Some(Value::Object(o)) => {
+            match o.get("type") {
+                None | Some(Value::Null) => {}
+                Some(Value::String(t)) if t == "function" => {}
+                Some(_) => {
+                    return Err(perr(
+                        "tool_choice.type",
+                        "only \"function\" is supported",
+                    ))
+                }
+            }
+            let name = o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .or_else(|| o.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| perr("tool_choice.function.name", "missing"))?;
+            ToolChoice::Function(name.to_string())
+        }
+        Some(_) => return Err(perr("tool_choice", "must be a string or an object")),
+    })
+}
+
 impl ToolSet {
     /// From the request's `tools` / `tool_choice` JSON, with a fresh
     /// trigger. `Ok(None)` when there are no tools. `Err((param, message))`
@@ -190,36 +231,15 @@ impl ToolSet {
                 parameters,
             });
         }
-        let choice = match tool_choice {
-            None | Some(Value::Null) => ToolChoice::Auto,
-            Some(Value::String(s)) => match s.as_str() {
-                "auto" => ToolChoice::Auto,
-                "none" => ToolChoice::None,
-                "required" | "any" => ToolChoice::Required,
-                _ => {
-                    return Err(perr(
-                        "tool_choice",
-                        "must be \"auto\", \"none\", \"required\" or {\"type\":\"function\",\"function\":{\"name\":…}}",
-                    ))
-                }
-            },
-            Some(Value::Object(o)) => {
-                let name = o
-                    .get("function")
-                    .and_then(|f| f.get("name"))
-                    .or_else(|| o.get("name"))
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| perr("tool_choice.function.name", "missing"))?;
-                if !specs.iter().any(|s| s.name == name) {
-                    return Err(perr(
-                        "tool_choice.function.name",
-                        format!("no tool named '{name}' in tools"),
-                    ));
-                }
-                ToolChoice::Function(name.to_string())
+        let choice = parse_tool_choice(tool_choice)?;
+        if let ToolChoice::Function(name) = &choice {
+            if !specs.iter().any(|s| &s.name == name) {
+                return Err(perr(
+                    "tool_choice.function.name",
+                    format!("no tool named '{name}' in tools"),
+                ));
             }
-            Some(_) => return Err(perr("tool_choice", "must be a string or an object")),
-        };
+        }
         Ok(Some(ToolSet {
             tools: specs,
             choice,
@@ -1385,6 +1405,7 @@ mod tests {
             implicit_think: implicit,
             include_usage: true,
             tools: set,
+            delivery: crate::transform::stream::ContentDelivery::default(),
         }
     }
 
