@@ -338,8 +338,7 @@ pub fn resolve_model<'m>(models: &'m [ModelEntry], name: &str) -> Option<&'m Mod
     for m in models {
         for a in m.aliases.iter().filter(|a| a.contains('*')) {
             let literal = a.len() - a.matches('*').count();
-            if best.is_none_or(|(b, _)| literal > b) && glob_match(a.as_bytes(), name.as_bytes())
-            {
+            if best.is_none_or(|(b, _)| literal > b) && glob_match(a.as_bytes(), name.as_bytes()) {
                 best = Some((literal, m));
             }
         }

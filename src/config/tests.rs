@@ -357,12 +357,22 @@ fn alias_patterns_route_vendor_model_names_by_the_most_specific_match() {
     assert_eq!(id("K2-Think-nothink"), Some("IFM/K2-Horizon-nothink"));
     assert_eq!(id("claude-sonnet-4-5-20250929"), Some("IFM/K2-Horizon"));
     assert_eq!(id("claude-opus-4-1"), Some("IFM/K2-Horizon"));
-    assert_eq!(id("claude-haiku-4-5-20251001"), Some("IFM/K2-Horizon-nothink"));
-    assert_eq!(id("claude-3-5-haiku-latest"), Some("IFM/K2-Horizon-nothink"));
+    assert_eq!(
+        id("claude-haiku-4-5-20251001"),
+        Some("IFM/K2-Horizon-nothink")
+    );
+    assert_eq!(
+        id("claude-3-5-haiku-latest"),
+        Some("IFM/K2-Horizon-nothink")
+    );
     assert_eq!(id("gpt-5.1-codex"), Some("IFM/K2-Horizon"));
     assert_eq!(id("gpt-4o-mini"), Some("IFM/K2-Horizon-nothink"));
     assert_eq!(id("o3"), Some("IFM/K2-Horizon"));
-    assert_eq!(id("o4-mini"), Some("IFM/K2-Horizon"), "o4* is the only pattern");
+    assert_eq!(
+        id("o4-mini"),
+        Some("IFM/K2-Horizon"),
+        "o4* is the only pattern"
+    );
     assert_eq!(id("llama-3"), None);
     assert_eq!(id("claude"), None, "claude-* needs the dash");
     assert_eq!(id(""), None);
@@ -390,6 +400,10 @@ fn glob_matching_backtracks_and_anchors_both_ends() {
         ("a*a*a", "aa", false),
         ("é*", "été", true),
     ] {
-        assert_eq!(super::glob_match(p.as_bytes(), n.as_bytes()), ok, "{p} ~ {n}");
+        assert_eq!(
+            super::glob_match(p.as_bytes(), n.as_bytes()),
+            ok,
+            "{p} ~ {n}"
+        );
     }
 }
