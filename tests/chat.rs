@@ -607,11 +607,11 @@ fn tokens_file_is_read_with_comments() {
 #[test]
 fn unknown_model_lists_the_models_that_exist() {
     let env = Env::start(MockConfig::default(), |_| {});
-    let r = env.chat(&chat_body("gpt-4", "x", true));
+    let r = env.chat(&chat_body("llama-3-70b", "x", true));
     let v = r.assert_error(404, "model_not_found");
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(
-        msg.contains("gpt-4") && msg.contains(MODEL) && msg.contains(NOTHINK),
+        msg.contains("llama-3-70b") && msg.contains(MODEL) && msg.contains(NOTHINK),
         "{msg}"
     );
     assert_eq!(v["error"]["param"], "model");

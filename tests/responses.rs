@@ -500,7 +500,7 @@ fn errors_are_openai_shaped_and_name_the_field() {
         check(&post(&env, &body), 400, Some(param));
     }
     check(
-        &post(&env, &json!({"model": "gpt-5", "input": "x"})),
+        &post(&env, &json!({"model": "llama-3", "input": "x"})),
         404,
         None,
     );
