@@ -222,3 +222,28 @@ fn proxy_and_mock_binaries_serve_a_chat_end_to_end() {
     let unauth = http(port, "POST", "/v1/chat/completions", "", body);
     assert!(unauth.starts_with("HTTP/1.1 401"), "{unauth}");
 }
+
+#[test]
+fn a_config_path_linked_to_a_system_file_is_refused_without_echoing_it() {
+    // issue 16, item 10: a config path symlinked to /etc/passwd echoed the file's contents
+    // in the error (and so in the log and /admin/config/status).
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let first = passwd.lines().next().unwrap().to_string();
+    let dir = std::env::temp_dir().join(format!("k2p-cli-passwd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("k2proxy.yaml");
+    std::os::unix::fs::symlink("/etc/passwd", &conf).unwrap();
+    let out = Command::new(PROXY)
+        .arg("-t")
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for field in first.split(':').filter(|f| f.len() >= 3) {
+        assert!(!err.contains(field), "{field:?} echoed: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

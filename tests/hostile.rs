@@ -412,3 +412,58 @@ fn heads_refused_before_routing_get_a_json_error_body() {
     );
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
+
+/// Row 7: the client's `model` went raw into the plain access log: CR/LF forged lines, NUL
+/// bytes passed, a 1 MB name made a 2 MB line.
+#[test]
+fn client_model_names_cannot_forge_or_bloat_access_log_lines() {
+    let rt = common::runtime();
+    let mock = common::start_mock(&rt, MockConfig::horizon());
+    let dir = temp_dir("accesslog");
+    let port = free_port();
+    let path = dir.join("k2proxy.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "server:\n  listen: [\"127.0.0.1:{port}\"]\nupstream:\n  base_url: \"{}\"\nauth:\n  api_keys: [\"{KEY}\"]\nlogging:\n  access_log: true\n  format: plain\n",
+            mock.base_url()
+        ),
+    )
+    .unwrap();
+    let mut proc = spawn_proxy(&path, port);
+    let forged = "m\r\n2026-12-01T00:00:00.000Z req_forged POST /admin 200 key=root\u{0}";
+    let huge = "x".repeat(1_000_000);
+    for model in [forged, huge.as_str()] {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        let out = raw(
+            port,
+            &post(
+                "/v1/chat/completions",
+                &body.to_string(),
+                "Connection: close\r\n",
+            ),
+        );
+        assert!(
+            out.starts_with("HTTP/1.1 404"),
+            "{}",
+            &out[..out.len().min(300)]
+        );
+    }
+    let _ = proc.child.kill();
+    let mut log = String::new();
+    proc.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per request: {log}");
+    assert!(!log.contains('\0') && !log.contains('\r'), "{log:?}");
+    assert!(!log.contains("\nreq_forged") && lines.iter().all(|l| !l.contains(" key=root ")));
+    assert!(
+        lines.iter().all(|l| l.len() < 2048),
+        "a line stays short: {}",
+        lines.iter().map(|l| l.len()).max().unwrap_or(0)
+    );
+}

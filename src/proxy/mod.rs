@@ -499,7 +499,7 @@ fn access_line(format: LogFormat, method: &str, path: &str, ctx: &Ctx) -> String
                 "bytes_in": ctx.bytes_in,
                 "bytes_out": ctx.bytes_out,
                 "outcome": ctx.outcome,
-                "error": ctx.error,
+                "error": ctx.error.as_deref().map(|e| truncate_chars(e, LOG_ERROR_CHARS)),
             });
             format!("{v}\n")
         }
@@ -519,7 +519,7 @@ fn access_line(format: LogFormat, method: &str, path: &str, ctx: &Ctx) -> String
             ctx.outcome,
             ctx.error
                 .as_deref()
-                .map(|e| format!(" error={e:?}"))
+                .map(|e| format!(" error={:?}", truncate_chars(e, LOG_ERROR_CHARS)))
                 .unwrap_or_default(),
         ),
     }
@@ -527,6 +527,9 @@ fn access_line(format: LogFormat, method: &str, path: &str, ctx: &Ctx) -> String
 
 /// Most characters of a client-chosen value (the model name) in an access-log line.
 const LOG_FIELD_CHARS: usize = 128;
+/// Most characters of the error in an access-log line (it may quote client input, such as
+/// an unknown model's name).
+const LOG_ERROR_CHARS: usize = 512;
 
 /// `s` cut to `max` characters, with `…` when cut.
 fn truncate_chars(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
