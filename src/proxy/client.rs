@@ -570,7 +570,10 @@ pub fn apply_session_limits(session: &mut Session, limits: &LimitsSection) {
         let secs = limits.client_idle_timeout.as_secs().max(1);
         session.set_keepalive(Some(secs));
     }
-    session.set_write_timeout(Some(limits.client_write_timeout));
+    if session.is_http2() {
+        // HTTP/1 writes are bounded by `ClientStream` already, at no cost per write
+        session.set_write_timeout(Some(limits.client_write_timeout));
+    }
     session.set_pipelining_enabled(true);
     session.set_abort_on_close(false);
 }
