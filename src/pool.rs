@@ -76,8 +76,10 @@ impl Source {
 /// Work the pool asks for after an outcome; the caller forwards it to the updater.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PoolEvent {
-    /// Sign in again with this account (its token was refused).
-    RefreshAccount(String),
+    /// Sign in again with this account: its token (this id) was refused. Several refusals
+    /// of the same token ask once: the updater skips the event when that token has left
+    /// the pool (a sign-in replaced it meanwhile).
+    RefreshAccount(String, u64),
     /// Too many failures in a row: refresh every account.
     RefreshAll,
 }
@@ -391,6 +393,11 @@ impl Pool {
         self.lock().entries.len()
     }
 
+    /// Whether the token with this id is still in the pool.
+    pub fn holds(&self, id: u64) -> bool {
+        self.lock().entries.iter().any(|e| e.id == id)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -477,7 +484,7 @@ impl Pool {
                 }
                 e.last_error = Some(outcome.label());
                 if let (Outcome::Rejected(_), Some(account)) = (outcome, e.source.account()) {
-                    events.push(PoolEvent::RefreshAccount(account.to_string()));
+                    events.push(PoolEvent::RefreshAccount(account.to_string(), id));
                 }
             }
         }
@@ -744,8 +751,12 @@ mod tests {
         let now = Instant::now();
         assert_eq!(
             p.report(id, &Outcome::Rejected(401), now),
-            vec![PoolEvent::RefreshAccount("a@x.io".into())]
+            vec![PoolEvent::RefreshAccount("a@x.io".into(), id)]
         );
+        // once a sign-in replaced the refused token, its later refusals ask for nothing
+        assert!(p.holds(id));
+        let fresh = p.replace_account_token("a@x.io", Secret::new("jwt-a2"));
+        assert!(!p.holds(id) && p.holds(fresh));
         // a refused inline token has no account to refresh
         assert!(p.report(1, &Outcome::Rejected(403), now).is_empty());
         // a new sign-in replaces the account's token with a clean one

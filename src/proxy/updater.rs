@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
-use log::{info, warn};
+use log::{debug, info, warn};
 use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -160,9 +160,14 @@ impl BackgroundService for UpdaterService {
                 _ = app.updater.wake.notified() => {}
                 ev = events.recv() => match ev {
                     None => break,
-                    Some(PoolEvent::RefreshAccount(email)) => {
+                    // Requests in flight may each be refused with the same token before
+                    // the new one is in: one sign-in answers them all.
+                    Some(PoolEvent::RefreshAccount(email, id)) if app.pool.holds(id) => {
                         info!("updater: a token of {email} was refused; signing in again");
                         app.updater.force(Some(&email));
+                    }
+                    Some(PoolEvent::RefreshAccount(email, _)) => {
+                        debug!("updater: a refused token of {email} was replaced already");
                     }
                     Some(PoolEvent::RefreshAll) => {
                         if !accounts.is_empty() {
