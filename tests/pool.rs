@@ -156,13 +156,23 @@ fn accounts_are_signed_in_at_start_used_and_saved() {
         (env.mock().signins("a@x.io"), env.mock().signins("b@x.io")),
         (1, 1)
     );
-    let st = admin(
-        &env,
-        reqwest::Method::GET,
-        "/admin/tokens/updater/status",
-        None,
-    )
-    .json();
+    // the status is written when each sign-in is recorded, a moment after its token
+    // entered the pool
+    let status = || {
+        admin(
+            &env,
+            reqwest::Method::GET,
+            "/admin/tokens/updater/status",
+            None,
+        )
+        .json()
+    };
+    within(Duration::from_secs(2), "both sign-ins recorded", || {
+        let st = status();
+        st["data"]["update_count"] == 2
+            && st["data"]["per_account"].as_array().map(Vec::len) == Some(2)
+    });
+    let st = status();
     assert_eq!(st["status"], "success");
     assert_eq!(st["data"]["update_count"], 2);
     assert_eq!(st["data"]["mode"], "file");

@@ -229,12 +229,16 @@ fn record(app: &App, account: &Account, result: Result<String, String>) {
                 "updater: signed in {email}; next refresh in {}s",
                 due.saturating_sub(now)
             );
+            // counted before the file is written: whoever sees the new token in the file
+            // sees the sign-in counted too
+            {
+                let mut st = lock(&app.updater.status);
+                st.update_count += 1;
+                st.last_update = Some(now);
+            }
             if let Err(e) = app.persist_tokens() {
                 warn!("updater: {e}");
             }
-            let mut st = lock(&app.updater.status);
-            st.update_count += 1;
-            st.last_update = Some(now);
         }
         Err(e) => {
             let n = {
