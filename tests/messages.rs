@@ -199,6 +199,7 @@ fn a_streamed_message_has_thinking_then_text_and_ends_cleanly() {
     let m = stream(
         &env,
         &json!({"model": MODEL, "max_tokens": 1024, "stream": true,
+                "thinking": {"type": "enabled", "budget_tokens": 2048},
                 "system": "You are terse.",
                 "messages": [{"role": "user", "content": "hello claude"}]}),
     );
@@ -221,7 +222,7 @@ fn a_non_stream_message_has_the_same_content() {
     let r = post(
         &env,
         "/v1/messages",
-        &json!({"model": MODEL, "max_tokens": 1024,
+        &json!({"model": MODEL, "max_tokens": 1024, "thinking": {"type": "adaptive"},
         "system": [{"type": "text", "text": "Be brief."}],
         "messages": [
             {"role": "user", "content": "first"},
@@ -380,7 +381,7 @@ fn errors_are_anthropic_shaped() {
     let r = post(
         &env,
         "/v1/messages",
-        &json!({"model": "claude-nope", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}),
+        &json!({"model": "k2-nope", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}),
     );
     assert_anthropic_error(&r, 404, "not_found_error");
     // wrong method
@@ -612,6 +613,7 @@ fn answers_have_the_grammar_and_shape_of_the_reference_fixtures() {
     let env = env();
     // thinking, then text
     let body = json!({"model": MODEL, "max_tokens": 1024, "stream": true,
+        "thinking": {"type": "enabled", "budget_tokens": 10000},
         "messages": [{"role": "user", "content": "What is 27 * 453?"}]});
     let r = post(&env, "/v1/messages", &body);
     assert_eq!(r.status, 200);
@@ -620,6 +622,7 @@ fn answers_have_the_grammar_and_shape_of_the_reference_fixtures() {
         &env,
         "/v1/messages",
         &json!({"model": MODEL, "max_tokens": 1024,
+        "thinking": {"type": "enabled", "budget_tokens": 10000},
         "messages": [{"role": "user", "content": "What is 27 * 453?"}]}),
     )
     .json();
@@ -654,4 +657,199 @@ fn answers_have_the_grammar_and_shape_of_the_reference_fixtures() {
     assert_shape(&reference, &v, "message");
     assert_eq!(v["stop_reason"], "tool_use");
     assert_eq!(v["content"][1]["input"], json!({"city": "San Francisco"}));
+}
+
+// ---------------------------------------------------------------------------------------
+// Claude Code (issue 17): what it sends today, and what it needs back
+// ---------------------------------------------------------------------------------------
+
+/// `toolu_` + 24 letters and digits, as Anthropic's tool_use ids.
+fn assert_toolu(id: &str) {
+    let tail = id.strip_prefix("toolu_").unwrap_or_else(|| panic!("{id}"));
+    assert!(
+        tail.len() == 24 && tail.chars().all(|c| c.is_ascii_alphanumeric()),
+        "{id}"
+    );
+}
+
+/// Claude Code's mid-conversation `system` messages (beta
+/// `mid-conversation-system-2026-04-07`) are accepted and go upstream as system messages
+/// where they were; before issue 17 they were a 400 that stopped Claude Code at its first
+/// request.
+#[test]
+fn mid_conversation_system_messages_go_upstream_where_they_were() {
+    let env = env();
+    for stream in [false, true] {
+        let body = json!({"model": MODEL, "max_tokens": 100, "stream": stream,
+        "system": [{"type": "text", "text": "top", "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "first", "cache_control": {"type": "ephemeral"}}]},
+            {"role": "system", "content": "Available agent types: claude"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "system", "content": [{"type": "text", "text": "Skills: none"}]},
+            {"role": "user", "content": "second"}
+        ]});
+        let r = post(&env, "/v1/messages?beta=true", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let text = if stream {
+            assemble(&r.text()).text
+        } else {
+            r.json()["content"][0]["text"].as_str().unwrap().to_string()
+        };
+        assert_eq!(text, expected("second", "").1);
+        let up = env.requests().last().unwrap().json.clone().unwrap();
+        let got: Vec<(String, String)> = up["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["role"].as_str().unwrap().to_string(),
+                    m["content"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let want = [
+            ("system", "top"),
+            ("user", "first"),
+            ("system", "Available agent types: claude"),
+            ("assistant", "ok"),
+            ("system", "Skills: none"),
+            ("user", "second"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(r, t)| (r.to_string(), t.to_string()))
+            .collect();
+        assert_eq!(got, want);
+    }
+    // What is still refused has Anthropic's type and wording.
+    let r = post(
+        &env,
+        "/v1/messages",
+        &json!({"model": MODEL, "max_tokens": 10, "messages": [
+            {"role": "user", "content": "x"}, {"role": "tool", "content": "y"}]}),
+    );
+    let v = assert_anthropic_error(&r, 400, "invalid_request_error");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("messages[1].role: Unexpected role \"tool\". Allowed roles are"),
+        "{v}"
+    );
+    let r = post(
+        &env,
+        "/v1/messages",
+        &json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}]}),
+    );
+    let v = assert_anthropic_error(&r, 400, "invalid_request_error");
+    assert_eq!(v["error"]["message"], "max_tokens: Field required");
+}
+
+/// `anthropic.thinking_blocks`: `auto` (the default) shows thinking only when the request
+/// turned it on, as Anthropic does; `always` and `never` override the request.
+#[test]
+fn thinking_blocks_follow_the_request_and_the_config() {
+    use k2proxy::config::ThinkingBlocks;
+    let ask = |thinking: Option<Value>, stream: bool| {
+        let mut b = json!({"model": MODEL, "max_tokens": 100, "stream": stream,
+            "messages": [{"role": "user", "content": "ponder"}]});
+        if let Some(t) = thinking {
+            b["thinking"] = t;
+        }
+        b
+    };
+    let kinds = |env: &Env, thinking: Option<Value>| -> (Vec<String>, Vec<String>) {
+        let streamed = stream(env, &ask(thinking.clone(), true)).block_types;
+        let v = post(env, "/v1/messages", &ask(thinking, false)).json();
+        let whole = v["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["type"].as_str().unwrap().to_string())
+            .collect();
+        (streamed, whole)
+    };
+    let with = vec!["thinking".to_string(), "text".to_string()];
+    let without = vec!["text".to_string()];
+    let cases = [
+        (ThinkingBlocks::Auto, None, &without),
+        (
+            ThinkingBlocks::Auto,
+            Some(json!({"type": "disabled"})),
+            &without,
+        ),
+        (
+            ThinkingBlocks::Auto,
+            Some(json!({"type": "adaptive"})),
+            &with,
+        ),
+        (
+            ThinkingBlocks::Auto,
+            Some(json!({"type": "enabled", "budget_tokens": 1024})),
+            &with,
+        ),
+        (ThinkingBlocks::Always, None, &with),
+        (
+            ThinkingBlocks::Always,
+            Some(json!({"type": "disabled"})),
+            &with,
+        ),
+        (
+            ThinkingBlocks::Never,
+            Some(json!({"type": "adaptive"})),
+            &without,
+        ),
+    ];
+    for mode in [
+        ThinkingBlocks::Auto,
+        ThinkingBlocks::Always,
+        ThinkingBlocks::Never,
+    ] {
+        let env = Env::start(MockConfig::default(), |c| {
+            c.anthropic.thinking_blocks = mode;
+        });
+        for (m, thinking, want) in &cases {
+            if *m != mode {
+                continue;
+            }
+            let (streamed, whole) = kinds(&env, thinking.clone());
+            assert_eq!(&streamed, *want, "{mode:?} {thinking:?} streamed");
+            assert_eq!(&whole, *want, "{mode:?} {thinking:?}");
+        }
+        // Chat completions are not affected.
+        let s = env.stream(&common::chat_body(MODEL, "ponder", true));
+        assert!(!s.reasoning().is_empty(), "{mode:?}");
+    }
+}
+
+/// `input_tokens` is one number for one prompt: `message_start`, the final `message_delta`,
+/// the non-stream message and `count_tokens` agree, even when the upstream reports a prompt
+/// count of its own (the mock does: the characters of the messages' text / 4, without our
+/// per-message overhead, so a smaller number).
+#[test]
+fn input_tokens_are_one_number_for_one_prompt() {
+    let env = env();
+    let body = |stream: bool| {
+        json!({"model": MODEL, "max_tokens": 100, "stream": stream, "tools": weather_tool(),
+            "system": "Be brief. ".repeat(40),
+            "messages": [{"role": "user", "content": calling("weather?", json!({"city": "Oslo"}))}]})
+    };
+    let r = post(&env, "/v1/messages", &body(true));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let evs = events(&r.text());
+    let start = evs[0].data["message"]["usage"]["input_tokens"]
+        .as_u64()
+        .unwrap();
+    let m = assemble(&r.text());
+    assert_eq!(m.input_tokens, Some(start));
+    assert_toolu(&m.tool_uses[0].0);
+    let v = post(&env, "/v1/messages", &body(false)).json();
+    assert_eq!(v["usage"]["input_tokens"], start, "{v}");
+    assert_toolu(v["content"][1]["id"].as_str().unwrap());
+    let mut counted = body(false);
+    counted.as_object_mut().unwrap().remove("max_tokens");
+    let c = post(&env, "/v1/messages/count_tokens", &counted).json();
+    assert_eq!(c["input_tokens"], start, "{c}");
 }
