@@ -381,7 +381,7 @@ fn errors_are_anthropic_shaped() {
     let r = post(
         &env,
         "/v1/messages",
-        &json!({"model": "k2-nope", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}),
+        &json!({"model": "llama-nope", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}),
     );
     assert_anthropic_error(&r, 404, "not_found_error");
     // wrong method
