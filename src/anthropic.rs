@@ -11,9 +11,15 @@
 //!   `message_delta`, `message_stop`; `error` on a failure), one `event:` line per event.
 //! * [`message_json`] is the non-stream `message` object.
 //!
-//! Token counts: K2Think's tokenizer is not available, so when the upstream reports no
-//! usage the counts are [`estimate_tokens`](crate::transform::tokens::estimate_tokens)
-//! estimates.
+//! Token counts: K2Think's tokenizer is not available. `input_tokens` is always the
+//! [`estimate_tokens`](crate::transform::tokens::estimate_tokens) estimate of the prompt
+//! that went upstream (one number for one prompt: `message_start`, `message_delta`, the
+//! non-stream message and `count_tokens` agree); `output_tokens` is the upstream's count
+//! when it reports one, else an estimate.
+//!
+//! Ids: answers are `msg_` + 24 letters and digits, tool calls `toolu_` + 24, shaped as
+//! Anthropic's. Thinking blocks appear only when the caller's [`ReasoningMode`] shows
+//! reasoning (with `anthropic.thinking_blocks: auto`, when the request turned thinking on).
 
 use serde_json::{json, Map, Value};
 
@@ -40,18 +46,36 @@ pub struct Request {
     pub chat: ChatRequest,
     /// For checks after the conversion: their errors name `messages[…]` of the client.
     pub origin: Origin,
+    /// The client turned thinking on (`thinking.type` `enabled` or `adaptive`): with
+    /// `anthropic.thinking_blocks: auto` only then does the answer have thinking blocks.
+    pub thinking: bool,
 }
 
 /// A Messages request body → the shared chat request (`count_tokens`: `max_tokens` is not
 /// required there). Errors are 400s whose `param`, and the start of whose message, names
 /// the field (Anthropic's error body has only the message).
 pub fn parse_request(body: &[u8], count_tokens: bool) -> Result<Request, ApiError> {
+    convert_request(body, count_tokens).map_err(anthropic_wording)
+}
+
+/// Anthropic's wording of a missing field.
+const FIELD_REQUIRED: &str = "Field required";
+
+/// The shared field checks say `<field>: is required`; Anthropic says `Field required`.
+fn anthropic_wording(mut e: ApiError) -> ApiError {
+    if let Some(field) = e.message.strip_suffix(": is required") {
+        e.message = format!("{field}: {FIELD_REQUIRED}");
+    }
+    e
+}
+
+fn convert_request(body: &[u8], count_tokens: bool) -> Result<Request, ApiError> {
     let root = fields::root(body)?;
     let model = fields::model(&root)?;
     check_fields(&root)?;
 
     let max_tokens = match fields::positive(&root, "max_tokens")? {
-        None if !count_tokens => return Err(bad("max_tokens", "is required")),
+        None if !count_tokens => return Err(bad("max_tokens", FIELD_REQUIRED)),
         n => n,
     };
 
@@ -75,7 +99,7 @@ pub fn parse_request(body: &[u8], count_tokens: bool) -> Result<Request, ApiErro
     };
 
     let mut messages = Converted::of("messages");
-    if let Some(system) = system_text(root.get("system"))? {
+    if let Some(system) = system_text(root.get("system"), "system")? {
         messages.push(
             message(Role::System, Content::Text(system)),
             "system",
@@ -84,17 +108,32 @@ pub fn parse_request(body: &[u8], count_tokens: bool) -> Result<Request, ApiErro
     }
     let list = match root.get("messages") {
         Some(Value::Array(a)) if !a.is_empty() => a,
-        Some(Value::Array(_)) => return Err(bad("messages", "must contain at least one message")),
-        None | Some(Value::Null) => return Err(bad("messages", "is required")),
+        Some(Value::Array(_)) => return Err(bad("messages", "at least one message is required")),
+        None | Some(Value::Null) => return Err(bad("messages", FIELD_REQUIRED)),
         Some(v) => return Err(wrong_type("messages", "an array", v)),
     };
     for (i, m) in list.iter().enumerate() {
         convert_message(i, m, &mut messages)?;
     }
+    if list
+        .iter()
+        .all(|m| m.get("role").and_then(Value::as_str) == Some("system"))
+    {
+        return Err(bad(
+            "messages",
+            "at least one \"user\" or \"assistant\" message is required",
+        ));
+    }
 
     let tools = convert_tools(root.get("tools"))?;
     let tool_choice = convert_tool_choice(root.get("tool_choice"))?;
     let reasoning_effort = effort(&root)?;
+    let thinking = matches!(
+        root.get("thinking")
+            .and_then(|t| t.get("type"))
+            .and_then(Value::as_str),
+        Some("enabled" | "adaptive")
+    );
 
     let chat = ChatRequest {
         model,
@@ -112,6 +151,7 @@ pub fn parse_request(body: &[u8], count_tokens: bool) -> Result<Request, ApiErro
     Ok(Request {
         chat,
         origin: messages.origin,
+        thinking,
     })
 }
 
@@ -197,15 +237,16 @@ fn as_block<'a>(v: &'a Value, at: &str) -> Result<(&'a Obj, &'a str), ApiError> 
     Ok((obj, kind))
 }
 
-/// `system`: a string or an array of `text` blocks, joined by `\n`. `None` when empty.
-fn system_text(v: Option<&Value>) -> Result<Option<String>, ApiError> {
+/// `system` (or the content of a `system` message, at `at`): a string or an array of
+/// `text` blocks, joined by `\n`. `None` when empty.
+fn system_text(v: Option<&Value>, at: &str) -> Result<Option<String>, ApiError> {
     let text = match v {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(blocks)) => {
             let mut texts = Vec::with_capacity(blocks.len());
             for (i, b) in blocks.iter().enumerate() {
-                let at = format!("system[{i}]");
+                let at = format!("{at}[{i}]");
                 let (obj, kind) = as_block(b, &at)?;
                 if kind != "text" {
                     return Err(bad(
@@ -217,19 +258,18 @@ fn system_text(v: Option<&Value>) -> Result<Option<String>, ApiError> {
             }
             texts.join("\n")
         }
-        Some(v) => {
-            return Err(wrong_type(
-                "system",
-                "a string or an array of text blocks",
-                v,
-            ))
-        }
+        Some(v) => return Err(wrong_type(at, "a string or an array of text blocks", v)),
     };
     Ok((!text.is_empty()).then_some(text))
 }
 
 /// One Anthropic message → one or more shared messages (a user message with
 /// `tool_result` blocks becomes `tool` messages first, then the rest of the user turn).
+///
+/// A `system` message (Claude Code sends them mid-conversation, beta
+/// `mid-conversation-system-2026-04-07`, for any model it does not know) stays where it is:
+/// a system message at that position upstream, as the chat surface's own system messages
+/// do. An empty one is left out.
 fn convert_message(i: usize, m: &Value, out: &mut Converted) -> Result<(), ApiError> {
     let at = format!("messages[{i}]");
     let obj = m
@@ -238,11 +278,27 @@ fn convert_message(i: usize, m: &Value, out: &mut Converted) -> Result<(), ApiEr
     let role = match req_str(obj, "role", &at)? {
         "user" => Role::User,
         "assistant" => Role::Assistant,
+        "system" => {
+            let cat = format!("{at}.content");
+            if obj.get("content").is_none_or(Value::is_null) {
+                return Err(bad(&cat, FIELD_REQUIRED));
+            }
+            if let Some(text) = system_text(obj.get("content"), &cat)? {
+                out.push(message(Role::System, Content::Text(text)), at, Vec::new());
+            }
+            return Ok(());
+        }
+        // Anthropic's wording (with `system` now among the roles it takes).
         other => {
-            return Err(bad(
-                &format!("{at}.role"),
-                format!("must be \"user\" or \"assistant\", got \"{other}\""),
-            ))
+            let mut why = format!(
+                "Unexpected role \"{other}\". Allowed roles are \"user\", \"assistant\" or \"system\""
+            );
+            if other == "tool" {
+                why.push_str(
+                    ". Tool results go in a \"user\" message as `tool_result` content blocks",
+                );
+            }
+            return Err(bad(&format!("{at}.role"), why));
         }
     };
     let blocks = match obj.get("content") {
@@ -591,15 +647,6 @@ pub fn error_body(err: &ApiError) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
-/// Upstream `prompt_tokens` when it reported a non-zero one (a usage object without the
-/// field reads as 0), else our estimate.
-fn input_tokens_of(usage: Option<&Usage>, estimate: u64) -> u64 {
-    usage
-        .map(|u| u.prompt_tokens)
-        .filter(|&n| n > 0)
-        .unwrap_or(estimate)
-}
-
 /// Upstream `completion_tokens` when non-zero, else our estimate.
 fn output_tokens_of(usage: Option<&Usage>, estimate: u64) -> u64 {
     usage
@@ -614,6 +661,16 @@ fn stop_reason(finish_reason: &str) -> &'static str {
         "tool_calls" => "tool_use",
         "length" => "max_tokens",
         _ => "end_turn",
+    }
+}
+
+/// A tool call's id as Anthropic shapes them: `toolu_` + 24 letters and digits (the tool
+/// emulation's `call_` + 24 becomes `toolu_` + the same 24).
+fn tool_use_id(id: &str) -> String {
+    match id.strip_prefix("call_") {
+        Some(tail) => format!("toolu_{tail}"),
+        None if id.starts_with("toolu_") => id.to_string(),
+        None => format!("toolu_{id}"),
     }
 }
 
@@ -632,7 +689,10 @@ fn tool_input(arguments: &str) -> Value {
 
 /// The non-stream answer: a `message` object.
 ///
-/// `output_tokens`, when estimated, counts the reasoning even in [`ReasoningMode::Drop`]:
+/// `input_tokens` is always `input_tokens`, our estimate of the prompt that went upstream,
+/// as in the stream's `message_start` and `message_delta` and in `count_tokens`: a stream
+/// must say it before the upstream reports any usage, and a client (Claude Code sizes its
+/// context with it) must not see two counts for one prompt. `output_tokens`, when estimated, counts the reasoning even in [`ReasoningMode::Drop`]:
 /// the model generated it (Anthropic counts hidden thinking as output too).
 pub fn message_json(
     result: &CompletionResult,
@@ -657,7 +717,7 @@ pub fn message_json(
         estimate.add(&c.arguments);
         content.push(json!({
             "type": "tool_use",
-            "id": c.id,
+            "id": tool_use_id(&c.id),
             "name": c.name,
             "input": tool_input(&c.arguments),
         }));
@@ -672,7 +732,7 @@ pub fn message_json(
         "stop_reason": stop_reason(&result.finish_reason),
         "stop_sequence": null,
         "usage": {
-            "input_tokens": input_tokens_of(usage, input_tokens),
+            "input_tokens": input_tokens,
             "output_tokens": output_tokens_of(usage, estimate.tokens()),
         },
     });
@@ -864,7 +924,7 @@ impl Encoder for MessagesEncoder {
         }
         self.estimate.add(&call.name);
         self.estimate.add(&call.arguments);
-        let block = json!({"type": "tool_use", "id": call.id, "name": call.name, "input": {}});
+        let block = json!({"type": "tool_use", "id": tool_use_id(&call.id), "name": call.name, "input": {}});
         let block = serde_json::to_vec(&block).unwrap_or_default();
         let i = self.start_block(&block, out);
         self.started = true;
@@ -891,18 +951,14 @@ impl Encoder for MessagesEncoder {
             self.open = Some(Block::Text);
         }
         self.close(out);
-        let mut u = Map::new();
-        if let Some(n) = usage.map(|u| u.prompt_tokens).filter(|&n| n > 0) {
-            u.insert("input_tokens".into(), n.into());
-        }
-        u.insert(
-            "output_tokens".into(),
-            output_tokens_of(usage, self.estimate.tokens()).into(),
-        );
+        // `input_tokens` as in `message_start` (see [`message_json`]).
         let v = json!({
             "type": "message_delta",
             "delta": {"stop_reason": stop_reason(finish_reason), "stop_sequence": null},
-            "usage": u,
+            "usage": {
+                "input_tokens": self.input_tokens,
+                "output_tokens": output_tokens_of(usage, self.estimate.tokens()),
+            },
         });
         event_json(out, "message_delta", &v);
         event(out, "message_stop", |o| {
@@ -987,6 +1043,111 @@ mod tests {
         let r = parse(with_messages(json!([{"role": "user", "content": "x"}])));
         assert!(!r.stream);
         assert_eq!(r.messages.len(), 1);
+    }
+
+    /// Claude Code's mid-conversation system messages (beta
+    /// `mid-conversation-system-2026-04-07`) stay where they are, as system messages.
+    #[test]
+    fn system_messages_stay_in_place() {
+        let r = parse_request(
+            json!({"model": "m", "max_tokens": 5, "system": "top",
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "say hi", "cache_control": {"type": "ephemeral"}}]},
+                    {"role": "system", "content": "Available agent types: claude"},
+                    {"role": "assistant", "content": "hi"},
+                    {"role": "system", "content": [
+                        {"type": "text", "text": "one"},
+                        {"type": "text", "text": "two", "cache_control": {"type": "ephemeral"}}
+                    ]},
+                    {"role": "system", "content": ""},
+                    {"role": "user", "content": "again"},
+                ]})
+            .to_string()
+            .as_bytes(),
+            false,
+        )
+        .expect("valid");
+        let roles: Vec<Role> = r.chat.messages.iter().map(|m| m.role).collect();
+        assert_eq!(
+            roles,
+            [
+                Role::System,
+                Role::User,
+                Role::System,
+                Role::Assistant,
+                Role::System,
+                Role::User
+            ]
+        );
+        assert_eq!(text_of(&r.chat.messages[0]), "top");
+        assert_eq!(
+            text_of(&r.chat.messages[2]),
+            "Available agent types: claude"
+        );
+        assert_eq!(text_of(&r.chat.messages[4]), "one\ntwo");
+        // Errors after the conversion name the client's message.
+        assert_eq!(r.origin.path("messages[2]"), "messages[1]");
+        assert_eq!(r.origin.path("messages[4]"), "messages[3]");
+        assert_eq!(r.origin.path("messages[5]"), "messages[5]");
+    }
+
+    /// What is still refused is worded as Anthropic words it.
+    #[test]
+    fn refusals_use_anthropics_wording() {
+        let e = err(with_messages(json!([{"role": "tool", "content": "x"}])));
+        assert_eq!(
+            e.message,
+            "messages[0].role: Unexpected role \"tool\". Allowed roles are \"user\", \"assistant\" or \"system\". Tool results go in a \"user\" message as `tool_result` content blocks"
+        );
+        let e = err(with_messages(json!([{"role": "ai", "content": "x"}])));
+        assert_eq!(
+            e.message,
+            "messages[0].role: Unexpected role \"ai\". Allowed roles are \"user\", \"assistant\" or \"system\""
+        );
+        let e = err(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}));
+        assert_eq!(e.message, "max_tokens: Field required");
+        let e = err(json!({"max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}));
+        assert_eq!(e.message, "model: Field required");
+        let e = err(json!({"model": "m", "max_tokens": 1}));
+        assert_eq!(e.message, "messages: Field required");
+        let e = err(with_messages(json!([])));
+        assert_eq!(e.message, "messages: at least one message is required");
+        let e = err(with_messages(json!([{"content": "x"}])));
+        assert_eq!(e.message, "messages[0].role: Field required");
+        for e in [e, err(with_messages(json!([{"role": "tool"}])))] {
+            assert_eq!(e.status, 400);
+            let v: Value = serde_json::from_slice(&error_body(&e)).expect("json");
+            assert_eq!(v["type"], "error");
+            assert_eq!(v["error"]["type"], "invalid_request_error");
+        }
+    }
+
+    #[test]
+    fn thinking_is_on_when_enabled_or_adaptive() {
+        let on = |thinking: Value| {
+            let mut body = with_messages(json!([{"role": "user", "content": "x"}]));
+            if !thinking.is_null() {
+                body["thinking"] = thinking;
+            }
+            parse_request(body.to_string().as_bytes(), false)
+                .expect("valid")
+                .thinking
+        };
+        assert!(on(json!({"type": "adaptive"})));
+        assert!(on(json!({"type": "enabled", "budget_tokens": 2048})));
+        assert!(!on(json!({"type": "disabled"})));
+        assert!(!on(Value::Null));
+    }
+
+    #[test]
+    fn tool_use_ids_are_shaped_as_anthropics() {
+        let id = crate::transform::tools::new_call_id();
+        let t = tool_use_id(&id);
+        let tail = t.strip_prefix("toolu_").expect("toolu_ prefix");
+        assert_eq!(tail.len(), 24, "{t}");
+        assert!(tail.chars().all(|c| c.is_ascii_alphanumeric()), "{t}");
+        assert_eq!(tool_use_id("toolu_01abc"), "toolu_01abc");
+        assert_eq!(tool_use_id("x"), "toolu_x");
     }
 
     #[test]
@@ -1364,8 +1525,21 @@ mod tests {
             (json!(["x"]), "messages[0]"),
             (json!([{"content": "x"}]), "messages[0].role"),
             (
-                json!([{"role": "system", "content": "x"}]),
+                json!([{"role": "tool", "content": "x"}]),
                 "messages[0].role",
+            ),
+            (json!([{"role": "system", "content": "x"}]), "messages"),
+            (
+                json!([{"role": "user", "content": "x"}, {"role": "system"}]),
+                "messages[1].content",
+            ),
+            (
+                json!([{"role": "user", "content": "x"}, {"role": "system", "content": 3}]),
+                "messages[1].content",
+            ),
+            (
+                json!([{"role": "user", "content": "x"}, {"role": "system", "content": [{"type": "image"}]}]),
+                "messages[1].content[0].type",
             ),
             (json!([{"role": "user"}]), "messages[0].content"),
             (
@@ -1723,11 +1897,10 @@ mod tests {
             total_tokens: 142,
             completion_tokens_details: None,
         });
+        // The upstream's output count is taken; its prompt count is not: input_tokens is
+        // the estimate the stream's message_start gives too.
         let v = msg(&r, ReasoningMode::Field);
-        assert_eq!(
-            v["usage"],
-            json!({"input_tokens": 100, "output_tokens": 42})
-        );
+        assert_eq!(v["usage"], json!({"input_tokens": 7, "output_tokens": 42}));
     }
 
     #[test]
@@ -1759,8 +1932,8 @@ mod tests {
             v["content"],
             json!([
                 {"type": "thinking", "thinking": "plan", "signature": ""},
-                {"type": "tool_use", "id": "call_a", "name": "get_weather", "input": {"city": "Paris"}},
-                {"type": "tool_use", "id": "call_b", "name": "noop", "input": {}}
+                {"type": "tool_use", "id": "toolu_a", "name": "get_weather", "input": {"city": "Paris"}},
+                {"type": "tool_use", "id": "toolu_b", "name": "noop", "input": {}}
             ])
         );
         let r = result(
@@ -1862,7 +2035,7 @@ mod tests {
         assert_eq!(
             *data[10],
             json!({"type": "content_block_start", "index": 2, "content_block":
-                {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {}}})
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}})
         );
         assert_eq!(
             *data[11],
@@ -1879,14 +2052,14 @@ mod tests {
         assert_eq!(
             *data[15],
             json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
-                "usage": {"output_tokens": 15}})
+                "usage": {"input_tokens": 11, "output_tokens": 15}})
         );
         assert_eq!(*data[16], json!({"type": "message_stop"}));
     }
 
     #[test]
     fn stream_block_switches_and_usage() {
-        let mut e = MessagesEncoder::new("m", "K2", ReasoningMode::Inline, 0);
+        let mut e = MessagesEncoder::new("m", "K2", ReasoningMode::Inline, 12);
         let mut out = Vec::new();
         e.start(&mut out);
         e.content("a", &mut out);
@@ -1920,9 +2093,11 @@ mod tests {
         let (name, delta) = &evs[evs.len() - 2];
         assert_eq!(name, "message_delta");
         assert_eq!(delta["delta"]["stop_reason"], "max_tokens");
+        // The upstream's prompt count does not replace the one message_start gave.
+        assert_eq!(evs[0].1["message"]["usage"]["input_tokens"], 12);
         assert_eq!(
             delta["usage"],
-            json!({"input_tokens": 30, "output_tokens": 9})
+            json!({"input_tokens": 12, "output_tokens": 9})
         );
         assert_eq!(evs[evs.len() - 1].0, "message_stop");
     }
@@ -1955,7 +2130,10 @@ mod tests {
         assert_eq!(evs[2].1["content_block"]["type"], "text");
         assert_eq!(evs[5].1["delta"]["stop_reason"], "end_turn");
         // The dropped reasoning was generated: 15 + 6 ASCII chars → 6 tokens.
-        assert_eq!(evs[5].1["usage"], json!({"output_tokens": 6}));
+        assert_eq!(
+            evs[5].1["usage"],
+            json!({"input_tokens": 1, "output_tokens": 6})
+        );
     }
 
     #[test]
@@ -1981,7 +2159,10 @@ mod tests {
             json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
         );
         assert_eq!(evs[3].1, json!({"type": "content_block_stop", "index": 0}));
-        assert_eq!(evs[4].1["usage"], json!({"output_tokens": 0}));
+        assert_eq!(
+            evs[4].1["usage"],
+            json!({"input_tokens": 1, "output_tokens": 0})
+        );
     }
 
     #[test]
@@ -2035,7 +2216,7 @@ mod tests {
         assert_eq!(evs[0].1["message"]["model"], "mo\\del");
         assert_eq!(evs[3].1["delta"]["thinking"], tricky);
         assert_eq!(evs[7].1["delta"]["text"], tricky);
-        assert_eq!(evs[9].1["content_block"]["id"], "c\"1");
+        assert_eq!(evs[9].1["content_block"]["id"], "toolu_c\"1");
         assert_eq!(evs[10].1["delta"]["partial_json"], "{\"a\":\"\\n\"}");
     }
 }

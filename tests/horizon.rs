@@ -117,6 +117,7 @@ fn messages_multi_turn_carries_thinking_blocks_and_splits_exactly() {
     let body = |stream: bool| {
         json!({
             "model": HORIZON, "max_tokens": 512, "stream": stream, "system": "Be brief.",
+            "thinking": {"type": "adaptive"},
             "messages": [
                 {"role": "user", "content": "First question?"},
                 {"role": "assistant", "content": [

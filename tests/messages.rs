@@ -199,6 +199,7 @@ fn a_streamed_message_has_thinking_then_text_and_ends_cleanly() {
     let m = stream(
         &env,
         &json!({"model": MODEL, "max_tokens": 1024, "stream": true,
+                "thinking": {"type": "enabled", "budget_tokens": 2048},
                 "system": "You are terse.",
                 "messages": [{"role": "user", "content": "hello claude"}]}),
     );
@@ -221,7 +222,7 @@ fn a_non_stream_message_has_the_same_content() {
     let r = post(
         &env,
         "/v1/messages",
-        &json!({"model": MODEL, "max_tokens": 1024,
+        &json!({"model": MODEL, "max_tokens": 1024, "thinking": {"type": "adaptive"},
         "system": [{"type": "text", "text": "Be brief."}],
         "messages": [
             {"role": "user", "content": "first"},
@@ -612,6 +613,7 @@ fn answers_have_the_grammar_and_shape_of_the_reference_fixtures() {
     let env = env();
     // thinking, then text
     let body = json!({"model": MODEL, "max_tokens": 1024, "stream": true,
+        "thinking": {"type": "enabled", "budget_tokens": 10000},
         "messages": [{"role": "user", "content": "What is 27 * 453?"}]});
     let r = post(&env, "/v1/messages", &body);
     assert_eq!(r.status, 200);
@@ -620,6 +622,7 @@ fn answers_have_the_grammar_and_shape_of_the_reference_fixtures() {
         &env,
         "/v1/messages",
         &json!({"model": MODEL, "max_tokens": 1024,
+        "thinking": {"type": "enabled", "budget_tokens": 10000},
         "messages": [{"role": "user", "content": "What is 27 * 453?"}]}),
     )
     .json();
@@ -654,4 +657,393 @@ fn answers_have_the_grammar_and_shape_of_the_reference_fixtures() {
     assert_shape(&reference, &v, "message");
     assert_eq!(v["stop_reason"], "tool_use");
     assert_eq!(v["content"][1]["input"], json!({"city": "San Francisco"}));
+}
+
+// ---------------------------------------------------------------------------------------
+// Claude Code (issue 17): what it sends today, and what it needs back
+// ---------------------------------------------------------------------------------------
+
+/// A Claude Code request from tests/fixtures/clients/claude-code, as captured.
+struct Captured {
+    name: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Value,
+}
+
+fn claude_code_fixtures() -> Vec<Captured> {
+    let dir = format!(
+        "{}/tests/fixtures/clients/claude-code",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(format!("{dir}/{name}")).unwrap();
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["method"], "POST", "{name}");
+            let headers = v["headers"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect();
+            Captured {
+                name: name.trim_end_matches(".json").to_string(),
+                path: v["path"].as_str().unwrap().to_string(),
+                headers,
+                body: v["body"].clone(),
+            }
+        })
+        .collect()
+}
+
+/// `body` sent as Claude Code sent it (its path, its headers), with the test's key.
+fn replay(env: &Env, c: &Captured, path: &str, body: &Value) -> common::Resp {
+    let mut req = env.client.post(env.url(path));
+    for (k, v) in &c.headers {
+        req = match k.as_str() {
+            "x-api-key" => req.header("x-api-key", KEY),
+            _ => req.header(k, v),
+        };
+    }
+    env.send(req.body(body.to_string()))
+}
+
+/// `toolu_` + 24 letters and digits, as Anthropic's tool_use ids.
+fn assert_toolu(id: &str) {
+    let tail = id.strip_prefix("toolu_").unwrap_or_else(|| panic!("{id}"));
+    assert!(
+        tail.len() == 24 && tail.chars().all(|c| c.is_ascii_alphanumeric()),
+        "{id}"
+    );
+}
+
+/// The text of the last `tool_result` block of a request (what the tool printed).
+fn last_tool_result(body: &Value) -> Option<String> {
+    body["messages"]
+        .as_array()?
+        .iter()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .rfind(|b| b["type"] == "tool_result")
+        .map(|b| b["content"].as_str().unwrap_or_default().to_string())
+}
+
+/// Every request Claude Code sent in the captured sessions is accepted and answered, streamed
+/// (the Messages grammar of [`assemble`]) and not, with what Claude Code needs: the tool call
+/// the mock makes, `toolu_` ids, thinking blocks only where thinking was asked for (and the
+/// model reasons), one `input_tokens` for one prompt.
+#[test]
+fn claude_code_requests_replay_through_the_proxy_stream_and_not() {
+    let env = Env::start(MockConfig::horizon(), |c| {
+        c.auth.api_keys = vec![k2proxy::config::ApiKeyEntry {
+            name: "claude".into(),
+            key: KEY.into(),
+        }];
+    });
+    let fixtures = claude_code_fixtures();
+    let names: Vec<&str> = fixtures.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "bash-tool-call",
+            "bash-tool-result",
+            "haiku-stream",
+            "say-hi"
+        ]
+    );
+    for c in &fixtures {
+        let name = c.name.as_str();
+        assert_eq!(c.body["stream"], true, "{name}: Claude Code streams");
+        let haiku = c.body["model"].as_str().unwrap().contains("haiku");
+        // The small model maps to the -nothink entry: no thinking whatever was asked.
+        let blocks_before: &[&str] = if haiku { &[] } else { &["thinking"] };
+        let count = replay(&env, c, "/v1/messages/count_tokens", &c.body);
+        assert_eq!(count.status, 200, "{name}: {}", count.text());
+        let counted = count.json()["input_tokens"].as_u64().unwrap();
+
+        // Streamed, as sent.
+        let before = env.requests().len();
+        let r = replay(&env, c, &c.path, &c.body);
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        let m = assemble(&r.text());
+        assert!(m.stopped && m.error.is_none(), "{name}: {}", r.text());
+        let evs = events(&r.text());
+        let start_in = evs[0].data["message"]["usage"]["input_tokens"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(m.input_tokens, Some(start_in), "{name}: message_delta");
+        assert_eq!(start_in, counted, "{name}: count_tokens");
+        let up = env.requests()[before].json.clone().unwrap();
+
+        // Not streamed.
+        let mut body = c.body.clone();
+        body["stream"] = json!(false);
+        let r = replay(&env, c, &c.path, &body);
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        let v = r.json();
+        assert_eq!(v["type"], "message", "{name}: {v}");
+        assert_eq!(v["model"], c.body["model"], "{name}");
+        assert_eq!(v["usage"]["input_tokens"], start_in, "{name}: {v}");
+        let types: Vec<&str> = v["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, m.block_types, "{name}: the same blocks either way");
+
+        let mut want: Vec<&str> = blocks_before.to_vec();
+        match name {
+            "bash-tool-call" => {
+                want.extend(["text", "tool_use"]);
+                assert_eq!(m.stop_reason.as_deref(), Some("tool_use"), "{name}");
+                assert_eq!(v["stop_reason"], "tool_use", "{name}");
+                let input = json!({"command": "ls", "description": "list files"});
+                assert_eq!(m.tool_uses.len(), 1, "{name}: {m:?}");
+                let (id, tool, got) = &m.tool_uses[0];
+                assert_eq!((tool.as_str(), got), ("Bash", &input), "{name}");
+                assert_toolu(id);
+                let block = &v["content"][types.len() - 1];
+                assert_eq!((&block["name"], &block["input"]), (&json!("Bash"), &input));
+                assert_toolu(block["id"].as_str().unwrap());
+            }
+            _ => {
+                want.push("text");
+                assert_eq!(m.stop_reason.as_deref(), Some("end_turn"), "{name}");
+                assert!(m.tool_uses.is_empty(), "{name}: {m:?}");
+                assert!(m.text.starts_with("Echo: "), "{name}: {}", m.text);
+                let text = v["content"][types.len() - 1]["text"].as_str().unwrap();
+                assert_eq!(text, m.text, "{name}");
+            }
+        }
+        assert_eq!(m.block_types, want, "{name}");
+        match name {
+            // The mock answers the tool result plainly, echoing what the tool printed.
+            "bash-tool-result" => {
+                let printed = last_tool_result(&c.body).unwrap();
+                assert!(!printed.is_empty());
+                assert!(m.text.contains(&printed), "{name}: {}", m.text);
+            }
+            "say-hi" => assert!(m.text.contains("say hi"), "{name}: {}", m.text),
+            "haiku-stream" => assert!(m.text.contains("count to three"), "{}", m.text),
+            _ => {}
+        }
+
+        // Upstream: every mid-conversation system message where Claude Code put it (after
+        // the tool prompt and the top-level system prompt, which come first).
+        let sent: Vec<&Value> = c.body["messages"].as_array().unwrap().iter().collect();
+        let system_at: Vec<usize> = sent
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m["role"] == "system")
+            .map(|(i, _)| i)
+            .collect();
+        if name != "haiku-stream" {
+            assert!(!system_at.is_empty(), "{name}: Claude Code sent one");
+        }
+        let ups = up["messages"].as_array().unwrap();
+        for i in system_at {
+            let text = sent[i]["content"].as_str().unwrap();
+            let found = ups
+                .iter()
+                .position(|u| u["role"] == "system" && u["content"] == text)
+                .unwrap_or_else(|| panic!("{name}: messages[{i}] did not go upstream"));
+            let users_before_client = sent[..i].iter().filter(|m| m["role"] == "user").count();
+            let users_before_up = ups[..found].iter().filter(|u| u["role"] == "user").count();
+            assert!(
+                users_before_up >= users_before_client && users_before_client > 0,
+                "{name}: messages[{i}] stays after the turn it followed"
+            );
+        }
+    }
+}
+
+/// Claude Code's mid-conversation `system` messages (beta
+/// `mid-conversation-system-2026-04-07`) are accepted and go upstream as system messages
+/// where they were; before issue 17 they were a 400 that stopped Claude Code at its first
+/// request.
+#[test]
+fn mid_conversation_system_messages_go_upstream_where_they_were() {
+    let env = env();
+    for stream in [false, true] {
+        let body = json!({"model": MODEL, "max_tokens": 100, "stream": stream,
+        "system": [{"type": "text", "text": "top", "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "first", "cache_control": {"type": "ephemeral"}}]},
+            {"role": "system", "content": "Available agent types: claude"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "system", "content": [{"type": "text", "text": "Skills: none"}]},
+            {"role": "user", "content": "second"}
+        ]});
+        let r = post(&env, "/v1/messages?beta=true", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let text = if stream {
+            assemble(&r.text()).text
+        } else {
+            r.json()["content"][0]["text"].as_str().unwrap().to_string()
+        };
+        assert_eq!(text, expected("second", "").1);
+        let up = env.requests().last().unwrap().json.clone().unwrap();
+        let got: Vec<(String, String)> = up["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["role"].as_str().unwrap().to_string(),
+                    m["content"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let want = [
+            ("system", "top"),
+            ("user", "first"),
+            ("system", "Available agent types: claude"),
+            ("assistant", "ok"),
+            ("system", "Skills: none"),
+            ("user", "second"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(r, t)| (r.to_string(), t.to_string()))
+            .collect();
+        assert_eq!(got, want);
+    }
+    // What is still refused has Anthropic's type and wording.
+    let r = post(
+        &env,
+        "/v1/messages",
+        &json!({"model": MODEL, "max_tokens": 10, "messages": [
+            {"role": "user", "content": "x"}, {"role": "tool", "content": "y"}]}),
+    );
+    let v = assert_anthropic_error(&r, 400, "invalid_request_error");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("messages[1].role: Unexpected role \"tool\". Allowed roles are"),
+        "{v}"
+    );
+    let r = post(
+        &env,
+        "/v1/messages",
+        &json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}]}),
+    );
+    let v = assert_anthropic_error(&r, 400, "invalid_request_error");
+    assert_eq!(v["error"]["message"], "max_tokens: Field required");
+}
+
+/// `anthropic.thinking_blocks`: `auto` (the default) shows thinking only when the request
+/// turned it on, as Anthropic does; `always` and `never` override the request.
+#[test]
+fn thinking_blocks_follow_the_request_and_the_config() {
+    use k2proxy::config::ThinkingBlocks;
+    let ask = |thinking: Option<Value>, stream: bool| {
+        let mut b = json!({"model": MODEL, "max_tokens": 100, "stream": stream,
+            "messages": [{"role": "user", "content": "ponder"}]});
+        if let Some(t) = thinking {
+            b["thinking"] = t;
+        }
+        b
+    };
+    let kinds = |env: &Env, thinking: Option<Value>| -> (Vec<String>, Vec<String>) {
+        let streamed = stream(env, &ask(thinking.clone(), true)).block_types;
+        let v = post(env, "/v1/messages", &ask(thinking, false)).json();
+        let whole = v["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["type"].as_str().unwrap().to_string())
+            .collect();
+        (streamed, whole)
+    };
+    let with = vec!["thinking".to_string(), "text".to_string()];
+    let without = vec!["text".to_string()];
+    let cases = [
+        (ThinkingBlocks::Auto, None, &without),
+        (
+            ThinkingBlocks::Auto,
+            Some(json!({"type": "disabled"})),
+            &without,
+        ),
+        (
+            ThinkingBlocks::Auto,
+            Some(json!({"type": "adaptive"})),
+            &with,
+        ),
+        (
+            ThinkingBlocks::Auto,
+            Some(json!({"type": "enabled", "budget_tokens": 1024})),
+            &with,
+        ),
+        (ThinkingBlocks::Always, None, &with),
+        (
+            ThinkingBlocks::Always,
+            Some(json!({"type": "disabled"})),
+            &with,
+        ),
+        (
+            ThinkingBlocks::Never,
+            Some(json!({"type": "adaptive"})),
+            &without,
+        ),
+    ];
+    for mode in [
+        ThinkingBlocks::Auto,
+        ThinkingBlocks::Always,
+        ThinkingBlocks::Never,
+    ] {
+        let env = Env::start(MockConfig::default(), |c| {
+            c.anthropic.thinking_blocks = mode;
+        });
+        for (m, thinking, want) in &cases {
+            if *m != mode {
+                continue;
+            }
+            let (streamed, whole) = kinds(&env, thinking.clone());
+            assert_eq!(&streamed, *want, "{mode:?} {thinking:?} streamed");
+            assert_eq!(&whole, *want, "{mode:?} {thinking:?}");
+        }
+        // Chat completions are not affected.
+        let s = env.stream(&common::chat_body(MODEL, "ponder", true));
+        assert!(!s.reasoning().is_empty(), "{mode:?}");
+    }
+}
+
+/// `input_tokens` is one number for one prompt: `message_start`, the final `message_delta`,
+/// the non-stream message and `count_tokens` agree, even when the upstream reports a prompt
+/// count of its own (the mock does: the characters of the messages' text / 4, without our
+/// per-message overhead, so a smaller number).
+#[test]
+fn input_tokens_are_one_number_for_one_prompt() {
+    let env = env();
+    let body = |stream: bool| {
+        json!({"model": MODEL, "max_tokens": 100, "stream": stream, "tools": weather_tool(),
+            "system": "Be brief. ".repeat(40),
+            "messages": [{"role": "user", "content": calling("weather?", json!({"city": "Oslo"}))}]})
+    };
+    let r = post(&env, "/v1/messages", &body(true));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let evs = events(&r.text());
+    let start = evs[0].data["message"]["usage"]["input_tokens"]
+        .as_u64()
+        .unwrap();
+    let m = assemble(&r.text());
+    assert_eq!(m.input_tokens, Some(start));
+    assert_toolu(&m.tool_uses[0].0);
+    let v = post(&env, "/v1/messages", &body(false)).json();
+    assert_eq!(v["usage"]["input_tokens"], start, "{v}");
+    assert_toolu(v["content"][1]["id"].as_str().unwrap());
+    let mut counted = body(false);
+    counted.as_object_mut().unwrap().remove("max_tokens");
+    let c = post(&env, "/v1/messages/count_tokens", &counted).json();
+    assert_eq!(c["input_tokens"], start, "{c}");
 }

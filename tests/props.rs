@@ -1209,6 +1209,7 @@ fn valid_messages_request() -> Value {
         "system": [{"type": "text", "text": "Be brief."}],
         "messages": [
             {"role": "user", "content": "Weather?"},
+            {"role": "system", "content": [{"type": "text", "text": "Mid-conversation context."}]},
             {"role": "user", "content": [
                 {"type": "text", "text": "What is this?"},
                 {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},

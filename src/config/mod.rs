@@ -54,6 +54,7 @@ pub struct Config {
     pub retry: RetrySection,
     pub reasoning: ReasoningSection,
     pub tools: ToolsSection,
+    pub anthropic: AnthropicSection,
     pub limits: LimitsSection,
     pub updater: UpdaterSection,
     pub admin: AdminSection,
@@ -677,6 +678,29 @@ pub struct ToolsSection {
     /// filled in. Unset: the built-in prompt.
     #[serde(deserialize_with = "de_opt_string")]
     pub prompt_template: Option<String>,
+}
+
+/// The Anthropic Messages surface (`/v1/messages`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnthropicSection {
+    /// When answers carry `thinking` blocks (for models that reason, and unless
+    /// `reasoning.output` is `drop`).
+    pub thinking_blocks: ThinkingBlocks,
+}
+
+/// When a Messages answer carries `thinking` blocks.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ThinkingBlocks {
+    /// Only when the request turned thinking on (`thinking.type` `enabled` or
+    /// `adaptive`), as Anthropic does.
+    #[default]
+    Auto,
+    /// Whatever the request says.
+    Always,
+    /// Never.
+    Never,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -30,7 +30,7 @@ use pingora::ErrorType;
 
 use super::{respond, routes, upstream, App, Ctx, Snapshot};
 use crate::config::ModelEntry;
-use crate::config::{EffortPlacement, PayloadStyle, ReasoningOutput, UpstreamMode};
+use crate::config::{EffortPlacement, PayloadStyle, ReasoningOutput, ThinkingBlocks, UpstreamMode};
 use crate::k2think::{refuses_request, BodyStyle, KwargsPlacement, Payload};
 use crate::metrics::Metrics;
 use crate::openai::{ApiError, ChatRequest};
@@ -109,6 +109,7 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         model,
         tools,
         payload,
+        thinking,
     } = match prepare(snap, session, ctx, false).await {
         Ok(p) => p,
         Err(e) => {
@@ -116,15 +117,7 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
             return respond::error(session, ctx, &e).await;
         }
     };
-    let reasoning = if !model.reasoning {
-        ReasoningMode::Drop
-    } else {
-        match snap.config.reasoning.output {
-            ReasoningOutput::ReasoningContent => ReasoningMode::Field,
-            ReasoningOutput::Inline => ReasoningMode::Inline,
-            ReasoningOutput::Drop => ReasoningMode::Drop,
-        }
-    };
+    let reasoning = reasoning_mode(snap, model, thinking);
     let input_tokens = if ctx.surface.reports_input_tokens() {
         tokens::estimate_input_tokens(&payload)
     } else {
@@ -203,6 +196,25 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
     }
 }
 
+/// Where the answer's reasoning goes: nowhere for a model that does not reason, else as
+/// `reasoning.output` says; on Messages (`thinking` known) also as
+/// `anthropic.thinking_blocks` says.
+fn reasoning_mode(snap: &Snapshot, model: &ModelEntry, thinking: Option<bool>) -> ReasoningMode {
+    let shown = match (thinking, snap.config.anthropic.thinking_blocks) {
+        (None, _) | (Some(_), ThinkingBlocks::Always) => true,
+        (Some(asked), ThinkingBlocks::Auto) => asked,
+        (Some(_), ThinkingBlocks::Never) => false,
+    };
+    if !model.reasoning || !shown {
+        return ReasoningMode::Drop;
+    }
+    match snap.config.reasoning.output {
+        ReasoningOutput::ReasoningContent => ReasoningMode::Field,
+        ReasoningOutput::Inline => ReasoningMode::Inline,
+        ReasoningOutput::Drop => ReasoningMode::Drop,
+    }
+}
+
 /// A request read, parsed (per its surface), checked and rewritten for K2Think.
 struct Prepared<'s> {
     req: ChatRequest,
@@ -211,6 +223,8 @@ struct Prepared<'s> {
     model: &'s ModelEntry,
     tools: Option<Arc<ToolSet>>,
     payload: Payload,
+    /// See [`Parsed::thinking`].
+    thinking: Option<bool>,
 }
 
 /// Read the body (bounded in size and time), parse it as the request's surface wants
@@ -242,6 +256,7 @@ async fn prepare<'s>(
         mut req,
         echo,
         origin,
+        thinking,
     } = ctx.surface.parse(&body, count_tokens)?;
     // The checks below see the converted request: `origin` names the client's own field.
     check_limits_and_files(snap, &mut req).map_err(|e| origin.error(e))?;
@@ -275,6 +290,7 @@ async fn prepare<'s>(
         model,
         tools,
         payload,
+        thinking,
     })
 }
 

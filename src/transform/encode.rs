@@ -60,6 +60,9 @@ pub struct Parsed {
     pub req: ChatRequest,
     pub echo: Map<String, Value>,
     pub origin: Origin,
+    /// Messages: whether the request turned thinking on (`thinking.type` `enabled` or
+    /// `adaptive`); `None` on the surfaces without such a switch.
+    pub thinking: Option<bool>,
 }
 
 /// What one answer repeats on every surface.
@@ -98,6 +101,7 @@ impl Surface {
                 req: ChatRequest::parse(body)?,
                 echo: Map::new(),
                 origin: Origin::default(),
+                thinking: None,
             },
             Surface::Messages => {
                 let r = anthropic::parse_request(body, count_tokens)?;
@@ -105,6 +109,7 @@ impl Surface {
                     req: r.chat,
                     echo: Map::new(),
                     origin: r.origin,
+                    thinking: Some(r.thinking),
                 }
             }
             Surface::Responses => {
@@ -113,6 +118,7 @@ impl Surface {
                     req: r.chat,
                     echo: r.echo,
                     origin: r.origin,
+                    thinking: None,
                 }
             }
         })
