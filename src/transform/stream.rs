@@ -57,6 +57,7 @@ use crate::transform::chunk::{self, ChunkEncoder};
 use crate::transform::encode::Encoder;
 use crate::transform::split::Splitter;
 pub use crate::transform::split::{Delta, Deltas};
+use crate::transform::tokens::Estimate;
 use crate::transform::tools::{ToolDetector, ToolPiece, ToolSet};
 
 /// Shared prefix (bytes) that makes a non-extending `content` a rewrite.
@@ -93,6 +94,20 @@ pub struct CompletionTokensDetails {
 }
 
 impl Usage {
+    /// This usage with `completion_tokens_details.reasoning_tokens` when the upstream gave
+    /// none: `reasoning`, our estimate of the reasoning text (as the surfaces estimate
+    /// tokens the upstream does not count), at most `completion_tokens`.
+    pub fn with_reasoning_estimate(&self, reasoning: &Estimate) -> Usage {
+        let mut u = self.clone();
+        let details = u
+            .completion_tokens_details
+            .get_or_insert_with(Default::default);
+        if details.reasoning_tokens.is_none() {
+            details.reasoning_tokens = Some(reasoning.tokens().min(self.completion_tokens));
+        }
+        u
+    }
+
     /// Lenient read of an upstream `usage` object (numbers may be floats or
     /// strings; `total_tokens` is computed when missing). `None` when it has
     /// none of the counters.
