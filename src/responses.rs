@@ -240,11 +240,13 @@ pub fn parse_request(body: &[u8]) -> Result<Request, ApiError> {
     }
     let tool_choice = convert_tool_choice(root.get("tool_choice"), &mut tools.hosted)?;
     let reasoning_effort = effort(&root)?;
-    let summary = root
-        .get("reasoning")
-        .and_then(|r| r.get("summary"))
-        .and_then(Value::as_str)
-        .is_some_and(|s| s != "none");
+    // `generate_summary` is the field's deprecated name.
+    let summary = ["summary", "generate_summary"].iter().any(|key| {
+        root.get("reasoning")
+            .and_then(|r| r.get(*key))
+            .and_then(Value::as_str)
+            .is_some_and(|s| s != "none")
+    });
 
     let mut echo = Obj::new();
     let copy = |key: &str, default: Value| {
@@ -1951,6 +1953,15 @@ mod tests {
             Some(json!({"type": "function", "function": {"name": "functions__exec"}}))
         );
         assert!(!r.dialect.summary, "no summary asked");
+        for (reasoning, asked) in [
+            (json!({"summary": "concise"}), true),
+            (json!({"generate_summary": "detailed"}), true),
+            (json!({"summary": "none"}), false),
+            (json!({"effort": "high"}), false),
+        ] {
+            let r = parse(json!({"model": "m", "input": "x", "reasoning": reasoning}));
+            assert_eq!(r.dialect.summary, asked, "{reasoning}");
+        }
         // The additional_tools item is no message; errors about a tool name its own path.
         assert_eq!(r.chat.messages.len(), 1);
         assert_eq!(
