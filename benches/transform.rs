@@ -182,13 +182,12 @@ fn bench_surfaces(c: &mut Criterion) {
         ("messages", Surface::Messages),
         ("responses", Surface::Responses),
     ] {
-        let echo = surface
+        let parsed = surface
             .parse(
                 br#"{"model":"m","max_tokens":100,"input":"x","messages":[{"role":"user","content":"x"}]}"#,
                 false,
             )
-            .expect("a valid request")
-            .echo;
+            .expect("a valid request");
         let reply = Reply {
             id: surface.new_id(),
             created: 1_758_000_000,
@@ -196,7 +195,8 @@ fn bench_surfaces(c: &mut Criterion) {
             reasoning: ReasoningMode::Field,
             input_tokens: 100,
             include_usage: true,
-            echo,
+            echo: parsed.echo,
+            dialect: parsed.dialect,
         };
         group.bench_function(BenchmarkId::new(name, 1460), |b| {
             b.iter(|| {

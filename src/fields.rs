@@ -317,6 +317,10 @@ pub struct Origin {
     /// The client's name of the message list (`messages`, `input`); empty: the chat surface.
     list: &'static str,
     messages: Vec<MessageOrigin>,
+    /// The client's path of each converted tool, when the conversion did not keep one tool
+    /// per client tool (Responses namespaces are flattened); empty: `tools[i]` is the
+    /// client's `tools[i]`.
+    tools: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,7 +337,14 @@ impl Origin {
         Origin {
             list,
             messages: Vec::new(),
+            tools: Vec::new(),
         }
+    }
+
+    /// The client's path of each converted tool, in order (`tools[4].tools[1]`,
+    /// `input[0].tools[2]`).
+    pub fn set_tools(&mut self, paths: Vec<String>) {
+        self.tools = paths;
     }
 
     /// The client's path for `param`, a path of the converted request.
@@ -343,6 +354,12 @@ impl Origin {
         }
         // Tools are flat objects on both converted surfaces (`tools[0].name`).
         if param.starts_with("tools[") || param.starts_with("tool_choice") {
+            let converted = param.strip_prefix("tools").and_then(index);
+            if let Some((p, rest)) =
+                converted.and_then(|(i, rest)| Some((self.tools.get(i)?, rest)))
+            {
+                return format!("{p}{}", rest.replacen(".function.", ".", 1));
+            }
             return param.replacen(".function.", ".", 1);
         }
         let Some(rest) = param.strip_prefix("messages") else {

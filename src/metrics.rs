@@ -57,6 +57,9 @@ pub struct Metrics {
     pub requests_in_flight: IntGauge,
     /// Connections and requests refused by `limits.max_connections` / `limits.max_requests`.
     pub overload_refusals: IntCounterVec,
+    /// Hosted tools left out of `/v1/responses` requests (`responses.hosted_tools: drop`),
+    /// by type (`other` for a type this version does not know).
+    pub hosted_tools_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -166,6 +169,11 @@ impl Metrics {
         for limit in ["max_connections", "max_requests"] {
             overload_refusals.with_label_values(&[limit]);
         }
+        let hosted_tools_dropped = counter_vec(
+            "k2proxy_hosted_tools_dropped_total",
+            "Hosted tools (web_search, file_search, ...) left out of /v1/responses requests by responses.hosted_tools: drop, by type.",
+            &["type"],
+        )?;
         for outcome in ["complete", "upstream_error", "client_abort"] {
             stream_outcomes.with_label_values(&[outcome]);
         }
@@ -190,6 +198,7 @@ impl Metrics {
             client_connections,
             requests_in_flight,
             overload_refusals,
+            hosted_tools_dropped,
         })
     }
 

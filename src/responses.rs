@@ -3,22 +3,32 @@
 //! encoder and the non-stream `response` object. Pure: no HTTP.
 //!
 //! * [`parse_request`] converts `instructions` and `input` (a string, or `message`,
-//!   `function_call`, `function_call_output` and `reasoning` items) into chat messages, and
-//!   function tools into the shared tool emulation. Every 400 names its field
+//!   `function_call`, `function_call_output`, `custom_tool_call`, `custom_tool_call_output`
+//!   and `reasoning` items) into chat messages, and the tools into the shared tool
+//!   emulation: `function` tools, the functions of `namespace` tools and `custom` tools
+//!   (as functions of one string, `input`), from `tools` and from `additional_tools` input
+//!   items (Codex's "Responses lite"). Hosted tools (`web_search`, …) are set apart as
+//!   [`Hosted`] for `responses.hosted_tools`. Every 400 names its field
 //!   (`input[3].content[0].image_url`). Nothing is stored: `previous_response_id`,
 //!   `conversation` and item references are refused, since the client must send the whole
 //!   conversation.
 //! * [`ResponsesEncoder`] writes the Responses event sequence: `response.created`,
 //!   `response.in_progress`, then per output item `response.output_item.added`,
 //!   `response.content_part.added`, the deltas (`response.reasoning_text.delta`,
-//!   `response.output_text.delta`, `response.function_call_arguments.delta`), their `.done`
-//!   events and `response.output_item.done`; then `response.completed` (or
-//!   `response.incomplete` at the token limit). A failure ends with `response.failed`.
+//!   `response.output_text.delta`, `response.function_call_arguments.delta`,
+//!   `response.custom_tool_call_input.delta`), their `.done` events and
+//!   `response.output_item.done`; then `response.completed` (or `response.incomplete` at
+//!   the token limit). A failure ends with `response.failed`. A call of a namespaced tool
+//!   is a `function_call` with its `namespace`; a custom tool's call is a
+//!   `custom_tool_call`.
 //! * [`response_json`] is the non-stream `response` object.
 //!
 //! Reasoning is a `reasoning` output item whose `content` is the model's raw reasoning as
-//! `reasoning_text` (as OpenAI's open-weight models report it); its `summary` is empty,
-//! since K2Think writes no summary.
+//! `reasoning_text` (as OpenAI's open-weight models report it). K2Think writes no summary:
+//! when the request asks for `reasoning.summary` (and `responses.reasoning_summary` is on)
+//! the reasoning is also the item's one `summary_text`, streamed with the
+//! `response.reasoning_summary_part.*` and `response.reasoning_summary_text.*` events
+//! (Codex CLI shows summaries, not raw reasoning); otherwise `summary` is empty.
 
 use serde_json::{json, Value};
 
@@ -43,6 +53,115 @@ pub struct Request {
     pub echo: Obj,
     /// For checks after the conversion: their errors name `input[…]`, not `messages[…]`.
     pub origin: Origin,
+    /// How the answer names the calls and writes the reasoning.
+    pub dialect: Dialect,
+    /// Tools the emulation cannot run, left out of `chat`: `responses.hosted_tools` drops
+    /// them or refuses the request.
+    pub hosted: Vec<Hosted>,
+}
+
+/// What a Responses answer needs beyond the echo: the client's terms for each emulated
+/// tool, and whether the reasoning is also its summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dialect {
+    /// The emulated tools whose calls are not plain `function_call` items: functions of a
+    /// `namespace` tool and `custom` tools.
+    pub tools: Vec<ToolOrigin>,
+    /// Write the reasoning as the reasoning item's `summary` too (with the
+    /// `response.reasoning_summary_*` events). [`parse_request`] sets it when the request
+    /// asks for `reasoning.summary` (`auto`, `concise`, `detailed`); the exchange keeps it
+    /// only with `responses.reasoning_summary` on.
+    pub summary: bool,
+}
+
+impl Dialect {
+    fn tool(&self, flat: &str) -> Option<&ToolOrigin> {
+        self.tools.iter().find(|t| t.flat == flat)
+    }
+}
+
+/// A namespaced function or a custom tool, as the client declared it, and the flat name
+/// the model calls it by ([`flat_name`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolOrigin {
+    pub flat: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    /// A `custom` tool (free-text input): emulated as a function with one string argument,
+    /// `input`, and answered as a `custom_tool_call` item.
+    pub custom: bool,
+}
+
+/// The name the emulation gives tool `name` of `namespace`: Codex's own flat form of a
+/// namespaced tool name (`ToolName::canonical_flat_name` in Codex's
+/// `codex-rs/protocol/src/tool_name.rs`), `namespace__name`, with the underscores around
+/// the `__` trimmed. Calls go back to the client split again (`namespace` + `name`).
+pub fn flat_name(namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!(
+            "{}__{}",
+            ns.trim_end_matches('_'),
+            name.trim_start_matches('_')
+        ),
+        None => name.to_string(),
+    }
+}
+
+/// The tool types only OpenAI's servers run, or whose calls have item types of their own
+/// that this server does not write (`local_shell_call`, `tool_search_call`, …): the
+/// emulation cannot offer them. Each is a metric label; any other unknown type is `other`.
+const HOSTED_TYPES: &[&str] = &[
+    "web_search",
+    "web_search_preview",
+    "web_search_preview_2025_03_11",
+    "web_search_2025_08_26",
+    "file_search",
+    "code_interpreter",
+    "image_generation",
+    "computer_use_preview",
+    "computer_use",
+    "mcp",
+    "local_shell",
+    "shell",
+    "apply_patch",
+    "tool_search",
+];
+
+/// A tool the emulation cannot run (see [`HOSTED_TYPES`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hosted {
+    /// The tool's type as a metric label: one of [`HOSTED_TYPES`], or `other`.
+    pub kind: &'static str,
+    /// The tool's `type` as the client wrote it (at most 64 characters), for the 400.
+    pub named: String,
+    /// Where it is: `tools[8]`, `input[0].tools[2]`, or `tool_choice` (a choice of a hosted
+    /// tool, which becomes `auto` when the tools are dropped).
+    pub at: String,
+}
+
+impl Hosted {
+    fn new(named: &str, at: String) -> Hosted {
+        Hosted {
+            kind: HOSTED_TYPES
+                .iter()
+                .find(|k| **k == named)
+                .copied()
+                .unwrap_or("other"),
+            named: named.chars().take(64).collect(),
+            at,
+        }
+    }
+
+    /// The 400 of `responses.hosted_tools: refuse`.
+    pub fn refusal(&self) -> ApiError {
+        bad(
+            &format!("{}.type", self.at),
+            format!(
+                "`{}` tools are not supported; this server runs function, namespace and custom tools only (responses.hosted_tools is refuse)",
+                self.named
+            ),
+        )
+    }
 }
 
 /// A Responses request body → the shared chat request. Errors are 400s whose `param` names
@@ -110,9 +229,24 @@ pub fn parse_request(body: &[u8]) -> Result<Request, ApiError> {
         ));
     }
 
-    let tools = convert_tools(root.get("tools"))?;
-    let tool_choice = convert_tool_choice(root.get("tool_choice"))?;
+    let mut tools = Tools::default();
+    tools.add_list(root.get("tools"), "tools", None)?;
+    if let Some(Value::Array(items)) = root.get("input") {
+        for (i, item) in items.iter().enumerate() {
+            if item.get("type").and_then(Value::as_str) == Some("additional_tools") {
+                tools.add_list(item.get("tools"), &format!("input[{i}].tools"), None)?;
+            }
+        }
+    }
+    let tool_choice = convert_tool_choice(root.get("tool_choice"), &mut tools.hosted)?;
     let reasoning_effort = effort(&root)?;
+    // `generate_summary` is the field's deprecated name.
+    let summary = ["summary", "generate_summary"].iter().any(|key| {
+        root.get("reasoning")
+            .and_then(|r| r.get(*key))
+            .and_then(Value::as_str)
+            .is_some_and(|s| s != "none")
+    });
 
     let mut echo = Obj::new();
     let copy = |key: &str, default: Value| {
@@ -150,15 +284,22 @@ pub fn parse_request(body: &[u8]) -> Result<Request, ApiError> {
         temperature,
         top_p,
         max_tokens: max_output_tokens,
-        tools,
+        tools: (!tools.chat.is_empty()).then_some(tools.chat),
         tool_choice,
         reasoning_effort,
         ..ChatRequest::default()
     };
+    let mut origin = messages.origin;
+    origin.set_tools(tools.paths);
     Ok(Request {
         chat,
         echo,
-        origin: messages.origin,
+        origin,
+        dialect: Dialect {
+            tools: tools.origins,
+            summary,
+        },
+        hosted: tools.hosted,
     })
 }
 
@@ -256,7 +397,8 @@ fn convert_items(items: &[Value], out: &mut Converted) -> Result<(), ApiError> {
             None if obj.contains_key("role") => "message",
             None => return Err(bad(&format!("{at}.type"), "is required")),
         };
-        if kind != "function_call_output" && !carried.is_empty() {
+        let output = matches!(kind, "function_call_output" | "custom_tool_call_output");
+        if !output && !carried.is_empty() {
             push_carried(std::mem::take(&mut carried), out);
         }
         match kind {
@@ -267,44 +409,35 @@ fn convert_items(items: &[Value], out: &mut Converted) -> Result<(), ApiError> {
                 }
                 out.push(m, at, parts);
             }
+            // A call of a namespaced tool carries its `namespace`; the emulation knows the
+            // tool by its flat name.
             "function_call" => {
-                let call = crate::openai::ToolCall {
-                    id: req_str(obj, "call_id", &at)?.to_string(),
-                    kind: "function".to_string(),
-                    function: FunctionCall {
-                        name: req_str(obj, "name", &at)?.to_string(),
-                        arguments: match obj.get("arguments") {
-                            None | Some(Value::Null) => "{}".to_string(),
-                            Some(Value::String(s)) => s.clone(),
-                            Some(v @ Value::Object(_)) => v.to_string(),
-                            Some(v) => {
-                                return Err(wrong_type(
-                                    &format!("{at}.arguments"),
-                                    "a JSON string",
-                                    v,
-                                ))
-                            }
-                        },
-                    },
+                let arguments = match obj.get("arguments") {
+                    None | Some(Value::Null) => "{}".to_string(),
+                    Some(Value::String(s)) => s.clone(),
+                    Some(v @ Value::Object(_)) => v.to_string(),
+                    Some(v) => {
+                        return Err(wrong_type(
+                            &format!("{at}.arguments"),
+                            "a JSON string",
+                            v,
+                        ))
+                    }
                 };
-                match out.messages.last_mut() {
-                    Some(m) if m.role == Role::Assistant && reasoning.is_none() => {
-                        m.tool_calls.push(call)
-                    }
-                    _ => {
-                        let m = Message {
-                            tool_calls: vec![call],
-                            reasoning_content: reasoning.take(),
-                            ..message(Role::Assistant, Content::None)
-                        };
-                        out.push(m, at, Vec::new());
-                    }
-                }
+                push_call(obj, &at, arguments, &mut reasoning, out)?;
             }
-            "function_call_output" => {
+            // A custom tool is emulated as a function whose one argument is the input.
+            "custom_tool_call" => {
+                let input = req_str(obj, "input", &at)?;
+                let arguments = json!({ "input": input }).to_string();
+                push_call(obj, &at, arguments, &mut reasoning, out)?;
+            }
+            "function_call_output" | "custom_tool_call_output" => {
                 let m = call_output(obj, &at, &mut carried)?;
                 out.push(m, at, Vec::new());
             }
+            // Codex's "Responses lite" declares its tools in these; [`Tools`] reads them.
+            "additional_tools" => {}
             // Earlier reasoning goes back upstream as the thinking field of the assistant
             // message that follows it.
             "reasoning" => {
@@ -325,7 +458,7 @@ fn convert_items(items: &[Value], out: &mut Converted) -> Result<(), ApiError> {
                 return Err(bad(
                     &format!("{at}.type"),
                     format!(
-                        "input item type `{other}` is not supported (supported: message, function_call, function_call_output, reasoning)"
+                        "input item type `{other}` is not supported (supported: message, function_call, function_call_output, custom_tool_call, custom_tool_call_output, reasoning, additional_tools)"
                     ),
                 ))
             }
@@ -333,6 +466,40 @@ fn convert_items(items: &[Value], out: &mut Converted) -> Result<(), ApiError> {
     }
     if !carried.is_empty() {
         push_carried(carried, out);
+    }
+    Ok(())
+}
+
+/// A `function_call` or `custom_tool_call` item, with its arguments as the emulation sees
+/// them, joined to the assistant turn before it (or starting one, with the reasoning that
+/// came before it).
+fn push_call(
+    obj: &Obj,
+    at: &str,
+    arguments: String,
+    reasoning: &mut Option<String>,
+    out: &mut Converted,
+) -> Result<(), ApiError> {
+    let name = req_str(obj, "name", at)?;
+    let namespace = opt_str(obj, "namespace", at)?.filter(|n| !n.is_empty());
+    let call = crate::openai::ToolCall {
+        id: req_str(obj, "call_id", at)?.to_string(),
+        kind: "function".to_string(),
+        function: FunctionCall {
+            name: flat_name(namespace, name),
+            arguments,
+        },
+    };
+    match out.messages.last_mut() {
+        Some(m) if m.role == Role::Assistant && reasoning.is_none() => m.tool_calls.push(call),
+        _ => {
+            let m = Message {
+                tool_calls: vec![call],
+                reasoning_content: reasoning.take(),
+                ..message(Role::Assistant, Content::None)
+            };
+            out.push(m, at, Vec::new());
+        }
     }
     Ok(())
 }
@@ -487,43 +654,150 @@ fn call_output(
     })
 }
 
-/// Function tools → OpenAI chat function tools; hosted tools are refused.
-fn convert_tools(v: Option<&Value>) -> Result<Option<Vec<Value>>, ApiError> {
-    let Some(list) = fields::objects(v, "tools", "a tool object")? else {
-        return Ok(None);
-    };
-    let mut tools = Vec::with_capacity(list.len());
-    for (at, obj) in list {
-        match req_str(obj, "type", &at)? {
-            "function" => {}
-            other => {
-                return Err(bad(
-                    &format!("{at}.type"),
-                    format!(
-                        "`{other}` tools are not supported; this server runs function tools only"
-                    ),
-                ))
-            }
-        }
-        let name = req_str(obj, "name", &at)?;
-        let description = opt_str(obj, "description", &at)?;
-        let parameters = match obj.get("parameters") {
-            None | Some(Value::Null) => None,
-            Some(p @ Value::Object(_)) => Some(p.clone()),
-            Some(v) => {
-                return Err(wrong_type(
-                    &format!("{at}.parameters"),
-                    "a JSON schema object",
-                    v,
-                ))
-            }
-        };
-        tools.push(fields::function_tool(name, description, parameters));
-    }
-    Ok((!tools.is_empty()).then_some(tools))
+/// The request's tools for the shared emulation: `tools`, and the tools of the
+/// `additional_tools` input items (where Codex's "Responses lite" declares them), as chat
+/// function tools. A `namespace` tool's functions and custom tools become functions under
+/// their [`flat_name`]; a `custom` tool (free-text input, maybe with a grammar) becomes a
+/// function with one string argument, `input`. Other types are [`Hosted`].
+#[derive(Debug, Default)]
+struct Tools {
+    chat: Vec<Value>,
+    /// The client's path of each chat tool (`tools[4].tools[1]`).
+    paths: Vec<String>,
+    origins: Vec<ToolOrigin>,
+    hosted: Vec<Hosted>,
 }
 
-fn convert_tool_choice(v: Option<&Value>) -> Result<Option<Value>, ApiError> {
+impl Tools {
+    /// The tools of the list `v`, found at `key` (`tools`, `input[0].tools`), inside
+    /// `namespace` when it is one's.
+    fn add_list(
+        &mut self,
+        v: Option<&Value>,
+        key: &str,
+        namespace: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let Some(list) = fields::objects(v, key, "a tool object")? else {
+            return Ok(());
+        };
+        for (at, obj) in list {
+            self.add(obj, at, namespace)?;
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, obj: &Obj, at: String, namespace: Option<&str>) -> Result<(), ApiError> {
+        let kind = req_str(obj, "type", &at)?;
+        let custom = match kind {
+            "function" => false,
+            "custom" => true,
+            "namespace" if namespace.is_none() => {
+                let name = req_str(obj, "name", &at)?;
+                opt_str(obj, "description", &at)?;
+                let key = format!("{at}.tools");
+                if !matches!(obj.get("tools"), Some(Value::Array(_))) {
+                    return Err(match obj.get("tools") {
+                        None | Some(Value::Null) => bad(&key, "is required"),
+                        Some(v) => wrong_type(&key, "an array of tools", v),
+                    });
+                }
+                return self.add_list(obj.get("tools"), &key, Some(name));
+            }
+            "namespace" => {
+                return Err(bad(
+                    &format!("{at}.type"),
+                    "a namespace cannot hold another namespace",
+                ))
+            }
+            other => {
+                self.hosted.push(Hosted::new(other, at));
+                return Ok(());
+            }
+        };
+        let name = req_str(obj, "name", &at)?;
+        let description = opt_str(obj, "description", &at)?;
+        let flat = flat_name(namespace, name);
+        let tool = if custom {
+            let description = custom_description(description, obj.get("format"), &at)?;
+            let parameters = json!({
+                "type": "object",
+                "properties": {"input": {
+                    "type": "string",
+                    "description": "The whole input, as free text (not JSON).",
+                }},
+                "required": ["input"],
+            });
+            fields::function_tool(&flat, Some(&description), Some(parameters))
+        } else {
+            let parameters = match obj.get("parameters") {
+                None | Some(Value::Null) => None,
+                Some(p @ Value::Object(_)) => Some(p.clone()),
+                Some(v) => {
+                    return Err(wrong_type(
+                        &format!("{at}.parameters"),
+                        "a JSON schema object",
+                        v,
+                    ))
+                }
+            };
+            fields::function_tool(&flat, description, parameters)
+        };
+        if custom || namespace.is_some() {
+            self.origins.push(ToolOrigin {
+                flat,
+                namespace: namespace.map(str::to_string),
+                name: name.to_string(),
+                custom,
+            });
+        }
+        self.chat.push(tool);
+        self.paths.push(at);
+        Ok(())
+    }
+}
+
+/// A custom tool's description for the emulation: the client's, and how its free-text
+/// input travels; with a `grammar` format, the grammar the input must follow.
+fn custom_description(
+    description: Option<&str>,
+    format: Option<&Value>,
+    at: &str,
+) -> Result<String, ApiError> {
+    let mut text = description.unwrap_or_default().trim().to_string();
+    if !text.is_empty() {
+        text.push_str("\n\n");
+    }
+    text.push_str("This tool takes free text, not JSON: put its whole input in `input`.");
+    let fat = format!("{at}.format");
+    let Some(format) = fields::check_object(&fat, format)? else {
+        return Ok(text);
+    };
+    match req_str(format, "type", &fat)? {
+        "text" => {}
+        "grammar" => {
+            let syntax = req_str(format, "syntax", &fat)?;
+            let definition = req_str(format, "definition", &fat)?;
+            text.push_str(&format!(
+                " The input must match this {syntax} grammar:\n{definition}"
+            ));
+        }
+        other => {
+            return Err(bad(
+                &format!("{fat}.type"),
+                format!("must be \"text\" or \"grammar\", got \"{other}\""),
+            ))
+        }
+    }
+    Ok(text)
+}
+
+/// `tool_choice` → the chat form. A function or custom tool is chosen by its [`flat_name`]
+/// (`namespace` + `name`); a choice of a hosted tool type goes to `hosted` (it is `auto`
+/// once that tool is dropped).
+fn convert_tool_choice(
+    v: Option<&Value>,
+    hosted: &mut Vec<Hosted>,
+) -> Result<Option<Value>, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => match s.as_str() {
@@ -534,13 +808,19 @@ fn convert_tool_choice(v: Option<&Value>) -> Result<Option<Value>, ApiError> {
             )),
         },
         Some(Value::Object(obj)) => match req_str(obj, "type", "tool_choice")? {
-            "function" => {
+            "function" | "custom" => {
                 let name = req_str(obj, "name", "tool_choice")?;
+                let namespace = opt_str(obj, "namespace", "tool_choice")?;
+                let name = flat_name(namespace.filter(|n| !n.is_empty()), name);
                 Ok(Some(json!({"type": "function", "function": {"name": name}})))
+            }
+            t if HOSTED_TYPES.contains(&t) => {
+                hosted.push(Hosted::new(t, "tool_choice".to_string()));
+                Ok(None)
             }
             other => Err(bad(
                 "tool_choice.type",
-                format!("`{other}` is not supported; use \"function\" (with `name`) or a string mode"),
+                format!("`{other}` is not supported; use \"function\" or \"custom\" (with `name`) or a string mode"),
             )),
         },
         Some(v) => Err(wrong_type("tool_choice", "a string or an object", v)),
@@ -614,14 +894,25 @@ fn end_of(finish_reason: &str) -> (&'static str, Option<(&'static str, Value)>) 
     }
 }
 
-fn reasoning_item(id: &str, text: &str, status: &str) -> Value {
+/// A reasoning item: the reasoning as `reasoning_text` content and, with `summary`, as its
+/// one `summary_text` part too.
+fn reasoning_item(id: &str, text: &str, status: &str, summary: bool) -> Value {
+    let summary = if summary {
+        json!([summary_part(text)])
+    } else {
+        json!([])
+    };
     json!({
         "type": "reasoning",
         "id": id,
-        "summary": [],
+        "summary": summary,
         "content": [Kind::Reasoning.part(text)],
         "status": status,
     })
+}
+
+fn summary_part(text: &str) -> Value {
+    json!({"type": "summary_text", "text": text})
 }
 
 fn text_part(text: &str) -> Value {
@@ -638,15 +929,53 @@ fn message_item(id: &str, text: &str, status: &str) -> Value {
     })
 }
 
-fn call_item(id: &str, call: &ToolCall, status: &str) -> Value {
-    json!({
-        "type": "function_call",
-        "id": id,
-        "call_id": call.id,
-        "name": call.name,
-        "arguments": call.arguments,
-        "status": status,
-    })
+/// The output item of an emulated call, in the client's terms: a `function_call`, with
+/// the tool's `namespace` when it came from one (the call's `name` is then the name inside
+/// it, which is how Codex reads a namespaced call: `ToolName::new(namespace, name)` in
+/// `codex-rs/core/src/tools/router.rs`), or a `custom_tool_call` whose `input` is the
+/// emulated `input` argument. `input`/`arguments` hold `""` for the `added` event.
+fn call_item(id: &str, call: &ToolCall, status: &str, dialect: &Dialect, empty: bool) -> Value {
+    let origin = dialect.tool(&call.name);
+    let mut item = match origin {
+        Some(t) if t.custom => json!({
+            "type": "custom_tool_call",
+            "id": id,
+            "call_id": call.id,
+            "name": t.name,
+            "input": if empty { String::new() } else { custom_input(&call.arguments) },
+            "status": status,
+        }),
+        _ => json!({
+            "type": "function_call",
+            "id": id,
+            "call_id": call.id,
+            "name": origin.map_or(call.name.as_str(), |t| t.name.as_str()),
+            "arguments": if empty { "" } else { call.arguments.as_str() },
+            "status": status,
+        }),
+    };
+    if let Some(ns) = origin.and_then(|t| t.namespace.as_deref()) {
+        item["namespace"] = json!(ns);
+    }
+    item
+}
+
+/// A custom tool's input from the emulated call's arguments: the `input` string (another
+/// JSON value as its JSON text); arguments without `input` go as they are.
+fn custom_input(arguments: &str) -> String {
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(Value::Object(mut m)) => match m.remove("input") {
+            Some(Value::String(s)) => s,
+            Some(v) => v.to_string(),
+            None => arguments.to_string(),
+        },
+        _ => arguments.to_string(),
+    }
+}
+
+/// Whether the call is of a custom tool (a `custom_tool_call` item).
+fn is_custom(call: &ToolCall, dialect: &Dialect) -> bool {
+    dialect.tool(&call.name).is_some_and(|t| t.custom)
 }
 
 /// The non-stream answer: a `response` object.
@@ -661,6 +990,7 @@ pub fn response_json(result: &CompletionResult, reply: &Reply) -> Vec<u8> {
             &random_id("rs_"),
             &result.reasoning,
             "completed",
+            reply.dialect.summary,
         ));
     }
     if !result.content.is_empty() || result.tool_calls.is_empty() {
@@ -670,7 +1000,18 @@ pub fn response_json(result: &CompletionResult, reply: &Reply) -> Vec<u8> {
     for c in &result.tool_calls {
         generated.add(&c.name);
         generated.add(&c.arguments);
-        output.push(call_item(&random_id("fc_"), c, "completed"));
+        let prefix = if is_custom(c, &reply.dialect) {
+            "ctc_"
+        } else {
+            "fc_"
+        };
+        output.push(call_item(
+            &random_id(prefix),
+            c,
+            "completed",
+            &reply.dialect,
+            false,
+        ));
     }
     let usage = usage_json(
         result.usage.as_ref(),
@@ -717,10 +1058,10 @@ impl Kind {
         }
     }
 
-    /// The whole item.
-    fn item(self, id: &str, text: &str, status: &str) -> Value {
+    /// The whole item (`summary`: a reasoning item's summary is its text too).
+    fn item(self, id: &str, text: &str, status: &str, summary: bool) -> Value {
         match self {
-            Kind::Reasoning => reasoning_item(id, text, status),
+            Kind::Reasoning => reasoning_item(id, text, status, summary),
             Kind::Message => message_item(id, text, status),
         }
     }
@@ -801,8 +1142,9 @@ impl ResponsesEncoder {
             Kind::Reasoning => "rs_",
             Kind::Message => "msg_",
         });
-        // An item starts with no content part; the part is announced next.
-        let mut item = kind.item(&id, "", "in_progress");
+        // An item starts with no content part (and no summary part); the parts are
+        // announced next.
+        let mut item = kind.item(&id, "", "in_progress", false);
         item["content"] = json!([]);
         let part = kind.part("");
         self.event_json(
@@ -810,6 +1152,13 @@ impl ResponsesEncoder {
             "response.output_item.added",
             json!({"output_index": index, "item": item}),
         );
+        if self.summarizes(kind) {
+            self.event_json(
+                out,
+                "response.reasoning_summary_part.added",
+                json!({"item_id": id, "output_index": index, "summary_index": 0, "part": summary_part("")}),
+            );
+        }
         self.event_json(
             out,
             "response.content_part.added",
@@ -833,8 +1182,9 @@ impl ResponsesEncoder {
             Kind::Reasoning => "response.reasoning_text.done",
             Kind::Message => "response.output_text.done",
         };
+        let summary = self.summarizes(open.kind);
         let part = open.kind.part(&open.text);
-        let item = open.kind.item(&open.id, &open.text, status);
+        let item = open.kind.item(&open.id, &open.text, status, summary);
         let mut fields = json!({"item_id": open.id, "output_index": open.index, "content_index": 0, "text": open.text});
         if open.kind == Kind::Message {
             fields["logprobs"] = json!([]);
@@ -845,6 +1195,18 @@ impl ResponsesEncoder {
             "response.content_part.done",
             json!({"item_id": open.id, "output_index": open.index, "content_index": 0, "part": part}),
         );
+        if summary {
+            self.event_json(
+                out,
+                "response.reasoning_summary_text.done",
+                json!({"item_id": open.id, "output_index": open.index, "summary_index": 0, "text": open.text}),
+            );
+            self.event_json(
+                out,
+                "response.reasoning_summary_part.done",
+                json!({"item_id": open.id, "output_index": open.index, "summary_index": 0, "part": summary_part(&open.text)}),
+            );
+        }
         self.event_json(
             out,
             "response.output_item.done",
@@ -874,13 +1236,35 @@ impl ResponsesEncoder {
                 o.extend_from_slice(b",\"logprobs\":[]");
             }
         });
+        if kind == Kind::Reasoning && self.reply.dialect.summary {
+            write_event(
+                &mut self.seq,
+                out,
+                "response.reasoning_summary_text.delta",
+                |o| {
+                    Self::item_ref(o, &open.id, open.index, false);
+                    o.extend_from_slice(b",\"summary_index\":0,\"delta\":");
+                    write_json_str(o, text);
+                },
+            );
+        }
+    }
+
+    /// Whether items of `kind` carry a summary (reasoning, when the dialect says so).
+    fn summarizes(&self, kind: Kind) -> bool {
+        kind == Kind::Reasoning && self.reply.dialect.summary
     }
 
     /// The finished items and, on a failure, the open item as it stood.
     fn output_so_far(&self) -> Vec<Value> {
         let mut output = self.output.clone();
         if let Some(open) = &self.open {
-            output.push(open.kind.item(&open.id, &open.text, "incomplete"));
+            output.push(open.kind.item(
+                &open.id,
+                &open.text,
+                "incomplete",
+                self.summarizes(open.kind),
+            ));
         }
         output
     }
@@ -914,8 +1298,9 @@ impl Encoder for ResponsesEncoder {
         self.delta(Kind::Message, text, out);
     }
 
-    /// A whole `function_call` item: added (empty arguments), one arguments delta, the
-    /// arguments done, the item done.
+    /// A whole call item: added (empty arguments), one arguments delta, the arguments
+    /// done, the item done. A custom tool's call is a `custom_tool_call` item whose input
+    /// goes in `response.custom_tool_call_input.delta` / `.done`.
     fn tool_call(&mut self, _index: usize, call: &ToolCall, out: &mut Vec<u8>) {
         if self.ended {
             return;
@@ -925,27 +1310,39 @@ impl Encoder for ResponsesEncoder {
         self.generated.add(&call.arguments);
         self.started = true;
         let index = self.output.len();
-        let id = random_id("fc_");
-        let added = ToolCall {
-            arguments: String::new(),
-            ..call.clone()
-        };
+        let custom = is_custom(call, &self.reply.dialect);
+        let id = random_id(if custom { "ctc_" } else { "fc_" });
+        let added = call_item(&id, call, "in_progress", &self.reply.dialect, true);
         self.event_json(
             out,
             "response.output_item.added",
-            json!({"output_index": index, "item": call_item(&id, &added, "in_progress")}),
+            json!({"output_index": index, "item": added}),
         );
-        self.event(out, "response.function_call_arguments.delta", |o| {
-            Self::item_ref(o, &id, index, false);
-            o.extend_from_slice(b",\"delta\":");
-            write_json_str(o, &call.arguments);
-        });
-        self.event_json(
-            out,
-            "response.function_call_arguments.done",
-            json!({"item_id": id, "output_index": index, "name": call.name, "arguments": call.arguments}),
-        );
-        let item = call_item(&id, call, "completed");
+        let item = call_item(&id, call, "completed", &self.reply.dialect, false);
+        if custom {
+            let input = item["input"].as_str().unwrap_or_default();
+            self.event(out, "response.custom_tool_call_input.delta", |o| {
+                Self::item_ref(o, &id, index, false);
+                o.extend_from_slice(b",\"delta\":");
+                write_json_str(o, input);
+            });
+            self.event_json(
+                out,
+                "response.custom_tool_call_input.done",
+                json!({"item_id": id, "output_index": index, "input": input}),
+            );
+        } else {
+            self.event(out, "response.function_call_arguments.delta", |o| {
+                Self::item_ref(o, &id, index, false);
+                o.extend_from_slice(b",\"delta\":");
+                write_json_str(o, &call.arguments);
+            });
+            self.event_json(
+                out,
+                "response.function_call_arguments.done",
+                json!({"item_id": id, "output_index": index, "name": item["name"], "arguments": call.arguments}),
+            );
+        }
         self.event_json(
             out,
             "response.output_item.done",
@@ -1044,6 +1441,7 @@ mod tests {
             input_tokens: 11,
             include_usage: false,
             echo,
+            dialect: Dialect::default(),
         }
     }
 
@@ -1299,8 +1697,41 @@ mod tests {
                 "tools[0].parameters",
             ),
             (
-                json!({"model": "m", "input": "x", "tool_choice": {"type": "file_search"}}),
+                json!({"model": "m", "input": "x", "tool_choice": {"type": "allowed_tools"}}),
                 "tool_choice.type",
+            ),
+            (
+                json!({"model": "m", "input": "x", "tools": [{"type": "namespace", "name": "n"}]}),
+                "tools[0].tools",
+            ),
+            (
+                json!({"model": "m", "input": "x", "tools": [{"type": "namespace", "name": "n",
+                    "tools": [{"type": "namespace", "name": "m", "tools": []}]}]}),
+                "tools[0].tools[0].type",
+            ),
+            (
+                json!({"model": "m", "input": "x", "tools": [{"type": "namespace", "name": "n",
+                    "tools": [{"type": "function"}]}]}),
+                "tools[0].tools[0].name",
+            ),
+            (
+                json!({"model": "m", "input": "x", "tools": [{"type": "custom", "name": "c",
+                    "format": {"type": "regexp"}}]}),
+                "tools[0].format.type",
+            ),
+            (
+                json!({"model": "m", "input": "x", "tools": [{"type": "custom", "name": "c",
+                    "format": {"type": "grammar", "syntax": "lark"}}]}),
+                "tools[0].format.definition",
+            ),
+            (
+                json!({"model": "m", "input": [{"type": "additional_tools", "tools": [{"type": "function"}]},
+                    {"role": "user", "content": "x"}]}),
+                "input[0].tools[0].name",
+            ),
+            (
+                json!({"model": "m", "input": [{"type": "custom_tool_call", "call_id": "c", "name": "n"}]}),
+                "input[0].input",
             ),
             (
                 json!({"model": "m", "input": "x", "tool_choice": 1}),
@@ -1422,6 +1853,179 @@ mod tests {
         }
     }
 
+    /// The tools Codex CLI 0.171.0 declares, in short: plain functions, a `namespace`, a
+    /// `custom` (freeform) tool, hosted tools, and "Responses lite" `additional_tools`.
+    fn codex_tools() -> Value {
+        json!({"model": "m",
+            "tools": [
+                {"type": "function", "name": "exec_command", "strict": false,
+                 "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}},
+                {"type": "namespace", "name": "multi_agent_v1", "description": "Agents", "tools": [
+                    {"type": "function", "name": "spawn_agent", "description": "Spawn one",
+                     "parameters": {"type": "object"}}]},
+                {"type": "custom", "name": "apply_patch", "description": "Edit files.",
+                 "format": {"type": "grammar", "syntax": "lark", "definition": "start: begin_patch"}},
+                {"type": "web_search", "external_web_access": false},
+            ],
+            "input": [
+                {"type": "additional_tools", "id": "at_1", "role": "developer", "tools": [
+                    {"type": "namespace", "name": "functions", "description": "", "tools": [
+                        {"type": "custom", "name": "exec", "description": "Run JavaScript",
+                         "format": {"type": "text"}},
+                        {"type": "function", "name": "wait", "parameters": {"type": "object"}}]},
+                    {"type": "tool_search", "execution": "client", "description": "Find tools",
+                     "parameters": {"type": "object"}}]},
+                {"role": "user", "content": "hi"}],
+        })
+    }
+
+    #[test]
+    fn namespaces_custom_and_additional_tools_are_flattened_and_hosted_ones_set_apart() {
+        let mut body = codex_tools();
+        body["tool_choice"] = json!({"type": "custom", "name": "exec", "namespace": "functions"});
+        let r = parse(body);
+        let tools = r.chat.tools.clone().expect("tools");
+        let names: Vec<&str> = tools
+            .iter()
+            .map(|t| t["function"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "exec_command",
+                "multi_agent_v1__spawn_agent",
+                "apply_patch",
+                "functions__exec",
+                "functions__wait"
+            ]
+        );
+        let patch = &tools[2]["function"];
+        assert_eq!(
+            patch["parameters"]["required"],
+            json!(["input"]),
+            "a custom tool takes one string"
+        );
+        assert_eq!(patch["parameters"]["properties"]["input"]["type"], "string");
+        let d = patch["description"].as_str().unwrap();
+        assert!(
+            d.starts_with("Edit files.") && d.ends_with("lark grammar:\nstart: begin_patch"),
+            "{d}"
+        );
+        assert_eq!(
+            r.dialect.tools,
+            [
+                ToolOrigin {
+                    flat: "multi_agent_v1__spawn_agent".into(),
+                    namespace: Some("multi_agent_v1".into()),
+                    name: "spawn_agent".into(),
+                    custom: false
+                },
+                ToolOrigin {
+                    flat: "apply_patch".into(),
+                    namespace: None,
+                    name: "apply_patch".into(),
+                    custom: true
+                },
+                ToolOrigin {
+                    flat: "functions__exec".into(),
+                    namespace: Some("functions".into()),
+                    name: "exec".into(),
+                    custom: true
+                },
+                ToolOrigin {
+                    flat: "functions__wait".into(),
+                    namespace: Some("functions".into()),
+                    name: "wait".into(),
+                    custom: false
+                },
+            ]
+        );
+        let hosted: Vec<(&str, &str)> = r.hosted.iter().map(|h| (h.kind, h.at.as_str())).collect();
+        assert_eq!(
+            hosted,
+            [
+                ("web_search", "tools[3]"),
+                ("tool_search", "input[0].tools[1]")
+            ]
+        );
+        assert_eq!(
+            r.chat.tool_choice,
+            Some(json!({"type": "function", "function": {"name": "functions__exec"}}))
+        );
+        assert!(!r.dialect.summary, "no summary asked");
+        for (reasoning, asked) in [
+            (json!({"summary": "concise"}), true),
+            (json!({"generate_summary": "detailed"}), true),
+            (json!({"summary": "none"}), false),
+            (json!({"effort": "high"}), false),
+        ] {
+            let r = parse(json!({"model": "m", "input": "x", "reasoning": reasoning}));
+            assert_eq!(r.dialect.summary, asked, "{reasoning}");
+        }
+        // The additional_tools item is no message; errors about a tool name its own path.
+        assert_eq!(r.chat.messages.len(), 1);
+        assert_eq!(
+            r.origin.path("tools[1].function.name"),
+            "tools[1].tools[0].name"
+        );
+        assert_eq!(
+            r.origin.path("tools[4].function.parameters"),
+            "input[0].tools[0].tools[1].parameters"
+        );
+        // A hosted tool choice is set apart too (it is `auto` once the tool is dropped).
+        let r = parse(json!({"model": "m", "input": "x", "tool_choice": {"type": "file_search"}}));
+        assert_eq!(r.chat.tool_choice, None);
+        assert_eq!(r.hosted[0].at, "tool_choice");
+        let e = r.hosted[0].refusal();
+        assert_eq!(e.param.as_deref(), Some("tool_choice.type"));
+        let h = Hosted::new("brand_new_tool", "tools[2]".into());
+        assert_eq!(h.kind, "other", "unknown types are one metric label");
+        assert_eq!(h.refusal().param.as_deref(), Some("tools[2].type"));
+        assert!(h.refusal().message.contains("`brand_new_tool`"));
+        assert_eq!(flat_name(Some("mcp__srv__"), "_tool"), "mcp__srv__tool");
+    }
+
+    #[test]
+    fn namespaced_and_custom_calls_in_the_history_take_their_flat_names() {
+        let m = items(json!([
+            {"role": "user", "content": "go"},
+            {"type": "function_call", "call_id": "c1", "name": "spawn_agent",
+             "namespace": "multi_agent_v1", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "ok"},
+            {"type": "custom_tool_call", "call_id": "c2", "name": "exec", "namespace": "functions",
+             "input": "text(await tools.exec_command({cmd: \"ls\"}))", "status": "completed"},
+            {"type": "custom_tool_call_output", "call_id": "c2",
+             "output": [{"type": "input_text", "text": "a.txt"}]},
+        ]));
+        let roles: Vec<Role> = m.iter().map(|m| m.role).collect();
+        assert_eq!(
+            roles,
+            [
+                Role::User,
+                Role::Assistant,
+                Role::Tool,
+                Role::Assistant,
+                Role::Tool
+            ]
+        );
+        assert_eq!(
+            m[1].tool_calls[0].function.name,
+            "multi_agent_v1__spawn_agent"
+        );
+        let c = &m[3].tool_calls[0];
+        assert_eq!(
+            (c.id.as_str(), c.function.name.as_str()),
+            ("c2", "functions__exec")
+        );
+        let args: Value = serde_json::from_str(&c.function.arguments).unwrap();
+        assert_eq!(
+            args,
+            json!({"input": "text(await tools.exec_command({cmd: \"ls\"}))"})
+        );
+        assert_eq!(m[4].tool_call_id.as_deref(), Some("c2"));
+        assert_eq!(text_of(&m[4]), "a.txt");
+    }
+
     #[test]
     fn origin_names_the_input_item() {
         let r = parse(json!({
@@ -1540,6 +2144,147 @@ mod tests {
         // an empty answer is one empty message
         let v = body(&result("", "", "stop", vec![]), ReasoningMode::Field);
         assert_eq!(v["output"][0]["content"][0]["text"], "");
+    }
+
+    /// A reply for the tools of [`codex_tools`], with the reasoning summary on.
+    fn codex_reply() -> Reply {
+        let mut body = codex_tools();
+        body["reasoning"] = json!({"effort": "low", "summary": "auto"});
+        let r = parse(body);
+        assert!(r.dialect.summary, "summary asked");
+        Reply {
+            dialect: r.dialect,
+            ..reply(ReasoningMode::Field)
+        }
+    }
+
+    fn codex_calls() -> Vec<ToolCall> {
+        vec![
+            call("call_1", "functions__exec", "{\"input\":\"text(1)\"}"),
+            call("call_2", "multi_agent_v1__spawn_agent", "{\"task\":\"t\"}"),
+            call("call_3", "exec_command", "{\"cmd\":\"ls\"}"),
+        ]
+    }
+
+    /// The three calls of [`codex_calls`], as the client must read them.
+    fn assert_codex_calls(out: &[Value]) {
+        assert_eq!(out[0]["type"], "custom_tool_call");
+        assert!(out[0]["id"].as_str().unwrap().starts_with("ctc_"));
+        assert_eq!(
+            (&out[0]["namespace"], &out[0]["name"], &out[0]["input"]),
+            (&json!("functions"), &json!("exec"), &json!("text(1)"))
+        );
+        assert_eq!(out[0]["call_id"], "call_1");
+        assert!(out[0].get("arguments").is_none());
+        assert_eq!(out[1]["type"], "function_call");
+        assert_eq!(
+            (&out[1]["namespace"], &out[1]["name"]),
+            (&json!("multi_agent_v1"), &json!("spawn_agent"))
+        );
+        assert_eq!(out[1]["arguments"], "{\"task\":\"t\"}");
+        assert_eq!(out[2]["name"], "exec_command");
+        assert!(
+            out[2].get("namespace").is_none(),
+            "a plain function has none"
+        );
+        for item in out {
+            assert_eq!(item["status"], "completed");
+        }
+    }
+
+    #[test]
+    fn calls_go_back_in_the_clients_terms() {
+        let reply = codex_reply();
+        let v: Value = serde_json::from_slice(&response_json(
+            &result("", "", "tool_calls", codex_calls()),
+            &reply,
+        ))
+        .unwrap();
+        assert_codex_calls(v["output"].as_array().unwrap());
+
+        let mut e = ResponsesEncoder::new(reply);
+        let mut out = Vec::new();
+        e.start(&mut out);
+        for (i, c) in codex_calls().iter().enumerate() {
+            e.tool_call(i, c, &mut out);
+        }
+        e.finish("tool_calls", None, &mut out);
+        let evs = events(&out);
+        assert_eq!(
+            names(&evs)[2..6],
+            [
+                "response.output_item.added",
+                "response.custom_tool_call_input.delta",
+                "response.custom_tool_call_input.done",
+                "response.output_item.done",
+            ]
+        );
+        assert_eq!(evs[2].1["item"]["input"], "");
+        assert_eq!(evs[2].1["item"]["namespace"], "functions");
+        assert_eq!(evs[3].1["delta"], "text(1)");
+        assert_eq!(evs[4].1["input"], "text(1)");
+        assert_eq!(evs[6].1["item"]["arguments"], "");
+        assert_eq!(evs[8].1["name"], "spawn_agent");
+        let done = &evs.last().unwrap().1["response"];
+        assert_codex_calls(done["output"].as_array().unwrap());
+    }
+
+    #[test]
+    fn the_reasoning_is_its_summary_too_when_asked() {
+        let v: Value = serde_json::from_slice(&response_json(
+            &result("think", "answer", "stop", vec![]),
+            &codex_reply(),
+        ))
+        .unwrap();
+        assert_eq!(
+            v["output"][0]["summary"],
+            json!([{"type": "summary_text", "text": "think"}])
+        );
+        assert_eq!(v["output"][0]["content"][0]["text"], "think");
+
+        let mut e = ResponsesEncoder::new(codex_reply());
+        let mut out = Vec::new();
+        e.start(&mut out);
+        e.reasoning("th", &mut out);
+        e.reasoning("ink", &mut out);
+        e.content("answer", &mut out);
+        e.finish("stop", None, &mut out);
+        let evs = events(&out);
+        assert_eq!(
+            names(&evs)[2..13],
+            [
+                "response.output_item.added",
+                "response.reasoning_summary_part.added",
+                "response.content_part.added",
+                "response.reasoning_text.delta",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_text.delta",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_text.done",
+                "response.content_part.done",
+                "response.reasoning_summary_text.done",
+                "response.reasoning_summary_part.done",
+            ]
+        );
+        assert_eq!(evs[2].1["item"]["summary"], json!([]));
+        assert_eq!(
+            evs[3].1["part"],
+            json!({"type": "summary_text", "text": ""})
+        );
+        assert_eq!(evs[3].1["summary_index"], 0);
+        assert_eq!(evs[8].1["delta"], "ink");
+        assert_eq!(evs[8].1["summary_index"], 0);
+        assert!(evs[8].1.get("content_index").is_none());
+        assert_eq!(evs[11].1["text"], "think");
+        assert_eq!(evs[12].1["part"]["text"], "think");
+        let item = &evs[13].1["item"];
+        assert_eq!(evs[13].0, "response.output_item.done");
+        assert_eq!(
+            item["summary"],
+            json!([{"type": "summary_text", "text": "think"}])
+        );
+        let done = &evs.last().unwrap().1["response"];
+        assert_eq!(&done["output"][0], item);
     }
 
     /// The events, numbered from 0 by `sequence_number`.
@@ -1717,7 +2462,7 @@ mod tests {
         let mut r = String::with_capacity(s.len());
         let mut rest = s.as_str();
         'outer: while !rest.is_empty() {
-            for prefix in ["\"rs_", "\"msg_", "\"fc_"] {
+            for prefix in ["\"rs_", "\"msg_", "\"fc_", "\"ctc_"] {
                 if let Some(tail) = rest.strip_prefix(prefix) {
                     if tail.len() >= 24
                         && tail.as_bytes()[..24].iter().all(u8::is_ascii_alphanumeric)
@@ -1748,7 +2493,7 @@ mod tests {
         .as_bytes();
         let run = |pieces: &[&[u8]]| {
             let mut s = ChatStream::with_encoder(
-                Wire::Responses(ResponsesEncoder::new(reply(ReasoningMode::Field))),
+                Wire::Responses(Box::new(ResponsesEncoder::new(reply(ReasoningMode::Field)))),
                 UpstreamFormat::Sse,
                 false,
                 None,

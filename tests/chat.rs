@@ -314,6 +314,60 @@ fn usage_only_when_asked_and_given() {
     assert!(env.stream(&body).usage().is_none());
 }
 
+/// Issue 17: `usage.completion_tokens_details.reasoning_tokens`, streamed and not. The mock
+/// counts no reasoning tokens, so they are our estimate of the reasoning (as the Responses
+/// surface estimates what the upstream does not count): hidden reasoning (a `-nothink`
+/// model's) still counts, an answer without reasoning has none.
+#[test]
+fn usage_counts_reasoning_tokens() {
+    let env = Env::start(MockConfig::default(), |_| {});
+    let mut body = chat_body(MODEL, "count my thoughts", true);
+    body["stream_options"] = json!({"include_usage": true});
+    let s = env.stream(&body);
+    s.assert_well_formed();
+    let usage = s.usage().expect("usage chunk");
+    let want = k2proxy::transform::tokens::estimate_tokens(&s.reasoning());
+    assert!(want > 0);
+    assert_eq!(
+        usage["completion_tokens_details"]["reasoning_tokens"], want,
+        "{usage}"
+    );
+    assert!(usage["completion_tokens"].as_u64().unwrap() >= want);
+
+    let v = env
+        .chat(&chat_body(MODEL, "count my thoughts", false))
+        .json();
+    let reasoning = v["choices"][0]["message"]["reasoning_content"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        v["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        k2proxy::transform::tokens::estimate_tokens(reasoning),
+        "{v}"
+    );
+
+    let v = env
+        .chat(&chat_body(NOTHINK, "count my thoughts", false))
+        .json();
+    assert!(v["choices"][0]["message"]
+        .get("reasoning_content")
+        .is_none());
+    let hidden = v["usage"]["completion_tokens_details"]["reasoning_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        hidden > 0 && hidden <= v["usage"]["completion_tokens"].as_u64().unwrap(),
+        "{v}"
+    );
+
+    let plain = "count my thoughts [[mock: form=none]]";
+    let v = env.chat(&chat_body(MODEL, plain, false)).json();
+    assert_eq!(
+        v["usage"]["completion_tokens_details"]["reasoning_tokens"], 0,
+        "{v}"
+    );
+}
+
 #[test]
 fn non_stream_answer_shape() {
     let env = Env::start(MockConfig::default(), |_| {});

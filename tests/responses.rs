@@ -14,6 +14,7 @@ use async_openai::types::responses::{
 };
 use async_openai::Client;
 use base64::Engine;
+use common::grammar::{assemble, Assembled};
 use common::{expected, tokens, Env, MODEL, NOTHINK};
 use futures_util::StreamExt;
 use k2proxy::mock::MockConfig;
@@ -64,159 +65,6 @@ fn weather_tool() -> Value {
 fn calling(prompt: &str, args: Value) -> String {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(args.to_string());
     format!("{prompt} [[mock: tool_call=get_weather; tool_args={b64}]]")
-}
-
-/// The `event:` name and `data:` JSON of each SSE event.
-fn events(raw: &str) -> Vec<(String, Value)> {
-    raw.split("\n\n")
-        .filter(|b| !b.trim().is_empty())
-        .map(|block| {
-            let (mut name, mut data) = (String::new(), String::new());
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("event: ") {
-                    name = v.to_string();
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    data.push_str(v);
-                }
-            }
-            let data: Value = serde_json::from_str(&data).expect("each data line is JSON");
-            (name, data)
-        })
-        .collect()
-}
-
-/// What a client assembles from a Responses stream; panics where the grammar is broken.
-#[derive(Debug, Default)]
-struct Assembled {
-    /// Per output item: `(type, text or arguments)`.
-    items: Vec<(String, String)>,
-    calls: Vec<(String, String, Value)>,
-    /// The terminal event's name and its response.
-    end: Option<(String, Value)>,
-}
-
-fn assemble(raw: &str) -> Assembled {
-    let evs = events(raw);
-    assert!(!raw.contains("[DONE]"), "the Responses API sends no [DONE]");
-    let mut a = Assembled::default();
-    // (item id, type, open, text so far)
-    let mut open: Vec<(String, String, bool, String)> = Vec::new();
-    for (i, (name, data)) in evs.iter().enumerate() {
-        // every event is one the SDK knows, named as its `type`
-        serde_json::from_value::<ResponseStreamEvent>(data.clone())
-            .unwrap_or_else(|e| panic!("event {i} `{name}` does not parse: {e}: {data}"));
-        assert_eq!(data["type"], name.as_str(), "event {i}");
-        assert_eq!(
-            data["sequence_number"], i as u64,
-            "sequence numbers count up from 0"
-        );
-        assert!(a.end.is_none(), "nothing after the terminal event: {name}");
-        match (i, name.as_str()) {
-            (0, n) => assert_eq!(n, "response.created"),
-            (1, n) => assert_eq!(n, "response.in_progress"),
-            (_, "response.created" | "response.in_progress") => panic!("{name} twice"),
-            _ => {}
-        }
-        let index = data["output_index"].as_u64().map(|x| x as usize);
-        let item = |idx: Option<usize>| -> usize {
-            let idx = idx.expect("output_index");
-            assert!(idx < open.len(), "event for an item never added: {data}");
-            assert!(open[idx].2, "event for an item already done: {data}");
-            if let Some(id) = data["item_id"].as_str() {
-                assert_eq!(id, open[idx].0, "item_id matches the added item");
-            }
-            idx
-        };
-        match name.as_str() {
-            "response.created" | "response.in_progress" => {
-                assert_eq!(data["response"]["status"], "in_progress");
-                assert_eq!(data["response"]["output"], json!([]));
-            }
-            "response.output_item.added" => {
-                assert_eq!(index, Some(open.len()), "items are added in order");
-                assert!(open.iter().all(|o| !o.2), "one item at a time");
-                let it = &data["item"];
-                assert_eq!(it["status"], "in_progress");
-                open.push((
-                    it["id"].as_str().unwrap().to_string(),
-                    it["type"].as_str().unwrap().to_string(),
-                    true,
-                    String::new(),
-                ));
-            }
-            "response.content_part.added" | "response.content_part.done" => {
-                item(index);
-                assert_eq!(data["content_index"], 0);
-            }
-            "response.reasoning_text.delta"
-            | "response.output_text.delta"
-            | "response.function_call_arguments.delta" => {
-                let idx = item(index);
-                let want = match name.as_str() {
-                    "response.reasoning_text.delta" => "reasoning",
-                    "response.output_text.delta" => "message",
-                    _ => "function_call",
-                };
-                assert_eq!(open[idx].1, want, "{name} in a {} item", open[idx].1);
-                open[idx].3.push_str(data["delta"].as_str().unwrap());
-            }
-            "response.reasoning_text.done" | "response.output_text.done" => {
-                let idx = item(index);
-                assert_eq!(
-                    data["text"].as_str().unwrap(),
-                    open[idx].3,
-                    "done = the deltas"
-                );
-            }
-            "response.function_call_arguments.done" => {
-                let idx = item(index);
-                assert_eq!(data["arguments"].as_str().unwrap(), open[idx].3);
-            }
-            "response.output_item.done" => {
-                let idx = item(index);
-                let it = &data["item"];
-                assert_eq!(it["id"], open[idx].0.as_str());
-                let text = match it["type"].as_str().unwrap() {
-                    "reasoning" => it["content"][0]["text"].as_str().unwrap().to_string(),
-                    "message" => it["content"][0]["text"].as_str().unwrap().to_string(),
-                    "function_call" => {
-                        a.calls.push((
-                            it["call_id"].as_str().unwrap().to_string(),
-                            it["name"].as_str().unwrap().to_string(),
-                            serde_json::from_str(it["arguments"].as_str().unwrap()).unwrap(),
-                        ));
-                        it["arguments"].as_str().unwrap().to_string()
-                    }
-                    t => panic!("unexpected item type {t}"),
-                };
-                assert_eq!(
-                    text, open[idx].3,
-                    "the done item holds what the deltas said"
-                );
-                open[idx].2 = false;
-                a.items.push((open[idx].1.clone(), text));
-            }
-            "response.completed" | "response.incomplete" => {
-                assert!(
-                    open.iter().all(|o| !o.2),
-                    "every item is done before {name}"
-                );
-                let r = &data["response"];
-                let ids: Vec<&str> = r["output"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|o| o["id"].as_str().unwrap())
-                    .collect();
-                let streamed: Vec<&str> = open.iter().map(|o| o.0.as_str()).collect();
-                assert_eq!(ids, streamed, "the final output is the streamed items");
-                a.end = Some((name.clone(), r.clone()));
-            }
-            "response.failed" => a.end = Some((name.clone(), data["response"].clone())),
-            other => panic!("unexpected event {other}"),
-        }
-    }
-    a
 }
 
 fn stream_raw(env: &Env, body: &Value) -> Assembled {
@@ -423,6 +271,199 @@ fn function_tools_round_trip_through_the_emulation() {
     assert_eq!(a.end.unwrap().0, "response.completed");
 }
 
+/// Issue 17: Codex CLI declares `namespace` tools, `custom` (freeform) tools and, in
+/// "Responses lite", tools in `additional_tools` input items. Each is emulated under its
+/// flat name (`namespace__name`); the call goes back as Codex reads it: a `function_call`
+/// with `namespace` and the inner `name`, or a `custom_tool_call` with the free-text
+/// `input`; the history items come back the same way.
+#[test]
+fn namespaced_and_custom_tools_round_trip() {
+    let env = env();
+    let tools = json!([
+        {"type": "namespace", "name": "clock", "description": "Time tools", "tools": [
+            {"type": "function", "name": "sleep", "description": "Pause",
+             "parameters": {"type": "object", "properties": {"duration_ms": {"type": "number"}},
+                            "required": ["duration_ms"]}}]},
+        {"type": "custom", "name": "exec", "description": "Run JavaScript",
+         "format": {"type": "grammar", "syntax": "lark", "definition": "start: SOURCE"}},
+    ]);
+    let ask = |prompt: &str, name: &str, args: Value| {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(args.to_string());
+        format!("{prompt} [[mock: tool_call={name}; tool_args={b64}]]")
+    };
+    let lite = |prompt: String| {
+        json!({"model": MODEL, "input": [
+            {"type": "additional_tools", "role": "developer", "tools": tools},
+            {"role": "user", "content": prompt}]})
+    };
+
+    // a namespaced function, non-stream and streamed
+    let body = lite(ask("nap", "clock__sleep", json!({"duration_ms": 5})));
+    let r = post(&env, &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let call = v["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["type"] == "function_call")
+        .unwrap_or_else(|| panic!("a function call: {v}"));
+    assert_eq!(
+        (&call["namespace"], &call["name"]),
+        (&json!("clock"), &json!("sleep"))
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(call["arguments"].as_str().unwrap()).unwrap(),
+        json!({"duration_ms": 5})
+    );
+    let up = env.requests()[0].json.clone().unwrap();
+    let system = up["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        system.contains("clock__sleep"),
+        "the flat name is in the tool prompt"
+    );
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let a = stream_raw(&env, &streamed);
+    assert_eq!(a.calls.len(), 1, "{a:?}");
+    assert_eq!(a.calls[0].1, "sleep");
+    let done = a
+        .done_items
+        .iter()
+        .find(|i| i["type"] == "function_call")
+        .unwrap();
+    assert_eq!(done["namespace"], "clock");
+
+    // a custom tool: its input is free text
+    let js = "const r = await tools.exec_command({cmd: \"ls\"}); text(r.output);";
+    let mut body = lite(ask("run", "exec", json!({"input": js})));
+    body["stream"] = json!(true);
+    let a = stream_raw(&env, &body);
+    assert_eq!(
+        a.calls,
+        [(a.calls[0].0.clone(), "exec".to_string(), json!(js))]
+    );
+    let done = a
+        .done_items
+        .iter()
+        .find(|i| i["type"] == "custom_tool_call")
+        .unwrap();
+    assert!(done["id"].as_str().unwrap().starts_with("ctc_"));
+    assert!(
+        done.get("namespace").is_none(),
+        "a top-level custom tool has none"
+    );
+    let system = env.requests().last().unwrap().json.clone().unwrap()["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        system.contains("start: SOURCE"),
+        "the grammar is in the tool prompt"
+    );
+
+    // the history: both calls and their outputs, as Codex sends them back
+    let body = json!({"model": MODEL, "input": [
+        {"type": "additional_tools", "role": "developer", "tools": tools},
+        {"role": "user", "content": "go"},
+        {"type": "function_call", "call_id": "call_a", "namespace": "clock", "name": "sleep",
+         "arguments": "{\"duration_ms\":5}"},
+        {"type": "function_call_output", "call_id": "call_a", "output": "slept"},
+        {"type": "custom_tool_call", "call_id": "call_b", "name": "exec", "input": js},
+        {"type": "custom_tool_call_output", "call_id": "call_b",
+         "output": [{"type": "input_text", "text": "a.txt"}]},
+    ]});
+    let r = post(&env, &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let up = env.requests().last().unwrap().json.clone().unwrap();
+    let sent = up["messages"].to_string();
+    assert!(sent.contains("<tool>clock__sleep</tool>"), "{sent}");
+    assert!(sent.contains("<tool>exec</tool>"), "{sent}");
+    assert!(sent.contains("slept") && sent.contains("a.txt"), "{sent}");
+}
+
+/// Issue 17: hosted tools (`web_search`, `tool_search`, …) follow `responses.hosted_tools`:
+/// `drop` (the default) leaves them out and counts them by type; `refuse` is a 400 naming
+/// the tool.
+#[test]
+fn hosted_tools_are_dropped_or_refused() {
+    let body = json!({"model": MODEL, "input": "search the web",
+        "tools": [
+            {"type": "function", "name": "exec_command", "parameters": {"type": "object"}},
+            {"type": "web_search", "external_web_access": false},
+            {"type": "namespace", "name": "ns", "tools": [{"type": "mcp", "server_label": "x"}]},
+            {"type": "web_search_from_the_future"},
+        ],
+        "tool_choice": {"type": "web_search_preview"}});
+    let env = env();
+    let r = post(&env, &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "completed");
+    let up = env.requests()[0].json.clone().unwrap();
+    let system = up["messages"][0]["content"].as_str().unwrap();
+    assert!(system.contains("exec_command"));
+    assert!(!system.contains("web_search"), "{system}");
+    let metrics = String::from_utf8(env.app.metrics().render()).unwrap();
+    for (kind, n) in [
+        ("web_search", 1),
+        ("mcp", 1),
+        ("other", 1),
+        ("web_search_preview", 1),
+    ] {
+        let line = format!("k2proxy_hosted_tools_dropped_total{{type=\"{kind}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    drop(env);
+
+    let env = Env::start(MockConfig::default(), |c| {
+        c.responses.hosted_tools = k2proxy::config::HostedTools::Refuse;
+    });
+    let r = post(&env, &body);
+    assert_eq!(r.status, 400, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["error"]["param"], "tools[1].type", "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("`web_search`"));
+    assert!(env.requests().is_empty(), "nothing went upstream");
+}
+
+/// Issue 17: asked for `reasoning.summary`, the reasoning item carries the reasoning as its
+/// summary too, streamed with the summary events (Codex CLI shows summaries, not raw
+/// reasoning); `responses.reasoning_summary: false` keeps the summary empty.
+#[test]
+fn the_reasoning_is_a_summary_when_asked() {
+    let (reasoning, _) = expected("think aloud", "");
+    let body = |stream: bool| {
+        json!({"model": MODEL, "input": "think aloud", "stream": stream,
+            "reasoning": {"effort": "low", "summary": "auto"}})
+    };
+    let env = env();
+    let v = post(&env, &body(false)).json();
+    assert_eq!(v["output"][0]["type"], "reasoning");
+    assert_eq!(
+        v["output"][0]["summary"],
+        json!([{"type": "summary_text", "text": reasoning}])
+    );
+    let a = stream_raw(&env, &body(true));
+    assert_eq!(a.summaries.len(), 1);
+    assert_eq!(a.summaries[0], reasoning);
+    // not asked: no summary
+    let mut plain = body(true);
+    plain["reasoning"] = json!({"effort": "low"});
+    assert!(stream_raw(&env, &plain).summaries.is_empty());
+    drop(env);
+
+    let env = Env::start(MockConfig::default(), |c| {
+        c.responses.reasoning_summary = false
+    });
+    let v = post(&env, &body(false)).json();
+    assert_eq!(v["output"][0]["summary"], json!([]));
+    assert_eq!(v["output"][0]["content"][0]["text"], reasoning.as_str());
+    assert!(stream_raw(&env, &body(true)).summaries.is_empty());
+}
+
 #[test]
 fn nothink_models_have_no_reasoning_item() {
     let env = env();
@@ -481,10 +522,6 @@ fn errors_are_openai_shaped_and_name_the_field() {
         (
             json!({"model": MODEL, "input": [{"type": "function_call_output", "output": "x"}]}),
             "input[0].call_id",
-        ),
-        (
-            json!({"model": MODEL, "input": "x", "tools": [{"type": "web_search_preview"}]}),
-            "tools[0].type",
         ),
         (
             json!({"model": MODEL, "input": "x", "tool_choice": "sometimes"}),

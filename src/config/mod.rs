@@ -55,6 +55,7 @@ pub struct Config {
     pub reasoning: ReasoningSection,
     pub tools: ToolsSection,
     pub anthropic: AnthropicSection,
+    pub responses: ResponsesSection,
     pub limits: LimitsSection,
     pub updater: UpdaterSection,
     pub admin: AdminSection,
@@ -701,6 +702,39 @@ pub enum ThinkingBlocks {
     Always,
     /// Never.
     Never,
+}
+
+/// What `/v1/responses` does with a tool the emulation cannot run.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HostedTools {
+    /// Leave the tool out of the request; a warning names its type and
+    /// `k2proxy_hosted_tools_dropped_total{type}` counts it.
+    #[default]
+    Drop,
+    /// Refuse the request with a 400 naming the tool.
+    Refuse,
+}
+
+/// The OpenAI Responses surface (`POST /v1/responses`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponsesSection {
+    /// Hosted tools (`web_search`, `file_search`, `code_interpreter`, `image_generation`,
+    /// `mcp`, `tool_search`, …), which only OpenAI's servers run.
+    pub hosted_tools: HostedTools,
+    /// When a request asks for `reasoning.summary` (`auto`, `concise`, `detailed`), the
+    /// reasoning is also written as the reasoning item's summary, with the summary events.
+    pub reasoning_summary: bool,
+}
+
+impl Default for ResponsesSection {
+    fn default() -> Self {
+        ResponsesSection {
+            hosted_tools: HostedTools::Drop,
+            reasoning_summary: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

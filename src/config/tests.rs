@@ -90,6 +90,18 @@ fn content_delivery_defaults_to_cumulative_and_takes_each_reading() {
 }
 
 #[test]
+fn responses_hosted_tools_and_reasoning_summary() {
+    let c = parse("").unwrap();
+    assert_eq!(c.responses.hosted_tools, HostedTools::Drop);
+    assert!(c.responses.reasoning_summary);
+    let c = parse("responses:\n  hosted_tools: refuse\n  reasoning_summary: false\n").unwrap();
+    assert_eq!(c.responses.hosted_tools, HostedTools::Refuse);
+    assert!(!c.responses.reasoning_summary);
+    let e = parse("responses:\n  hosted_tools: ignore\n").unwrap_err();
+    assert_eq!(e.key, "responses.hosted_tools", "{e}");
+}
+
+#[test]
 fn admin_allowed_hosts_are_bare_host_names() {
     let c = parse("admin:\n  allowed_hosts: [admin.example.com, Proxy-1.internal.]\n").unwrap();
     assert_eq!(

@@ -30,11 +30,14 @@ use pingora::ErrorType;
 
 use super::{respond, routes, upstream, App, Ctx, Snapshot};
 use crate::config::ModelEntry;
-use crate::config::{EffortPlacement, PayloadStyle, ReasoningOutput, ThinkingBlocks, UpstreamMode};
+use crate::config::{
+    EffortPlacement, HostedTools, PayloadStyle, ReasoningOutput, ThinkingBlocks, UpstreamMode,
+};
 use crate::k2think::{refuses_request, BodyStyle, KwargsPlacement, Payload};
 use crate::metrics::Metrics;
 use crate::openai::{ApiError, ChatRequest};
 use crate::pool::{Lease, LeaseError, Outcome};
+use crate::responses::{Dialect, Hosted};
 use crate::transform::chunk;
 use crate::transform::complete::{Completion, CompletionResult};
 use crate::transform::encode::{Parsed, Reply, Surface, Wire};
@@ -106,6 +109,8 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
     let Prepared {
         req,
         echo,
+        dialect,
+        hosted,
         model,
         tools,
         payload,
@@ -117,6 +122,10 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
             return respond::error(session, ctx, &e).await;
         }
     };
+    if let Err(e) = hosted_tools(app, snap, ctx, &hosted) {
+        drop(permit);
+        return respond::error(session, ctx, &e).await;
+    }
     let reasoning = reasoning_mode(snap, model, thinking);
     let input_tokens = if ctx.surface.reports_input_tokens() {
         tokens::estimate_input_tokens(&payload)
@@ -137,6 +146,7 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
             input_tokens,
             include_usage: req.include_usage(),
             echo,
+            dialect,
         },
         stream: req.stream,
         tools,
@@ -220,6 +230,10 @@ struct Prepared<'s> {
     req: ChatRequest,
     /// Request fields the answer repeats (see [`Parsed::echo`]).
     echo: serde_json::Map<String, serde_json::Value>,
+    /// See [`Parsed::dialect`].
+    dialect: Dialect,
+    /// See [`Parsed::hosted`].
+    hosted: Vec<Hosted>,
     model: &'s ModelEntry,
     tools: Option<Arc<ToolSet>>,
     payload: Payload,
@@ -257,7 +271,10 @@ async fn prepare<'s>(
         echo,
         origin,
         thinking,
+        mut dialect,
+        hosted,
     } = ctx.surface.parse(&body, count_tokens)?;
+    dialect.summary &= snap.config.responses.reasoning_summary;
     // The checks below see the converted request: `origin` names the client's own field.
     check_limits_and_files(snap, &mut req).map_err(|e| origin.error(e))?;
     ctx.model = Some(req.model.clone());
@@ -287,11 +304,44 @@ async fn prepare<'s>(
     Ok(Prepared {
         req,
         echo,
+        dialect,
+        hosted,
         model,
         tools,
         payload,
         thinking,
     })
+}
+
+/// `responses.hosted_tools` for the tools of a Responses request that the emulation cannot
+/// run: `refuse` answers 400 naming the first; `drop` leaves them out (the request was
+/// parsed without them) with one warning naming their types, each counted in
+/// `k2proxy_hosted_tools_dropped_total{type}`.
+fn hosted_tools(app: &App, snap: &Snapshot, ctx: &Ctx, hosted: &[Hosted]) -> Result<(), ApiError> {
+    let Some(first) = hosted.first() else {
+        return Ok(());
+    };
+    match snap.config.responses.hosted_tools {
+        HostedTools::Refuse => Err(first.refusal()),
+        HostedTools::Drop => {
+            let mut list = String::new();
+            for h in hosted {
+                app.metrics
+                    .hosted_tools_dropped
+                    .with_label_values(&[h.kind])
+                    .inc();
+                if !list.is_empty() {
+                    list.push_str(", ");
+                }
+                list.push_str(&format!("{} ({})", h.kind, h.at));
+            }
+            warn!(
+                "{}: dropped tools the emulation cannot run: {list} (responses.hosted_tools: drop)",
+                ctx.request_id
+            );
+            Ok(())
+        }
+    }
 }
 
 /// `limits.max_messages`, and the files and `data:` images of a parsed request inlined or

@@ -10,6 +10,7 @@ use crate::sse;
 use crate::transform::encode::Encoder;
 use crate::transform::split::{Delta, Deltas};
 use crate::transform::stream::{ReasoningMode, Usage};
+use crate::transform::tokens::Estimate;
 use crate::transform::tools::ToolCall;
 
 /// Error-event code for an upstream that broke off or sent an error mid-stream.
@@ -29,6 +30,9 @@ pub struct ChunkEncoder {
     reasoning: ReasoningMode,
     /// Write the usage chunk (`stream_options.include_usage`) when usage is known.
     include_usage: bool,
+    /// The reasoning so far, counted for the usage chunk's `reasoning_tokens` when the
+    /// upstream gives none (only with `include_usage`).
+    reasoning_seen: Estimate,
     think_open: bool,
     output_started: bool,
 }
@@ -48,6 +52,7 @@ impl ChunkEncoder {
             head,
             reasoning,
             include_usage: false,
+            reasoning_seen: Estimate::default(),
             think_open: false,
             output_started: false,
         }
@@ -94,6 +99,9 @@ impl ChunkEncoder {
     pub fn reasoning(&mut self, text: &str, out: &mut Vec<u8>) {
         if text.is_empty() {
             return;
+        }
+        if self.include_usage {
+            self.reasoning_seen.add(text);
         }
         match self.reasoning {
             ReasoningMode::Field => self.text_chunk(b"reasoning_content", &[text], out),
@@ -205,11 +213,14 @@ impl Encoder for ChunkEncoder {
         ChunkEncoder::tool_call(self, index, call, out);
     }
 
-    /// The finish chunk, the usage chunk when asked for and known, and `[DONE]`.
+    /// The finish chunk, the usage chunk when asked for and known (with
+    /// `completion_tokens_details.reasoning_tokens`, estimated when the upstream gives
+    /// none), and `[DONE]`.
     fn finish(&mut self, finish_reason: &str, usage: Option<&Usage>, out: &mut Vec<u8>) {
         self.finish_chunk(finish_reason, out);
         if let (true, Some(u)) = (self.include_usage, usage) {
-            self.usage(u, out);
+            let u = u.with_reasoning_estimate(&self.reasoning_seen);
+            self.usage(&u, out);
         }
         sse::write_data(out, b"[DONE]");
     }
@@ -381,6 +392,69 @@ mod tests {
         assert_eq!(
             v[4]["usage"],
             serde_json::json!({"prompt_tokens":1,"completion_tokens":2,"total_tokens":3})
+        );
+    }
+
+    /// Issue 17: the usage chunk counts reasoning tokens; the upstream's count when it gave
+    /// one, else our estimate of the reasoning (dropped reasoning too), at most the
+    /// completion tokens.
+    #[test]
+    fn the_usage_chunk_counts_reasoning_tokens() {
+        let usage = |completion, reasoning: Option<u64>| Usage {
+            prompt_tokens: 5,
+            completion_tokens: completion,
+            total_tokens: 5 + completion,
+            completion_tokens_details: reasoning.map(|r| {
+                crate::transform::stream::CompletionTokensDetails {
+                    reasoning_tokens: Some(r),
+                }
+            }),
+        };
+        let run = |mode, u: &Usage| {
+            let mut e = ChunkEncoder::new("i", 1, "m", mode).with_usage(true);
+            let mut out = Vec::new();
+            Encoder::start(&mut e, &mut out);
+            // 9 ASCII + 2 other characters: 3 + 2 tokens.
+            Encoder::reasoning(&mut e, "think", &mut out);
+            Encoder::reasoning(&mut e, " hard你好", &mut out);
+            Encoder::content(&mut e, "answer", &mut out);
+            Encoder::finish(&mut e, "stop", Some(u), &mut out);
+            let s = std::str::from_utf8(&out).unwrap();
+            let line = s
+                .split("\n\n")
+                .find(|l| l.contains("\"usage\""))
+                .expect("a usage chunk");
+            let v: Value = serde_json::from_str(line.strip_prefix("data: ").unwrap()).unwrap();
+            v["usage"].clone()
+        };
+        for mode in [
+            ReasoningMode::Field,
+            ReasoningMode::Inline,
+            ReasoningMode::Drop,
+        ] {
+            let u = run(mode, &usage(40, None));
+            assert_eq!(u["completion_tokens_details"]["reasoning_tokens"], 5, "{u}");
+            assert_eq!(u["completion_tokens"], 40);
+        }
+        let u = run(ReasoningMode::Field, &usage(3, None));
+        assert_eq!(
+            u["completion_tokens_details"]["reasoning_tokens"], 3,
+            "never more than the completion"
+        );
+        let u = run(ReasoningMode::Field, &usage(40, Some(17)));
+        assert_eq!(
+            u["completion_tokens_details"]["reasoning_tokens"], 17,
+            "the upstream's count wins"
+        );
+        let mut e = ChunkEncoder::new("i", 1, "m", ReasoningMode::Field).with_usage(true);
+        let mut out = Vec::new();
+        Encoder::content(&mut e, "no reasoning", &mut out);
+        Encoder::finish(&mut e, "stop", Some(&usage(4, None)), &mut out);
+        assert!(
+            std::str::from_utf8(&out)
+                .unwrap()
+                .contains("\"completion_tokens_details\":{\"reasoning_tokens\":0}"),
+            "zero when there was none"
         );
     }
 

@@ -13,6 +13,7 @@ use crate::transform::stream::{
     ContentDelivery, K2Decoder, ReasoningMode, Routed, ToolStage, UpstreamFormat, Usage,
     NOT_AN_ANSWER,
 };
+use crate::transform::tokens::Estimate;
 use crate::transform::tools::{ToolCall, ToolSet};
 
 /// Collects one upstream body.
@@ -209,6 +210,13 @@ impl CompletionResult {
             }
             ReasoningMode::Inline | ReasoningMode::Drop => (self.content.as_str(), None),
         };
+        // `reasoning_tokens` estimated when the upstream counts none (dropped reasoning
+        // still counts).
+        let usage = self.usage.as_ref().map(|u| {
+            let mut reasoning = Estimate::default();
+            reasoning.add(&self.reasoning);
+            u.with_reasoning_estimate(&reasoning)
+        });
         let body = Body {
             id,
             object: "chat.completion",
@@ -236,7 +244,7 @@ impl CompletionResult {
                 logprobs: None,
                 finish_reason: &self.finish_reason,
             }],
-            usage: self.usage.as_ref(),
+            usage: usage.as_ref(),
         };
         serde_json::to_vec(&body).unwrap_or_default()
     }
@@ -323,6 +331,32 @@ mod tests {
         assert_eq!(
             v["choices"][0]["message"],
             json!({"role":"assistant","content":"A\n"})
+        );
+        // Issue 17: without the upstream's count, the reasoning is estimated (4 ASCII
+        // characters a token), dropped or not, at most the completion tokens.
+        let mut counted = r.clone();
+        counted.reasoning = "twelve chars".into();
+        counted.usage = Some(Usage {
+            prompt_tokens: 1,
+            completion_tokens: 20,
+            total_tokens: 21,
+            completion_tokens_details: None,
+        });
+        for mode in [ReasoningMode::Field, ReasoningMode::Drop] {
+            let v: Value = serde_json::from_slice(&counted.to_json("i", 5, "m", mode)).unwrap();
+            assert_eq!(
+                v["usage"]["completion_tokens_details"],
+                json!({"reasoning_tokens": 3})
+            );
+        }
+        if let Some(u) = counted.usage.as_mut() {
+            u.completion_tokens = 2;
+        }
+        let v: Value =
+            serde_json::from_slice(&counted.to_json("i", 5, "m", ReasoningMode::Field)).unwrap();
+        assert_eq!(
+            v["usage"]["completion_tokens_details"]["reasoning_tokens"],
+            2
         );
         let plain = CompletionResult {
             reasoning: String::new(),

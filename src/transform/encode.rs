@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use crate::anthropic::{self, MessagesEncoder};
 use crate::fields::Origin;
 use crate::openai::{ApiError, ChatRequest};
-use crate::responses::{self, ResponsesEncoder};
+use crate::responses::{self, Dialect, Hosted, ResponsesEncoder};
 use crate::transform::chunk::ChunkEncoder;
 use crate::transform::complete::CompletionResult;
 use crate::transform::stream::{ReasoningMode, Usage};
@@ -38,6 +38,31 @@ pub trait Encoder {
     fn error(&mut self, code: &str, message: &str, out: &mut Vec<u8>);
     /// Whether any reasoning, content or tool call was written.
     fn output_started(&self) -> bool;
+}
+
+/// A boxed encoder is one too.
+impl<E: Encoder + ?Sized> Encoder for Box<E> {
+    fn start(&mut self, out: &mut Vec<u8>) {
+        (**self).start(out)
+    }
+    fn reasoning(&mut self, text: &str, out: &mut Vec<u8>) {
+        (**self).reasoning(text, out)
+    }
+    fn content(&mut self, text: &str, out: &mut Vec<u8>) {
+        (**self).content(text, out)
+    }
+    fn tool_call(&mut self, index: usize, call: &ToolCall, out: &mut Vec<u8>) {
+        (**self).tool_call(index, call, out)
+    }
+    fn finish(&mut self, finish_reason: &str, usage: Option<&Usage>, out: &mut Vec<u8>) {
+        (**self).finish(finish_reason, usage, out)
+    }
+    fn error(&mut self, code: &str, message: &str, out: &mut Vec<u8>) {
+        (**self).error(code, message, out)
+    }
+    fn output_started(&self) -> bool {
+        (**self).output_started()
+    }
 }
 
 /// The API a request came in on.
@@ -63,6 +88,10 @@ pub struct Parsed {
     /// Messages: whether the request turned thinking on (`thinking.type` `enabled` or
     /// `adaptive`); `None` on the surfaces without such a switch.
     pub thinking: Option<bool>,
+    /// Responses: how the answer names the calls and writes the reasoning.
+    pub dialect: Dialect,
+    /// Responses: the tools the emulation cannot run (`responses.hosted_tools`).
+    pub hosted: Vec<Hosted>,
 }
 
 /// What one answer repeats on every surface.
@@ -81,6 +110,8 @@ pub struct Reply {
     pub include_usage: bool,
     /// See [`Parsed::echo`].
     pub echo: Map<String, Value>,
+    /// See [`Parsed::dialect`].
+    pub dialect: Dialect,
 }
 
 impl Surface {
@@ -102,6 +133,8 @@ impl Surface {
                 echo: Map::new(),
                 origin: Origin::default(),
                 thinking: None,
+                dialect: Dialect::default(),
+                hosted: Vec::new(),
             },
             Surface::Messages => {
                 let r = anthropic::parse_request(body, count_tokens)?;
@@ -110,6 +143,8 @@ impl Surface {
                     echo: Map::new(),
                     origin: r.origin,
                     thinking: Some(r.thinking),
+                    dialect: Dialect::default(),
+                    hosted: Vec::new(),
                 }
             }
             Surface::Responses => {
@@ -119,6 +154,8 @@ impl Surface {
                     echo: r.echo,
                     origin: r.origin,
                     thinking: None,
+                    dialect: r.dialect,
+                    hosted: r.hosted,
                 }
             }
         })
@@ -143,7 +180,7 @@ impl Surface {
                 reply.reasoning,
                 reply.input_tokens,
             )),
-            Surface::Responses => Wire::Responses(ResponsesEncoder::new(reply.clone())),
+            Surface::Responses => Wire::Responses(Box::new(ResponsesEncoder::new(reply.clone()))),
         }
     }
 
@@ -193,8 +230,9 @@ pub enum Wire {
     Chat(ChunkEncoder),
     /// `POST /v1/messages`.
     Messages(MessagesEncoder),
-    /// `POST /v1/responses`.
-    Responses(ResponsesEncoder),
+    /// `POST /v1/responses` (boxed: it keeps the request's echo and finished items, and
+    /// would make every surface's stream state as big).
+    Responses(Box<ResponsesEncoder>),
 }
 
 macro_rules! each {

@@ -57,6 +57,7 @@ use crate::transform::chunk::{self, ChunkEncoder};
 use crate::transform::encode::Encoder;
 use crate::transform::split::Splitter;
 pub use crate::transform::split::{Delta, Deltas};
+use crate::transform::tokens::Estimate;
 use crate::transform::tools::{ToolDetector, ToolPiece, ToolSet};
 
 /// Shared prefix (bytes) that makes a non-extending `content` a rewrite.
@@ -93,6 +94,20 @@ pub struct CompletionTokensDetails {
 }
 
 impl Usage {
+    /// This usage with `completion_tokens_details.reasoning_tokens` when the upstream gave
+    /// none: `reasoning`, our estimate of the reasoning text (as the surfaces estimate
+    /// tokens the upstream does not count), at most `completion_tokens`.
+    pub fn with_reasoning_estimate(&self, reasoning: &Estimate) -> Usage {
+        let mut u = self.clone();
+        let details = u
+            .completion_tokens_details
+            .get_or_insert_with(Default::default);
+        if details.reasoning_tokens.is_none() {
+            details.reasoning_tokens = Some(reasoning.tokens().min(self.completion_tokens));
+        }
+        u
+    }
+
     /// Lenient read of an upstream `usage` object (numbers may be floats or
     /// strings; `total_tokens` is computed when missing). `None` when it has
     /// none of the counters.
@@ -1306,11 +1321,22 @@ mod tests {
                 e["finish_reason"].as_str(),
                 "finish: {ctx}"
             );
-            assert_eq!(
-                a.usage.as_ref().unwrap_or(&Value::Null),
-                &e["usage"],
-                "usage: {ctx}"
-            );
+            // The upstream's counts as they were; `reasoning_tokens`, when the upstream
+            // gives none, estimated from the reasoning streamed.
+            let mut usage = a.usage.clone().unwrap_or(Value::Null);
+            let counted = e["usage"].get("completion_tokens_details").is_some();
+            if let Some(u) = usage.as_object_mut().filter(|_| !counted) {
+                let details = u.remove("completion_tokens_details");
+                let mut est = Estimate::default();
+                est.add(&a.reasoning);
+                let completion = u["completion_tokens"].as_u64().unwrap_or(0);
+                assert_eq!(
+                    details,
+                    Some(serde_json::json!({"reasoning_tokens": est.tokens().min(completion)})),
+                    "reasoning tokens: {ctx}"
+                );
+            }
+            assert_eq!(usage, e["usage"], "usage: {ctx}");
             assert_eq!(a.error.as_deref(), e["error"].as_str(), "error: {ctx}");
             if a.error.is_some() {
                 // an upstream error event or a body that ended without an answer

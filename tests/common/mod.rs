@@ -13,6 +13,8 @@ use k2proxy::mock::{MockConfig, MockServer, RecordedRequest};
 use k2proxy::proxy::{build_server, App, RunArgs, ShutdownSignal, ShutdownSignalWatch};
 use serde_json::Value;
 
+pub mod grammar;
+
 pub const MODEL: &str = "MBZUAI-IFM/K2-Think-v2";
 /// The `models` section an operator of the old host (www.k2think.ai) gets by default, for
 /// config files written against the old-host mock (`MockConfig::default()`).
