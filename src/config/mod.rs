@@ -389,6 +389,11 @@ pub fn default_models(base_url: &str) -> Vec<ModelEntry> {
     }
 }
 
+/// Alias patterns that send an agent's vendor model names (`claude-…`, `gpt-…`) to the
+/// reasoning model, and the small fast ones to the `-nothink` one.
+const VENDOR_NAMES: [&str; 6] = ["claude-*", "gpt-*", "codex-*", "o1*", "o3*", "o4*"];
+const VENDOR_FAST_NAMES: [&str; 3] = ["claude-*haiku*", "gpt-*mini*", "gpt-*nano*"];
+
 fn model_entry(
     id: &str,
     upstream: &str,
@@ -423,13 +428,11 @@ pub fn horizon_models() -> Vec<ModelEntry> {
                 "MBZUAI-IFM/K2-Think",
                 "K2-Think",
                 "k2-think",
-                "claude-*",
-                "gpt-*",
-                "codex-*",
-                "o1*",
-                "o3*",
-                "o4*",
-            ],
+            ]
+            .iter()
+            .chain(&VENDOR_NAMES)
+            .copied()
+            .collect::<Vec<_>>(),
             "IFM",
             false,
         ),
@@ -442,10 +445,11 @@ pub fn horizon_models() -> Vec<ModelEntry> {
                 "MBZUAI-IFM/K2-Think-v2-nothink",
                 "MBZUAI-IFM/K2-Think-nothink",
                 "K2-Think-nothink",
-                "claude-*haiku*",
-                "gpt-*mini*",
-                "gpt-*nano*",
-            ],
+            ]
+            .iter()
+            .chain(&VENDOR_FAST_NAMES)
+            .copied()
+            .collect::<Vec<_>>(),
             "IFM",
             false,
         ),
@@ -460,17 +464,11 @@ pub fn legacy_models() -> Vec<ModelEntry> {
             up,
             up,
             true,
-            &[
-                "MBZUAI-IFM/K2-Think",
-                "K2-Think",
-                "k2-think",
-                "claude-*",
-                "gpt-*",
-                "codex-*",
-                "o1*",
-                "o3*",
-                "o4*",
-            ],
+            &["MBZUAI-IFM/K2-Think", "K2-Think", "k2-think"]
+                .iter()
+                .chain(&VENDOR_NAMES)
+                .copied()
+                .collect::<Vec<_>>(),
             "MBZUAI",
             true,
         ),
@@ -478,13 +476,11 @@ pub fn legacy_models() -> Vec<ModelEntry> {
             "MBZUAI-IFM/K2-Think-v2-nothink",
             up,
             false,
-            &[
-                "MBZUAI-IFM/K2-Think-nothink",
-                "K2-Think-nothink",
-                "claude-*haiku*",
-                "gpt-*mini*",
-                "gpt-*nano*",
-            ],
+            &["MBZUAI-IFM/K2-Think-nothink", "K2-Think-nothink"]
+                .iter()
+                .chain(&VENDOR_FAST_NAMES)
+                .copied()
+                .collect::<Vec<_>>(),
             "MBZUAI",
             true,
         ),

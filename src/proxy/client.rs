@@ -47,6 +47,7 @@ use tokio::time::Sleep;
 
 use super::{App, Held, K2Proxy};
 use crate::config::LimitsSection;
+use crate::openai::ApiError;
 
 /// What part of an HTTP/1 exchange a connection is in, as seen from its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -519,8 +520,9 @@ pub fn error_body_for(head: &[u8]) -> Option<Bytes> {
     if code < 400 {
         return None;
     }
-    let (kind, error_code, message) = match code {
-        400 => (
+    let error = match code {
+        400 => ApiError::new(
+            400,
             "invalid_request_error",
             "bad_request",
             "The request line or headers are not valid HTTP/1.1 and were refused before routing \
@@ -528,21 +530,20 @@ pub fn error_body_for(head: &[u8]) -> Option<Bytes> {
              malformed header)"
                 .to_string(),
         ),
-        401..=499 => (
+        401..=499 => ApiError::new(
+            code,
             "invalid_request_error",
             "bad_request",
             format!("The request was refused before routing (HTTP {code})"),
         ),
-        _ => (
+        _ => ApiError::new(
+            code,
             "server_error",
             "internal_error",
             format!("The proxy could not handle the request (HTTP {code})"),
         ),
     };
-    let body = serde_json::json!({
-        "error": {"message": message, "type": kind, "param": null, "code": error_code}
-    })
-    .to_string();
+    let body = String::from_utf8(error.body()).ok()?;
     let head = text
         .replacen(
             "\r\nServer: Pingora\r\n",
@@ -638,13 +639,16 @@ pub fn raise_open_files_limit() -> u64 {
 /// client already sent is read and dropped for a moment first: closing a socket with
 /// unread bytes resets it, and the reset can destroy the answer before it is read.
 async fn refuse_connection(mut stream: Stream, limit: usize) {
-    let body = serde_json::json!({"error": {
-        "message": format!("The proxy has {limit} client connections open (limits.max_connections); retry shortly"),
-        "type": "server_error",
-        "param": null,
-        "code": "server_overloaded",
-    }})
-    .to_string();
+    let body = ApiError::new(
+        503,
+        "server_error",
+        "server_overloaded",
+        format!(
+            "The proxy has {limit} client connections open (limits.max_connections); retry shortly"
+        ),
+    )
+    .body();
+    let body = String::from_utf8_lossy(&body);
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()
