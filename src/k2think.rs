@@ -9,6 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::core::request::{Sampling, Turn};
+
 /// K2 Horizon, the web chat's model since 2026-09 (k2think-protocol.md §0.5 #2).
 pub const HORIZON_MODEL: &str = "IFM/K2-Horizon-375B-A23B";
 /// K2-Think-v2, the model of the old host (www.k2think.ai), being phased out.
@@ -68,37 +70,6 @@ pub enum BodyStyle {
     Webui,
 }
 
-/// One message of the upstream's history. An assistant message carries its thinking
-/// (the client's own reasoning, else `""`, never `null`) under the configured field name:
-/// the new upstream refuses assistant messages without one (k2think-protocol.md §0.5 #3).
-#[derive(Debug, Clone, PartialEq)]
-pub struct UpMessage {
-    pub role: &'static str,
-    pub content: UpContent,
-    /// `Some` on assistant messages (when a thinking field is configured).
-    pub thinking: Option<Thinking>,
-}
-
-/// An assistant message's thinking field: its name and text.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Thinking {
-    pub field: &'static str,
-    pub text: String,
-}
-
-impl Serialize for UpMessage {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(2 + usize::from(self.thinking.is_some())))?;
-        m.serialize_entry("role", self.role)?;
-        m.serialize_entry("content", &self.content)?;
-        if let Some(t) = &self.thinking {
-            m.serialize_entry(t.field, &t.text)?;
-        }
-        m.end()
-    }
-}
-
 /// The thinking-field name as configured (`upstream.thinking_field`): one of
 /// [`THINKING_FIELDS`], or `None` for `""` or a name it does not know.
 pub fn thinking_field(name: &str) -> Option<&'static str> {
@@ -114,53 +85,13 @@ pub enum KwargsPlacement {
     TopLevel,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(untagged)]
-pub enum UpContent {
-    Text(String),
-    Parts(Vec<UpPart>),
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum UpPart {
-    Text { text: String },
-    ImageUrl { image_url: ImageUrl },
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ImageUrl {
-    pub url: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
-/// Sampling parameters, sent in `params` (only those the client set).
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct Params {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub top_p: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stop: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub presence_penalty: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub frequency_penalty: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seed: Option<i64>,
-}
-
 /// The upstream request body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Payload {
     pub stream: bool,
     pub model: String,
-    pub messages: Vec<UpMessage>,
-    pub params: Params,
+    pub messages: Vec<Turn>,
+    pub params: Sampling,
     /// `chat_template_kwargs.reasoning_effort` (`low`, `medium`, `high`), and where it goes.
     pub effort: Option<(&'static str, KwargsPlacement)>,
     pub style: BodyStyle,
@@ -185,8 +116,8 @@ const FEATURES: Features = Features {
 struct MinimalBody<'a> {
     stream: bool,
     model: &'a str,
-    messages: &'a [UpMessage],
-    params: &'a Params,
+    messages: &'a [Turn],
+    params: &'a Sampling,
     features: Features,
     #[serde(skip_serializing_if = "Option::is_none")]
     chat_template_kwargs: Option<TemplateKwargs>,
@@ -208,8 +139,8 @@ struct ExtraBody {
 struct WebuiBody<'a> {
     stream: bool,
     model: &'a str,
-    messages: &'a [UpMessage],
-    params: &'a Params,
+    messages: &'a [Turn],
+    params: &'a Sampling,
     tool_servers: [u8; 0],
     features: Features,
     variables: serde_json::Value,
@@ -342,18 +273,19 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::request::{ImageUrl, TurnContent, TurnPart};
     use std::time::Duration;
 
     fn payload(style: BodyStyle) -> Payload {
         Payload {
             stream: true,
             model: "MBZUAI-IFM/K2-Think-v2".into(),
-            messages: vec![UpMessage {
+            messages: vec![Turn {
                 thinking: None,
                 role: "user",
-                content: UpContent::Parts(vec![
-                    UpPart::Text { text: "hi".into() },
-                    UpPart::ImageUrl {
+                content: TurnContent::Parts(vec![
+                    TurnPart::Text { text: "hi".into() },
+                    TurnPart::ImageUrl {
                         image_url: ImageUrl {
                             url: "https://x/y.png".into(),
                             detail: None,
@@ -361,9 +293,9 @@ mod tests {
                     },
                 ]),
             }],
-            params: Params {
+            params: Sampling {
                 temperature: Some(0.2),
-                ..Params::default()
+                ..Sampling::default()
             },
             effort: None,
             style,

@@ -12,6 +12,7 @@
 pub mod admin_guard;
 pub mod anthropic;
 pub mod config;
+pub mod core;
 pub mod fields;
 pub mod files;
 pub mod k2think;

@@ -33,6 +33,7 @@ use crate::config::ModelEntry;
 use crate::config::{
     EffortPlacement, HostedTools, PayloadStyle, ReasoningOutput, ThinkingBlocks, UpstreamMode,
 };
+use crate::core::Decoder;
 use crate::k2think::{refuses_request, BodyStyle, KwargsPlacement, Payload};
 use crate::metrics::Metrics;
 use crate::openai::{ApiError, ChatRequest};

@@ -219,7 +219,7 @@ impl Encoder for ChunkEncoder {
     fn finish(&mut self, finish_reason: &str, usage: Option<&Usage>, out: &mut Vec<u8>) {
         self.finish_chunk(finish_reason, out);
         if let (true, Some(u)) = (self.include_usage, usage) {
-            let u = u.with_reasoning_estimate(&self.reasoning_seen);
+            let u = u.with_reasoning_estimate(self.reasoning_seen.tokens());
             self.usage(&u, out);
         }
         sse::write_data(out, b"[DONE]");

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::core::Decoder;
 use crate::transform::split::{Delta, Deltas};
 use crate::transform::stream::{
     ContentDelivery, K2Decoder, ReasoningMode, Routed, ToolStage, UpstreamFormat, Usage,
@@ -16,10 +17,11 @@ use crate::transform::stream::{
 use crate::transform::tokens::Estimate;
 use crate::transform::tools::{ToolCall, ToolSet};
 
-/// Collects one upstream body.
+/// Collects one upstream body, decoded by `D` (a K2Think decoder unless a provider gives
+/// its own through [`Completion::with_decoder`]).
 #[derive(Debug)]
-pub struct Completion {
-    decoder: K2Decoder,
+pub struct Completion<D: Decoder = K2Decoder> {
+    decoder: D,
     deltas: Deltas,
     reasoning: String,
     content: String,
@@ -40,22 +42,29 @@ pub struct CompletionResult {
 }
 
 impl Completion {
-    /// An aggregator for one upstream body.
+    /// An aggregator for one K2Think upstream body.
     pub fn new(format: UpstreamFormat, implicit_think: bool) -> Self {
-        Completion {
-            decoder: K2Decoder::new(format, implicit_think),
-            deltas: Deltas::new(),
-            reasoning: String::new(),
-            content: String::new(),
-            tools: None,
-            calls: Vec::new(),
-        }
+        Completion::with_decoder(K2Decoder::new(format, implicit_think))
     }
 
     /// Read `content` values as `delivery` says (see [`K2Decoder::with_delivery`]).
     pub fn with_delivery(mut self, delivery: ContentDelivery) -> Self {
         self.decoder = self.decoder.with_delivery(delivery);
         self
+    }
+}
+
+impl<D: Decoder> Completion<D> {
+    /// An aggregator for one upstream body read by `decoder`.
+    pub fn with_decoder(decoder: D) -> Self {
+        Completion {
+            decoder,
+            deltas: Deltas::new(),
+            reasoning: String::new(),
+            content: String::new(),
+            tools: None,
+            calls: Vec::new(),
+        }
     }
 
     /// Enable tool-call emulation (`None`, or `tool_choice: "none"`: plain
@@ -76,7 +85,7 @@ impl Completion {
     }
 
     /// The decoder (for `done_seen`, `usable`, …).
-    pub fn decoder(&self) -> &K2Decoder {
+    pub fn decoder(&self) -> &D {
         &self.decoder
     }
 
@@ -215,7 +224,7 @@ impl CompletionResult {
         let usage = self.usage.as_ref().map(|u| {
             let mut reasoning = Estimate::default();
             reasoning.add(&self.reasoning);
-            u.with_reasoning_estimate(&reasoning)
+            u.with_reasoning_estimate(reasoning.tokens())
         });
         let body = Body {
             id,

@@ -18,9 +18,8 @@
 //! - the reasoning effort (the client's, else the configured default) goes into
 //!   `chat_template_kwargs.reasoning_effort` (§0.5 #4).
 
-use crate::k2think::{
-    BodyStyle, ImageUrl, KwargsPlacement, Params, Payload, Thinking, UpContent, UpMessage, UpPart,
-};
+use crate::core::request::{ImageUrl, Sampling, Thinking, Turn, TurnContent, TurnPart};
+use crate::k2think::{BodyStyle, KwargsPlacement, Payload};
 use crate::openai::{ChatRequest, Content, Effort, Message, Part, Role, Stop};
 use crate::transform::tools::{encode_result, function_calls_block, ToolSet};
 
@@ -63,9 +62,9 @@ pub fn to_k2think(req: &ChatRequest, opts: RewriteOptions<'_>) -> Payload {
     if let Some(set) = opts.tools {
         messages.insert(
             0,
-            UpMessage {
+            Turn {
                 role: "system",
-                content: UpContent::Text(set.instructions(opts.template)),
+                content: TurnContent::Text(set.instructions(opts.template)),
                 thinking: None,
             },
         );
@@ -84,8 +83,8 @@ pub fn to_k2think(req: &ChatRequest, opts: RewriteOptions<'_>) -> Payload {
     }
 }
 
-fn params(req: &ChatRequest) -> Params {
-    Params {
+fn params(req: &ChatRequest) -> Sampling {
+    Sampling {
         temperature: req.temperature,
         top_p: req.top_p,
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
@@ -105,22 +104,22 @@ pub fn convert_messages(
     messages: &[Message],
     tools: Option<&ToolSet>,
     thinking_field: Option<&'static str>,
-) -> Vec<UpMessage> {
+) -> Vec<Turn> {
     messages
         .iter()
         .enumerate()
         .map(|(i, m)| match m.role {
-            Role::System | Role::Developer => UpMessage {
+            Role::System | Role::Developer => Turn {
                 role: "system",
                 content: convert_content(&m.content),
                 thinking: None,
             },
-            Role::User => UpMessage {
+            Role::User => Turn {
                 role: "user",
                 content: convert_content(&m.content),
                 thinking: None,
             },
-            Role::Assistant => UpMessage {
+            Role::Assistant => Turn {
                 role: "assistant",
                 content: assistant_content(m, tools),
                 thinking: thinking_field.map(|field| Thinking {
@@ -128,9 +127,9 @@ pub fn convert_messages(
                     text: m.reasoning_content.clone().unwrap_or_default(),
                 }),
             },
-            Role::Tool | Role::Function => UpMessage {
+            Role::Tool | Role::Function => Turn {
                 role: "user",
-                content: UpContent::Text(encode_result(
+                content: TurnContent::Text(encode_result(
                     tool_name(messages, i, m),
                     &m.content.text(),
                 )),
@@ -140,15 +139,15 @@ pub fn convert_messages(
         .collect()
 }
 
-fn convert_content(c: &Content) -> UpContent {
+fn convert_content(c: &Content) -> TurnContent {
     match c {
         Content::Parts(parts) if parts.iter().any(|p| matches!(p, Part::Image { .. })) => {
-            UpContent::Parts(
+            TurnContent::Parts(
                 parts
                     .iter()
                     .filter_map(|p| match p {
-                        Part::Text(t) if !t.is_empty() => Some(UpPart::Text { text: t.clone() }),
-                        Part::Image { url, detail } => Some(UpPart::ImageUrl {
+                        Part::Text(t) if !t.is_empty() => Some(TurnPart::Text { text: t.clone() }),
+                        Part::Image { url, detail } => Some(TurnPart::ImageUrl {
                             image_url: ImageUrl {
                                 url: url.clone(),
                                 detail: detail.clone(),
@@ -159,11 +158,11 @@ fn convert_content(c: &Content) -> UpContent {
                     .collect(),
             )
         }
-        other => UpContent::Text(other.text()),
+        other => TurnContent::Text(other.text()),
     }
 }
 
-fn assistant_content(m: &Message, tools: Option<&ToolSet>) -> UpContent {
+fn assistant_content(m: &Message, tools: Option<&ToolSet>) -> TurnContent {
     if m.tool_calls.is_empty() {
         return convert_content(&m.content);
     }
@@ -175,11 +174,11 @@ fn assistant_content(m: &Message, tools: Option<&ToolSet>) -> UpContent {
     let text = m.content.text();
     if let Some(set) = tools {
         let text = (!text.is_empty()).then_some(text.as_str());
-        return UpContent::Text(set.encode_assistant(text, &calls));
+        return TurnContent::Text(set.encode_assistant(text, &calls));
     }
     // No tools this turn: the calls stay in the history as the plain block, no trigger.
     let block = function_calls_block(&calls);
-    UpContent::Text(if text.is_empty() {
+    TurnContent::Text(if text.is_empty() {
         block
     } else {
         format!("{text}\n{block}")

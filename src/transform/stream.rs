@@ -52,12 +52,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+pub use crate::core::events::{Delta, Deltas};
+use crate::core::Decoder;
 use crate::sse::SseDecoder;
 use crate::transform::chunk::{self, ChunkEncoder};
 use crate::transform::encode::Encoder;
 use crate::transform::split::Splitter;
-pub use crate::transform::split::{Delta, Deltas};
-use crate::transform::tokens::Estimate;
 use crate::transform::tools::{ToolDetector, ToolPiece, ToolSet};
 
 /// Shared prefix (bytes) that makes a non-extending `content` a rewrite.
@@ -76,72 +76,7 @@ pub enum UpstreamFormat {
     Json,
 }
 
-/// Token usage as OpenAI reports it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub total_tokens: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_tokens_details: Option<CompletionTokensDetails>,
-}
-
-/// `usage.completion_tokens_details`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CompletionTokensDetails {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reasoning_tokens: Option<u64>,
-}
-
-impl Usage {
-    /// This usage with `completion_tokens_details.reasoning_tokens` when the upstream gave
-    /// none: `reasoning`, our estimate of the reasoning text (as the surfaces estimate
-    /// tokens the upstream does not count), at most `completion_tokens`.
-    pub fn with_reasoning_estimate(&self, reasoning: &Estimate) -> Usage {
-        let mut u = self.clone();
-        let details = u
-            .completion_tokens_details
-            .get_or_insert_with(Default::default);
-        if details.reasoning_tokens.is_none() {
-            details.reasoning_tokens = Some(reasoning.tokens().min(self.completion_tokens));
-        }
-        u
-    }
-
-    /// Lenient read of an upstream `usage` object (numbers may be floats or
-    /// strings; `total_tokens` is computed when missing). `None` when it has
-    /// none of the counters.
-    pub fn from_value(v: &Value) -> Option<Usage> {
-        let obj = v.as_object()?;
-        let num = |v: Option<&Value>| -> Option<u64> {
-            match v? {
-                Value::Number(n) => n
-                    .as_u64()
-                    .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
-                Value::String(s) => s.trim().parse().ok(),
-                _ => None,
-            }
-        };
-        let prompt = num(obj.get("prompt_tokens"));
-        let completion = num(obj.get("completion_tokens"));
-        let total = num(obj.get("total_tokens"));
-        if prompt.is_none() && completion.is_none() && total.is_none() {
-            return None;
-        }
-        let (p, c) = (prompt.unwrap_or(0), completion.unwrap_or(0));
-        let reasoning = obj
-            .get("completion_tokens_details")
-            .and_then(|d| num(d.get("reasoning_tokens")));
-        Some(Usage {
-            prompt_tokens: p,
-            completion_tokens: c,
-            total_tokens: total.unwrap_or(p.saturating_add(c)),
-            completion_tokens_details: reasoning.map(|r| CompletionTokensDetails {
-                reasoning_tokens: Some(r),
-            }),
-        })
-    }
-}
+pub use crate::core::events::{CompletionTokensDetails, Usage};
 
 /// How the upstream's `content` values relate to each other (`upstream.content_delivery`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -720,8 +655,31 @@ impl K2Decoder {
         self
     }
 
+    fn push_sse(&mut self, bytes: &[u8], out: &mut Deltas) {
+        let core = &mut self.core;
+        if let Err(e) = self
+            .sse
+            .push(bytes, |ev| core.on_event(ev.event, ev.data, out))
+        {
+            if core.error.is_none() {
+                core.error = Some(e.to_string());
+            }
+        }
+    }
+
+    fn finish_sse(&mut self, out: &mut Deltas) {
+        let core = &mut self.core;
+        if let Err(e) = self.sse.finish(|ev| core.on_event(ev.event, ev.data, out)) {
+            if core.error.is_none() {
+                core.error = Some(e.to_string());
+            }
+        }
+    }
+}
+
+impl Decoder for K2Decoder {
     /// Feed the next piece of the body; appends deltas to `out`.
-    pub fn push(&mut self, bytes: &[u8], out: &mut Deltas) {
+    fn push(&mut self, bytes: &[u8], out: &mut Deltas) {
         if self.finished || self.core.error.is_some() || bytes.is_empty() {
             return;
         }
@@ -762,29 +720,8 @@ impl K2Decoder {
         self.push_sse(bytes, out);
     }
 
-    fn push_sse(&mut self, bytes: &[u8], out: &mut Deltas) {
-        let core = &mut self.core;
-        if let Err(e) = self
-            .sse
-            .push(bytes, |ev| core.on_event(ev.event, ev.data, out))
-        {
-            if core.error.is_none() {
-                core.error = Some(e.to_string());
-            }
-        }
-    }
-
-    fn finish_sse(&mut self, out: &mut Deltas) {
-        let core = &mut self.core;
-        if let Err(e) = self.sse.finish(|ev| core.on_event(ev.event, ev.data, out)) {
-            if core.error.is_none() {
-                core.error = Some(e.to_string());
-            }
-        }
-    }
-
     /// The body ended cleanly: flush everything held back.
-    pub fn finish(&mut self, out: &mut Deltas) {
+    fn finish(&mut self, out: &mut Deltas) {
         if self.finished {
             return;
         }
@@ -822,42 +759,42 @@ impl K2Decoder {
     }
 
     /// A `[DONE]` / `done:true` (or a complete JSON body) was seen.
-    pub fn done_seen(&self) -> bool {
+    fn done_seen(&self) -> bool {
         self.core.done
     }
 
     /// Upstream usage, when reported.
-    pub fn usage(&self) -> Option<&Usage> {
+    fn usage(&self) -> Option<&Usage> {
         self.core.usage.as_ref()
     }
 
     /// Upstream's non-null `finish_reason`, when reported.
-    pub fn finish_reason(&self) -> Option<&str> {
+    fn finish_reason(&self) -> Option<&str> {
         self.core.finish_reason.as_deref()
     }
 
     /// An upstream error (error event, unparseable JSON body, SSE bound).
-    pub fn error(&self) -> Option<&str> {
+    fn error(&self) -> Option<&str> {
         self.core.error.as_deref()
     }
 
     /// Events seen (SSE events, or 1 for a JSON body).
-    pub fn events(&self) -> u64 {
+    fn events(&self) -> u64 {
         self.core.events
     }
 
     /// Whether anything K2Think-like was seen (text, end marker, usage).
-    pub fn usable(&self) -> bool {
+    fn usable(&self) -> bool {
         self.core.usable
     }
 
     /// See [`Splitter::reasoning_retracted`].
-    pub fn reasoning_retracted(&self) -> bool {
+    fn reasoning_retracted(&self) -> bool {
         self.core.splitter.reasoning_retracted()
     }
 
     /// See [`Splitter::retracted_len`].
-    pub fn retracted_len(&self) -> usize {
+    fn retracted_len(&self) -> usize {
         self.core.splitter.retracted_len()
     }
 }
@@ -963,8 +900,8 @@ pub enum Routed<'a> {
 /// Upstream body → one API surface's SSE events (OpenAI chunks by default): the decoding,
 /// the reasoning split and the tool detection are shared, the wire format is `E`'s.
 #[derive(Debug)]
-pub struct ChatStream<E: Encoder = ChunkEncoder> {
-    decoder: K2Decoder,
+pub struct ChatStream<E: Encoder = ChunkEncoder, D: Decoder = K2Decoder> {
+    decoder: D,
     enc: E,
     deltas: Deltas,
     started: bool,
@@ -983,27 +920,34 @@ impl ChatStream<ChunkEncoder> {
 }
 
 impl<E: Encoder> ChatStream<E> {
-    /// A transformer for one response that writes with `enc`.
+    /// A transformer for one K2Think response that writes with `enc`.
     pub fn with_encoder(
         enc: E,
         format: UpstreamFormat,
         implicit_think: bool,
         tools: Option<&Arc<ToolSet>>,
     ) -> Self {
-        ChatStream {
-            decoder: K2Decoder::new(format, implicit_think),
-            enc,
-            deltas: Deltas::new(),
-            started: false,
-            end: None,
-            tools: ToolStage::new(tools),
-        }
+        ChatStream::with_decoder(enc, K2Decoder::new(format, implicit_think), tools)
     }
 
     /// Read `content` values as `delivery` says (see [`K2Decoder::with_delivery`]).
     pub fn with_delivery(mut self, delivery: ContentDelivery) -> Self {
         self.decoder = self.decoder.with_delivery(delivery);
         self
+    }
+}
+
+impl<E: Encoder, D: Decoder> ChatStream<E, D> {
+    /// A transformer for one response read by `decoder` and written with `enc`.
+    pub fn with_decoder(enc: E, decoder: D, tools: Option<&Arc<ToolSet>>) -> Self {
+        ChatStream {
+            decoder,
+            enc,
+            deltas: Deltas::new(),
+            started: false,
+            end: None,
+            tools: ToolStage::new(tools),
+        }
     }
 
     /// Write the first chunk (`delta: {"role":"assistant","content":""}`).
@@ -1117,7 +1061,7 @@ impl<E: Encoder> ChatStream<E> {
     }
 
     /// The decoder (for `done_seen`, `finish_reason`, …).
-    pub fn decoder(&self) -> &K2Decoder {
+    pub fn decoder(&self) -> &D {
         &self.decoder
     }
 }
@@ -1327,7 +1271,7 @@ mod tests {
             let counted = e["usage"].get("completion_tokens_details").is_some();
             if let Some(u) = usage.as_object_mut().filter(|_| !counted) {
                 let details = u.remove("completion_tokens_details");
-                let mut est = Estimate::default();
+                let mut est = crate::transform::tokens::Estimate::default();
                 est.add(&a.reasoning);
                 let completion = u["completion_tokens"].as_u64().unwrap_or(0);
                 assert_eq!(

@@ -2,7 +2,8 @@
 //! count: Anthropic's `count_tokens` and `message_start`. K2Think's tokenizer is not
 //! public, so these are heuristics and documented as such.
 
-use crate::k2think::{Payload, UpContent, UpPart};
+use crate::core::request::{TurnContent, TurnPart};
+use crate::k2think::Payload;
 
 /// An estimate of the token count of `text`: one token per 4 ASCII characters (rounded
 /// up) plus one token per non-ASCII character. K2Think's tokenizer is not available, so
@@ -49,12 +50,12 @@ pub fn estimate_input_tokens(payload: &Payload) -> u64 {
         .map(|m| {
             MESSAGE_TOKENS
                 + match &m.content {
-                    UpContent::Text(t) => estimate_tokens(t),
-                    UpContent::Parts(parts) => parts
+                    TurnContent::Text(t) => estimate_tokens(t),
+                    TurnContent::Parts(parts) => parts
                         .iter()
                         .map(|p| match p {
-                            UpPart::Text { text } => estimate_tokens(text),
-                            UpPart::ImageUrl { .. } => IMAGE_TOKENS,
+                            TurnPart::Text { text } => estimate_tokens(text),
+                            TurnPart::ImageUrl { .. } => IMAGE_TOKENS,
                         })
                         .sum(),
                 }
@@ -81,20 +82,20 @@ mod tests {
         let p = Payload {
             effort: None,
             messages: vec![
-                crate::k2think::UpMessage {
+                crate::core::request::Turn {
                     role: "system",
-                    content: UpContent::Text("abcdefgh".into()),
+                    content: TurnContent::Text("abcdefgh".into()),
                     thinking: None,
                 },
-                crate::k2think::UpMessage {
+                crate::core::request::Turn {
                     thinking: None,
                     role: "user",
-                    content: UpContent::Parts(vec![
-                        UpPart::Text {
+                    content: TurnContent::Parts(vec![
+                        TurnPart::Text {
                             text: "你好".into(),
                         },
-                        UpPart::ImageUrl {
-                            image_url: crate::k2think::ImageUrl {
+                        TurnPart::ImageUrl {
+                            image_url: crate::core::request::ImageUrl {
                                 url: "data:image/png;base64,AAAA".into(),
                                 detail: None,
                             },
@@ -104,7 +105,7 @@ mod tests {
             ],
             stream: true,
             model: "m".into(),
-            params: crate::k2think::Params::default(),
+            params: crate::core::request::Sampling::default(),
             style: crate::k2think::BodyStyle::Minimal,
             chat_id: String::new(),
         };
