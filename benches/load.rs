@@ -28,6 +28,8 @@
 //!
 //! Any failed request makes the run exit non-zero.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::path::PathBuf;

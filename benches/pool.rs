@@ -3,6 +3,8 @@
 //!
 //! cargo bench --bench pool            (add `-- --quick` for a short run)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};

@@ -23,6 +23,8 @@
 //! off (the second half of the run grew it by at most 10 %) and that no request got a
 //! wrong result; otherwise it exits non-zero.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::BTreeMap;

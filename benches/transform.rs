@@ -13,6 +13,8 @@
 //! allocations and bytes allocated per upstream event for cumulative answers of growing
 //! length: our own work per event must not grow with the text so far.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

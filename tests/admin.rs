@@ -3,6 +3,10 @@
 //! forwarded by a local reverse proxy; and the requests that must keep working (the
 //! dashboard's same-origin JSON, curl).
 
+// Test and bench code may panic: an unwrap or expect that fails is a failed test. The
+// crate denies both outside tests (Cargo.toml [lints.clippy]).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -4,6 +4,8 @@
 //! mock upstream, streamed (as Codex asks) and not; every answer is checked with the
 //! Responses grammar (`tests/common/grammar.rs`) and for what Codex reads from it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use async_openai::types::responses::Response;

@@ -1,6 +1,8 @@
 //! `POST /v1/chat/completions` end to end: real k2proxy (Pingora) in front of the project's
 //! mock K2Think upstream.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

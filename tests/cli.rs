@@ -1,5 +1,7 @@
 //! The binaries as a user runs them: `k2proxy -t`, `k2proxy -c FILE`, `k2mock`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,6 +1,8 @@
 //! Client faults (issue 7, point 2): clients that leave, stop reading, dribble their
 //! headers or body, or sit idle. Raw TCP clients, so each fault is exactly what is sent.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{Read, Write};

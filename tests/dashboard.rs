@@ -3,6 +3,8 @@
 //!
 //! Chromium and chromedriver are required: a missing binary fails the test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{Read, Write};

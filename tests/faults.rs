@@ -7,6 +7,8 @@
 //! how many upstream attempts were made, and every token's state afterwards. A `[DONE]`
 //! after a failure fails every cell.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

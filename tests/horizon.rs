@@ -4,6 +4,8 @@
 //! torn-down connection after it, the thinking-field rule, the effort closers), on all three
 //! surfaces, streamed and not; and the old host's guest path, which now answers 400.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{expected, tokens, Env, Resp, Sse};

@@ -3,6 +3,8 @@
 //! half-closed requests, and request heads Pingora refuses. Each test speaks raw TCP or raw
 //! HTTP/2, so the fault is exactly what is sent.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{Read, Write};

@@ -1,6 +1,8 @@
 //! Limits from config (issue 7, point 4): messages per request, total request time, and
 //! per-client-key concurrency and rate, refused with 429 and `Retry-After`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -4,6 +4,8 @@
 //! `content_block_start`, `content_block_delta`…, `content_block_stop`, then
 //! `message_delta` (with `stop_reason` and usage) and `message_stop`; `ping` anywhere.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use base64::Engine;

@@ -1,6 +1,8 @@
 //! The proxy driven by a real OpenAI client library for Rust (`async-openai`): its types parse
 //! our answers, streamed and not, with emulated tool calls and a tool-result round trip.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

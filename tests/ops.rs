@@ -1,6 +1,8 @@
 //! Operations: hot reload (file, SIGHUP, admin), graceful shutdown, metrics, access log,
 //! and the systemd unit.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};

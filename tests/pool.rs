@@ -1,6 +1,8 @@
 //! The token pool's lifecycle against the mock upstream: account sign-in and refresh, the
 //! tokens file, the seed-compatible admin API, and readiness.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

@@ -2,6 +2,8 @@
 //! each of its personalities (K2 Horizon, the old host, the old host's guest path as it
 //! answers today), on loopback only.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -5,6 +5,8 @@
 //! output item `output_item.added`, `content_part.added`, deltas, `.done` events,
 //! `output_item.done`, and one terminal `response.completed` / `incomplete` / `failed`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use async_openai::config::OpenAIConfig;

@@ -1,6 +1,8 @@
 //! Local routes, client authentication and bad input: every rejection is an OpenAI error
 //! with the right status, and nothing reaches the upstream.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{Read, Write};
