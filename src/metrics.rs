@@ -30,6 +30,10 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     /// Upstream attempts by their result (`200`, `429`, `timeout`, `connect_error`, `invalid`).
     pub upstream_attempts: IntCounterVec,
+    /// Upstream attempts by provider (its name under `providers`) and result.
+    pub provider_attempts: IntCounterVec,
+    /// Chat requests by the provider that served them (or last failed them) and status.
+    pub provider_requests: IntCounterVec,
     /// Attempts after the first one of a request.
     pub retries: IntCounter,
     /// Streams by how they ended: `complete`, `upstream_error`, `client_abort` (a stream
@@ -93,6 +97,16 @@ impl Metrics {
             "k2proxy_upstream_attempts_total",
             "Upstream attempts by result: HTTP status, timeout, connect_error or invalid.",
             &["result"],
+        )?;
+        let provider_attempts = counter_vec(
+            "k2proxy_provider_attempts_total",
+            "Upstream attempts by provider and result (as k2proxy_upstream_attempts_total).",
+            &["provider", "result"],
+        )?;
+        let provider_requests = counter_vec(
+            "k2proxy_provider_requests_total",
+            "Chat requests by the provider that served them and the status sent.",
+            &["provider", "status"],
         )?;
         let retries = IntCounter::new(
             "k2proxy_upstream_retries_total",
@@ -185,6 +199,8 @@ impl Metrics {
             requests,
             request_duration,
             upstream_attempts,
+            provider_attempts,
+            provider_requests,
             retries,
             stream_outcomes,
             ttft,

@@ -6,6 +6,7 @@
 //! The commented reference for every key is `conf/k2proxy.yaml`.
 
 pub mod diff;
+pub mod providers;
 mod values;
 
 use std::collections::{BTreeMap, HashSet};
@@ -61,6 +62,9 @@ pub struct Config {
     pub admin: AdminSection,
     pub metrics: MetricsSection,
     pub logging: LoggingSection,
+    /// Upstreams by name (see [`providers`]); the K2Think provider may instead come from
+    /// the top-level `upstream`, `pool` and `updater` keys.
+    pub providers: providers::Providers,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -321,6 +325,9 @@ pub struct ModelEntry {
     /// gets a 400 naming the model instead of an upstream failure.
     #[serde(default = "yes")]
     pub images: bool,
+    /// The provider (a name under `providers`) that serves it; empty: the K2Think one.
+    #[serde(default, deserialize_with = "de_string")]
+    pub provider: String,
 }
 
 fn yes() -> bool {
@@ -409,6 +416,7 @@ fn model_entry(
         aliases: aliases.iter().map(|a| a.to_string()).collect(),
         owned_by: owned_by.to_string(),
         images,
+        provider: String::new(),
     }
 }
 
@@ -457,6 +465,34 @@ pub fn horizon_models() -> Vec<ModelEntry> {
 }
 
 /// The old host's catalogue (www.k2think.ai, K2-Think-v2, takes images).
+/// The GLM models a Z.AI provider named `provider` offers by default: each thinking model
+/// with its `-nothink` twin (thinking off upstream), vision models taking images. Guests get
+/// `GLM-4.7` only (the others answer "not available for current user level").
+pub fn zai_models(provider: &str) -> Vec<ModelEntry> {
+    let mut out = Vec::new();
+    for (id, upstream, images) in [
+        ("GLM-4.7", "glm-4.7", false),
+        ("GLM-5", "glm-5", false),
+        ("GLM-5-Turbo", "GLM-5-Turbo", false),
+        ("GLM-5.1", "GLM-5.1", false),
+        ("GLM-5.2", "glm-5.2", false),
+        ("GLM-4.6V", "glm-4.6v", true),
+        ("GLM-5V-Turbo", "GLM-5v-Turbo", true),
+    ] {
+        for reasoning in [true, false] {
+            let id = if reasoning {
+                id.to_string()
+            } else {
+                format!("{id}-nothink")
+            };
+            let mut m = model_entry(&id, upstream, reasoning, &[], "zai", images);
+            m.provider = provider.to_string();
+            out.push(m);
+        }
+    }
+    out
+}
+
 pub fn legacy_models() -> Vec<ModelEntry> {
     let up = crate::k2think::LEGACY_MODEL;
     vec![
@@ -930,13 +966,114 @@ impl Config {
                 fail(key, message)
             })?
         };
-        if config.models.is_empty() {
-            config.models = default_models(&config.upstream.base_url);
-        }
+        config
+            .adopt_providers()
+            .map_err(|(key, message)| fail(key, message))?;
         config
             .validate()
             .map_err(|(key, message)| fail(key, message))?;
         Ok(config)
+    }
+
+    /// The name of the K2Think provider: its key under `providers`, else `k2think` (the
+    /// top-level `upstream`, `pool` and `updater` keys).
+    pub fn k2think_name(&self) -> &str {
+        self.providers
+            .iter()
+            .find(|(_, p)| matches!(p, providers::ProviderEntry::K2think { .. }))
+            .map_or(providers::K2THINK, |(n, _)| n.as_str())
+    }
+
+    /// The name of the provider that serves `model`.
+    pub fn model_provider<'a>(&'a self, model: &'a ModelEntry) -> &'a str {
+        if model.provider.is_empty() {
+            self.k2think_name()
+        } else {
+            &model.provider
+        }
+    }
+
+    /// The kind of the provider named `name` (`None`: no such provider).
+    pub fn provider_kind(&self, name: &str) -> Option<&'static str> {
+        if name == self.k2think_name() {
+            return Some("k2think");
+        }
+        self.providers.get(name).map(providers::ProviderEntry::kind)
+    }
+
+    /// Fold a `providers` K2Think entry into the sections the K2Think code reads, fill in
+    /// the default models (each provider's catalogue) and check that every model's provider
+    /// exists.
+    fn adopt_providers(&mut self) -> Result<(), (String, String)> {
+        let mut k2 = None;
+        for (name, p) in &mut self.providers {
+            let providers::ProviderEntry::K2think {
+                upstream,
+                pool,
+                updater,
+            } = p
+            else {
+                continue;
+            };
+            if k2.is_some() {
+                return Err((
+                    format!("providers.{name}"),
+                    "only one provider of kind k2think is supported".to_string(),
+                ));
+            }
+            k2 = Some(name.clone());
+            let taken = |top: bool, what: &str| -> Result<(), (String, String)> {
+                if top {
+                    return Err((
+                        format!("providers.{name}.{what}"),
+                        format!("`{what}` is also set at the top level; keep one of the two"),
+                    ));
+                }
+                Ok(())
+            };
+            if let Some(u) = upstream.take() {
+                taken(self.upstream != UpstreamSection::default(), "upstream")?;
+                self.upstream = u;
+            }
+            if let Some(u) = pool.take() {
+                taken(self.pool != PoolSection::default(), "pool")?;
+                self.pool = u;
+            }
+            if let Some(u) = updater.take() {
+                taken(self.updater != UpdaterSection::default(), "updater")?;
+                self.updater = u;
+            }
+        }
+        for (name, p) in &self.providers {
+            if let providers::ProviderEntry::Zai(z) = p {
+                z.validate(&format!("providers.{name}"))?;
+            }
+        }
+        if self.models.is_empty() {
+            self.models = default_models(&self.upstream.base_url);
+        }
+        // A Z.AI provider no model names serves its whole catalogue.
+        for (name, p) in &self.providers {
+            if let providers::ProviderEntry::Zai(_) = p {
+                if !self.models.iter().any(|m| &m.provider == name) {
+                    self.models.extend(zai_models(name));
+                }
+            }
+        }
+        let k2 = self.k2think_name().to_string();
+        for (i, m) in self.models.iter().enumerate() {
+            if !m.provider.is_empty() && m.provider != k2 && !self.providers.contains_key(&m.provider)
+            {
+                return Err((
+                    format!("models[{i}].provider"),
+                    format!(
+                        "no provider is named `{}`; name one under `providers` (or leave it out for the K2Think provider)",
+                        m.provider
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Relative file paths in the config are relative to the config file's directory.

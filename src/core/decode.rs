@@ -27,6 +27,12 @@ pub trait Decoder: Debug + Send {
     /// An upstream error carried in the body (error event, inline error, malformed body).
     fn error(&self) -> Option<&str>;
 
+    /// The numeric code the upstream gave with [`Decoder::error`], when it gave one (an
+    /// inline 426, 429 or 403 in an otherwise successful stream).
+    fn error_code(&self) -> Option<i64> {
+        None
+    }
+
     /// Events seen (SSE events, or 1 for a JSON body).
     fn events(&self) -> u64;
 
@@ -64,6 +70,9 @@ impl<D: Decoder + ?Sized> Decoder for Box<D> {
     }
     fn error(&self) -> Option<&str> {
         (**self).error()
+    }
+    fn error_code(&self) -> Option<i64> {
+        (**self).error_code()
     }
     fn events(&self) -> u64 {
         (**self).events()

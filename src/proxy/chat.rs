@@ -28,23 +28,27 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::Peer;
 use pingora::ErrorType;
 
+use super::failure::Failure;
+use super::zai::{Ask, Identity, NoIdentity, ZaiRuntime};
 use super::{respond, routes, upstream, App, Ctx, Snapshot};
 use crate::config::ModelEntry;
 use crate::config::{
     EffortPlacement, HostedTools, PayloadStyle, ReasoningOutput, ThinkingBlocks, UpstreamMode,
 };
+use crate::core::request::{Sampling, Turn};
 use crate::core::Decoder;
 use crate::k2think::{refuses_request, BodyStyle, KwargsPlacement, Payload};
 use crate::metrics::Metrics;
 use crate::openai::{ApiError, ChatRequest};
 use crate::pool::{Lease, LeaseError, Outcome};
+use crate::secret::Secret;
 use crate::responses::{Dialect, Hosted};
 use crate::transform::chunk;
 use crate::transform::complete::{Completion, CompletionResult};
 use crate::transform::encode::{Parsed, Reply, Surface, Wire};
 use crate::transform::files;
 use crate::transform::request::{to_k2think, RewriteOptions};
-use crate::transform::stream::{ChatStream, ReasoningMode, UpstreamFormat};
+use crate::transform::stream::{ChatStream, K2Decoder, ReasoningMode, UpstreamFormat};
 use crate::transform::tokens;
 use crate::transform::tools::ToolSet;
 
@@ -127,6 +131,14 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         drop(permit);
         return respond::error(session, ctx, &e).await;
     }
+    let route = match route_for(app, snap, model, &req, &payload) {
+        Ok(r) => r,
+        Err(e) => {
+            drop(permit);
+            return respond::error(session, ctx, &e).await;
+        }
+    };
+    ctx.provider = Some(snap.config.model_provider(model).to_string());
     let reasoning = reasoning_mode(snap, model, thinking);
     let input_tokens = if ctx.surface.reports_input_tokens() {
         tokens::estimate_input_tokens(&payload)
@@ -152,6 +164,8 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         stream: req.stream,
         tools,
         deadline,
+        route,
+        cleanup: std::sync::Mutex::new(Vec::new()),
     };
     // Waiting for the upstream can take long (prefill): a client that leaves meanwhile
     // ends the exchange at once, dropping the upstream connection.
@@ -204,6 +218,37 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
             ctx.outcome = "upstream_error";
             respond::error(session, ctx, &e).await
         }
+    }
+    job.clean_up().await;
+}
+
+/// Which provider serves `model`, with what it needs per attempt.
+fn route_for(
+    app: &App,
+    snap: &Snapshot,
+    model: &ModelEntry,
+    req: &ChatRequest,
+    payload: &Payload,
+) -> Result<Route, ApiError> {
+    let provider = snap.config.model_provider(model);
+    match snap.config.provider_kind(provider) {
+        Some("zai") => {
+            let rt = app.zai_runtime(snap, provider).map_err(|e| {
+                ApiError::new(503, "server_error", "provider_unavailable", e)
+            })?;
+            Ok(Route::Zai(Box::new(ZaiJob {
+                rt,
+                turns: payload.messages.clone(),
+                sampling: payload.params.clone(),
+                upstream_model: model.upstream.clone(),
+                thinking: model.reasoning,
+                effort: req
+                    .reasoning_effort
+                    .or(snap.config.reasoning.effort)
+                    .map(|e| e.as_str()),
+            })))
+        }
+        _ => Ok(Route::K2think),
     }
 }
 
@@ -476,6 +521,44 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The provider a request goes to.
+enum Route {
+    K2think,
+    Zai(Box<ZaiJob>),
+}
+
+/// What a Z.AI request needs per attempt (the body is signed per attempt).
+struct ZaiJob {
+    rt: Arc<ZaiRuntime>,
+    turns: Vec<Turn>,
+    sampling: Sampling,
+    upstream_model: String,
+    thinking: bool,
+    effort: Option<&'static str>,
+}
+
+/// Whose credentials an attempt sends.
+enum Who {
+    K2think(Option<Lease>),
+    Zai(Identity),
+}
+
+impl Who {
+    fn id(&self) -> Option<u64> {
+        match self {
+            Who::K2think(l) => l.as_ref().map(|l| l.id),
+            Who::Zai(i) => Some(i.id),
+        }
+    }
+
+    fn token(&self) -> Option<&Secret> {
+        match self {
+            Who::K2think(l) => l.as_ref().map(|l| &l.token),
+            Who::Zai(i) => Some(&i.token),
+        }
+    }
+}
+
 /// One client request on its way upstream.
 struct Job<'a> {
     app: &'a App,
@@ -489,6 +572,9 @@ struct Job<'a> {
     tools: Option<Arc<ToolSet>>,
     /// `limits.request_timeout` from the request's arrival.
     deadline: tokio::time::Instant,
+    route: Route,
+    /// Upstream chats this request created, deleted after the answer (Z.AI's cleanup).
+    cleanup: std::sync::Mutex<Vec<(Secret, String)>>,
 }
 
 /// A usable upstream answer.
@@ -505,82 +591,27 @@ struct Live {
     up: HttpSession,
     /// Boxed: `HttpPeer` is 672 bytes, and every await of an attempt keeps it.
     peer: Box<HttpPeer>,
-    stream: ChatStream<Wire>,
+    stream: LiveStream,
     out: Vec<u8>,
     /// The upstream body already ended cleanly (the whole answer arrived before commit).
     ended: bool,
 }
 
-/// Why an attempt failed, before the client saw a byte.
-#[derive(Debug)]
-enum Failure {
-    Status {
-        status: u16,
-        retry_after: Option<Duration>,
-        detail: String,
-    },
-    Timeout(&'static str),
-    /// Connect or I/O error before the response head: not the token's fault.
-    Network(String),
-    /// The connection broke after the head, before the answer was complete (a JSON
-    /// client has seen nothing yet). Not the token's fault either.
-    Cut(String),
-    /// A 200 whose body is not a usable K2Think answer.
-    Unusable(String),
+/// The upstream timeouts of one provider.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    connect_timeout: Duration,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    keepalive: Duration,
 }
 
-impl Failure {
-    fn outcome(&self) -> Outcome {
-        match self {
-            Failure::Status {
-                status,
-                retry_after,
-                ..
-            } => match *status {
-                401 | 403 => Outcome::Rejected(*status),
-                429 => Outcome::RateLimited(*retry_after),
-                s if refuses_request(s) => Outcome::RequestRefused(s),
-                s => Outcome::ServerError(s),
-            },
-            Failure::Timeout(_) => Outcome::Timeout,
-            Failure::Network(_) | Failure::Cut(_) => Outcome::Network,
-            Failure::Unusable(_) => Outcome::BadResponse,
-        }
-    }
-
-    /// The `result` label of the upstream-attempt metric.
-    fn label(&self) -> String {
-        match self {
-            Failure::Status { status, .. } => status.to_string(),
-            Failure::Timeout(_) => "timeout".to_string(),
-            Failure::Network(_) => "connect_error".to_string(),
-            Failure::Cut(_) => "cut".to_string(),
-            Failure::Unusable(_) => "invalid".to_string(),
-        }
-    }
-
-    fn retryable(&self, on_status: &[u16]) -> bool {
-        match self {
-            Failure::Status { status, .. } => {
-                !refuses_request(*status) && on_status.contains(status)
-            }
-            _ => true,
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Failure::Status { status, detail, .. } if detail.is_empty() => format!("HTTP {status}"),
-            Failure::Status { status, detail, .. } => format!("HTTP {status}: {detail}"),
-            Failure::Timeout(what) => format!("timed out waiting for {what}"),
-            Failure::Network(e) | Failure::Cut(e) | Failure::Unusable(e) => e.clone(),
-        }
-    }
-}
+/// The stream transformer of every provider: its decoder is picked per request.
+type LiveStream = ChatStream<Wire, Box<dyn Decoder>>;
 
 enum Sink {
-    Stream(ChatStream<Wire>),
-    Collect(Completion),
+    Stream(LiveStream),
+    Collect(Completion<Box<dyn Decoder>>),
 }
 
 impl Sink {
@@ -594,20 +625,50 @@ impl Sink {
 
 impl Job<'_> {
     fn new_sink(&self, format: UpstreamFormat) -> Sink {
-        let implicit = self.snap.config.reasoning.implicit_think;
-        let delivery = self.snap.config.upstream.content_delivery;
+        let decoder: Box<dyn Decoder> = match &self.route {
+            Route::K2think => Box::new(
+                K2Decoder::new(format, self.snap.config.reasoning.implicit_think)
+                    .with_delivery(self.snap.config.upstream.content_delivery),
+            ),
+            Route::Zai(_) => Box::new(crate::provider::zai::decode::ZaiDecoder::new()),
+        };
         if self.stream {
             let wire = self.surface.encoder(&self.reply);
-            Sink::Stream(
-                ChatStream::with_encoder(wire, format, implicit, self.tools.as_ref())
-                    .with_delivery(delivery),
-            )
+            Sink::Stream(ChatStream::with_decoder(wire, decoder, self.tools.as_ref()))
         } else {
-            Sink::Collect(
-                Completion::new(format, implicit)
-                    .with_delivery(delivery)
-                    .with_tools(self.tools.clone()),
-            )
+            Sink::Collect(Completion::with_decoder(decoder).with_tools(self.tools.clone()))
+        }
+    }
+
+    /// A 200 whose body carried an error or nothing usable: the provider's reading of it.
+    fn body_failure(&self, decoder: &dyn Decoder, message: String) -> Failure {
+        match &self.route {
+            Route::Zai(z) => super::zai::inline_failure(&z.rt, decoder.error_code(), message),
+            Route::K2think => Failure::Unusable(message),
+        }
+    }
+
+    /// The upstream timeouts of this request's provider.
+    fn timing(&self) -> Timing {
+        match &self.route {
+            Route::K2think => {
+                let u = &self.snap.config.upstream;
+                Timing {
+                    connect_timeout: u.connect_timeout,
+                    header_timeout: u.header_timeout,
+                    idle_timeout: u.idle_timeout,
+                    keepalive: u.keepalive,
+                }
+            }
+            Route::Zai(z) => {
+                let s = &z.rt.section;
+                Timing {
+                    connect_timeout: s.connect_timeout,
+                    header_timeout: s.header_timeout,
+                    idle_timeout: s.idle_timeout,
+                    keepalive: Duration::from_secs(60),
+                }
+            }
         }
     }
 
@@ -618,10 +679,14 @@ impl Job<'_> {
         let pool = &self.app.pool;
         let mut tried: Vec<u64> = Vec::new();
         let mut last: Option<Failure> = None;
-        for attempt in 0..cfg.retry.max_attempts {
-            let lease = if user_mode {
-                match pool.lease(&tried, Instant::now()) {
-                    Ok(l) => Some(l),
+        let max_attempts = match &self.route {
+            Route::K2think => cfg.retry.max_attempts,
+            Route::Zai(z) => z.rt.section.max_attempts,
+        };
+        for attempt in 0..max_attempts {
+            let who = match &self.route {
+                Route::K2think if user_mode => match pool.lease(&tried, Instant::now()) {
+                    Ok(l) => Who::K2think(Some(l)),
                     Err(LeaseError::Empty) => {
                         return Err(ApiError::new(
                             503,
@@ -638,22 +703,38 @@ impl Job<'_> {
                         }
                         return Err(pool_exhausted(retry_after));
                     }
+                },
+                Route::K2think => {
+                    if attempt > 0 && !cfg.retry.backoff.is_zero() {
+                        tokio::time::sleep(cfg.retry.backoff).await;
+                    }
+                    Who::K2think(None)
                 }
-            } else {
-                if attempt > 0 && !cfg.retry.backoff.is_zero() {
-                    tokio::time::sleep(cfg.retry.backoff).await;
-                }
-                None
+                Route::Zai(z) => match z.rt.identity(self.app, &tried).await {
+                    Ok(i) => Who::Zai(i),
+                    Err(NoIdentity::AllTried) => break,
+                    Err(NoIdentity::Exhausted(retry_after)) => {
+                        if last.is_some() {
+                            break;
+                        }
+                        return Err(pool_exhausted(retry_after));
+                    }
+                    Err(NoIdentity::Guest(e)) => {
+                        warn!("{}: {}: {e}", ctx.request_id, z.rt.name);
+                        last = Some(Failure::Network(e));
+                        continue;
+                    }
+                },
             };
-            if let Some(l) = &lease {
-                tried.push(l.id);
+            if let Some(id) = who.id() {
+                tried.push(id);
             }
             ctx.attempts += 1;
             if attempt > 0 {
                 self.app.metrics.retries.inc();
             }
             let started = Instant::now();
-            let result = self.attempt(lease.as_ref(), ctx).await;
+            let result = self.attempt(&who, ctx).await;
             let elapsed = started.elapsed();
             let label = match &result {
                 Ok(_) => "200".to_string(),
@@ -664,20 +745,21 @@ impl Job<'_> {
                 .upstream_attempts
                 .with_label_values(&[label.as_str()])
                 .inc();
+            if let Some(p) = ctx.provider.as_deref() {
+                self.app
+                    .metrics
+                    .provider_attempts
+                    .with_label_values(&[p, label.as_str()])
+                    .inc();
+            }
             match result {
                 Ok(answer) => {
-                    if let Some(l) = &lease {
-                        self.app.request_refresh(pool.report(
-                            l.id,
-                            &Outcome::Success,
-                            Instant::now(),
-                        ));
-                        ctx.token = Some(l.token.masked());
-                    }
+                    self.report(&who, &Outcome::Success);
+                    ctx.token = who.token().map(Secret::masked);
                     return Ok(answer);
                 }
                 Err(f) => {
-                    let token = lease.as_ref().map(|l| l.token.masked());
+                    let token = who.token().map(Secret::masked);
                     warn!(
                         "{}: attempt {} (token {}) failed after {:.0}ms: {}",
                         ctx.request_id,
@@ -686,10 +768,7 @@ impl Job<'_> {
                         elapsed.as_secs_f64() * 1e3,
                         f.describe()
                     );
-                    if let Some(l) = &lease {
-                        self.app
-                            .request_refresh(pool.report(l.id, &f.outcome(), Instant::now()));
-                    }
+                    self.report(&who, &f.outcome());
                     let retry = f.retryable(&cfg.retry.on_status);
                     last = Some(f);
                     if !retry {
@@ -701,13 +780,39 @@ impl Job<'_> {
         Err(self.final_error(last))
     }
 
+    /// Tell the provider's pool how an attempt went.
+    fn report(&self, who: &Who, outcome: &Outcome) {
+        match (who, &self.route) {
+            (Who::K2think(Some(l)), _) => {
+                self.app
+                    .request_refresh(self.app.pool.report(l.id, outcome, Instant::now()));
+            }
+            (Who::Zai(i), Route::Zai(z)) => z.rt.report(i, outcome),
+            _ => {}
+        }
+    }
+
+    /// Delete the upstream chats this request created (Z.AI's `cleanup: delete`).
+    async fn clean_up(&self) {
+        let Route::Zai(z) = &self.route else { return };
+        let chats = std::mem::take(&mut *self.cleanup.lock().unwrap_or_else(|p| p.into_inner()));
+        for (token, chat) in chats {
+            z.rt.delete_chat(self.app, &token, &chat).await;
+        }
+    }
+
     /// The client's error once no attempt succeeded.
     fn final_error(&self, last: Option<Failure>) -> ApiError {
         let Some(f) = last else {
             return pool_exhausted(None);
         };
         let what = f.describe();
+        let up = match &self.route {
+            Route::K2think => "K2Think",
+            Route::Zai(_) => "Z.AI",
+        };
         match f {
+            Failure::Refused(r) => r.error,
             Failure::Status {
                 status: 429,
                 retry_after,
@@ -721,7 +826,7 @@ impl Job<'_> {
                     429,
                     "rate_limit_error",
                     "upstream_rate_limited",
-                    format!("K2Think is rate limiting this proxy ({what}); retry later"),
+                    format!("{up} is rate limiting this proxy ({what}); retry later"),
                 )
                 .with_retry_after(retry_after.or(pool_wait).map(ceil_secs))
             }
@@ -729,78 +834,113 @@ impl Job<'_> {
                 502,
                 "upstream_error",
                 "upstream_auth_failed",
-                format!("K2Think refused the proxy's credentials ({what})"),
+                format!("{up} refused the proxy's credentials ({what})"),
             ),
             Failure::Status { status, detail, .. } if refuses_request(status) => ApiError::new(
                 400,
                 "invalid_request_error",
                 "upstream_rejected_request",
                 if detail.is_empty() {
-                    format!("K2Think refused the request (HTTP {status}) without saying why")
+                    format!("{up} refused the request (HTTP {status}) without saying why")
                 } else {
-                    format!("K2Think refused the request (HTTP {status}): {detail}")
+                    format!("{up} refused the request (HTTP {status}): {detail}")
                 },
             ),
             Failure::Status { status, .. } if status >= 500 => ApiError::new(
                 502,
                 "upstream_error",
                 "upstream_error",
-                format!("K2Think failed ({what})"),
+                format!("{up} failed ({what})"),
             ),
             Failure::Status { .. } => ApiError::new(
                 502,
                 "upstream_error",
                 "upstream_rejected",
-                format!("K2Think rejected the request ({what})"),
+                format!("{up} rejected the request ({what})"),
             ),
             Failure::Timeout(_) => ApiError::new(
                 504,
                 "upstream_error",
                 "upstream_timeout",
-                format!("K2Think did not answer in time ({what})"),
+                format!("{up} did not answer in time ({what})"),
             ),
             Failure::Network(_) => ApiError::new(
                 502,
                 "upstream_error",
                 "upstream_unreachable",
-                format!("Could not reach K2Think ({what})"),
+                format!("Could not reach {up} ({what})"),
             ),
             Failure::Cut(_) => ApiError::new(
                 502,
                 "upstream_error",
                 chunk::UPSTREAM_STREAM_ERROR,
-                format!("K2Think's answer broke off before it was complete ({what})"),
+                format!("{up}'s answer broke off before it was complete ({what})"),
             ),
             Failure::Unusable(_) => ApiError::new(
                 502,
                 "upstream_error",
                 "upstream_invalid_response",
-                format!("K2Think sent an answer the proxy cannot use ({what})"),
+                format!("{up} sent an answer the proxy cannot use ({what})"),
             ),
         }
     }
 
     /// One attempt, up to a usable answer.
-    async fn attempt(&self, lease: Option<&Lease>, ctx: &mut Ctx) -> Result<Answer, Failure> {
+    async fn attempt(&self, who: &Who, ctx: &mut Ctx) -> Result<Answer, Failure> {
         let snap = self.snap;
-        let up_cfg = &snap.config.upstream;
-        let addr = self
-            .app
-            .resolver
-            .resolve(&snap.target.host, snap.target.port)
-            .await
-            .map_err(Failure::Network)?;
-        let peer = Box::new(upstream::peer(snap, addr));
+        let up_cfg = self.timing();
         let connector = &self.app.connector;
-        let req = upstream::request_header(
-            snap,
-            lease.map(|l| &l.token),
-            &self.chat_id,
-            self.body.len(),
-            up_cfg.stream,
-        )
-        .map(Box::new)
-        .map_err(|e| Failure::Network(format!("cannot build the request: {e}")))?;
+        let (peer, req, body) = match (&self.route, who) {
+            (Route::Zai(z), Who::Zai(id)) => {
+                let rt = &z.rt;
+                let addr = self
+                    .app
+                    .resolver
+                    .resolve(&rt.target.host, rt.target.port)
+                    .await
+                    .map_err(Failure::Network)?;
+                let peer = Box::new(rt.peer(addr));
+                let ask = Ask {
+                    upstream_model: &z.upstream_model,
+                    turns: &z.turns,
+                    sampling: &z.sampling,
+                    thinking: z.thinking,
+                    effort: z.effort,
+                };
+                let call = rt
+                    .call(self.app, id, &ask)
+                    .await
+                    .map_err(|e| super::zai::prepare_failure(rt, e))?;
+                if let Some(chat) = call.created_chat {
+                    if rt.section.cleanup == crate::config::providers::ChatCleanup::Delete {
+                        self.cleanup
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((id.token.clone(), chat));
+                    }
+                }
+                (peer, Box::new(call.header), call.body)
+            }
+            (_, who) => {
+                let addr = self
+                    .app
+                    .resolver
+                    .resolve(&snap.target.host, snap.target.port)
+                    .await
+                    .map_err(Failure::Network)?;
+                let peer = Box::new(upstream::peer(snap, addr));
+                let req = upstream::request_header(
+                    snap,
+                    who.token(),
+                    &self.chat_id,
+                    self.body.len(),
+                    snap.config.upstream.stream,
+                )
+                .map(Box::new)
+                .map_err(|e| Failure::Network(format!("cannot build the request: {e}")))?;
+                (peer, req, self.body.clone())
+            }
+        };
         let deadline = tokio::time::Instant::now() + up_cfg.header_timeout;
 
         // A pooled connection may have been closed by the upstream meanwhile: if sending on
@@ -823,7 +963,7 @@ impl Job<'_> {
             up.set_write_timeout(Some(up_cfg.connect_timeout.max(Duration::from_secs(30))));
             let sent = tokio::time::timeout_at(deadline, async {
                 up.write_request_header(req.clone()).await?;
-                up.write_request_body(self.body.clone(), true).await?;
+                up.write_request_body(body.clone(), true).await?;
                 up.finish_request_body().await?;
                 up.read_response_header().await
             })
@@ -867,7 +1007,19 @@ impl Job<'_> {
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
-            let detail = error_detail(&mut up, &content_type).await;
+            let body = read_error_body(&mut up).await;
+            if let Route::Zai(z) = &self.route {
+                return Err(super::zai::status_failure(
+                    &z.rt,
+                    status,
+                    retry_after,
+                    &content_type,
+                    &body,
+                ));
+            }
+            let detail = crate::k2think::error_detail(&content_type, &body)
+                .map(|d| d.chars().take(500).collect())
+                .unwrap_or_default();
             return Err(Failure::Status {
                 status,
                 retry_after,
@@ -917,12 +1069,17 @@ impl Job<'_> {
                 };
                 return match sink {
                     Sink::Collect(mut c) => {
-                        let result = c.finish().map_err(Failure::Unusable)?;
+                        let result = match c.finish() {
+                            Ok(r) => r,
+                            Err(e) => return Err(self.body_failure(c.decoder(), e)),
+                        };
                         release(self.app, up, &peer, up_cfg.keepalive).await;
                         Ok(Answer::Complete(result, c.malformed_tool_blocks()))
                     }
                     Sink::Stream(mut stream) => {
-                        stream.finish(&mut out).map_err(Failure::Unusable)?;
+                        if let Err(e) = stream.finish(&mut out) {
+                            return Err(self.body_failure(stream.decoder(), e));
+                        }
                         Ok(Answer::Stream(Box::new(Live {
                             up,
                             peer,
@@ -953,7 +1110,7 @@ impl Job<'_> {
                         break;
                     }
                     if let Some(e) = st.upstream_error() {
-                        return Err(Failure::Unusable(format!("an error event: {e}")));
+                        return Err(self.body_failure(st.decoder(), format!("an error event: {e}")));
                     }
                 }
                 Some(Sink::Collect(c)) => c.push(&chunk),
@@ -992,7 +1149,7 @@ impl Job<'_> {
         // `live` stays boxed: taking it apart would copy its parts into this future's
         // state, which every open stream holds.
         let ended = live.ended;
-        let idle = self.snap.config.upstream.idle_timeout;
+        let idle = self.timing().idle_timeout;
         let head = match sse_head(ctx) {
             Ok(h) => h,
             Err(e) => {
@@ -1144,7 +1301,7 @@ impl Job<'_> {
         }
         if clean_end && !failed {
             let Live { up, peer, .. } = *live;
-            release(self.app, up, &peer, self.snap.config.upstream.keepalive).await;
+            release(self.app, up, &peer, self.timing().keepalive).await;
         }
     }
 }
@@ -1377,10 +1534,9 @@ fn is_timeout(t: &ErrorType) -> bool {
     )
 }
 
-/// The upstream's explanation of a failed attempt, from its error body (read up to
-/// [`ERROR_BODY_LIMIT`] bytes, for at most 2 s): [`crate::k2think::error_detail`], cut to
-/// 500 characters.
-async fn error_detail(up: &mut HttpSession, content_type: &str) -> String {
+/// The start of a failed attempt's error body (up to [`ERROR_BODY_LIMIT`] bytes, read for
+/// at most 2 s), for the provider to explain.
+async fn read_error_body(up: &mut HttpSession) -> Vec<u8> {
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(2), async {
         while buf.len() < ERROR_BODY_LIMIT {
@@ -1392,9 +1548,7 @@ async fn error_detail(up: &mut HttpSession, content_type: &str) -> String {
     })
     .await;
     let _ = read;
-    crate::k2think::error_detail(content_type, &buf)
-        .map(|d| d.chars().take(500).collect())
-        .unwrap_or_default()
+    buf
 }
 
 /// `Retry-After` as seconds or an HTTP date.

@@ -10,6 +10,8 @@ mod admin;
 mod chat;
 mod client;
 mod conns;
+mod failure;
+mod fetch;
 mod metrics_app;
 pub mod probe;
 pub mod reload;
@@ -17,6 +19,7 @@ mod respond;
 mod routes;
 mod updater;
 mod upstream;
+mod zai;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -118,6 +121,9 @@ pub struct App {
     /// Serializes writes of the tokens file.
     tokens_file_lock: Mutex<()>,
     updater: updater::UpdaterState,
+    /// Z.AI providers at run time, by name; made on first use and again when their
+    /// section changes on reload.
+    zai: Mutex<std::collections::HashMap<String, Arc<zai::ZaiRuntime>>>,
 }
 
 impl App {
@@ -155,6 +161,7 @@ impl App {
             refresh_rx: Mutex::new(Some(refresh_rx)),
             tokens_file_lock: Mutex::new(()),
             updater: updater::UpdaterState::default(),
+            zai: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -193,6 +200,41 @@ impl App {
 
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
+    }
+
+    /// Each Z.AI provider's readiness for `/ready` and the admin API: guest mode is ready
+    /// (guests are made on demand); user mode needs a usable token.
+    pub fn zai_status(&self, snap: &Snapshot) -> Vec<(String, serde_json::Value)> {
+        let mut out = Vec::new();
+        for name in snap.config.providers.keys() {
+            if snap.config.provider_kind(name) != Some("zai") {
+                continue;
+            }
+            let status = match self.zai_runtime(snap, name) {
+                Ok(rt) => rt.status(),
+                Err(e) => serde_json::json!({"kind": "zai", "ready": false, "error": e}),
+            };
+            out.push((name.clone(), status));
+        }
+        out
+    }
+
+    /// The run-time state of the Z.AI provider `name` under this snapshot's config.
+    fn zai_runtime(&self, snap: &Snapshot, name: &str) -> Result<Arc<zai::ZaiRuntime>, String> {
+        let Some(crate::config::providers::ProviderEntry::Zai(section)) =
+            snap.config.providers.get(name)
+        else {
+            return Err(format!("no Z.AI provider is named `{name}`"));
+        };
+        let mut all = self.zai.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rt) = all.get(name) {
+            if rt.section == **section {
+                return Ok(Arc::clone(rt));
+            }
+        }
+        let rt = Arc::new(zai::ZaiRuntime::new(name, section)?);
+        all.insert(name.to_string(), Arc::clone(&rt));
+        Ok(rt)
     }
 }
 
@@ -354,6 +396,8 @@ pub struct Ctx {
     pub surface: crate::transform::encode::Surface,
     pub key_name: Option<String>,
     pub model: Option<String>,
+    /// The provider (its name under `providers`) that served the request.
+    pub provider: Option<String>,
     pub status: u16,
     pub attempts: u32,
     /// Masked token of the attempt that answered.
@@ -406,6 +450,7 @@ impl ProxyHttp for K2Proxy {
             surface: crate::transform::encode::Surface::Chat,
             key_name: None,
             model: None,
+            provider: None,
             status: 0,
             attempts: 0,
             token: None,
@@ -450,6 +495,11 @@ impl ProxyHttp for K2Proxy {
         m.requests
             .with_label_values(&[ctx.route, model, status.as_str()])
             .inc();
+        if let Some(p) = ctx.provider.as_deref() {
+            m.provider_requests
+                .with_label_values(&[p, status.as_str()])
+                .inc();
+        }
         m.request_duration
             .with_label_values(&[ctx.route])
             .observe(ctx.started.elapsed().as_secs_f64());
@@ -492,6 +542,7 @@ fn access_line(format: LogFormat, method: &str, path: &str, ctx: &Ctx) -> String
                 "status": ctx.status,
                 "key": ctx.key_name,
                 "model": ctx.model.as_deref().map(|m| truncate_chars(m, LOG_FIELD_CHARS)),
+                "provider": ctx.provider,
                 "attempts": ctx.attempts,
                 "token": ctx.token,
                 "ttft_ms": ctx.ttft.map(ms),
@@ -504,11 +555,12 @@ fn access_line(format: LogFormat, method: &str, path: &str, ctx: &Ctx) -> String
             format!("{v}\n")
         }
         LogFormat::Plain => format!(
-            "{ts} {} {method} {path} {} key={} model={} attempts={} token={} ttft={} dur={duration:.1}ms in={} out={} outcome={}{}\n",
+            "{ts} {} {method} {path} {} key={} model={} provider={} attempts={} token={} ttft={} dur={duration:.1}ms in={} out={} outcome={}{}\n",
             ctx.request_id,
             ctx.status,
             ctx.key_name.as_deref().unwrap_or("-"),
             ctx.model.as_deref().map_or("-".into(), log_word),
+            ctx.provider.as_deref().unwrap_or("-"),
             ctx.attempts,
             ctx.token.as_deref().unwrap_or("-"),
             ctx.ttft

@@ -81,11 +81,27 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
         Route::Ready => {
             let stats = app.pool().stats(std::time::Instant::now());
             let user = snap.mode == crate::config::UpstreamMode::User;
-            let ready = !user || stats.active > 0;
+            let k2_ready = !user || stats.active > 0;
+            let mut providers = serde_json::Map::new();
+            providers.insert(
+                snap.config.k2think_name().to_string(),
+                json!({
+                    "kind": "k2think",
+                    "ready": k2_ready,
+                    "mode": if user { "user" } else { "guest" },
+                    "tokens": {"total": stats.total, "active": stats.active, "cooling": stats.cooling, "disabled": stats.disabled},
+                }),
+            );
+            let mut ready = k2_ready;
+            for (name, status) in app.zai_status(snap) {
+                ready &= status.get("ready").and_then(serde_json::Value::as_bool) == Some(true);
+                providers.insert(name, status);
+            }
             let body = json!({
                 "status": if ready { "ready" } else { "not_ready" },
                 "mode": if user { "user" } else { "guest" },
                 "tokens": {"total": stats.total, "active": stats.active, "cooling": stats.cooling, "disabled": stats.disabled},
+                "providers": providers,
             });
             let code = if ready { 200 } else { 503 };
             let _ = respond::json(session, ctx, code, body.to_string().into_bytes(), &[]).await;
