@@ -1,14 +1,19 @@
-//! Mock K2Think upstream, runnable by hand (K2 Horizon by default; `--personality k2think`
-//! for the old host, `--legacy-host` for its guest path as it answers today: 400).
+//! Mock upstreams, runnable by hand: K2Think (default; K2 Horizon unless `--personality
+//! k2think` for the old host, `--legacy-host` for its guest path as it answers today: 400)
+//! or Z.AI (`--provider zai`, chat.z.ai: guests, FE version, signed v2 completions).
 //!
 //! cargo run --bin k2mock -- --listen 127.0.0.1:9100 --account me@example.com:secret
 //! curl -N http://127.0.0.1:9100/api/chat/completions -H 'Authorization: Bearer tok;pace_ms=100' \
 //!   -d '{"model":"MBZUAI-IFM/K2-Think-v2","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+//!
+//! cargo run --bin k2mock -- --provider zai --listen 127.0.0.1:9200 --require-captcha
+//! curl http://127.0.0.1:9200/api/v1/auths/      # a guest token
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
+use k2proxy::mock::zai::{ZaiMock, ZaiMockConfig};
 use k2proxy::mock::{Account, Delivery, Form, MockConfig, MockServer};
 
 const DIRECTIVES_HELP: &str = "\
@@ -45,11 +50,34 @@ DIRECTIVES (later layers win):
   json=compact|python                            python = json.dumps style with \\uXXXX escapes
 
 CONTROL:
-  GET /__mock/requests   DELETE /__mock/requests   POST /__mock/gates/NAME/open";
+  GET /__mock/requests   DELETE /__mock/requests   POST /__mock/gates/NAME/open
+
+Z.AI (--provider zai) DIRECTIVES, same three layers (token: <jwt>;key=value;...):
+  edit=rune|byte            edit_index counts characters (GFA) or bytes (GO-DOC) (default rune)
+  edit_at=start|middle      only the thinking->answer transition rewrites (from 0), or also a
+                            second edit halfway through the answer (default start)
+  done_marker=on|off        final data: [DONE] (default on)
+  envelope=wrapped|bare     {\"type\":\"chat:completion\",\"data\":{...}} or the bare data object
+  thinking=auto|on|off      stream the thinking phase (auto: features.enable_thinking)
+  piece=N                   characters per delta_content (default 6)
+  chunk=N                   write each event in N-byte pieces (default 0 = whole events)
+  delay_ms=N                sleep between events (default 0)
+  search=on|off             answer carries 【turn0search0】 markers
+  tool=gfa|json|k2|none     answer with a <<<TOOL_CALL>>> block, a {\"tool_calls\":...} object,
+                            or k2proxy's trigger + <function_calls> block
+  tool_name=NAME tool_args=BASE64URL(JSON object)
+  fault=waf|405|429|401|500|<4xx/5xx>|concurrency|inline_error|nested_error|cut
+  retry_after=N (default 5)  cut_after=N  gate=NAME gate_after=K  duration=N
+  reasoning_words=N answer_words=N
+
+Z.AI CONTROL: also POST /__mock/fe-version/prod-fe-X.Y.Z";
 
 #[derive(Parser, Debug)]
-#[command(name = "k2mock", about = "Mock K2Think (Open WebUI) upstream for k2proxy tests and benches", after_help = DIRECTIVES_HELP)]
+#[command(name = "k2mock", about = "Mock upstreams (K2Think / K2 Horizon, Z.AI) for k2proxy tests and benches", after_help = DIRECTIVES_HELP)]
 struct Args {
+    /// Which upstream to imitate: `k2think` (K2Think / K2 Horizon) or `zai` (chat.z.ai).
+    #[arg(long, default_value = "k2think", value_parser = ["k2think", "zai"])]
+    provider: String,
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:9100")]
     listen: SocketAddr,
@@ -89,9 +117,28 @@ struct Args {
     #[arg(long = "valid-token", value_name = "TOKEN")]
     valid_tokens: Vec<String>,
     /// Model ids served (repeatable; default: IFM/K2-Horizon-375B-A23B with the horizon
-    /// personality, MBZUAI-IFM/K2-Think-v2 and MBZUAI-IFM/K2-Think with k2think).
+    /// personality, MBZUAI-IFM/K2-Think-v2 and MBZUAI-IFM/K2-Think with k2think; glm-4.7,
+    /// glm-5, GLM-5-Turbo, GLM-5.1 and glm-4.6v with zai).
     #[arg(long = "model", value_name = "ID")]
     models: Vec<String>,
+    /// (zai) The front-end version to start with.
+    #[arg(long, default_value = k2proxy::mock::zai::DEFAULT_FE_VERSION)]
+    fe_version: String,
+    /// (zai) A stale X-FE-Version gets the inline 426 in a 200 SSE instead of HTTP 426.
+    #[arg(long)]
+    fe_inline_426: bool,
+    /// (zai) Require captcha_verify_param in the completion body.
+    #[arg(long)]
+    require_captcha: bool,
+    /// (zai) An accepted captcha proof (repeatable; none given: any non-empty proof).
+    #[arg(long = "captcha-proof", value_name = "PROOF")]
+    captcha_proofs: Vec<String>,
+    /// (zai) Require a chat_id made by POST /api/v1/chats/new with the same token.
+    #[arg(long)]
+    require_chat: bool,
+    /// (zai) A user token (role user) to accept, e.g. a JWT (repeatable).
+    #[arg(long = "user-token", value_name = "TOKEN")]
+    user_tokens: Vec<String>,
 }
 
 fn config(args: &Args) -> Result<MockConfig, String> {
@@ -131,9 +178,57 @@ fn config(args: &Args) -> Result<MockConfig, String> {
     Ok(cfg)
 }
 
+fn zai_config(args: &Args) -> ZaiMockConfig {
+    let base = ZaiMockConfig::default();
+    let mut d = base.defaults.clone();
+    if args.pace_ms > 0 {
+        d.delay_ms = args.pace_ms;
+    }
+    d.apply(&args.directives);
+    ZaiMockConfig {
+        defaults: d,
+        fe_version: args.fe_version.clone(),
+        record: !args.no_record,
+        models: if args.models.is_empty() {
+            base.models.clone()
+        } else {
+            args.models.clone()
+        },
+        fe_inline_426: args.fe_inline_426,
+        require_captcha: args.require_captcha,
+        captcha_proofs: args.captcha_proofs.clone(),
+        require_chat: args.require_chat,
+        users: args.user_tokens.clone(),
+        ..base
+    }
+}
+
+async fn run_zai(args: &Args) -> ExitCode {
+    let server = match ZaiMock::start(args.listen, zai_config(args)).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("k2mock: cannot listen on {}: {e}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "k2mock (zai, {}) listening on {}",
+        server.fe_version(),
+        server.base_url()
+    );
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        eprintln!("k2mock: waiting for Ctrl-C failed: {e}");
+    }
+    server.shutdown().await;
+    ExitCode::SUCCESS
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if args.provider == "zai" {
+        return run_zai(&args).await;
+    }
     let cfg = match config(&args) {
         Ok(c) => c,
         Err(e) => {

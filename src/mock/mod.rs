@@ -16,6 +16,7 @@ mod server;
 #[cfg(test)]
 mod tests;
 mod util;
+pub mod zai;
 
 use std::time::{Duration, Instant};
 
