@@ -6,7 +6,8 @@
 //! `fields` (reading hand-converted requests), `files` (reading operator-named files safely),
 //! `k2think` (upstream wire types), `sse` (event stream codec), `transform` (pure request and
 //! stream transforms), `pool` (token pool), `secret` (masked secrets), `probe` (the
-//! upstream checks of `k2proxy probe`: judging and reports), `proxy` (the only module that
+//! upstream checks of `k2proxy probe`: judging and reports), `provider` (the pure codecs
+//! of the other web-chat upstreams), `proxy` (the only module that
 //! touches Pingora), `mock` (the mock K2Think upstream used by tests and benches).
 
 pub mod admin_guard;
@@ -22,6 +23,7 @@ pub mod mock;
 pub mod openai;
 pub mod pool;
 pub mod probe;
+pub mod provider;
 pub mod proxy;
 pub mod responses;
 pub mod secret;
