@@ -465,32 +465,18 @@ pub fn horizon_models() -> Vec<ModelEntry> {
 }
 
 /// The old host's catalogue (www.k2think.ai, K2-Think-v2, takes images).
-/// The GLM models a Z.AI provider named `provider` offers by default: each thinking model
-/// with its `-nothink` twin (thinking off upstream), vision models taking images. Guests get
-/// `GLM-4.7` only (the others answer "not available for current user level").
+/// The GLM models a Z.AI provider named `provider` offers by default: the provider's
+/// catalogue (reasoning shown where the model thinks, images where it sees). Guests get
+/// the GLM-4.7 family only (the others answer "not available for current user level").
 pub fn zai_models(provider: &str) -> Vec<ModelEntry> {
-    let mut out = Vec::new();
-    for (id, upstream, images) in [
-        ("GLM-4.7", "glm-4.7", false),
-        ("GLM-5", "glm-5", false),
-        ("GLM-5-Turbo", "GLM-5-Turbo", false),
-        ("GLM-5.1", "GLM-5.1", false),
-        ("GLM-5.2", "glm-5.2", false),
-        ("GLM-4.6V", "glm-4.6v", true),
-        ("GLM-5V-Turbo", "GLM-5v-Turbo", true),
-    ] {
-        for reasoning in [true, false] {
-            let id = if reasoning {
-                id.to_string()
-            } else {
-                format!("{id}-nothink")
-            };
-            let mut m = model_entry(&id, upstream, reasoning, &[], "zai", images);
+    crate::provider::zai::models::catalogue()
+        .iter()
+        .map(|z| {
+            let mut m = model_entry(z.id, z.upstream, z.thinking, &[], "zai", z.vision);
             m.provider = provider.to_string();
-            out.push(m);
-        }
-    }
-    out
+            m
+        })
+        .collect()
 }
 
 pub fn legacy_models() -> Vec<ModelEntry> {

@@ -151,6 +151,8 @@ pub struct ZaiSection {
     /// The `{{CURRENT_TIMEZONE}}` variable and the query's `timezone`.
     #[serde(deserialize_with = "de_string")]
     pub timezone: String,
+    /// Minutes east of UTC of `timezone` (480 for Asia/Shanghai): the page's local time.
+    pub utc_offset_minutes: i32,
     /// Extra request headers.
     #[serde(deserialize_with = "de_string_map")]
     pub headers: BTreeMap<String, String>,
@@ -183,6 +185,7 @@ impl Default for ZaiSection {
             user_agent: super::CHROME_USER_AGENT.to_string(),
             accept_language: "en-US,en;q=0.9".to_string(),
             timezone: "UTC".to_string(),
+            utc_offset_minutes: 0,
             headers: BTreeMap::new(),
             max_attempts: 3,
             max_failures: 3,

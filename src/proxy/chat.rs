@@ -28,7 +28,9 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::Peer;
 use pingora::ErrorType;
 
-use super::failure::Failure;
+use super::failure::{pool_exhausted, Failure};
+#[cfg(test)]
+use super::failure::ceil_secs;
 use super::zai::{Ask, Identity, NoIdentity, ZaiRuntime};
 use super::{respond, routes, upstream, App, Ctx, Snapshot};
 use crate::config::ModelEntry;
@@ -238,6 +240,7 @@ fn route_for(
             })?;
             Ok(Route::Zai(Box::new(ZaiJob {
                 rt,
+                model: crate::provider::zai::models::for_entry(&model.id, &model.upstream, model.reasoning, model.images),
                 turns: payload.messages.clone(),
                 sampling: payload.params.clone(),
                 upstream_model: model.upstream.clone(),
@@ -530,6 +533,7 @@ enum Route {
 /// What a Z.AI request needs per attempt (the body is signed per attempt).
 struct ZaiJob {
     rt: Arc<ZaiRuntime>,
+    model: crate::provider::zai::models::ZaiModel,
     turns: Vec<Turn>,
     sampling: Sampling,
     upstream_model: String,
@@ -806,83 +810,15 @@ impl Job<'_> {
         let Some(f) = last else {
             return pool_exhausted(None);
         };
-        let what = f.describe();
         let up = match &self.route {
             Route::K2think => "K2Think",
             Route::Zai(_) => "Z.AI",
         };
-        match f {
-            Failure::Refused(r) => r.error,
-            Failure::Status {
-                status: 429,
-                retry_after,
-                ..
-            } => {
-                let pool_wait = match self.app.pool.lease(&[], Instant::now()) {
-                    Err(LeaseError::Exhausted { retry_after }) => retry_after,
-                    _ => None,
-                };
-                ApiError::new(
-                    429,
-                    "rate_limit_error",
-                    "upstream_rate_limited",
-                    format!("{up} is rate limiting this proxy ({what}); retry later"),
-                )
-                .with_retry_after(retry_after.or(pool_wait).map(ceil_secs))
-            }
-            Failure::Status { status, .. } if status == 401 || status == 403 => ApiError::new(
-                502,
-                "upstream_error",
-                "upstream_auth_failed",
-                format!("{up} refused the proxy's credentials ({what})"),
-            ),
-            Failure::Status { status, detail, .. } if refuses_request(status) => ApiError::new(
-                400,
-                "invalid_request_error",
-                "upstream_rejected_request",
-                if detail.is_empty() {
-                    format!("{up} refused the request (HTTP {status}) without saying why")
-                } else {
-                    format!("{up} refused the request (HTTP {status}): {detail}")
-                },
-            ),
-            Failure::Status { status, .. } if status >= 500 => ApiError::new(
-                502,
-                "upstream_error",
-                "upstream_error",
-                format!("{up} failed ({what})"),
-            ),
-            Failure::Status { .. } => ApiError::new(
-                502,
-                "upstream_error",
-                "upstream_rejected",
-                format!("{up} rejected the request ({what})"),
-            ),
-            Failure::Timeout(_) => ApiError::new(
-                504,
-                "upstream_error",
-                "upstream_timeout",
-                format!("{up} did not answer in time ({what})"),
-            ),
-            Failure::Network(_) => ApiError::new(
-                502,
-                "upstream_error",
-                "upstream_unreachable",
-                format!("Could not reach {up} ({what})"),
-            ),
-            Failure::Cut(_) => ApiError::new(
-                502,
-                "upstream_error",
-                chunk::UPSTREAM_STREAM_ERROR,
-                format!("{up}'s answer broke off before it was complete ({what})"),
-            ),
-            Failure::Unusable(_) => ApiError::new(
-                502,
-                "upstream_error",
-                "upstream_invalid_response",
-                format!("{up} sent an answer the proxy cannot use ({what})"),
-            ),
-        }
+        let pool_wait = || match self.app.pool.lease(&[], Instant::now()) {
+            Err(LeaseError::Exhausted { retry_after }) => retry_after,
+            _ => None,
+        };
+        f.client_error(up, pool_wait)
     }
 
     /// One attempt, up to a usable answer.
@@ -902,6 +838,7 @@ impl Job<'_> {
                 let peer = Box::new(rt.peer(addr));
                 let ask = Ask {
                     upstream_model: &z.upstream_model,
+                    model: &z.model,
                     turns: &z.turns,
                     sampling: &z.sampling,
                     thinking: z.thinking,
@@ -1562,25 +1499,6 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
         when.duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
-}
-
-fn ceil_secs(d: Duration) -> u64 {
-    let s = d.as_secs();
-    if d.subsec_nanos() > 0 {
-        s + 1
-    } else {
-        s.max(1)
-    }
-}
-
-fn pool_exhausted(retry_after: Option<Duration>) -> ApiError {
-    ApiError::new(
-        503,
-        "server_error",
-        "pool_exhausted",
-        "Every upstream token is cooling down or disabled; retry later".to_string(),
-    )
-    .with_retry_after(retry_after.map(ceil_secs))
 }
 
 #[cfg(test)]

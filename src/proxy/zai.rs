@@ -84,6 +84,7 @@ pub struct Call {
 /// What a request needs to build its Z.AI body.
 pub struct Ask<'a> {
     pub upstream_model: &'a str,
+    pub model: &'a crate::provider::zai::models::ZaiModel,
     pub turns: &'a [Turn],
     pub sampling: &'a Sampling,
     pub thinking: bool,
@@ -490,42 +491,48 @@ impl ZaiRuntime {
         let now = now_ms();
         let message_id = crate::k2think::uuid_v4();
         let user_message_id = crate::k2think::uuid_v4();
-        let mut input = body::CompletionInput {
+        let input = body::CompletionInput {
             upstream_model: ask.upstream_model,
+            model: ask.model,
             turns: ask.turns,
             sampling: ask.sampling,
             thinking: ask.thinking,
             effort: ask.effort,
-            chat_id: String::new(),
+            chat_id: "",
             message_id: &message_id,
             user_message_id: &user_message_id,
             captcha: captcha.as_deref(),
             now_ms: now,
             timezone: &self.section.timezone,
+            utc_offset_minutes: self.section.utc_offset_minutes,
         };
         let created_chat = if self.section.create_chats {
             Some(self.create_chat(app, who, &input).await?)
         } else {
             None
         };
-        input.chat_id = created_chat
+        let chat_id = created_chat
             .clone()
             .unwrap_or_else(crate::k2think::uuid_v4);
+        let input = body::CompletionInput {
+            chat_id: &chat_id,
+            ..input
+        };
         let payload = body::completion_body(&input);
         let prompt = body::signature_prompt(ask.turns);
         let request_id = crate::k2think::uuid_v4();
         let signature = sign::signature(&request_id, now, &who.user_id, &prompt);
         let query = sign::completion_query(&sign::QueryInput {
             request_id: &request_id,
-            timestamp_ms: now,
+            now_ms: now,
             user_id: &who.user_id,
             token: who.token.expose(),
-            chat_id: &input.chat_id,
+            chat_id: &chat_id,
             user_agent: &self.section.user_agent,
             timezone: &self.section.timezone,
-            host: &self.target.authority,
+            utc_offset_minutes: self.section.utc_offset_minutes,
         });
-        let referer = format!("{}/c/{}", self.origin, input.chat_id);
+        let referer = format!("{}/c/{chat_id}", self.origin);
         let mut req = self.browser_head(
             "POST",
             &format!("/api/v2/chat/completions?{query}"),

@@ -84,6 +84,21 @@ pub fn lookup(public_id: &str) -> Option<&'static ZaiModel> {
         .find(|m| m.id.eq_ignore_ascii_case(public_id.trim()))
 }
 
+/// The flags for a configured model: the catalogue entry of its public id, else the first
+/// with its upstream id, else a model that thinks when `reasoning` and sees when `images`
+/// (an id the catalogue does not know yet, taken from the live `/api/models`).
+pub fn for_entry(id: &str, upstream: &str, reasoning: bool, images: bool) -> ZaiModel {
+    lookup(id)
+        .or_else(|| CATALOGUE.iter().find(|m| m.upstream == upstream))
+        .copied()
+        .unwrap_or(ZaiModel {
+            thinking: reasoning,
+            vision: images,
+            guest: upstream == "glm-4.7",
+            ..model("", "")
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
