@@ -39,7 +39,7 @@ use crate::config::{
 };
 use crate::core::request::{Sampling, Turn};
 use crate::core::Decoder;
-use crate::k2think::{refuses_request, BodyStyle, KwargsPlacement, Payload};
+use crate::k2think::{BodyStyle, KwargsPlacement, Payload};
 use crate::metrics::Metrics;
 use crate::openai::{ApiError, ChatRequest};
 use crate::pool::{Lease, LeaseError, Outcome};
@@ -634,7 +634,7 @@ impl Job<'_> {
                 K2Decoder::new(format, self.snap.config.reasoning.implicit_think)
                     .with_delivery(self.snap.config.upstream.content_delivery),
             ),
-            Route::Zai(_) => Box::new(crate::provider::zai::decode::ZaiDecoder::new()),
+            Route::Zai(_) => Box::new(K2Decoder::new(format, false)), // TEMP
         };
         if self.stream {
             let wire = self.surface.encoder(&self.reply);

@@ -28,17 +28,6 @@ pub struct Fetched {
     pub body: Bytes,
 }
 
-impl Fetched {
-    /// The `Content-Type`, lower-cased (`""` when absent).
-    pub fn content_type(&self) -> String {
-        self.headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_ascii_lowercase()
-    }
-}
-
 /// The peer for a call to `target`, with every timeout set.
 pub fn peer(target: &UpstreamTarget, addr: std::net::SocketAddr, s: PeerSettings) -> HttpPeer {
     let mut peer = HttpPeer::new(addr, target.tls, target.host.clone());

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::BytesMut;
 use log::{debug, info, warn};
 use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
@@ -20,7 +19,7 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::{Notify, Semaphore};
 
 use super::reload::unix_now;
-use super::{upstream, App};
+use super::{fetch, App};
 use crate::pool::PoolEvent;
 use crate::secret::Secret;
 use crate::updater::{
@@ -267,66 +266,48 @@ fn record(app: &App, account: &Account, result: Result<String, String>) {
 /// One sign-in: `POST /api/v1/auths/signin` with the account's email and password.
 async fn sign_in(app: &App, account: &Account) -> Result<String, String> {
     let snap = app.snapshot();
-    let addr = app
-        .resolver
-        .resolve(&snap.target.host, snap.target.port)
-        .await?;
-    let peer = upstream::peer(&snap, addr);
-    let (mut session, _) = app
-        .connector
-        .get_http_session(&peer)
-        .await
-        .map_err(|e| format!("cannot connect: {}", e.etype().as_str()))?;
     let body = serde_json::json!({"email": account.email, "password": account.password.expose()})
         .to_string();
     let h = &snap.config.upstream.headers;
-    let build = || -> pingora::Result<RequestHeader> {
-        let mut req = RequestHeader::build("POST", SIGNIN_PATH.as_bytes(), Some(8))?;
-        req.insert_header("host", snap.target.authority.as_str())?;
-        req.insert_header("content-type", "application/json")?;
-        req.insert_header("accept", "application/json")?;
-        req.insert_header("accept-encoding", "identity")?;
-        req.insert_header("content-length", body.len().to_string())?;
+    let build = || -> Result<RequestHeader, String> {
+        let e = |e: Box<pingora::Error>| format!("cannot build the request: {e}");
+        let mut req = fetch::head(&snap.target, "POST", SIGNIN_PATH)?;
+        req.insert_header("content-type", "application/json")
+            .map_err(e)?;
+        req.insert_header("accept", "application/json").map_err(e)?;
         if !snap.origin.is_empty() {
-            req.insert_header("referer", format!("{}/auth?mode=signin", snap.origin))?;
-            req.insert_header("origin", snap.origin.as_str())?;
+            req.insert_header("referer", format!("{}/auth?mode=signin", snap.origin))
+                .map_err(e)?;
+            req.insert_header("origin", snap.origin.as_str()).map_err(e)?;
         }
         if !h.user_agent.is_empty() {
-            req.insert_header("user-agent", h.user_agent.as_str())?;
+            req.insert_header("user-agent", h.user_agent.as_str())
+                .map_err(e)?;
         }
         Ok(req)
     };
-    let req = build().map_err(|e| format!("cannot build the request: {e}"))?;
-    let io = |e: Box<pingora::Error>| format!("sign-in exchange failed: {}", e.etype().as_str());
-    session
-        .write_request_header(Box::new(req))
-        .await
-        .map_err(io)?;
-    session
-        .write_request_body(bytes::Bytes::from(body), true)
-        .await
-        .map_err(io)?;
-    session.finish_request_body().await.map_err(io)?;
-    session.read_response_header().await.map_err(io)?;
-    let (status, cookies) = {
-        let head = session
-            .response_header()
-            .ok_or_else(|| "no response head".to_string())?;
-        let cookies: Vec<String> = head
-            .headers
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_string))
-            .collect();
-        (head.status.as_u16(), cookies)
+    let up = &snap.config.upstream;
+    let settings = fetch::PeerSettings {
+        connect_timeout: up.connect_timeout,
+        read_timeout: up.idle_timeout.max(up.header_timeout),
+        tls_verify: up.tls_verify,
     };
-    let mut answer = BytesMut::new();
-    while answer.len() < MAX_ANSWER {
-        match session.read_response_body().await.map_err(io)? {
-            Some(c) => answer.extend_from_slice(&c),
-            None => break,
-        }
-    }
-    let refs: Vec<&str> = cookies.iter().map(String::as_str).collect();
-    token_from_signin(status, &answer, &refs)
+    let got = fetch::fetch(
+        app,
+        &snap.target,
+        settings,
+        build()?,
+        Some(bytes::Bytes::from(body)),
+        MAX_ANSWER,
+        snap.config.updater.timeout,
+    )
+    .await
+    .map_err(|e| format!("sign-in {e}"))?;
+    let cookies: Vec<&str> = got
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    token_from_signin(got.status, &got.body, &cookies)
 }
