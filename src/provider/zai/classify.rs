@@ -93,7 +93,7 @@ pub fn classify(status: u16, content_type: &str, body: &[u8]) -> Refusal {
     }
 }
 
-/// Judge an error found inside a 200 stream ([`super::decode::ZaiDecoder::error`] and
+/// Judge an error found inside a 200 stream (the decoder's `Decoder::error` and
 /// [`super::decode::ZaiDecoder::error_code`]). A code that is not an HTTP status counts
 /// as 200 in [`Refusal::Other`].
 pub fn classify_inline(code: Option<i64>, message: &str) -> Refusal {
