@@ -71,26 +71,43 @@ fn a_guest_streams_reasoning_and_answer_through_chat_completions() {
     let z = Zai::start(ZaiMockConfig::default(), |_, _| {});
     let prompt = "Say hello to the new provider";
     let (reasoning, answer) = zai_reply(prompt);
-    let sse = z.env.stream(&chat_body("GLM-4.7", prompt, true));
+    let sse = z.env.stream(&chat_body("GLM-4.7-Thinking", prompt, true));
     sse.assert_well_formed();
     assert_eq!(sse.content(), answer);
-    assert_eq!(sse.reasoning(), reasoning.replace("\n\n", "\n").trim());
+    assert_eq!(sse.reasoning(), reasoning);
     assert_eq!(sse.finish_reason().as_deref(), Some("stop"));
 
-    let done = z.env.chat(&chat_body("GLM-4.7", prompt, false));
+    let done = z.env.chat(&chat_body("GLM-4.7-Thinking", prompt, false));
     assert_eq!(done.status, 200, "{}", done.text());
     let v = done.json();
     assert_eq!(v["choices"][0]["message"]["content"], answer.as_str());
+    assert_eq!(
+        v["choices"][0]["message"]["reasoning_content"],
+        reasoning.as_str()
+    );
+    // GLM-4.7 itself does not think: thinking off upstream, no reasoning out.
+    let plain = z.env.stream(&chat_body("GLM-4.7", prompt, true));
+    assert_eq!(plain.content(), answer);
+    assert_eq!(plain.reasoning(), "");
     assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{v}");
 
     // Every completion was signed, carried the scraped front-end version and the query.
     let calls = z.completions();
-    assert_eq!(calls.len(), 2);
+    assert_eq!(calls.len(), 3);
+    let features =
+        |i: usize| calls[i].json.as_ref().unwrap()["features"]["enable_thinking"].clone();
+    assert_eq!((features(0), features(2)), (json!(true), json!(false)));
     for c in &calls {
         assert_eq!(c.response_status, 200);
         assert_eq!(c.header("x-fe-version"), Some(z.mock.fe_version().as_str()));
         assert!(c.header("x-signature").is_some_and(|s| s.len() == 64));
-        for field in ["requestId", "timestamp", "user_id", "token", "signature_timestamp"] {
+        for field in [
+            "requestId",
+            "timestamp",
+            "user_id",
+            "token",
+            "signature_timestamp",
+        ] {
             assert!(c.query_param(field).is_some(), "{field} missing");
         }
     }
@@ -100,7 +117,7 @@ fn a_guest_streams_reasoning_and_answer_through_chat_completions() {
     within(Duration::from_secs(5), "chats deleted", || {
         z.mock.chats_deleted() == z.mock.chats_created()
     });
-    assert_eq!(z.mock.chats_created(), 2);
+    assert_eq!(z.mock.chats_created(), 3);
 }
 
 #[test]
@@ -192,7 +209,12 @@ fn tool_calls_are_emulated_for_zai_models() {
     });
     let sse = z.env.stream(&body);
     sse.assert_well_formed();
-    assert_eq!(sse.finish_reason().as_deref(), Some("tool_calls"), "{:?}", sse.events);
+    assert_eq!(
+        sse.finish_reason().as_deref(),
+        Some("tool_calls"),
+        "{:?}",
+        sse.events
+    );
 }
 
 #[test]
@@ -240,23 +262,33 @@ fn a_stale_front_end_version_is_scraped_again_and_the_request_succeeds() {
     let r = z.env.chat(&chat_body("GLM-4.7", "two", false));
     assert_eq!(r.status, 200, "{}", r.text());
     let calls = z.completions();
-    assert_eq!(calls.last().unwrap().header("x-fe-version"), Some("prod-fe-1.2.3"));
+    assert_eq!(
+        calls.last().unwrap().header("x-fe-version"),
+        Some("prod-fe-1.2.3")
+    );
     assert!(calls.iter().any(|c| c.response_status == 426));
 }
 
 #[test]
 fn waf_blocks_are_final_and_say_what_helps() {
     let z = Zai::start(ZaiMockConfig::default(), |_, _| {});
-    let r = z.env.chat(&chat_body("GLM-4.7", "hi [[mock: fault=waf]]", false));
+    let r = z
+        .env
+        .chat(&chat_body("GLM-4.7", "hi [[mock: fault=waf]]", false));
     let e = r.assert_error(502, "upstream_blocked");
-    assert!(e["error"]["message"].as_str().unwrap().contains("WAF"), "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("WAF"),
+        "{e}"
+    );
     assert_eq!(z.completions().len(), 1);
 }
 
 #[test]
 fn a_refused_guest_is_replaced_and_rate_limits_reach_the_client() {
     let z = Zai::start(ZaiMockConfig::default(), |_, _| {});
-    let r = z.env.chat(&chat_body("GLM-4.7", "hi [[mock: fault=401]]", false));
+    let r = z
+        .env
+        .chat(&chat_body("GLM-4.7", "hi [[mock: fault=401]]", false));
     r.assert_error(502, "upstream_auth_failed");
     assert_eq!(z.completions().len(), 3, "one attempt per identity");
     // Every refused guest was dropped: the next request makes new ones and succeeds.
@@ -264,11 +296,17 @@ fn a_refused_guest_is_replaced_and_rate_limits_reach_the_client() {
     assert_eq!(z.env.chat(&chat_body("GLM-4.7", "hi", false)).status, 200);
     assert!(z.mock.guests_created() > before);
 
-    let r = z.env.chat(&chat_body("GLM-4.7", "hi [[mock: fault=429]]", false));
+    let r = z
+        .env
+        .chat(&chat_body("GLM-4.7", "hi [[mock: fault=429]]", false));
     let e = r.assert_error(429, "upstream_rate_limited");
     assert!(r.header("retry-after").is_some(), "{e}");
 
-    let r = z.env.chat(&chat_body("GLM-4.7", "hi [[mock: fault=concurrency]]", false));
+    let r = z.env.chat(&chat_body(
+        "GLM-4.7",
+        "hi [[mock: fault=concurrency]]",
+        false,
+    ));
     r.assert_error(429, "upstream_rate_limited");
 }
 
@@ -277,7 +315,13 @@ fn guests_may_not_use_the_members_models_and_user_tokens_may() {
     let z = Zai::start(ZaiMockConfig::default(), |_, _| {});
     let r = z.env.chat(&chat_body("GLM-5", "hi", false));
     let e = r.assert_error(403, "model_not_available");
-    assert!(e["error"]["message"].as_str().unwrap().contains("providers.zai.tokens"), "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("providers.zai.tokens"),
+        "{e}"
+    );
 
     let rt = runtime();
     let mock = rt
@@ -321,5 +365,63 @@ fn ready_metrics_and_the_access_log_name_the_provider() {
     assert!(
         m.contains("k2proxy_provider_attempts_total{provider=\"zai\",result=\"200\"} 1"),
         "{m}"
+    );
+}
+
+#[test]
+fn user_mode_checks_each_token_once_and_disables_a_guests() {
+    let rt = runtime();
+    let mock = rt
+        .block_on(ZaiMock::start(
+            "127.0.0.1:0".parse().unwrap(),
+            ZaiMockConfig::default(),
+        ))
+        .unwrap();
+    let base = mock.base_url();
+    let guest: Value = rt
+        .block_on(async {
+            reqwest::get(format!("{base}/api/v1/auths/"))
+                .await
+                .unwrap()
+                .json()
+                .await
+        })
+        .unwrap();
+    let guest_token = guest["token"].as_str().unwrap().to_string();
+    let user_token = mock.issue_user_token();
+    let env = Env::start_with(rt, |c| {
+        let z = ZaiSection {
+            base_url: base,
+            mode: ZaiMode::User,
+            tokens: vec![guest_token.clone(), user_token.clone()],
+            ..ZaiSection::default()
+        };
+        c.providers
+            .insert("zai".to_string(), ProviderEntry::Zai(Box::new(z)));
+        c.models.extend(k2proxy::config::zai_models("zai"));
+    });
+    for i in 0..4 {
+        let r = env.chat(&chat_body("GLM-5", &format!("members {i}"), false));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let completions: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/api/v2/chat/completions")
+        .collect();
+    assert!(completions
+        .iter()
+        .all(|r| r.bearer.as_deref() == Some(user_token.as_str())));
+    let checks = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/api/v1/auths/")
+        .count();
+    assert_eq!(checks, 3, "the guest's fetch, then one check per token");
+    let ready = env.get("/ready").json();
+    assert_eq!(ready["providers"]["zai"]["tokens"]["active"], 1, "{ready}");
+    assert_eq!(
+        ready["providers"]["zai"]["tokens"]["disabled"], 1,
+        "{ready}"
     );
 }

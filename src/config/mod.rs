@@ -1019,15 +1019,15 @@ impl Config {
             };
             if let Some(u) = upstream.take() {
                 taken(self.upstream != UpstreamSection::default(), "upstream")?;
-                self.upstream = u;
+                self.upstream = *u;
             }
             if let Some(u) = pool.take() {
                 taken(self.pool != PoolSection::default(), "pool")?;
-                self.pool = u;
+                self.pool = *u;
             }
             if let Some(u) = updater.take() {
                 taken(self.updater != UpdaterSection::default(), "updater")?;
-                self.updater = u;
+                self.updater = *u;
             }
         }
         for (name, p) in &self.providers {
@@ -1048,7 +1048,9 @@ impl Config {
         }
         let k2 = self.k2think_name().to_string();
         for (i, m) in self.models.iter().enumerate() {
-            if !m.provider.is_empty() && m.provider != k2 && !self.providers.contains_key(&m.provider)
+            if !m.provider.is_empty()
+                && m.provider != k2
+                && !self.providers.contains_key(&m.provider)
             {
                 return Err((
                     format!("models[{i}].provider"),

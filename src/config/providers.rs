@@ -21,11 +21,11 @@ pub enum ProviderEntry {
     /// K2Think / K2 Horizon: the sections that are top-level keys in older files.
     K2think {
         #[serde(default)]
-        upstream: Option<UpstreamSection>,
+        upstream: Option<Box<UpstreamSection>>,
         #[serde(default)]
-        pool: Option<PoolSection>,
+        pool: Option<Box<PoolSection>>,
         #[serde(default)]
-        updater: Option<UpdaterSection>,
+        updater: Option<Box<UpdaterSection>>,
     },
     /// Z.AI (chat.z.ai, GLM).
     Zai(Box<ZaiSection>),

@@ -419,3 +419,84 @@ fn glob_matching_backtracks_and_anchors_both_ends() {
         );
     }
 }
+
+#[test]
+fn an_old_config_is_the_k2think_provider() {
+    let c = parse("upstream:\n  base_url: http://127.0.0.1:9\npool:\n  tokens: [a]\n").unwrap();
+    assert_eq!(c.k2think_name(), "k2think");
+    assert!(c.providers.is_empty());
+    for m in &c.models {
+        assert_eq!(c.model_provider(m), "k2think");
+        assert_eq!(c.provider_kind(c.model_provider(m)), Some("k2think"));
+    }
+}
+
+#[test]
+fn a_k2think_entry_under_providers_reads_like_the_top_level_keys() {
+    let nested = parse(
+        "providers:\n  horizon:\n    kind: k2think\n    upstream:\n      base_url: http://127.0.0.1:9\n    pool:\n      tokens: [a]\n",
+    )
+    .unwrap();
+    let flat = parse("upstream:\n  base_url: http://127.0.0.1:9\npool:\n  tokens: [a]\n").unwrap();
+    assert_eq!(nested.upstream, flat.upstream);
+    assert_eq!(nested.pool, flat.pool);
+    assert_eq!(nested.k2think_name(), "horizon");
+    assert_eq!(nested.model_provider(&nested.models[0]), "horizon");
+
+    let e = parse(
+        "upstream:\n  base_url: http://127.0.0.1:9\nproviders:\n  k2:\n    kind: k2think\n    upstream:\n      base_url: http://127.0.0.1:8\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "providers.k2.upstream");
+    let e = parse("providers:\n  a: {kind: k2think}\n  b: {kind: k2think}\n").unwrap_err();
+    assert_eq!(e.key, "providers.b");
+}
+
+#[test]
+fn a_zai_provider_brings_its_catalogue_and_models_name_real_providers() {
+    let c = parse("providers:\n  zai:\n    kind: zai\n").unwrap();
+    let glm: Vec<_> = c.models.iter().filter(|m| m.provider == "zai").collect();
+    assert!(glm
+        .iter()
+        .any(|m| m.id == "GLM-4.7" && m.upstream == "glm-4.7"));
+    assert!(glm.iter().any(|m| m.id == "GLM-4.6V" && m.images));
+    assert_eq!(c.provider_kind("zai"), Some("zai"));
+    // K2Think's defaults stay.
+    assert!(c.models.iter().any(|m| c.model_provider(m) == "k2think"));
+
+    let e = parse("models:\n  - {id: a, upstream: b, provider: nowhere}\n").unwrap_err();
+    assert_eq!(e.key, "models[0].provider");
+    assert!(e.message.contains("no provider is named `nowhere`"), "{e}");
+
+    // A provider some model names does not add its catalogue.
+    let c = parse(
+        "providers:\n  zai: {kind: zai}\nmodels:\n  - {id: glm, upstream: glm-4.7, provider: zai}\n",
+    )
+    .unwrap();
+    assert_eq!(c.models.len(), 1);
+}
+
+#[test]
+fn zai_settings_are_checked_with_their_key() {
+    for (yaml, key) in [
+        ("captcha: {source: fixed}", "providers.zai.captcha.value"),
+        (
+            "captcha: {source: command}",
+            "providers.zai.captcha.command",
+        ),
+        (
+            "captcha: {source: http, url: 'ftp://x'}",
+            "providers.zai.captcha.url",
+        ),
+        ("mode: user", "providers.zai.tokens"),
+        ("mode: guest\n    guests: 0", "providers.zai.guests"),
+        ("base_url: nowhere", "providers.zai.base_url"),
+        ("max_attempts: 0", "providers.zai.max_attempts"),
+        ("tokens: ['a b']", "providers.zai.tokens[0]"),
+    ] {
+        let e = parse(&format!("providers:\n  zai:\n    kind: zai\n    {yaml}\n")).unwrap_err();
+        assert_eq!(e.key, key, "{yaml}: {e}");
+    }
+    let e = parse("providers:\n  zai:\n    kind: zai\n    guestz: 3\n").unwrap_err();
+    assert!(e.message.contains("unknown field `guestz`"), "{e}");
+}

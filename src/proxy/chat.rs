@@ -28,9 +28,9 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::Peer;
 use pingora::ErrorType;
 
-use super::failure::{pool_exhausted, Failure};
 #[cfg(test)]
 use super::failure::ceil_secs;
+use super::failure::{pool_exhausted, Failure};
 use super::zai::{Ask, Identity, NoIdentity, ZaiRuntime};
 use super::{respond, routes, upstream, App, Ctx, Snapshot};
 use crate::config::ModelEntry;
@@ -43,8 +43,8 @@ use crate::k2think::{BodyStyle, KwargsPlacement, Payload};
 use crate::metrics::Metrics;
 use crate::openai::{ApiError, ChatRequest};
 use crate::pool::{Lease, LeaseError, Outcome};
-use crate::secret::Secret;
 use crate::responses::{Dialect, Hosted};
+use crate::secret::Secret;
 use crate::transform::chunk;
 use crate::transform::complete::{Completion, CompletionResult};
 use crate::transform::encode::{Parsed, Reply, Surface, Wire};
@@ -235,12 +235,17 @@ fn route_for(
     let provider = snap.config.model_provider(model);
     match snap.config.provider_kind(provider) {
         Some("zai") => {
-            let rt = app.zai_runtime(snap, provider).map_err(|e| {
-                ApiError::new(503, "server_error", "provider_unavailable", e)
-            })?;
+            let rt = app
+                .zai_runtime(snap, provider)
+                .map_err(|e| ApiError::new(503, "server_error", "provider_unavailable", e))?;
             Ok(Route::Zai(Box::new(ZaiJob {
                 rt,
-                model: crate::provider::zai::models::for_entry(&model.id, &model.upstream, model.reasoning, model.images),
+                model: crate::provider::zai::models::for_entry(
+                    &model.id,
+                    &model.upstream,
+                    model.reasoning,
+                    model.images,
+                ),
                 turns: payload.messages.clone(),
                 sampling: payload.params.clone(),
                 upstream_model: model.upstream.clone(),
@@ -634,7 +639,7 @@ impl Job<'_> {
                 K2Decoder::new(format, self.snap.config.reasoning.implicit_think)
                     .with_delivery(self.snap.config.upstream.content_delivery),
             ),
-            Route::Zai(_) => Box::new(K2Decoder::new(format, false)), // TEMP
+            Route::Zai(_) => Box::new(crate::provider::zai::decode::ZaiDecoder::new()),
         };
         if self.stream {
             let wire = self.surface.encoder(&self.reply);

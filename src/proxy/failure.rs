@@ -97,11 +97,7 @@ impl Failure {
     /// The client's error when this was the last attempt's failure. `up` names the
     /// provider ("K2Think", "Z.AI"); `pool_wait` says how long until a token of its pool is
     /// usable again (asked only for a 429).
-    pub fn client_error(
-        self,
-        up: &str,
-        pool_wait: impl FnOnce() -> Option<Duration>,
-    ) -> ApiError {
+    pub fn client_error(self, up: &str, pool_wait: impl FnOnce() -> Option<Duration>) -> ApiError {
         let what = self.describe();
         match self {
             Failure::Refused(r) => r.error,
@@ -175,7 +171,6 @@ impl Failure {
     }
 }
 
-
 pub fn ceil_secs(d: Duration) -> u64 {
     let s = d.as_secs();
     if d.subsec_nanos() > 0 {
@@ -194,7 +189,6 @@ pub fn pool_exhausted(retry_after: Option<Duration>) -> ApiError {
     )
     .with_retry_after(retry_after.map(ceil_secs))
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -232,7 +226,10 @@ mod tests {
             assert!(f.retryable(&[]), "{f:?}");
         }
         assert_eq!(Failure::Network("x".into()).outcome(), Outcome::Network);
-        assert_eq!(Failure::Unusable("x".into()).outcome(), Outcome::BadResponse);
+        assert_eq!(
+            Failure::Unusable("x".into()).outcome(),
+            Outcome::BadResponse
+        );
         assert_eq!(Failure::Timeout("x").label(), "timeout");
         assert_eq!(status(429, None).label(), "429");
     }
@@ -256,15 +253,28 @@ mod tests {
     #[test]
     fn client_errors_name_the_provider_and_carry_retry_after() {
         let e = status(429, None).client_error("Z.AI", || Some(Duration::from_millis(1500)));
-        assert_eq!((e.status, e.code.unwrap_or("")), (429, "upstream_rate_limited"));
+        assert_eq!(
+            (e.status, e.code.unwrap_or("")),
+            (429, "upstream_rate_limited")
+        );
         assert_eq!(e.retry_after, Some(2));
-        assert!(e.message.starts_with("Z.AI is rate limiting"), "{}", e.message);
+        assert!(
+            e.message.starts_with("Z.AI is rate limiting"),
+            "{}",
+            e.message
+        );
         let e = status(429, Some(Duration::from_secs(7))).client_error("K2Think", || None);
         assert_eq!(e.retry_after, Some(7));
         let e = status(401, None).client_error("K2Think", || None);
-        assert_eq!((e.status, e.code.unwrap_or("")), (502, "upstream_auth_failed"));
+        assert_eq!(
+            (e.status, e.code.unwrap_or("")),
+            (502, "upstream_auth_failed")
+        );
         let e = status(422, None).client_error("K2Think", || None);
-        assert_eq!((e.status, e.code.unwrap_or("")), (400, "upstream_rejected_request"));
+        assert_eq!(
+            (e.status, e.code.unwrap_or("")),
+            (400, "upstream_rejected_request")
+        );
         let e = Failure::Timeout("the answer").client_error("K2Think", || None);
         assert_eq!((e.status, e.code.unwrap_or("")), (504, "upstream_timeout"));
         let e = Failure::Cut("gone".into()).client_error("K2Think", || None);

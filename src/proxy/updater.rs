@@ -278,7 +278,8 @@ async fn sign_in(app: &App, account: &Account) -> Result<String, String> {
         if !snap.origin.is_empty() {
             req.insert_header("referer", format!("{}/auth?mode=signin", snap.origin))
                 .map_err(e)?;
-            req.insert_header("origin", snap.origin.as_str()).map_err(e)?;
+            req.insert_header("origin", snap.origin.as_str())
+                .map_err(e)?;
         }
         if !h.user_agent.is_empty() {
             req.insert_header("user-agent", h.user_agent.as_str())

@@ -105,6 +105,8 @@ pub struct ZaiRuntime {
     fe: Mutex<Option<(String, Instant)>>,
     /// User tokens (user mode).
     pub pool: Pool,
+    /// Pool entries whose role was checked and found a user's.
+    checked: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl ZaiRuntime {
@@ -139,6 +141,7 @@ impl ZaiRuntime {
             creating: tokio::sync::Mutex::new(()),
             fe: Mutex::new(None),
             pool,
+            checked: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -192,14 +195,20 @@ impl ZaiRuntime {
     }
 
     /// Browser-like headers shared by every call.
-    fn browser_head(&self, method: &str, path: &str, referer: &str) -> Result<RequestHeader, String> {
+    fn browser_head(
+        &self,
+        method: &str,
+        path: &str,
+        referer: &str,
+    ) -> Result<RequestHeader, String> {
         let mut req = fetch::head(&self.target, method, path)?;
         let e = |e: Box<pingora::Error>| format!("cannot build the request: {e}");
         req.insert_header("user-agent", self.section.user_agent.as_str())
             .map_err(e)?;
         req.insert_header("accept-language", self.section.accept_language.as_str())
             .map_err(e)?;
-        req.insert_header("origin", self.origin.as_str()).map_err(e)?;
+        req.insert_header("origin", self.origin.as_str())
+            .map_err(e)?;
         req.insert_header("referer", referer).map_err(e)?;
         for (k, v) in &self.section.headers {
             req.insert_header(k.clone(), v.as_str()).map_err(e)?;
@@ -229,19 +238,26 @@ impl ZaiRuntime {
     /// (created when fewer than `guests` are alive).
     pub async fn identity(&self, app: &App, tried: &[u64]) -> Result<Identity, NoIdentity> {
         if !self.guest_mode() {
-            return match self.pool.lease(tried, Instant::now()) {
-                Ok(l) => Ok(Identity {
-                    id: l.id,
-                    user_id: sign::jwt_user_id(l.token.expose()).unwrap_or_default(),
-                    token: l.token.clone(),
-                    lease: Some(l),
-                }),
-                Err(LeaseError::AllTried) => Err(NoIdentity::AllTried),
-                Err(LeaseError::Empty) => Err(NoIdentity::Exhausted(None)),
-                Err(LeaseError::Exhausted { retry_after }) => {
-                    Err(NoIdentity::Exhausted(retry_after))
+            let mut skipped: Vec<u64> = tried.to_vec();
+            loop {
+                let l = match self.pool.lease(&skipped, Instant::now()) {
+                    Ok(l) => l,
+                    Err(LeaseError::AllTried) => return Err(NoIdentity::AllTried),
+                    Err(LeaseError::Empty) => return Err(NoIdentity::Exhausted(None)),
+                    Err(LeaseError::Exhausted { retry_after }) => {
+                        return Err(NoIdentity::Exhausted(retry_after))
+                    }
+                };
+                if self.is_user_token(app, &l).await {
+                    return Ok(Identity {
+                        id: l.id,
+                        user_id: sign::jwt_user_id(l.token.expose()).unwrap_or_default(),
+                        token: l.token.clone(),
+                        lease: Some(l),
+                    });
                 }
-            };
+                skipped.push(l.id);
+            }
         }
         if let Some(g) = self.pick_guest(tried)? {
             return Ok(g);
@@ -257,6 +273,68 @@ impl ZaiRuntime {
             user_id: g.user_id.clone(),
             lease: None,
         })
+    }
+
+    /// Whether a user token is a logged-in user's, asked once per token with
+    /// `GET /api/v1/auths/` (`role: user`). A guest's token or one the site refuses (401) is
+    /// disabled in the pool with a warning naming it masked; a check that fails for another
+    /// reason (network, WAF) lets the token be used and is asked again next time.
+    async fn is_user_token(&self, app: &App, lease: &Lease) -> bool {
+        if lock(&self.checked).contains(&lease.id) {
+            return true;
+        }
+        let role = async {
+            let mut req =
+                self.browser_head("GET", "/api/v1/auths/", &format!("{}/", self.origin))?;
+            req.insert_header("accept", "application/json")
+                .map_err(|e| format!("cannot build the request: {e}"))?;
+            req.insert_header("authorization", format!("Bearer {}", lease.token.expose()))
+                .map_err(|e| format!("cannot build the request: {e}"))?;
+            let got = self.side_call(app, req, None).await?;
+            if got.status == 401 {
+                return Ok(None);
+            }
+            if got.status != 200 {
+                return Err(format!("HTTP {}", got.status));
+            }
+            let v: Value = serde_json::from_slice(&got.body)
+                .map_err(|_| "an answer that is not JSON".to_string())?;
+            Ok(Some(
+                v.get("role")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            ))
+        };
+        let verdict: Result<Option<String>, String> = role.await;
+        match verdict {
+            Ok(Some(role)) if role == "user" || role == "admin" => {
+                lock(&self.checked).insert(lease.id);
+                true
+            }
+            Ok(found) => {
+                warn!(
+                    "provider {}: token {} is {}; disabled (user mode needs a logged-in user's token)",
+                    self.name,
+                    lease.token.masked(),
+                    match found.as_deref() {
+                        None => "refused by the site (401)".to_string(),
+                        Some("") => "of no known role".to_string(),
+                        Some(r) => format!("a {r}'s token"),
+                    }
+                );
+                self.pool.disable(lease.id);
+                false
+            }
+            Err(e) => {
+                warn!(
+                    "provider {}: could not check token {} ({e}); using it",
+                    self.name,
+                    lease.token.masked()
+                );
+                true
+            }
+        }
     }
 
     /// A live guest this request has not tried, round robin, once the pool holds `guests`
@@ -436,9 +514,11 @@ impl ZaiRuntime {
         input: &body::CompletionInput<'_>,
     ) -> Result<String, String> {
         let payload = body::new_chat_body(input);
-        let mut req = self.browser_head("POST", "/api/v1/chats/new", &format!("{}/", self.origin))?;
+        let mut req =
+            self.browser_head("POST", "/api/v1/chats/new", &format!("{}/", self.origin))?;
         let e = |e: Box<pingora::Error>| format!("cannot build the request: {e}");
-        req.insert_header("content-type", "application/json").map_err(e)?;
+        req.insert_header("content-type", "application/json")
+            .map_err(e)?;
         req.insert_header("accept", "application/json").map_err(e)?;
         req.insert_header("authorization", format!("Bearer {}", who.token.expose()))
             .map_err(e)?;
@@ -511,9 +591,7 @@ impl ZaiRuntime {
         } else {
             None
         };
-        let chat_id = created_chat
-            .clone()
-            .unwrap_or_else(crate::k2think::uuid_v4);
+        let chat_id = created_chat.clone().unwrap_or_else(crate::k2think::uuid_v4);
         let input = body::CompletionInput {
             chat_id: &chat_id,
             ..input
@@ -539,14 +617,17 @@ impl ZaiRuntime {
             &referer,
         )?;
         let e = |e: Box<pingora::Error>| format!("cannot build the request: {e}");
-        req.insert_header("content-type", "application/json").map_err(e)?;
+        req.insert_header("content-type", "application/json")
+            .map_err(e)?;
         req.insert_header("content-length", payload.len().to_string())
             .map_err(e)?;
-        req.insert_header("accept", "text/event-stream").map_err(e)?;
+        req.insert_header("accept", "text/event-stream")
+            .map_err(e)?;
         req.insert_header("authorization", format!("Bearer {}", who.token.expose()))
             .map_err(e)?;
         req.insert_header("x-fe-version", fe.as_str()).map_err(e)?;
-        req.insert_header("x-signature", signature.as_str()).map_err(e)?;
+        req.insert_header("x-signature", signature.as_str())
+            .map_err(e)?;
         Ok(Call {
             header: req,
             body: Bytes::from(payload),
@@ -569,7 +650,13 @@ pub fn prepare_failure(rt: &ZaiRuntime, message: String) -> Failure {
                 rt.name
             ),
         );
-        return refused("captcha_source", Outcome::RequestRefused(0), false, message, error);
+        return refused(
+            "captcha_source",
+            Outcome::RequestRefused(0),
+            false,
+            message,
+            error,
+        );
     }
     Failure::Network(message)
 }

@@ -735,15 +735,15 @@ impl ZaiDecoder {
             finished: false,
         }
     }
-
-    /// The numeric `code` of the upstream error (426 stale client, 403 model level, 429
-    /// concurrency, …), when it gave one.
-    pub fn error_code(&self) -> Option<i64> {
-        self.core.error_code
-    }
 }
 
 impl Decoder for ZaiDecoder {
+    /// The numeric `code` of the upstream error (426 stale client, 403 model level, 429
+    /// concurrency, …), when it gave one.
+    fn error_code(&self) -> Option<i64> {
+        self.core.error_code
+    }
+
     fn push(&mut self, bytes: &[u8], out: &mut Deltas) {
         if self.finished || self.core.error.is_some() || bytes.is_empty() {
             return;
