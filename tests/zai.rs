@@ -357,6 +357,15 @@ fn ready_metrics_and_the_access_log_name_the_provider() {
     assert_eq!(ready["providers"]["zai"]["kind"], "zai");
     assert_eq!(ready["providers"]["zai"]["ready"], true);
     assert_eq!(ready["providers"]["k2think"]["kind"], "k2think");
+    assert!(ready["providers"]["zai"]["models"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("GLM-4.7")));
+    // The admin API shows the same, loopback without a key.
+    let admin = z.env.get("/admin/providers").json();
+    assert_eq!(admin["data"]["zai"]["mode"], "guest", "{admin}");
+    assert_eq!(admin["data"]["zai"]["guests"]["target"], 2, "{admin}");
+    assert!(!admin.to_string().contains("eyJ"), "no token in {admin}");
     let m = String::from_utf8(z.env.app.metrics().render()).unwrap();
     assert!(
         m.contains("k2proxy_provider_requests_total{provider=\"zai\",status=\"200\"} 1"),
@@ -424,4 +433,72 @@ fn user_mode_checks_each_token_once_and_disables_a_guests() {
         ready["providers"]["zai"]["tokens"]["disabled"], 1,
         "{ready}"
     );
+}
+
+fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn reload_adds_changes_and_removes_a_provider() {
+    let rt = runtime();
+    let zai = rt
+        .block_on(ZaiMock::start(
+            "127.0.0.1:0".parse().unwrap(),
+            ZaiMockConfig::default(),
+        ))
+        .unwrap();
+    let zai_base = zai.base_url();
+    let dir = temp_dir("zai-reload");
+    let path = dir.join("k2proxy.yaml");
+    let config = |base: &str, port: u16, providers: &str| {
+        format!(
+            "server: {{listen: [\"127.0.0.1:{port}\"], threads: 2}}\nupstream: {{base_url: \"{base}\"}}\nlogging: {{access_log: false}}\nmetrics: {{listen: null}}\n{providers}"
+        )
+    };
+    let env = Env::start_file(MockConfig::horizon(), &path, |base, port| {
+        config(base, port, "")
+    });
+    let k2_base = env.mock().base_url();
+    let has = |id: &str| {
+        env.get("/v1/models").json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == id)
+    };
+    assert!(!has("GLM-4.7"));
+
+    // Added: its catalogue appears and serves.
+    let added = format!("providers:\n  zai: {{kind: zai, base_url: \"{zai_base}\", guests: 2}}\n");
+    replace_file(&path, &config(&k2_base, env.port, &added));
+    within(Duration::from_secs(3), "the Z.AI models", || has("GLM-4.7"));
+    let r = env.chat(&chat_body("GLM-4.7", "after reload", false));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(zai.guests_created(), 1);
+
+    // Changed: the new settings apply to the next request (the guest pool starts over).
+    let changed = format!(
+        "providers:\n  zai: {{kind: zai, base_url: \"{zai_base}\", guests: 1, create_chats: false}}\n"
+    );
+    replace_file(&path, &config(&k2_base, env.port, &changed));
+    within(Duration::from_secs(3), "the change", || {
+        matches!(
+            env.app.snapshot().config.providers.get("zai"),
+            Some(ProviderEntry::Zai(z)) if !z.create_chats
+        )
+    });
+    let chats = zai.chats_created();
+    assert_eq!(env.chat(&chat_body("GLM-4.7", "changed", false)).status, 200);
+    assert_eq!(zai.chats_created(), chats, "create_chats: false applies");
+    assert_eq!(zai.guests_created(), 2, "a new runtime, a new guest");
+
+    // Removed: its models are gone; K2Think still serves.
+    replace_file(&path, &config(&k2_base, env.port, ""));
+    within(Duration::from_secs(3), "the removal", || !has("GLM-4.7"));
+    env.chat(&chat_body("GLM-4.7", "gone", false))
+        .assert_error(404, "model_not_found");
+    assert_eq!(env.chat(&chat_body("IFM/K2-Horizon", "k2", false)).status, 200);
 }

@@ -54,6 +54,7 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
             Reply(code, json!({"status": attempt.result, "data": attempt}))
         }
         ("GET", ["config", "status"]) => ok_data(json!(app.reload_status())),
+        ("GET", ["providers"]) => ok_data(json!(app.providers_status(snap))),
         ("GET", ["tokens", "stats"]) => ok_data(stats_json(&app.pool.stats(Instant::now()))),
         ("POST", ["tokens", "reset-all"]) => {
             app.pool.reset_all();
@@ -127,7 +128,7 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
         _ => {
             let known = matches!(
                 segments.as_slice(),
-                ["config", "reload" | "status"] | ["tokens", ..]
+                ["config", "reload" | "status"] | ["tokens", ..] | ["providers"]
             );
             let e = if known {
                 ApiError::new(

@@ -202,19 +202,43 @@ impl App {
         &self.pool
     }
 
-    /// Each Z.AI provider's readiness for `/ready` and the admin API: guest mode is ready
-    /// (guests are made on demand); user mode needs a usable token.
-    pub fn zai_status(&self, snap: &Snapshot) -> Vec<(String, serde_json::Value)> {
-        let mut out = Vec::new();
-        for name in snap.config.providers.keys() {
-            if snap.config.provider_kind(name) != Some("zai") {
+    /// Every provider's readiness and counts, by name, for `/ready` and `/admin/providers`
+    /// (tokens never shown): K2Think in guest mode, or with a usable token; Z.AI in guest
+    /// mode (guests are made on demand), or with a usable user token. Each lists the models
+    /// it serves.
+    pub fn providers_status(&self, snap: &Snapshot) -> serde_json::Map<String, serde_json::Value> {
+        let c = &snap.config;
+        let models = |name: &str| -> Vec<&str> {
+            c.models
+                .iter()
+                .filter(|m| c.model_provider(m) == name)
+                .map(|m| m.id.as_str())
+                .collect()
+        };
+        let mut out = serde_json::Map::new();
+        let stats = self.pool.stats(Instant::now());
+        let user = snap.mode == UpstreamMode::User;
+        let k2 = c.k2think_name();
+        out.insert(
+            k2.to_string(),
+            serde_json::json!({
+                "kind": "k2think",
+                "ready": !user || stats.active > 0,
+                "mode": if user { "user" } else { "guest" },
+                "tokens": {"total": stats.total, "active": stats.active, "cooling": stats.cooling, "disabled": stats.disabled},
+                "models": models(k2),
+            }),
+        );
+        for name in c.providers.keys() {
+            if c.provider_kind(name) != Some("zai") {
                 continue;
             }
-            let status = match self.zai_runtime(snap, name) {
+            let mut status = match self.zai_runtime(snap, name) {
                 Ok(rt) => rt.status(),
                 Err(e) => serde_json::json!({"kind": "zai", "ready": false, "error": e}),
             };
-            out.push((name.clone(), status));
+            status["models"] = serde_json::json!(models(name));
+            out.insert(name.clone(), status);
         }
         out
     }

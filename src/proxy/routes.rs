@@ -81,22 +81,12 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
         Route::Ready => {
             let stats = app.pool().stats(std::time::Instant::now());
             let user = snap.mode == crate::config::UpstreamMode::User;
-            let k2_ready = !user || stats.active > 0;
-            let mut providers = serde_json::Map::new();
-            providers.insert(
-                snap.config.k2think_name().to_string(),
-                json!({
-                    "kind": "k2think",
-                    "ready": k2_ready,
-                    "mode": if user { "user" } else { "guest" },
-                    "tokens": {"total": stats.total, "active": stats.active, "cooling": stats.cooling, "disabled": stats.disabled},
-                }),
-            );
-            let mut ready = k2_ready;
-            for (name, status) in app.zai_status(snap) {
-                ready &= status.get("ready").and_then(serde_json::Value::as_bool) == Some(true);
-                providers.insert(name, status);
-            }
+            let providers = app.providers_status(snap);
+            // Ready when every provider that serves a model is.
+            let ready = providers.values().all(|p| {
+                p["ready"] == json!(true)
+                    || p["models"].as_array().is_some_and(|m| m.is_empty())
+            });
             let body = json!({
                 "status": if ready { "ready" } else { "not_ready" },
                 "mode": if user { "user" } else { "guest" },
