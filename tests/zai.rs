@@ -491,7 +491,10 @@ fn reload_adds_changes_and_removes_a_provider() {
         )
     });
     let chats = zai.chats_created();
-    assert_eq!(env.chat(&chat_body("GLM-4.7", "changed", false)).status, 200);
+    assert_eq!(
+        env.chat(&chat_body("GLM-4.7", "changed", false)).status,
+        200
+    );
     assert_eq!(zai.chats_created(), chats, "create_chats: false applies");
     assert_eq!(zai.guests_created(), 2, "a new runtime, a new guest");
 
@@ -500,5 +503,8 @@ fn reload_adds_changes_and_removes_a_provider() {
     within(Duration::from_secs(3), "the removal", || !has("GLM-4.7"));
     env.chat(&chat_body("GLM-4.7", "gone", false))
         .assert_error(404, "model_not_found");
-    assert_eq!(env.chat(&chat_body("IFM/K2-Horizon", "k2", false)).status, 200);
+    assert_eq!(
+        env.chat(&chat_body("IFM/K2-Horizon", "k2", false)).status,
+        200
+    );
 }

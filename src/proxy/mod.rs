@@ -7,9 +7,9 @@
 //! can still end with an explicit error event. `upstream_peer` is never reached.
 
 mod admin;
-mod chat;
 mod client;
 mod conns;
+mod exchange;
 mod failure;
 mod fetch;
 mod metrics_app;

@@ -319,7 +319,7 @@ impl Prober<'_> {
                 return Check::failed(&name, t.target(stream), why, started.elapsed());
             }
         };
-        let mut payload = super::chat::upstream_payload(self.snap, t.entry, &req, None);
+        let mut payload = super::exchange::upstream_payload(self.snap, t.entry, &req, None);
         payload.stream = stream;
         let body = Bytes::from(payload.to_bytes());
         let head = match upstream::request_header(

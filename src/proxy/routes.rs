@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use pingora::proxy::Session;
 use serde_json::json;
 
-use super::{chat, respond, App, Ctx, Snapshot};
+use super::{exchange, respond, App, Ctx, Snapshot};
 use crate::openai::ApiError;
 use crate::secret::ct_eq;
 use crate::transform::encode::Surface;
@@ -84,8 +84,7 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
             let providers = app.providers_status(snap);
             // Ready when every provider that serves a model is.
             let ready = providers.values().all(|p| {
-                p["ready"] == json!(true)
-                    || p["models"].as_array().is_some_and(|m| m.is_empty())
+                p["ready"] == json!(true) || p["models"].as_array().is_some_and(|m| m.is_empty())
             });
             let body = json!({
                 "status": if ready { "ready" } else { "not_ready" },
@@ -114,9 +113,9 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
             }
         }
         Route::Chat | Route::Messages | Route::Responses => {
-            chat::handle(app, snap, session, ctx).await
+            exchange::handle(app, snap, session, ctx).await
         }
-        Route::CountTokens => chat::count_tokens(snap, session, ctx).await,
+        Route::CountTokens => exchange::count_tokens(snap, session, ctx).await,
     }
 }
 
