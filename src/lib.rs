@@ -8,7 +8,8 @@
 //! stream transforms), `pool` (token pool), `secret` (masked secrets), `probe` (the
 //! upstream checks of `k2proxy probe`: judging and reports), `provider` (the pure codecs
 //! of the other web-chat upstreams), `proxy` (the only module that
-//! touches Pingora), `mock` (the mock K2Think upstream used by tests and benches).
+//! touches Pingora), `mock` (feature `mock` only: the mock upstreams, K2Think and Z.AI, used
+//! by tests, benches and the `k2mock` binary; not in the production binary).
 
 pub mod admin_guard;
 pub mod anthropic;
@@ -19,6 +20,7 @@ pub mod files;
 pub mod k2think;
 pub mod limits;
 pub mod metrics;
+#[cfg(feature = "mock")]
 pub mod mock;
 pub mod openai;
 pub mod pool;

@@ -39,7 +39,7 @@ command -v claude >/dev/null || fail "claude is not installed (npm install -g @a
 command -v curl >/dev/null || fail "curl is needed"
 if [[ ! -x "$BIN/k2proxy" || ! -x "$BIN/k2mock" ]]; then
     echo "building k2proxy and k2mock…"
-    (cd "$ROOT" && cargo build --release --bin k2proxy --bin k2mock)
+    (cd "$ROOT" && cargo build --release --features mock --bin k2proxy --bin k2mock)
 fi
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/k2-claude-code.XXXXXX")

@@ -29,7 +29,7 @@ SANDBOX=${CODEX_SANDBOX:-read-only}
 
 command -v "$CODEX" >/dev/null || { echo "codex not found; install it: npm install -g @openai/codex" >&2; exit 2; }
 if [ ! -x "$BIN/k2proxy" ] || [ ! -x "$BIN/k2mock" ]; then
-    (cd "$ROOT" && cargo build --release --bin k2proxy --bin k2mock)
+    (cd "$ROOT" && cargo build --release --features mock --bin k2proxy --bin k2mock)
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/k2-codex.XXXXXX")

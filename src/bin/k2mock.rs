@@ -2,19 +2,21 @@
 //! k2think` for the old host, `--legacy-host` for its guest path as it answers today: 400)
 //! or Z.AI (`--provider zai`, chat.z.ai: guests, FE version, signed v2 completions).
 //!
-//! cargo run --bin k2mock -- --listen 127.0.0.1:9100 --account me@example.com:secret
+//! Built only with the `mock` feature (the production `k2proxy` binary leaves the mocks out):
+//!
+//! cargo run --features mock --bin k2mock -- --listen 127.0.0.1:9100 --account me@example.com:secret
 //! curl -N http://127.0.0.1:9100/api/chat/completions -H 'Authorization: Bearer tok;pace_ms=100' \
 //!   -d '{"model":"MBZUAI-IFM/K2-Think-v2","stream":true,"messages":[{"role":"user","content":"hi"}]}'
 //!
-//! cargo run --bin k2mock -- --provider zai --listen 127.0.0.1:9200 --require-captcha
+//! cargo run --features mock --bin k2mock -- --provider zai --listen 127.0.0.1:9200 --require-captcha
 //! curl http://127.0.0.1:9200/api/v1/auths/      # a guest token
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use k2proxy::mock::zai::{ZaiMock, ZaiMockConfig};
-use k2proxy::mock::{Account, Delivery, Form, MockConfig, MockServer};
+use k2proxy::mock::zai::ZaiMockConfig;
+use k2proxy::mock::{Account, Delivery, Form, MockConfig, MockUpstream, UpstreamConfig};
 
 const DIRECTIVES_HELP: &str = "\
 DIRECTIVES (later layers win):
@@ -203,47 +205,35 @@ fn zai_config(args: &Args) -> ZaiMockConfig {
     }
 }
 
-async fn run_zai(args: &Args) -> ExitCode {
-    let server = match ZaiMock::start(args.listen, zai_config(args)).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("k2mock: cannot listen on {}: {e}", args.listen);
-            return ExitCode::FAILURE;
-        }
-    };
-    println!(
-        "k2mock (zai, {}) listening on {}",
-        server.fe_version(),
-        server.base_url()
-    );
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        eprintln!("k2mock: waiting for Ctrl-C failed: {e}");
-    }
-    server.shutdown().await;
-    ExitCode::SUCCESS
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    if args.provider == "zai" {
-        return run_zai(&args).await;
-    }
-    let cfg = match config(&args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("k2mock: {e}");
-            return ExitCode::from(2);
+    let cfg = if args.provider == "zai" {
+        UpstreamConfig::Zai(zai_config(&args))
+    } else {
+        match config(&args) {
+            Ok(c) => UpstreamConfig::K2Think(c),
+            Err(e) => {
+                eprintln!("k2mock: {e}");
+                return ExitCode::from(2);
+            }
         }
     };
-    let server = match MockServer::start(args.listen, cfg).await {
+    let server = match MockUpstream::start(args.listen, cfg).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("k2mock: cannot listen on {}: {e}", args.listen);
             return ExitCode::FAILURE;
         }
     };
-    println!("k2mock listening on {}", server.base_url());
+    match &server {
+        MockUpstream::K2Think(_) => println!("k2mock listening on {}", server.base_url()),
+        MockUpstream::Zai(z) => println!(
+            "k2mock (zai, {}) listening on {}",
+            z.fe_version(),
+            server.base_url()
+        ),
+    }
     if let Err(e) = tokio::signal::ctrl_c().await {
         eprintln!("k2mock: waiting for Ctrl-C failed: {e}");
     }

@@ -5,6 +5,8 @@
 //! the old host now does.
 //!
 //! Start it in-process with [`MockServer::start`] or by hand with the `k2mock` binary.
+//! [`zai`] is the Z.AI mock; [`MockUpstream`] starts either (one mock per provider behind one
+//! harness). Only built with the `mock` feature, which tests and benches get on their own.
 //! Every answer is deterministic ([`reply_for`], [`markup_for`]) and shaped by
 //! [`Directives`] taken from the config, the last user message (`[[mock: key=value; ...]]`)
 //! and the bearer token (`name;key=value;...`), later wins.
@@ -18,11 +20,69 @@ mod tests;
 mod util;
 pub mod zai;
 
+use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 pub use directives::{Delivery, Directives, End, Fault, Form, JsonStyle, RetryAfter};
 pub use script::{last_user_text, markup_for, reply_for, DETAIL_EVENT};
 pub use server::MockServer;
+
+/// What to start: one mock per provider (see [`MockUpstream::start`]).
+#[derive(Debug, Clone)]
+pub enum UpstreamConfig {
+    /// K2Think / K2 Horizon ([`MockServer`]).
+    K2Think(MockConfig),
+    /// Z.AI ([`zai::ZaiMock`]).
+    Zai(zai::ZaiMockConfig),
+}
+
+/// A running mock upstream of either provider. The common part (start, address, shutdown) is
+/// here; each mock's own controls (records, gates, front-end version, ...) are on the variant.
+pub enum MockUpstream {
+    K2Think(MockServer),
+    Zai(zai::ZaiMock),
+}
+
+impl MockUpstream {
+    /// Binds `listen` (port 0 picks one) and serves on the current tokio runtime.
+    pub async fn start(listen: SocketAddr, cfg: UpstreamConfig) -> io::Result<MockUpstream> {
+        Ok(match cfg {
+            UpstreamConfig::K2Think(c) => {
+                MockUpstream::K2Think(MockServer::start(listen, c).await?)
+            }
+            UpstreamConfig::Zai(c) => MockUpstream::Zai(zai::ZaiMock::start(listen, c).await?),
+        })
+    }
+
+    /// The provider's config name: `k2think` or `zai`.
+    pub fn provider(&self) -> &'static str {
+        match self {
+            MockUpstream::K2Think(_) => "k2think",
+            MockUpstream::Zai(_) => "zai",
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            MockUpstream::K2Think(m) => m.addr(),
+            MockUpstream::Zai(m) => m.addr(),
+        }
+    }
+
+    /// `http://IP:PORT`
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// Stops accepting and drops every open connection.
+    pub async fn shutdown(self) {
+        match self {
+            MockUpstream::K2Think(m) => m.shutdown().await,
+            MockUpstream::Zai(m) => m.shutdown().await,
+        }
+    }
+}
 
 /// Where sign-in hands out the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
