@@ -37,22 +37,25 @@ use crate::config::ModelEntry;
 use crate::config::{
     EffortPlacement, HostedTools, PayloadStyle, ReasoningOutput, ThinkingBlocks, UpstreamMode,
 };
+use crate::core::error::ApiError;
+use crate::core::events;
 use crate::core::request::{Sampling, Turn};
 use crate::core::Decoder;
-use crate::k2think::{BodyStyle, KwargsPlacement, Payload};
+use crate::core::ReasoningMode;
 use crate::metrics::Metrics;
-use crate::openai::{ApiError, ChatRequest};
+use crate::pipeline::complete::{Completion, CompletionResult};
+use crate::pipeline::stream::ChatStream;
+use crate::pipeline::tools::ToolSet;
 use crate::pool::{Lease, LeaseError, Outcome};
-use crate::responses::{Dialect, Hosted};
+use crate::provider::k2think;
+use crate::provider::k2think::decode::{K2Decoder, UpstreamFormat};
+use crate::provider::k2think::request::{to_k2think, RewriteOptions};
+use crate::provider::k2think::{BodyStyle, KwargsPlacement, Payload};
 use crate::secret::Secret;
-use crate::transform::chunk;
-use crate::transform::complete::{Completion, CompletionResult};
-use crate::transform::encode::{Parsed, Reply, Surface, Wire};
-use crate::transform::files;
-use crate::transform::request::{to_k2think, RewriteOptions};
-use crate::transform::stream::{ChatStream, K2Decoder, ReasoningMode, UpstreamFormat};
-use crate::transform::tokens;
-use crate::transform::tools::ToolSet;
+use crate::surface::chat::files;
+use crate::surface::chat::request::ChatRequest;
+use crate::surface::responses::{Dialect, Hosted};
+use crate::surface::{Parsed, Reply, Surface, Wire};
 
 /// Most upstream bytes read before the answer proves usable; past it the answer is junk.
 const PRECOMMIT_LIMIT: usize = 1 << 20;
@@ -143,7 +146,7 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
     ctx.provider = Some(snap.config.model_provider(model).to_string());
     let reasoning = reasoning_mode(snap, model, thinking);
     let input_tokens = if ctx.surface.reports_input_tokens() {
-        tokens::estimate_input_tokens(&payload)
+        k2think::estimate_input_tokens(&payload)
     } else {
         0
     };
@@ -442,7 +445,7 @@ pub(super) fn upstream_payload(
             },
             tools,
             template: snap.config.tools.prompt_template.as_deref(),
-            thinking_field: crate::k2think::thinking_field(&up_cfg.thinking_field),
+            thinking_field: crate::provider::k2think::thinking_field(&up_cfg.thinking_field),
             default_effort: snap.config.reasoning.effort,
             effort_placement: match snap.config.reasoning.effort_placement {
                 EffortPlacement::ExtraBody => KwargsPlacement::ExtraBody,
@@ -458,7 +461,7 @@ pub async fn count_tokens(snap: &Snapshot, session: &mut Session, ctx: &mut Ctx)
     match prepare(snap, session, ctx, true).await {
         Ok(p) => {
             let body =
-                serde_json::json!({"input_tokens": tokens::estimate_input_tokens(&p.payload)});
+                serde_json::json!({"input_tokens": k2think::estimate_input_tokens(&p.payload)});
             ctx.outcome = "complete";
             let _ = respond::json(session, ctx, 200, body.to_string().into_bytes(), &[]).await;
         }
@@ -959,7 +962,7 @@ impl Job<'_> {
                     &body,
                 ));
             }
-            let detail = crate::k2think::error_detail(&content_type, &body)
+            let detail = crate::provider::k2think::error_detail(&content_type, &body)
                 .map(|d| d.chars().take(500).collect())
                 .unwrap_or_default();
             return Err(Failure::Status {
@@ -1175,7 +1178,7 @@ impl Job<'_> {
                             e.etype().as_str()
                         );
                         live.stream.fail(
-                            chunk::UPSTREAM_STREAM_ERROR,
+                            events::UPSTREAM_STREAM_ERROR,
                             "The upstream connection was lost mid-stream; the answer is incomplete",
                             &mut live.out,
                         );
@@ -1189,7 +1192,7 @@ impl Job<'_> {
                             ctx.request_id
                         );
                         live.stream.fail(
-                            chunk::REQUEST_TIMEOUT,
+                            events::REQUEST_TIMEOUT,
                             &format!(
                                 "The request exceeded limits.request_timeout ({limit}s); the answer is incomplete"
                             ),
@@ -1204,7 +1207,7 @@ impl Job<'_> {
                             ctx.request_id
                         );
                         live.stream.fail(
-                            chunk::UPSTREAM_TIMEOUT,
+                            events::UPSTREAM_TIMEOUT,
                             &format!(
                                 "The upstream sent nothing for {idle:?} (upstream.idle_timeout); the answer is incomplete"
                             ),

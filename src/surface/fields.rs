@@ -7,7 +7,9 @@
 
 use serde_json::{Map, Value};
 
-use crate::openai::{ApiError, Content, Message, Role};
+use crate::core::error::ApiError;
+
+use crate::surface::chat::request::{Content, Message, Role};
 
 /// A JSON object.
 pub type Obj = Map<String, Value>;
@@ -35,7 +37,7 @@ fn kind_of(v: &Value) -> &'static str {
 
 /// The body as a JSON object.
 pub fn root(body: &[u8]) -> Result<Obj, ApiError> {
-    crate::openai::expect_object(body)?;
+    crate::surface::chat::request::expect_object(body)?;
     let root: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}"), None))?;
     match root {
