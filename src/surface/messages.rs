@@ -35,9 +35,8 @@ use crate::pipeline::tokens::Estimate;
 use crate::surface::chat::request::{
     ChatRequest, Content, FunctionCall, Message, Part, Role, Stop,
 };
-use crate::surface::fields::{
-    self, bad, message, number_in, opt_bool, opt_str, req_str, wrong_type, Converted, Obj, Origin,
-};
+use crate::surface::convert::{message, Converted, Origin};
+use crate::surface::fields::{self, bad, number_in, opt_bool, opt_str, req_str, wrong_type, Obj};
 
 // ---------------------------------------------------------------------------------------
 // Request conversion

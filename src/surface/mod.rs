@@ -8,6 +8,7 @@
 use serde_json::{Map, Value};
 
 pub mod chat;
+pub mod convert;
 pub mod fields;
 pub mod messages;
 pub mod responses;
@@ -21,7 +22,7 @@ use crate::pipeline::complete::CompletionResult;
 use crate::pipeline::stream::Usage;
 use crate::surface::chat::request::ChatRequest;
 use crate::surface::chat::stream::ChunkEncoder;
-use crate::surface::fields::Origin;
+use crate::surface::convert::Origin;
 use crate::surface::messages::MessagesEncoder;
 use crate::surface::responses::{Dialect, Hosted, ResponsesEncoder};
 

@@ -43,9 +43,8 @@ use crate::pipeline::complete::CompletionResult;
 use crate::pipeline::stream::Usage;
 use crate::pipeline::tokens::Estimate;
 use crate::surface::chat::request::{ChatRequest, Content, FunctionCall, Message, Part, Role};
-use crate::surface::fields::{
-    self, bad, message, opt_str, req_str, wrong_type, Converted, Obj, Origin,
-};
+use crate::surface::convert::{message, Converted, Origin};
+use crate::surface::fields::{self, bad, opt_str, req_str, wrong_type, Obj};
 use crate::surface::Reply;
 
 // ---------------------------------------------------------------------------------------

@@ -12,19 +12,6 @@ use crate::core::error::ApiError;
 use crate::core::request::Effort;
 use crate::surface::fields;
 
-/// A 400 unless `body` starts (after whitespace) like a JSON object: the first check of
-/// every request surface.
-pub fn expect_object(body: &[u8]) -> Result<(), ApiError> {
-    match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        None => Err(ApiError::invalid("the request body is empty", None)),
-        Some(b'{') => Ok(()),
-        Some(_) => Err(ApiError::invalid(
-            "the request body must be a JSON object",
-            None,
-        )),
-    }
-}
-
 /// `POST /v1/chat/completions` body (the fields we act on, and those we only check).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct ChatRequest {
@@ -334,7 +321,7 @@ impl Content {
 impl ChatRequest {
     /// Parse and validate a request body; the error says which field is wrong.
     pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
-        expect_object(body)?;
+        fields::expect_object(body)?;
         let mut de = serde_json::Deserializer::from_slice(body);
         let req: ChatRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
