@@ -4,7 +4,7 @@
 //! Module map (design.md §2: surfaces × providers around a neutral core):
 //! `core` (the neutral request, events, `Decoder`/`Encoder` seams, the gateway error, ids,
 //! JSON writers; a leaf), `surface` (the client APIs: `chat`, `messages`, `responses`, and
-//! `fields` for hand-converted requests), `pipeline` (the pure middle: stream, collect,
+//! `fields` and `convert` for hand-converted requests), `pipeline` (the pure middle: stream, collect,
 //! split, tool emulation, token estimates), `provider` (one folder per upstream:
 //! `k2think`, `zai`), `sse` (event stream codec), `config` (YAML schema), `admin_guard`
 //! (the admin API's cross-site, Host and forwarding checks), `files` (reading
