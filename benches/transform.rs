@@ -20,18 +20,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, BenchmarkId, Criterion, Throughput};
+use k2proxy::core::ReasoningMode;
 use k2proxy::mock::script::{stream_events, StreamSpec};
 use k2proxy::mock::{Delivery, Directives, Form};
-use k2proxy::openai::ChatRequest;
+use k2proxy::pipeline::complete::Completion;
+use k2proxy::pipeline::split::{Deltas, Splitter};
+use k2proxy::pipeline::stream::ChatStream;
+use k2proxy::pipeline::tools::{function_calls_block, ToolDetector, ToolSet};
+use k2proxy::provider::k2think::decode::{ContentDelivery, StreamOptions, UpstreamFormat};
+use k2proxy::provider::k2think::request::{to_k2think, RewriteOptions};
 use k2proxy::sse;
-use k2proxy::transform::complete::Completion;
-use k2proxy::transform::encode::{Reply, Surface};
-use k2proxy::transform::request::{to_k2think, RewriteOptions};
-use k2proxy::transform::split::{Deltas, Splitter};
-use k2proxy::transform::stream::{
-    ChatStream, ContentDelivery, ReasoningMode, StreamOptions, UpstreamFormat,
-};
-use k2proxy::transform::tools::{function_calls_block, ToolDetector, ToolSet};
+use k2proxy::surface::chat::request::ChatRequest;
+use k2proxy::surface::{Reply, Surface};
 
 const SENTENCES: &[&str] = &[
     "The user asks how to reverse a linked list in Rust.",

@@ -23,7 +23,7 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN, TRANSFER_ENCODING
 use http::{HeaderMap, Method};
 
 use crate::config::AdminSection;
-use crate::openai::ApiError;
+use crate::core::error::ApiError;
 
 /// Headers a reverse proxy adds to say who the client really is.
 const FORWARDING_HEADERS: [&str; 3] = ["x-forwarded-for", "forwarded", "x-real-ip"];

@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::k2think::error_detail;
+use crate::pipeline::complete::Completion;
+use crate::provider::error_message;
+use crate::provider::k2think::decode::{ContentDelivery, K2Decoder, UpstreamFormat};
+use crate::provider::k2think::error_detail;
 use crate::sse::SseDecoder;
-use crate::transform::complete::Completion;
-use crate::transform::stream::{error_message, ContentDelivery, UpstreamFormat};
 
 /// The history every chat check sends: two turns, so a rule about earlier assistant
 /// messages (the thinking field, §0.5 #3) is exercised.
@@ -938,7 +939,7 @@ pub struct AnswerObserver {
     delivery: ContentDelivery,
     framing: Framing,
     format: UpstreamFormat,
-    completion: Option<Completion>,
+    completion: Option<Completion<K2Decoder>>,
     sse: SseDecoder,
     /// The body, while it may still be a JSON document (JSON framing, or SSE framing
     /// before the first event).
@@ -2118,7 +2119,7 @@ mod tests {
     #[test]
     fn request_body_is_the_two_turn_history() {
         let body = chat_request_body("K2-Horizon", true);
-        let req = crate::openai::ChatRequest::parse(&body).unwrap();
+        let req = crate::surface::chat::request::ChatRequest::parse(&body).unwrap();
         assert_eq!(req.model, "K2-Horizon");
         assert!(req.stream);
         assert_eq!(req.messages.len(), 3);

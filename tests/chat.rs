@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{chat_body, expected, tokens, Env, Sse, MODEL, NOTHINK};
 use k2proxy::mock::MockConfig;
-use k2proxy::transform::stream::ContentDelivery;
+use k2proxy::provider::k2think::decode::ContentDelivery;
 use serde_json::{json, Value};
 
 #[test]
@@ -328,7 +328,7 @@ fn usage_counts_reasoning_tokens() {
     let s = env.stream(&body);
     s.assert_well_formed();
     let usage = s.usage().expect("usage chunk");
-    let want = k2proxy::transform::tokens::estimate_tokens(&s.reasoning());
+    let want = k2proxy::pipeline::tokens::estimate_tokens(&s.reasoning());
     assert!(want > 0);
     assert_eq!(
         usage["completion_tokens_details"]["reasoning_tokens"], want,
@@ -344,7 +344,7 @@ fn usage_counts_reasoning_tokens() {
         .unwrap();
     assert_eq!(
         v["usage"]["completion_tokens_details"]["reasoning_tokens"],
-        k2proxy::transform::tokens::estimate_tokens(reasoning),
+        k2proxy::pipeline::tokens::estimate_tokens(reasoning),
         "{v}"
     );
 

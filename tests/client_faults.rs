@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::{chat_body, within, Env, MODEL};
 use k2proxy::config::Config;
 use k2proxy::mock::MockConfig;
-use k2proxy::transform::stream::ContentDelivery;
+use k2proxy::provider::k2think::decode::ContentDelivery;
 
 /// Raw HTTP/1.1 request bytes for a chat completion.
 fn request(prompt: &str, stream: bool) -> Vec<u8> {

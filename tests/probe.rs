@@ -11,8 +11,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{runtime, start_mock, temp_dir, PROXY_BIN};
-use k2proxy::k2think::{HORIZON_MODEL, LEGACY_MODEL};
 use k2proxy::mock::{MockConfig, MockServer};
+use k2proxy::provider::k2think::{HORIZON_MODEL, LEGACY_MODEL};
 use k2proxy::secret::Secret;
 use serde_json::Value;
 

@@ -24,15 +24,20 @@ use contracts::{assemble, check_call, content_of, detect, Assembled, Piece};
 
 const MODEL: &str = "MBZUAI-IFM/K2-Think-v2";
 
-use k2proxy::openai::ChatRequest;
+use k2proxy::pipeline::complete::Completion;
 use k2proxy::sse::{self, SseDecoder, SseError, DEFAULT_MAX_LINE};
-use k2proxy::transform::complete::Completion;
-use k2proxy::transform::files;
+use k2proxy::surface::chat::files;
+use k2proxy::surface::chat::request::ChatRequest;
 
-use k2proxy::transform::stream::{
-    ChatStream, ContentDelivery, ReasoningMode, StreamOptions, UpstreamFormat,
+use k2proxy::pipeline::stream::ChatStream;
+
+use k2proxy::provider::k2think::decode::{
+    ContentDelivery, K2Decoder, StreamOptions, UpstreamFormat,
 };
-use k2proxy::transform::tools::{function_calls_block, parse_block, ToolSet};
+use k2proxy::surface::chat::stream::ChunkEncoder;
+
+use k2proxy::core::ReasoningMode;
+use k2proxy::pipeline::tools::{function_calls_block, parse_block, ToolSet};
 
 // ---------------------------------------------------------------------------
 // Shared helpers.
@@ -557,7 +562,7 @@ fn opts() -> impl Strategy<Value = Opts> {
 }
 
 impl Opts {
-    fn stream(&self) -> ChatStream {
+    fn stream(&self) -> ChatStream<ChunkEncoder, K2Decoder> {
         ChatStream::new(
             StreamOptions {
                 id: "chatcmpl-prop".into(),
@@ -1470,7 +1475,7 @@ proptest! {
 
 #[test]
 fn the_unmutated_requests_are_valid_on_their_surfaces() {
-    use k2proxy::transform::encode::Surface;
+    use k2proxy::surface::Surface;
     for (surface, req) in [
         (Surface::Messages, valid_messages_request()),
         (Surface::Responses, valid_responses_request()),

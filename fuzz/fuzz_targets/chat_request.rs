@@ -9,7 +9,7 @@
 
 mod common;
 
-use k2proxy::transform::files;
+use k2proxy::surface::chat::files;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

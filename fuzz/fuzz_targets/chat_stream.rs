@@ -12,11 +12,11 @@ mod common;
 
 use std::sync::Arc;
 
-use k2proxy::transform::complete::Completion;
-use k2proxy::transform::stream::{
-    ChatStream, ContentDelivery, ReasoningMode, StreamOptions, UpstreamFormat,
-};
-use k2proxy::transform::tools::ToolSet;
+use k2proxy::pipeline::complete::Completion;
+use k2proxy::pipeline::stream::ChatStream;
+use k2proxy::provider::k2think::decode::{ContentDelivery, StreamOptions, UpstreamFormat};
+use k2proxy::core::ReasoningMode;
+use k2proxy::pipeline::tools::ToolSet;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
 

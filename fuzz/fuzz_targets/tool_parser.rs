@@ -11,7 +11,7 @@ mod common;
 
 use std::sync::Arc;
 
-use k2proxy::transform::tools::{parse_block, ToolSet};
+use k2proxy::pipeline::tools::{parse_block, ToolSet};
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 

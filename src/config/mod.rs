@@ -222,13 +222,13 @@ pub struct UpstreamSection {
     /// Browser-like headers sent upstream.
     pub headers: HeaderSection,
     /// The thinking field every assistant message sent upstream carries (the client's own
-    /// reasoning, else `""`): one of [`crate::k2think::THINKING_FIELDS`], or `""` for none.
+    /// reasoning, else `""`): one of [`crate::provider::k2think::THINKING_FIELDS`], or `""` for none.
     #[serde(deserialize_with = "de_string")]
     pub thinking_field: String,
     /// How the upstream's SSE `content` values relate: each the whole text so far
     /// (`cumulative`, K2Think and K2 Horizon), each a new piece (`incremental`), or guessed
     /// from the text (`auto`, fooled by repetitive text). Applies to new requests on reload.
-    pub content_delivery: crate::transform::stream::ContentDelivery,
+    pub content_delivery: crate::provider::k2think::decode::ContentDelivery,
 }
 
 impl Default for UpstreamSection {
@@ -247,7 +247,7 @@ impl Default for UpstreamSection {
             tls_verify: true,
             headers: HeaderSection::default(),
             thinking_field: "reasoning".to_string(),
-            content_delivery: crate::transform::stream::ContentDelivery::Cumulative,
+            content_delivery: crate::provider::k2think::decode::ContentDelivery::Cumulative,
         }
     }
 }
@@ -386,7 +386,8 @@ fn owner() -> String {
 /// host (www.k2think.ai) that host's K2-Think-v2 catalogue.
 pub fn default_models(base_url: &str) -> Vec<ModelEntry> {
     let legacy = UpstreamTarget::parse(base_url).is_ok_and(|t| {
-        t.host.eq_ignore_ascii_case(crate::k2think::LEGACY_HOST)
+        t.host
+            .eq_ignore_ascii_case(crate::provider::k2think::LEGACY_HOST)
             || t.host.eq_ignore_ascii_case("k2think.ai")
     });
     if legacy {
@@ -423,7 +424,7 @@ fn model_entry(
 /// K2 Horizon (text only), with and without reasoning; the K2-Think ids answer as aliases
 /// so that existing clients and configs keep working.
 pub fn horizon_models() -> Vec<ModelEntry> {
-    let up = crate::k2think::HORIZON_MODEL;
+    let up = crate::provider::k2think::HORIZON_MODEL;
     vec![
         model_entry(
             "IFM/K2-Horizon",
@@ -480,7 +481,7 @@ pub fn zai_models(provider: &str) -> Vec<ModelEntry> {
 }
 
 pub fn legacy_models() -> Vec<ModelEntry> {
-    let up = crate::k2think::LEGACY_MODEL;
+    let up = crate::provider::k2think::LEGACY_MODEL;
     vec![
         model_entry(
             up,
@@ -600,7 +601,7 @@ pub struct ReasoningSection {
     pub implicit_think: bool,
     /// Reasoning effort sent when the client asks for none (`low`, `medium`, `high`);
     /// `null`: send none then (the upstream's own default applies).
-    pub effort: Option<crate::openai::Effort>,
+    pub effort: Option<crate::core::request::Effort>,
     /// Where the effort goes in the upstream body.
     pub effort_placement: EffortPlacement,
 }
@@ -610,7 +611,7 @@ impl Default for ReasoningSection {
         ReasoningSection {
             output: ReasoningOutput::ReasoningContent,
             implicit_think: true,
-            effort: Some(crate::openai::Effort::Medium),
+            effort: Some(crate::core::request::Effort::Medium),
             effort_placement: EffortPlacement::ExtraBody,
         }
     }
@@ -1117,12 +1118,12 @@ impl Config {
             }
         }
         let field = self.upstream.thinking_field.as_str();
-        if !field.is_empty() && !crate::k2think::THINKING_FIELDS.contains(&field) {
+        if !field.is_empty() && !crate::provider::k2think::THINKING_FIELDS.contains(&field) {
             return Err((
                 "upstream.thinking_field".to_string(),
                 format!(
                     "`{field}` is not a thinking field the upstream takes; use one of {} (or \"\" for none)",
-                    crate::k2think::THINKING_FIELDS.join(", ")
+                    crate::provider::k2think::THINKING_FIELDS.join(", ")
                 ),
             ));
         }
@@ -1204,7 +1205,7 @@ impl Config {
                     format!("{s} is not an HTTP error status (400-599)"),
                 ));
             }
-            if crate::k2think::refuses_request(*s) {
+            if crate::provider::k2think::refuses_request(*s) {
                 return Err((
                     format!("retry.on_status[{i}]"),
                     format!("{s} is final: the upstream refused the request itself, and the same request would be refused again"),

@@ -1,3 +1,5 @@
+//! Unit tests of the config schema, validation and defaults.
+
 use super::*;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -73,7 +75,7 @@ fn wrong_types_and_values_name_the_key() {
 
 #[test]
 fn content_delivery_defaults_to_cumulative_and_takes_each_reading() {
-    use crate::transform::stream::ContentDelivery;
+    use crate::provider::k2think::decode::ContentDelivery;
     assert_eq!(
         parse("").unwrap().upstream.content_delivery,
         ContentDelivery::Cumulative
@@ -201,7 +203,7 @@ fn the_default_catalogue_follows_the_host() {
     assert!(c
         .models
         .iter()
-        .all(|m| m.upstream == crate::k2think::HORIZON_MODEL && !m.images));
+        .all(|m| m.upstream == crate::provider::k2think::HORIZON_MODEL && !m.images));
     assert!(c.models[0]
         .aliases
         .iter()
@@ -235,7 +237,10 @@ fn origin_and_referer_follow_the_base_url_unless_set() {
 fn thinking_field_effort_and_final_statuses_are_checked() {
     let c = parse("").unwrap();
     assert_eq!(c.upstream.thinking_field, "reasoning");
-    assert_eq!(c.reasoning.effort, Some(crate::openai::Effort::Medium));
+    assert_eq!(
+        c.reasoning.effort,
+        Some(crate::core::request::Effort::Medium)
+    );
     assert_eq!(c.reasoning.effort_placement, EffortPlacement::ExtraBody);
     assert!(parse("upstream:\n  thinking_field: \"\"\n").is_ok());
     assert!(parse("upstream:\n  thinking_field: think_faster\n").is_ok());

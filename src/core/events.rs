@@ -180,3 +180,20 @@ impl Usage {
         })
     }
 }
+
+/// Error-event code for an upstream that broke off or sent an error mid-stream.
+pub const UPSTREAM_STREAM_ERROR: &str = "upstream_stream_error";
+/// Error-event code for an upstream that went silent for `upstream.idle_timeout`.
+pub const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
+/// Error-event code for a request that ran past `limits.request_timeout`.
+pub const REQUEST_TIMEOUT: &str = "request_timeout";
+
+/// One parsed call, in OpenAI terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    /// `call_` + 24 ASCII letters/digits.
+    pub id: String,
+    pub name: String,
+    /// A JSON object, serialized.
+    pub arguments: String,
+}

@@ -1,9 +1,16 @@
 //! The neutral model every surface and provider meets in: the request as turns
-//! ([`request`]), decoded events ([`events`]) and the decoder seam ([`decode`]). A leaf: it imports nothing else from the crate.
+//! ([`request`]), decoded events ([`events`]), the decoder and encoder seams ([`decode`],
+//! [`encode`]), the gateway error ([`error`]), ids ([`ids`]) and JSON writers ([`json`]).
+//! A leaf: it imports nothing else from the crate.
 
 pub mod decode;
+pub mod encode;
+pub mod error;
 pub mod events;
+pub mod ids;
+pub mod json;
 pub mod request;
 
 pub use decode::Decoder;
-pub use events::{CompletionTokensDetails, Delta, Deltas, Usage};
+pub use encode::{Encoder, ReasoningMode};
+pub use events::{CompletionTokensDetails, Delta, Deltas, ToolCall, Usage};

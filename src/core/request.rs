@@ -2,7 +2,7 @@
 //! reads: the conversation as turns (role, text or parts with images, an assistant turn's
 //! thinking) and the sampling parameters. Serialized, a turn is an OpenAI-style message.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One message of the upstream's history. An assistant message carries its thinking
 /// (the client's own reasoning, else `""`, never `null`) under the configured field name:
@@ -73,4 +73,45 @@ pub struct Sampling {
     pub frequency_penalty: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<i64>,
+}
+
+/// How hard the model reasons: the upstream's `chat_template_kwargs.reasoning_effort`
+/// (k2think-protocol.md §0.5 #4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effort {
+    Low,
+    Medium,
+    High,
+}
+
+impl Effort {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effort::Low => "low",
+            Effort::Medium => "medium",
+            Effort::High => "high",
+        }
+    }
+
+    /// A client's effort name, as OpenAI and Anthropic spell them, onto the three levels:
+    /// `none`, `minimal` and `low` → low; `medium`; `high`, `xhigh` and `max` → high.
+    pub fn from_client(name: &str) -> Option<Effort> {
+        Some(match name {
+            "none" | "minimal" | "low" => Effort::Low,
+            "medium" => Effort::Medium,
+            "high" | "xhigh" | "max" => Effort::High,
+            _ => return None,
+        })
+    }
+
+    /// An Anthropic thinking budget (`thinking.budget_tokens`) onto the three levels:
+    /// up to 4,096 tokens low, up to 16,384 medium, more high.
+    pub fn from_budget(tokens: u64) -> Effort {
+        match tokens {
+            0..=4096 => Effort::Low,
+            4097..=16_384 => Effort::Medium,
+            _ => Effort::High,
+        }
+    }
 }

@@ -163,7 +163,7 @@ impl MockConfig {
     pub fn horizon() -> MockConfig {
         MockConfig {
             defaults: Directives::horizon(),
-            models: vec![crate::k2think::HORIZON_MODEL.to_string()],
+            models: vec![crate::provider::k2think::HORIZON_MODEL.to_string()],
             ..MockConfig::default()
         }
     }

@@ -534,7 +534,7 @@ fn thinking_violation(messages: &Value) -> Option<String> {
         if m.get("role").and_then(Value::as_str) != Some("assistant") {
             return None;
         }
-        let fields = crate::k2think::THINKING_FIELDS;
+        let fields = crate::provider::k2think::THINKING_FIELDS;
         let null = fields
             .iter()
             .find(|f| m.get(**f).is_some_and(Value::is_null));

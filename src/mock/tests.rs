@@ -1049,8 +1049,7 @@ async fn shutdown_drops_open_streams() {
 
 /// A Horizon chat body: `messages` as given, `model` K2 Horizon, optional extra fields.
 fn horizon_body(messages: Value, extra: Value) -> Vec<u8> {
-    let mut v =
-        json!({"model": crate::k2think::HORIZON_MODEL, "stream": true, "messages": messages});
+    let mut v = json!({"model": crate::provider::k2think::HORIZON_MODEL, "stream": true, "messages": messages});
     if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
         o.extend(e.clone());
     }
@@ -1112,7 +1111,7 @@ async fn horizon_personality_answers_like_chat_ifm_ai() {
             "{detail}"
         );
     }
-    for field in crate::k2think::THINKING_FIELDS {
+    for field in crate::provider::k2think::THINKING_FIELDS {
         let msgs = json!([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", field: ""}, {"role": "user", "content": "q2"}]);
         let c = horizon_chat(m.addr(), &horizon_body(msgs, json!({}))).await;
         assert_eq!(c.parsed().status, 200, "{field}");

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::{respond, App, Ctx, Snapshot};
 use crate::admin_guard;
-use crate::openai::ApiError;
+use crate::core::error::ApiError;
 use crate::pool::{PoolStats, Source};
 use crate::secret::{ct_eq, Secret};
 

@@ -47,7 +47,7 @@ use tokio::time::Sleep;
 
 use super::{App, Held, K2Proxy};
 use crate::config::LimitsSection;
-use crate::openai::ApiError;
+use crate::core::error::ApiError;
 
 /// What part of an HTTP/1 exchange a connection is in, as seen from its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

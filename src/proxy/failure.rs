@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use crate::k2think::refuses_request;
-use crate::openai::ApiError;
+use crate::core::error::ApiError;
+use crate::core::events;
 use crate::pool::Outcome;
-use crate::transform::chunk;
+use crate::provider::k2think::refuses_request;
 
 /// Why an attempt failed, before the client saw a byte.
 #[derive(Debug)]
@@ -158,7 +158,7 @@ impl Failure {
             Failure::Cut(_) => ApiError::new(
                 502,
                 "upstream_error",
-                chunk::UPSTREAM_STREAM_ERROR,
+                events::UPSTREAM_STREAM_ERROR,
                 format!("{up}'s answer broke off before it was complete ({what})"),
             ),
             Failure::Unusable(_) => ApiError::new(
@@ -278,7 +278,7 @@ mod tests {
         let e = Failure::Timeout("the answer").client_error("K2Think", || None);
         assert_eq!((e.status, e.code.unwrap_or("")), (504, "upstream_timeout"));
         let e = Failure::Cut("gone".into()).client_error("K2Think", || None);
-        assert_eq!(e.code, Some(chunk::UPSTREAM_STREAM_ERROR));
+        assert_eq!(e.code, Some(events::UPSTREAM_STREAM_ERROR));
         let e = pool_exhausted(Some(Duration::from_millis(10)));
         assert_eq!((e.status, e.retry_after), (503, Some(1)));
     }

@@ -417,7 +417,7 @@ pub struct Ctx {
     pub request_id: String,
     pub route: &'static str,
     /// The API the request came in on: shapes its answer and its errors.
-    pub surface: crate::transform::encode::Surface,
+    pub surface: crate::surface::Surface,
     pub key_name: Option<String>,
     pub model: Option<String>,
     /// The provider (its name under `providers`) that served the request.
@@ -471,7 +471,7 @@ impl ProxyHttp for K2Proxy {
             started: Instant::now(),
             request_id: String::new(),
             route: "-",
-            surface: crate::transform::encode::Surface::Chat,
+            surface: crate::surface::Surface::Chat,
             key_name: None,
             model: None,
             provider: None,

@@ -16,11 +16,11 @@ use pingora::protocols::http::client::HttpSession;
 
 use super::{upstream, Snapshot};
 use crate::config::{Config, ModelEntry, UpstreamMode};
-use crate::openai::ChatRequest;
 use crate::probe::{
     chat_check_name, chat_request_body, AnswerObserver, BodyEnd, Check, Report, Target,
 };
 use crate::secret::Secret;
+use crate::surface::chat::request::ChatRequest;
 use crate::tokens_file;
 
 /// After an end marker, how long to wait for the body to end (as requests do); a stall or

@@ -9,7 +9,7 @@ use pingora::proxy::Session;
 use pingora::Result;
 
 use super::Ctx;
-use crate::openai::ApiError;
+use crate::core::error::ApiError;
 
 /// A complete JSON response with `Content-Length` (keeps the connection reusable).
 ///

@@ -6,10 +6,10 @@ use pingora::proxy::Session;
 use serde_json::json;
 
 use super::{exchange, respond, App, Ctx, Snapshot};
-use crate::openai::ApiError;
+use crate::core::error::ApiError;
 use crate::secret::ct_eq;
-use crate::transform::encode::Surface;
-use crate::transform::files::percent_decode;
+use crate::surface::chat::files::percent_decode;
+use crate::surface::Surface;
 
 pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut Ctx) {
     let method = session.req_header().method.as_str().to_string();

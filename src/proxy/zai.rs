@@ -17,8 +17,8 @@ use super::fetch::{self, Fetched, PeerSettings};
 use super::App;
 use crate::config::providers::{CaptchaSourceKind, ZaiMode, ZaiSection};
 use crate::config::UpstreamTarget;
+use crate::core::error::ApiError;
 use crate::core::request::{Sampling, Turn};
-use crate::openai::ApiError;
 use crate::pool::{Lease, LeaseError, Outcome, Pool, PoolSettings, Source};
 use crate::provider::zai::classify::{classify, classify_inline, Refusal};
 use crate::provider::zai::{body, fe_version, sign};
@@ -569,8 +569,8 @@ impl ZaiRuntime {
         let fe = self.fe_version(app).await?;
         let captcha = self.captcha(app).await?;
         let now = now_ms();
-        let message_id = crate::k2think::uuid_v4();
-        let user_message_id = crate::k2think::uuid_v4();
+        let message_id = crate::core::ids::uuid_v4();
+        let user_message_id = crate::core::ids::uuid_v4();
         let input = body::CompletionInput {
             upstream_model: ask.upstream_model,
             model: ask.model,
@@ -591,14 +591,16 @@ impl ZaiRuntime {
         } else {
             None
         };
-        let chat_id = created_chat.clone().unwrap_or_else(crate::k2think::uuid_v4);
+        let chat_id = created_chat
+            .clone()
+            .unwrap_or_else(crate::core::ids::uuid_v4);
         let input = body::CompletionInput {
             chat_id: &chat_id,
             ..input
         };
         let payload = body::completion_body(&input);
         let prompt = body::signature_prompt(ask.turns);
-        let request_id = crate::k2think::uuid_v4();
+        let request_id = crate::core::ids::uuid_v4();
         let signature = sign::signature(&request_id, now, &who.user_id, &prompt);
         let query = sign::completion_query(&sign::QueryInput {
             request_id: &request_id,

@@ -253,7 +253,7 @@ impl Env {
         let legacy = !mock_cfg
             .models
             .iter()
-            .any(|m| m == k2proxy::k2think::HORIZON_MODEL);
+            .any(|m| m == k2proxy::provider::k2think::HORIZON_MODEL);
         let mock = start_mock(&rt, mock_cfg);
         let base = mock.base_url();
         let mut env = Env::start_with(rt, |c| {

@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
-use k2proxy::k2think::BodyStyle;
-use k2proxy::openai::ChatRequest;
+use k2proxy::pipeline::tools::{ToolChoice, ToolDetector, ToolPiece, ToolSet};
+use k2proxy::provider::k2think::request::{to_k2think, RewriteOptions};
+use k2proxy::provider::k2think::BodyStyle;
 use k2proxy::sse::{SseDecoder, DEFAULT_MAX_LINE};
-use k2proxy::transform::encode::Surface;
-use k2proxy::transform::files;
-use k2proxy::transform::request::{to_k2think, RewriteOptions};
-use k2proxy::transform::tools::{ToolChoice, ToolDetector, ToolPiece, ToolSet};
+use k2proxy::surface::chat::files;
+use k2proxy::surface::chat::request::ChatRequest;
+use k2proxy::surface::Surface;
 use serde_json::{json, Value};
 
 /// What a client assembles from our SSE output.

@@ -50,7 +50,7 @@ pub enum ToolStyle {
     Gfa,
     /// An inline `{"tool_calls":[{…,"function":{"name":…,"arguments":"<json>"}}]}` object.
     Json,
-    /// k2proxy's own emulation format (`src/transform/tools.rs`): the request's trigger
+    /// k2proxy's own emulation format (`src/pipeline/tools.rs`): the request's trigger
     /// `<Function_XXXX_Start/>`, then a `<function_calls>` block. Without a trigger in the
     /// request the answer stays the echo.
     K2,

@@ -60,9 +60,9 @@ use serde_json::{Map, Value};
 
 use crate::core::events::{Deltas, Usage};
 use crate::core::Decoder;
+use crate::pipeline::split::Splitter;
+use crate::provider::error_message;
 use crate::sse::SseDecoder;
-use crate::transform::split::Splitter;
-use crate::transform::stream::error_message;
 
 /// Longest search citation (bytes, brackets included) that is recognised; a `【` without
 /// its `】` within this many bytes is text.

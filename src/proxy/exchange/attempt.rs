@@ -16,13 +16,14 @@ use pingora::ErrorType;
 use super::super::failure::{pool_exhausted, Failure};
 use super::super::{upstream, App, Ctx};
 use crate::config::UpstreamMode;
+use crate::core::error::ApiError;
 use crate::core::Decoder;
-use crate::openai::ApiError;
+use crate::pipeline::complete::Completion;
+use crate::pipeline::stream::ChatStream;
 use crate::pool::{LeaseError, Outcome};
+use crate::provider::k2think::decode::{K2Decoder, UpstreamFormat};
 use crate::proxy::zai::{Ask, NoIdentity};
 use crate::secret::Secret;
-use crate::transform::complete::Completion;
-use crate::transform::stream::{ChatStream, K2Decoder, UpstreamFormat};
 
 use super::*;
 
@@ -355,7 +356,7 @@ impl Job<'_> {
                     &body,
                 ));
             }
-            let detail = crate::k2think::error_detail(&content_type, &body)
+            let detail = crate::provider::k2think::error_detail(&content_type, &body)
                 .map(|d| d.chars().take(500).collect())
                 .unwrap_or_default();
             return Err(Failure::Status {

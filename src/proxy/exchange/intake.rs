@@ -11,14 +11,14 @@ use pingora::proxy::Session;
 use super::super::{respond, routes, App, Ctx, Snapshot};
 use crate::config::ModelEntry;
 use crate::config::{EffortPlacement, HostedTools, PayloadStyle};
-use crate::k2think::{BodyStyle, KwargsPlacement, Payload};
-use crate::openai::{ApiError, ChatRequest};
-use crate::responses::{Dialect, Hosted};
-use crate::transform::encode::Parsed;
-use crate::transform::files;
-use crate::transform::request::{to_k2think, RewriteOptions};
-use crate::transform::tokens;
-use crate::transform::tools::ToolSet;
+use crate::core::error::ApiError;
+use crate::pipeline::tools::ToolSet;
+use crate::provider::k2think::request::{to_k2think, RewriteOptions};
+use crate::provider::k2think::{BodyStyle, KwargsPlacement, Payload};
+use crate::surface::chat::files;
+use crate::surface::chat::request::ChatRequest;
+use crate::surface::responses::{Dialect, Hosted};
+use crate::surface::Parsed;
 
 /// A request read, parsed (per its surface), checked and rewritten for K2Think.
 pub(super) struct Prepared<'s> {
@@ -191,7 +191,7 @@ pub(in crate::proxy) fn upstream_payload(
             },
             tools,
             template: snap.config.tools.prompt_template.as_deref(),
-            thinking_field: crate::k2think::thinking_field(&up_cfg.thinking_field),
+            thinking_field: crate::provider::k2think::thinking_field(&up_cfg.thinking_field),
             default_effort: snap.config.reasoning.effort,
             effort_placement: match snap.config.reasoning.effort_placement {
                 EffortPlacement::ExtraBody => KwargsPlacement::ExtraBody,
@@ -206,8 +206,7 @@ pub(in crate::proxy) fn upstream_payload(
 pub async fn count_tokens(snap: &Snapshot, session: &mut Session, ctx: &mut Ctx) {
     match prepare(snap, session, ctx, true).await {
         Ok(p) => {
-            let body =
-                serde_json::json!({"input_tokens": tokens::estimate_input_tokens(&p.payload)});
+            let body = serde_json::json!({"input_tokens": crate::provider::k2think::estimate_input_tokens(&p.payload)});
             ctx.outcome = "complete";
             let _ = respond::json(session, ctx, 200, body.to_string().into_bytes(), &[]).await;
         }

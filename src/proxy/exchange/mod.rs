@@ -34,17 +34,18 @@ use super::zai::{Identity, ZaiRuntime};
 use super::{respond, App, Ctx, Snapshot};
 use crate::config::ModelEntry;
 use crate::config::{ReasoningOutput, ThinkingBlocks};
+use crate::core::error::ApiError;
 use crate::core::request::{Sampling, Turn};
 use crate::core::Decoder;
-use crate::k2think::Payload;
-use crate::openai::{ApiError, ChatRequest};
+use crate::core::ReasoningMode;
+use crate::pipeline::complete::{Completion, CompletionResult};
+use crate::pipeline::stream::ChatStream;
+use crate::pipeline::tools::ToolSet;
 use crate::pool::Lease;
+use crate::provider::k2think::Payload;
 use crate::secret::Secret;
-use crate::transform::complete::{Completion, CompletionResult};
-use crate::transform::encode::{Reply, Surface, Wire};
-use crate::transform::stream::{ChatStream, ReasoningMode};
-use crate::transform::tokens;
-use crate::transform::tools::ToolSet;
+use crate::surface::chat::request::ChatRequest;
+use crate::surface::{Reply, Surface, Wire};
 
 pub use intake::count_tokens;
 pub(super) use intake::upstream_payload;
@@ -140,7 +141,7 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
     ctx.provider = Some(snap.config.model_provider(model).to_string());
     let reasoning = reasoning_mode(snap, model, thinking);
     let input_tokens = if ctx.surface.reports_input_tokens() {
-        tokens::estimate_input_tokens(&payload)
+        crate::provider::k2think::estimate_input_tokens(&payload)
     } else {
         0
     };

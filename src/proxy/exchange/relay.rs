@@ -14,9 +14,9 @@ use pingora::proxy::Session;
 use pingora::ErrorType;
 
 use super::super::Ctx;
+use crate::core::events;
 use crate::core::Decoder;
 use crate::metrics::Metrics;
-use crate::transform::chunk;
 
 use super::attempt::release;
 use super::*;
@@ -119,7 +119,7 @@ impl Job<'_> {
                             e.etype().as_str()
                         );
                         live.stream.fail(
-                            chunk::UPSTREAM_STREAM_ERROR,
+                            events::UPSTREAM_STREAM_ERROR,
                             "The upstream connection was lost mid-stream; the answer is incomplete",
                             &mut live.out,
                         );
@@ -133,7 +133,7 @@ impl Job<'_> {
                             ctx.request_id
                         );
                         live.stream.fail(
-                            chunk::REQUEST_TIMEOUT,
+                            events::REQUEST_TIMEOUT,
                             &format!(
                                 "The request exceeded limits.request_timeout ({limit}s); the answer is incomplete"
                             ),
@@ -148,7 +148,7 @@ impl Job<'_> {
                             ctx.request_id
                         );
                         live.stream.fail(
-                            chunk::UPSTREAM_TIMEOUT,
+                            events::UPSTREAM_TIMEOUT,
                             &format!(
                                 "The upstream sent nothing for {idle:?} (upstream.idle_timeout); the answer is incomplete"
                             ),

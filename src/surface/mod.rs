@@ -1,69 +1,30 @@
-//! The one seam between the shared stream transformer and each API surface.
-//!
-//! [`ChatStream`](super::stream::ChatStream) decodes the upstream body, splits reasoning from
-//! content and detects tool calls once, for every surface; an [`Encoder`] turns what it
-//! found into one surface's wire events. OpenAI chat chunks are
-//! [`ChunkEncoder`](super::chunk::ChunkEncoder); [`Wire`] picks the surface per request.
+//! The client APIs side by side: OpenAI chat ([`chat`]), Anthropic Messages ([`messages`])
+//! and OpenAI Responses ([`responses`]), with [`fields`] for the hand-converted requests.
 //!
 //! [`Surface`] is everything the proxy needs to know per API: how to read a request, which
-//! encoder writes its stream, how its non-stream answer and its errors look.
+//! encoder writes its stream ([`Wire`], one [`Encoder`] per surface), how its non-stream
+//! answer and its errors look. The shared middle is [`crate::pipeline`].
 
-use rand::distributions::Alphanumeric;
-use rand::Rng;
 use serde_json::{Map, Value};
 
-use crate::anthropic::{self, MessagesEncoder};
-use crate::fields::Origin;
-use crate::openai::{ApiError, ChatRequest};
-use crate::responses::{self, Dialect, Hosted, ResponsesEncoder};
-use crate::transform::chunk::ChunkEncoder;
-use crate::transform::complete::CompletionResult;
-use crate::transform::stream::{ReasoningMode, Usage};
-use crate::transform::tools::ToolCall;
+pub mod chat;
+pub mod convert;
+pub mod fields;
+pub mod messages;
+pub mod responses;
 
-/// Writes one response's events for one API surface.
-pub trait Encoder {
-    /// The opening event(s), before anything else.
-    fn start(&mut self, out: &mut Vec<u8>);
-    /// A piece of reasoning.
-    fn reasoning(&mut self, text: &str, out: &mut Vec<u8>);
-    /// A piece of the answer.
-    fn content(&mut self, text: &str, out: &mut Vec<u8>);
-    /// A whole tool call (the `index`-th of this answer).
-    fn tool_call(&mut self, index: usize, call: &ToolCall, out: &mut Vec<u8>);
-    /// The clean end: `finish_reason` as OpenAI names it (`stop`, `tool_calls`, `length`,
-    /// …) and the upstream's usage when it gave one.
-    fn finish(&mut self, finish_reason: &str, usage: Option<&Usage>, out: &mut Vec<u8>);
-    /// The error ending (the answer is incomplete): never a normal end after it.
-    fn error(&mut self, code: &str, message: &str, out: &mut Vec<u8>);
-    /// Whether any reasoning, content or tool call was written.
-    fn output_started(&self) -> bool;
-}
-
-/// A boxed encoder is one too.
-impl<E: Encoder + ?Sized> Encoder for Box<E> {
-    fn start(&mut self, out: &mut Vec<u8>) {
-        (**self).start(out)
-    }
-    fn reasoning(&mut self, text: &str, out: &mut Vec<u8>) {
-        (**self).reasoning(text, out)
-    }
-    fn content(&mut self, text: &str, out: &mut Vec<u8>) {
-        (**self).content(text, out)
-    }
-    fn tool_call(&mut self, index: usize, call: &ToolCall, out: &mut Vec<u8>) {
-        (**self).tool_call(index, call, out)
-    }
-    fn finish(&mut self, finish_reason: &str, usage: Option<&Usage>, out: &mut Vec<u8>) {
-        (**self).finish(finish_reason, usage, out)
-    }
-    fn error(&mut self, code: &str, message: &str, out: &mut Vec<u8>) {
-        (**self).error(code, message, out)
-    }
-    fn output_started(&self) -> bool {
-        (**self).output_started()
-    }
-}
+use crate::core::error::ApiError;
+use crate::core::events::ToolCall;
+use crate::core::ids::random_id;
+use crate::core::Encoder;
+use crate::core::ReasoningMode;
+use crate::pipeline::complete::CompletionResult;
+use crate::pipeline::stream::Usage;
+use crate::surface::chat::request::ChatRequest;
+use crate::surface::chat::stream::ChunkEncoder;
+use crate::surface::convert::Origin;
+use crate::surface::messages::MessagesEncoder;
+use crate::surface::responses::{Dialect, Hosted, ResponsesEncoder};
 
 /// The API a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -137,7 +98,7 @@ impl Surface {
                 hosted: Vec::new(),
             },
             Surface::Messages => {
-                let r = anthropic::parse_request(body, count_tokens)?;
+                let r = messages::parse_request(body, count_tokens)?;
                 Parsed {
                     req: r.chat,
                     echo: Map::new(),
@@ -190,7 +151,7 @@ impl Surface {
             Surface::Chat => {
                 result.to_json(&reply.id, reply.created, &reply.model, reply.reasoning)
             }
-            Surface::Messages => anthropic::message_json(
+            Surface::Messages => messages::message_json(
                 result,
                 &reply.id,
                 &reply.model,
@@ -205,22 +166,9 @@ impl Surface {
     pub fn error_body(self, e: &ApiError) -> Vec<u8> {
         match self {
             Surface::Chat | Surface::Responses => e.body(),
-            Surface::Messages => anthropic::error_body(e),
+            Surface::Messages => messages::error_body(e),
         }
     }
-}
-
-/// `prefix` + 24 random ASCII letters and digits (answer and tool-call ids).
-pub fn random_id(prefix: &str) -> String {
-    let mut id = String::with_capacity(prefix.len() + 24);
-    id.push_str(prefix);
-    id.extend(
-        rand::thread_rng()
-            .sample_iter(&Alphanumeric)
-            .take(24)
-            .map(char::from),
-    );
-    id
 }
 
 /// The encoder of the surface a request came in on.
@@ -280,9 +228,9 @@ impl Encoder for Wire {
 pub(crate) mod testing {
     use serde_json::Value;
 
+    use crate::core::events::ToolCall;
+    use crate::pipeline::complete::CompletionResult;
     use crate::sse::SseDecoder;
-    use crate::transform::complete::CompletionResult;
-    use crate::transform::tools::ToolCall;
 
     /// A non-stream result with no usage.
     pub fn result(

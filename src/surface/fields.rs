@@ -2,12 +2,25 @@
 //! hand (Anthropic Messages, OpenAI Responses): every 400 names the exact field, as
 //! `param` and at the start of the message (`messages[2].content[0].source: is required`).
 //! The `check_*` readers also check the fields the chat surface takes but does not use
-//! (`user`, `metadata`, …). [`Origin`] names a converted message or part by its place in
-//! the client's own body, for the checks that run after the conversion.
+//! (`user`, `metadata`, …); [`expect_object`] is every surface's first check. The
+//! converted messages and where each came from are [`crate::surface::convert`]'s.
 
 use serde_json::{Map, Value};
 
-use crate::openai::{ApiError, Content, Message, Role};
+use crate::core::error::ApiError;
+
+/// A 400 unless `body` starts (after whitespace) like a JSON object: the first check of
+/// every request surface.
+pub fn expect_object(body: &[u8]) -> Result<(), ApiError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => Err(ApiError::invalid("the request body is empty", None)),
+        Some(b'{') => Ok(()),
+        Some(_) => Err(ApiError::invalid(
+            "the request body must be a JSON object",
+            None,
+        )),
+    }
+}
 
 /// A JSON object.
 pub type Obj = Map<String, Value>;
@@ -35,7 +48,7 @@ fn kind_of(v: &Value) -> &'static str {
 
 /// The body as a JSON object.
 pub fn root(body: &[u8]) -> Result<Obj, ApiError> {
-    crate::openai::expect_object(body)?;
+    expect_object(body)?;
     let root: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}"), None))?;
     match root {
@@ -305,143 +318,6 @@ pub fn result_text(texts: &[&str], images: usize, from: &str) -> String {
         ));
     }
     text
-}
-
-/// Where the messages and parts of a converted request came from in the client's body: the
-/// converted `messages[2].content[1]` is the client's `input[3].content[1]`. Checks that run
-/// after the conversion (files, images, tool names, the message count) name the client's
-/// field through [`Origin::error`]. The chat surface's own request is not converted:
-/// [`Origin::default`] leaves every error as it is.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Origin {
-    /// The client's name of the message list (`messages`, `input`); empty: the chat surface.
-    list: &'static str,
-    messages: Vec<MessageOrigin>,
-    /// The client's path of each converted tool, when the conversion did not keep one tool
-    /// per client tool (Responses namespaces are flattened); empty: `tools[i]` is the
-    /// client's `tools[i]`.
-    tools: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct MessageOrigin {
-    /// The client's path of the item the message came from.
-    at: String,
-    /// The client's path of each part of the message's content.
-    parts: Vec<String>,
-}
-
-impl Origin {
-    /// The origin of messages converted from the client's list named `list`.
-    pub fn of(list: &'static str) -> Origin {
-        Origin {
-            list,
-            messages: Vec::new(),
-            tools: Vec::new(),
-        }
-    }
-
-    /// The client's path of each converted tool, in order (`tools[4].tools[1]`,
-    /// `input[0].tools[2]`).
-    pub fn set_tools(&mut self, paths: Vec<String>) {
-        self.tools = paths;
-    }
-
-    /// The client's path for `param`, a path of the converted request.
-    pub fn path(&self, param: &str) -> String {
-        if self.list.is_empty() {
-            return param.to_string();
-        }
-        // Tools are flat objects on both converted surfaces (`tools[0].name`).
-        if param.starts_with("tools[") || param.starts_with("tool_choice") {
-            let converted = param.strip_prefix("tools").and_then(index);
-            if let Some((p, rest)) =
-                converted.and_then(|(i, rest)| Some((self.tools.get(i)?, rest)))
-            {
-                return format!("{p}{}", rest.replacen(".function.", ".", 1));
-            }
-            return param.replacen(".function.", ".", 1);
-        }
-        let Some(rest) = param.strip_prefix("messages") else {
-            return param.to_string();
-        };
-        let Some((i, rest)) = index(rest) else {
-            return format!("{}{rest}", self.list);
-        };
-        let Some(m) = self.messages.get(i) else {
-            return self.list.to_string();
-        };
-        match rest.strip_prefix(".content").and_then(index) {
-            Some((j, rest)) => match m.parts.get(j) {
-                Some(p) => format!("{p}{rest}"),
-                None => m.at.clone(),
-            },
-            None => m.at.clone(),
-        }
-    }
-
-    /// `e` naming the client's field: `param` mapped by [`Origin::path`] and, on the
-    /// converted surfaces, the message starting with it as every other 400 there does
-    /// (Anthropic errors carry no `param`).
-    pub fn error(&self, mut e: ApiError) -> ApiError {
-        if self.list.is_empty() {
-            return e;
-        }
-        if let Some(p) = e.param.take() {
-            let path = self.path(&p);
-            if !e.message.starts_with(&format!("{path}:")) {
-                e.message = format!("{path}: {}", e.message);
-            }
-            e.param = Some(path);
-        }
-        e
-    }
-}
-
-/// `[3]…` → (3, `…`).
-fn index(s: &str) -> Option<(usize, &str)> {
-    let s = s.strip_prefix('[')?;
-    let end = s.find(']')?;
-    Some((s[..end].parse().ok()?, &s[end + 1..]))
-}
-
-/// The messages a conversion makes, each with where it came from ([`Origin`]).
-#[derive(Debug, Default)]
-pub struct Converted {
-    pub messages: Vec<Message>,
-    pub origin: Origin,
-}
-
-impl Converted {
-    /// An empty conversion of the client's list named `list`.
-    pub fn of(list: &'static str) -> Converted {
-        Converted {
-            messages: Vec::new(),
-            origin: Origin::of(list),
-        }
-    }
-
-    /// Add `m`, made from the client's item at `at`, whose parts come from `parts`.
-    pub fn push(&mut self, m: Message, at: impl Into<String>, parts: Vec<String>) {
-        self.messages.push(m);
-        self.origin.messages.push(MessageOrigin {
-            at: at.into(),
-            parts,
-        });
-    }
-}
-
-/// A message with no name, tool calls or tool-call id.
-pub fn message(role: Role, content: Content) -> Message {
-    Message {
-        role,
-        content,
-        name: None,
-        tool_calls: Vec::new(),
-        tool_call_id: None,
-        reasoning_content: None,
-        function_call: None,
-    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //! * [`message_json`] is the non-stream `message` object.
 //!
 //! Token counts: K2Think's tokenizer is not available. `input_tokens` is always the
-//! [`estimate_tokens`](crate::transform::tokens::estimate_tokens) estimate of the prompt
+//! [`estimate_tokens`](crate::pipeline::tokens::estimate_tokens) estimate of the prompt
 //! that went upstream (one number for one prompt: `message_start`, `message_delta`, the
 //! non-stream message and `count_tokens` agree); `output_tokens` is the upstream's count
 //! when it reports one, else an estimate.
@@ -23,18 +23,20 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::fields::{
-    self, bad, message, number_in, opt_bool, opt_str, req_str, wrong_type, Converted, Obj, Origin,
+use crate::core::error::ApiError;
+use crate::core::events::ToolCall;
+use crate::core::json::{write_json_str, write_u64};
+use crate::core::request::Effort;
+use crate::core::Encoder;
+use crate::core::ReasoningMode;
+use crate::pipeline::complete::CompletionResult;
+use crate::pipeline::stream::Usage;
+use crate::pipeline::tokens::Estimate;
+use crate::surface::chat::request::{
+    ChatRequest, Content, FunctionCall, Message, Part, Role, Stop,
 };
-use crate::openai::{
-    ApiError, ChatRequest, Content, Effort, FunctionCall, Message, Part, Role, Stop,
-};
-use crate::transform::chunk::{write_json_str, write_u64};
-use crate::transform::complete::CompletionResult;
-use crate::transform::encode::Encoder;
-use crate::transform::stream::{ReasoningMode, Usage};
-use crate::transform::tokens::Estimate;
-use crate::transform::tools::ToolCall;
+use crate::surface::convert::{message, Converted, Origin};
+use crate::surface::fields::{self, bad, number_in, opt_bool, opt_str, req_str, wrong_type, Obj};
 
 // ---------------------------------------------------------------------------------------
 // Request conversion
@@ -343,7 +345,7 @@ fn assistant_message(at: &str, blocks: &[Value]) -> Result<Message, ApiError> {
                     Some(v @ Value::Object(_)) => v.to_string(),
                     Some(v) => return Err(wrong_type(&format!("{bat}.input"), "an object", v)),
                 };
-                calls.push(crate::openai::ToolCall {
+                calls.push(crate::surface::chat::request::ToolCall {
                     id: id.to_string(),
                     kind: "function".to_string(),
                     function: FunctionCall {
@@ -988,7 +990,7 @@ impl Encoder for MessagesEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transform::encode::testing::{call, events, names, result};
+    use crate::surface::testing::{call, events, names, result};
 
     fn parse(v: Value) -> ChatRequest {
         parse_request(v.to_string().as_bytes(), false)
@@ -1141,7 +1143,7 @@ mod tests {
 
     #[test]
     fn tool_use_ids_are_shaped_as_anthropics() {
-        let id = crate::transform::tools::new_call_id();
+        let id = crate::pipeline::tools::new_call_id();
         let t = tool_use_id(&id);
         let tail = t.strip_prefix("toolu_").expect("toolu_ prefix");
         assert_eq!(tail.len(), 24, "{t}");
@@ -1364,7 +1366,7 @@ mod tests {
         }
         // The converted tools are accepted by the shared tool emulation.
         let r = parse(base(json!({"type": "tool", "name": "noop"})));
-        let set = crate::transform::tools::ToolSet::from_request(
+        let set = crate::pipeline::tools::ToolSet::from_request(
             r.tools.as_deref(),
             r.tool_choice.as_ref(),
         )

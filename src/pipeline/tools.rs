@@ -35,6 +35,8 @@ use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde_json::{Map, Value};
 
+pub use crate::core::events::ToolCall;
+
 /// Bytes after the trigger within which `<function_calls>` must start.
 pub const OPEN_WINDOW: usize = 300;
 /// Largest buffered block (trigger to closing tag) before it is given up as
@@ -76,16 +78,6 @@ pub struct ToolSet {
     pub trigger: String,
 }
 
-/// One parsed call, in OpenAI terms.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ToolCall {
-    /// `call_` + 24 ASCII letters/digits.
-    pub id: String,
-    pub name: String,
-    /// A JSON object, serialized.
-    pub arguments: String,
-}
-
 /// A fresh trigger signal, `<Function_XXXX_Start/>`.
 pub fn new_trigger() -> String {
     let tag: String = rand::thread_rng()
@@ -98,7 +90,7 @@ pub fn new_trigger() -> String {
 
 /// A fresh call id, `call_` + 24 ASCII letters/digits.
 pub fn new_call_id() -> String {
-    crate::transform::encode::random_id("call_")
+    crate::core::ids::random_id("call_")
 }
 
 fn valid_name(n: &str) -> bool {
@@ -1226,9 +1218,11 @@ fn hold_start(buf: &str, trigger: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transform::complete::Completion;
-    use crate::transform::split::{Delta, Deltas, Splitter};
-    use crate::transform::stream::{ChatStream, ReasoningMode, StreamOptions, UpstreamFormat};
+    use crate::core::ReasoningMode;
+    use crate::pipeline::complete::Completion;
+    use crate::pipeline::split::{Delta, Deltas, Splitter};
+    use crate::pipeline::stream::ChatStream;
+    use crate::provider::k2think::decode::{StreamOptions, UpstreamFormat};
     use serde_json::json;
 
     const TRIGGER: &str = "<Function_T3st_Start/>";
@@ -1405,7 +1399,7 @@ mod tests {
             implicit_think: implicit,
             include_usage: true,
             tools: set,
-            delivery: crate::transform::stream::ContentDelivery::default(),
+            delivery: crate::provider::k2think::decode::ContentDelivery::default(),
         }
     }
 
@@ -1711,11 +1705,7 @@ mod tests {
         );
         let mut out = Vec::new();
         s.push(body, &mut out);
-        s.fail(
-            crate::transform::chunk::UPSTREAM_STREAM_ERROR,
-            "cut",
-            &mut out,
-        );
+        s.fail(crate::core::events::UPSTREAM_STREAM_ERROR, "cut", &mut out);
         let text = String::from_utf8(out).unwrap();
         let content: String = text
             .split("\n\n")

@@ -8,74 +8,9 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::fields;
-
-/// An error as the client sees it: `{"error":{"message","type","param","code"}}` + status.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApiError {
-    pub status: u16,
-    pub message: String,
-    pub kind: &'static str,
-    pub param: Option<String>,
-    pub code: Option<&'static str>,
-    /// Seconds for a `Retry-After` header.
-    pub retry_after: Option<u64>,
-}
-
-impl ApiError {
-    pub fn new(status: u16, kind: &'static str, code: &'static str, message: String) -> ApiError {
-        ApiError {
-            status,
-            message,
-            kind,
-            param: None,
-            code: Some(code),
-            retry_after: None,
-        }
-    }
-
-    pub fn invalid(message: impl Into<String>, param: Option<String>) -> ApiError {
-        ApiError {
-            param,
-            ..ApiError::new(
-                400,
-                "invalid_request_error",
-                "invalid_request",
-                message.into(),
-            )
-        }
-    }
-
-    pub fn with_retry_after(mut self, secs: Option<u64>) -> ApiError {
-        self.retry_after = secs;
-        self
-    }
-
-    pub fn body(&self) -> Vec<u8> {
-        let v = serde_json::json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": self.code,
-            }
-        });
-        serde_json::to_vec(&v).unwrap_or_default()
-    }
-}
-
-/// A 400 unless `body` starts (after whitespace) like a JSON object: the first check of
-/// every request surface.
-pub fn expect_object(body: &[u8]) -> Result<(), ApiError> {
-    match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        None => Err(ApiError::invalid("the request body is empty", None)),
-        Some(b'{') => Ok(()),
-        Some(_) => Err(ApiError::invalid(
-            "the request body must be a JSON object",
-            None,
-        )),
-    }
-}
+use crate::core::error::ApiError;
+use crate::core::request::Effort;
+use crate::surface::fields;
 
 /// `POST /v1/chat/completions` body (the fields we act on, and those we only check).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -140,47 +75,6 @@ pub struct ChatRequest {
     pub safety_identifier: Option<Value>,
     #[serde(default)]
     pub modalities: Option<Value>,
-}
-
-/// How hard the model reasons: the upstream's `chat_template_kwargs.reasoning_effort`
-/// (k2think-protocol.md §0.5 #4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Effort {
-    Low,
-    Medium,
-    High,
-}
-
-impl Effort {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Effort::Low => "low",
-            Effort::Medium => "medium",
-            Effort::High => "high",
-        }
-    }
-
-    /// A client's effort name, as OpenAI and Anthropic spell them, onto the three levels:
-    /// `none`, `minimal` and `low` → low; `medium`; `high`, `xhigh` and `max` → high.
-    pub fn from_client(name: &str) -> Option<Effort> {
-        Some(match name {
-            "none" | "minimal" | "low" => Effort::Low,
-            "medium" => Effort::Medium,
-            "high" | "xhigh" | "max" => Effort::High,
-            _ => return None,
-        })
-    }
-
-    /// An Anthropic thinking budget (`thinking.budget_tokens`) onto the three levels:
-    /// up to 4,096 tokens low, up to 16,384 medium, more high.
-    pub fn from_budget(tokens: u64) -> Effort {
-        match tokens {
-            0..=4096 => Effort::Low,
-            4097..=16_384 => Effort::Medium,
-            _ => Effort::High,
-        }
-    }
 }
 
 fn client_effort<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Effort>, D::Error> {
@@ -427,7 +321,7 @@ impl Content {
 impl ChatRequest {
     /// Parse and validate a request body; the error says which field is wrong.
     pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
-        expect_object(body)?;
+        fields::expect_object(body)?;
         let mut de = serde_json::Deserializer::from_slice(body);
         let req: ChatRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
@@ -559,9 +453,9 @@ impl ChatRequest {
         fields::check_str("prompt_cache_key", self.prompt_cache_key.as_ref())?;
         fields::check_str("safety_identifier", self.safety_identifier.as_ref())?;
         fields::check_str_list("modalities", self.modalities.as_ref())?;
-        let choice = crate::transform::tools::parse_tool_choice(self.tool_choice.as_ref())
+        let choice = crate::pipeline::tools::parse_tool_choice(self.tool_choice.as_ref())
             .map_err(|(param, message)| fields::bad(&param, message))?;
-        if let crate::transform::tools::ToolChoice::Function(name) = choice {
+        if let crate::pipeline::tools::ToolChoice::Function(name) = choice {
             if self.tools.as_ref().is_none_or(|t| t.is_empty()) {
                 return Err(fields::bad(
                     "tool_choice.function.name",

@@ -18,10 +18,12 @@
 //! - the reasoning effort (the client's, else the configured default) goes into
 //!   `chat_template_kwargs.reasoning_effort` (§0.5 #4).
 
-use crate::core::request::{ImageUrl, Sampling, Thinking, Turn, TurnContent, TurnPart};
-use crate::k2think::{BodyStyle, KwargsPlacement, Payload};
-use crate::openai::{ChatRequest, Content, Effort, Message, Part, Role, Stop};
-use crate::transform::tools::{encode_result, function_calls_block, ToolSet};
+use crate::core::request::Effort;
+use crate::core::request::{Turn, TurnContent};
+use crate::pipeline::tools::ToolSet;
+use crate::provider::k2think::{BodyStyle, KwargsPlacement, Payload};
+use crate::surface::chat::request::ChatRequest;
+use crate::surface::chat::turns::{convert_messages, params};
 
 /// What the caller decides about the upstream request.
 #[derive(Debug, Clone, Copy)]
@@ -79,125 +81,8 @@ pub fn to_k2think(req: &ChatRequest, opts: RewriteOptions<'_>) -> Payload {
             .or(opts.default_effort)
             .map(|e| (e.as_str(), opts.effort_placement)),
         style: opts.style,
-        chat_id: crate::k2think::uuid_v4(),
+        chat_id: crate::core::ids::uuid_v4(),
     }
-}
-
-fn params(req: &ChatRequest) -> Sampling {
-    Sampling {
-        temperature: req.temperature,
-        top_p: req.top_p,
-        max_tokens: req.max_completion_tokens.or(req.max_tokens),
-        stop: req.stop.as_ref().map(|s| match s {
-            Stop::One(s) => vec![s.clone()],
-            Stop::Many(v) => v.clone(),
-        }),
-        presence_penalty: req.presence_penalty,
-        frequency_penalty: req.frequency_penalty,
-        seed: req.seed,
-    }
-}
-
-/// The client's messages as the upstream's history; `thinking_field` names the field every
-/// assistant message carries (`None`: none).
-pub fn convert_messages(
-    messages: &[Message],
-    tools: Option<&ToolSet>,
-    thinking_field: Option<&'static str>,
-) -> Vec<Turn> {
-    messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| match m.role {
-            Role::System | Role::Developer => Turn {
-                role: "system",
-                content: convert_content(&m.content),
-                thinking: None,
-            },
-            Role::User => Turn {
-                role: "user",
-                content: convert_content(&m.content),
-                thinking: None,
-            },
-            Role::Assistant => Turn {
-                role: "assistant",
-                content: assistant_content(m, tools),
-                thinking: thinking_field.map(|field| Thinking {
-                    field,
-                    text: m.reasoning_content.clone().unwrap_or_default(),
-                }),
-            },
-            Role::Tool | Role::Function => Turn {
-                role: "user",
-                content: TurnContent::Text(encode_result(
-                    tool_name(messages, i, m),
-                    &m.content.text(),
-                )),
-                thinking: None,
-            },
-        })
-        .collect()
-}
-
-fn convert_content(c: &Content) -> TurnContent {
-    match c {
-        Content::Parts(parts) if parts.iter().any(|p| matches!(p, Part::Image { .. })) => {
-            TurnContent::Parts(
-                parts
-                    .iter()
-                    .filter_map(|p| match p {
-                        Part::Text(t) if !t.is_empty() => Some(TurnPart::Text { text: t.clone() }),
-                        Part::Image { url, detail } => Some(TurnPart::ImageUrl {
-                            image_url: ImageUrl {
-                                url: url.clone(),
-                                detail: detail.clone(),
-                            },
-                        }),
-                        _ => None,
-                    })
-                    .collect(),
-            )
-        }
-        other => TurnContent::Text(other.text()),
-    }
-}
-
-fn assistant_content(m: &Message, tools: Option<&ToolSet>) -> TurnContent {
-    if m.tool_calls.is_empty() {
-        return convert_content(&m.content);
-    }
-    let calls: Vec<(String, String)> = m
-        .tool_calls
-        .iter()
-        .map(|c| (c.function.name.clone(), c.function.arguments.clone()))
-        .collect();
-    let text = m.content.text();
-    if let Some(set) = tools {
-        let text = (!text.is_empty()).then_some(text.as_str());
-        return TurnContent::Text(set.encode_assistant(text, &calls));
-    }
-    // No tools this turn: the calls stay in the history as the plain block, no trigger.
-    let block = function_calls_block(&calls);
-    TurnContent::Text(if text.is_empty() {
-        block
-    } else {
-        format!("{text}\n{block}")
-    })
-}
-
-/// The name of the tool whose result message `i` carries: its own `name`, else the
-/// assistant call with the same id earlier in the conversation.
-fn tool_name<'a>(messages: &'a [Message], i: usize, m: &'a Message) -> Option<&'a str> {
-    if let Some(n) = m.name.as_deref() {
-        return Some(n);
-    }
-    let id = m.tool_call_id.as_deref()?;
-    messages[..i]
-        .iter()
-        .rev()
-        .flat_map(|prev| prev.tool_calls.iter())
-        .find(|c| c.id == id)
-        .map(|c| c.function.name.as_str())
 }
 
 #[cfg(test)]

@@ -6,19 +6,10 @@
 //! `reasoning_content`, inline `<think>…</think>\n\n` in content, or dropped
 //! ([`ReasoningMode`]); no empty deltas.
 
+pub use crate::core::json::{write_json_str, write_json_str_body, write_u64};
+use crate::core::{Delta, Deltas, Encoder, ReasoningMode, ToolCall, Usage};
+use crate::pipeline::tokens::Estimate;
 use crate::sse;
-use crate::transform::encode::Encoder;
-use crate::transform::split::{Delta, Deltas};
-use crate::transform::stream::{ReasoningMode, Usage};
-use crate::transform::tokens::Estimate;
-use crate::transform::tools::ToolCall;
-
-/// Error-event code for an upstream that broke off or sent an error mid-stream.
-pub const UPSTREAM_STREAM_ERROR: &str = "upstream_stream_error";
-/// Error-event code for an upstream that went silent for `upstream.idle_timeout`.
-pub const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
-/// Error-event code for a request that ran past `limits.request_timeout`.
-pub const REQUEST_TIMEOUT: &str = "request_timeout";
 
 const DELTA_END: &[u8] = b",\"logprobs\":null,\"finish_reason\":null}]}";
 
@@ -254,62 +245,10 @@ pub fn write_usage(out: &mut Vec<u8>, u: &Usage) {
     out.push(b'}');
 }
 
-/// Decimal digits of `n`.
-pub fn write_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
-}
-
-/// `s` as a quoted JSON string.
-pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    write_json_str_body(out, s);
-    out.push(b'"');
-}
-
-/// `s` escaped for the inside of a JSON string (no quotes).
-pub fn write_json_str_body(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        if esc.is_empty() {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xf)]);
-        } else {
-            out.extend_from_slice(esc);
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::events::UPSTREAM_STREAM_ERROR;
     use serde_json::Value;
 
     #[test]
@@ -405,7 +344,7 @@ mod tests {
             completion_tokens: completion,
             total_tokens: 5 + completion,
             completion_tokens_details: reasoning.map(|r| {
-                crate::transform::stream::CompletionTokensDetails {
+                crate::pipeline::stream::CompletionTokensDetails {
                     reasoning_tokens: Some(r),
                 }
             }),

@@ -1,5 +1,5 @@
-//! K2Think upstream body → reasoning/content deltas ([`K2Decoder`]) and →
-//! OpenAI `chat.completion.chunk` SSE ([`ChatStream`]).
+//! K2Think upstream body → reasoning/content deltas ([`K2Decoder`]), and the K2Think
+//! constructors of the pipeline's [`ChatStream`] and [`Completion`].
 //!
 //! Accepted upstream forms (see `k2think-protocol.md` §4.2–4.7):
 //!
@@ -40,10 +40,8 @@
 //! (another channel). Per event the work is a prefix compare plus the new suffix; a full
 //! re-derive happens only on a rewrite.
 //!
-//! Tool-call emulation ([`StreamOptions::tools`], [`ToolStage`]): the content
-//! channel goes through [`crate::transform::tools::ToolDetector`]; calls are
-//! written as `tool_calls` chunks and the finish reason becomes
-//! `tool_calls`. Without tools the output is unchanged.
+//! Tool-call emulation ([`StreamOptions::tools`]) is the pipeline's
+//! ([`crate::pipeline::stream::ToolStage`]); without tools the output is unchanged.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -52,20 +50,21 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+pub use crate::core::decode::NOT_AN_ANSWER;
 pub use crate::core::events::{Delta, Deltas};
-use crate::core::Decoder;
+use crate::core::{Decoder, Encoder, ReasoningMode};
+use crate::pipeline::complete::Completion;
+use crate::pipeline::split::Splitter;
+use crate::pipeline::stream::ChatStream;
+use crate::pipeline::tools::ToolSet;
+use crate::provider::error_message;
 use crate::sse::SseDecoder;
-use crate::transform::chunk::{self, ChunkEncoder};
-use crate::transform::encode::Encoder;
-use crate::transform::split::Splitter;
-use crate::transform::tools::{ToolDetector, ToolPiece, ToolSet};
+use crate::surface::chat::stream::ChunkEncoder;
 
 /// Shared prefix (bytes) that makes a non-extending `content` a rewrite.
 pub const REWRITE_PREFIX: usize = 8;
 /// Bound for a buffered JSON body (16 MiB).
 pub const MAX_JSON_BODY: usize = 16 * 1024 * 1024;
-/// Message used when the body holds nothing K2Think-like.
-pub const NOT_AN_ANSWER: &str = "upstream returned a body that is not a K2Think answer";
 
 /// How the upstream body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,30 +256,6 @@ impl<'a> Parsed<'a> {
             p.error = e.map(error_message);
         }
         p
-    }
-}
-
-/// Human message out of an upstream error value: a string, or an object's
-/// `message` (looking into `error`/`detail`), or the first array item.
-pub fn error_message(v: &Value) -> String {
-    fn find(v: &Value, depth: u8) -> Option<String> {
-        if depth > 4 {
-            return None;
-        }
-        match v {
-            Value::String(s) => Some(s.clone()),
-            Value::Object(o) => ["message", "msg", "error", "detail"]
-                .iter()
-                .find_map(|k| o.get(*k).and_then(|x| find(x, depth + 1))),
-            Value::Array(a) => a.first().and_then(|x| find(x, depth + 1)),
-            _ => None,
-        }
-    }
-    let msg = find(v, 0).unwrap_or_else(|| v.to_string());
-    if msg.trim().is_empty() {
-        "upstream error".to_string()
-    } else {
-        msg
     }
 }
 
@@ -799,17 +774,6 @@ impl Decoder for K2Decoder {
     }
 }
 
-/// Where reasoning goes in the client's output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReasoningMode {
-    /// `delta.reasoning_content` / `message.reasoning_content`.
-    Field,
-    /// Inline in content as `<think>…</think>\n\n`.
-    Inline,
-    /// Dropped (the `-nothink` models).
-    Drop,
-}
-
 /// Per-response options of [`ChatStream`].
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
@@ -830,86 +794,7 @@ pub struct StreamOptions {
     pub delivery: ContentDelivery,
 }
 
-/// Tool detection over the content channel of a decoded response, shared by
-/// [`ChatStream`] and [`crate::transform::complete::Completion`].
-#[derive(Debug)]
-pub struct ToolStage {
-    detector: ToolDetector,
-    pieces: Vec<ToolPiece>,
-}
-
-impl ToolStage {
-    /// `None` when `tools` is `None` or its `tool_choice` is `"none"`.
-    pub fn new(tools: Option<&Arc<ToolSet>>) -> Option<Box<ToolStage>> {
-        let set = tools.filter(|t| t.detects())?;
-        Some(Box::new(ToolStage {
-            detector: ToolDetector::new(Arc::clone(set)),
-            pieces: Vec::new(),
-        }))
-    }
-
-    /// Route `deltas`: reasoning goes through at once, content through the
-    /// detector. `end`: `Some(true)` finish, `Some(false)` abort (release
-    /// held text unparsed). Calls `sink` per output item, in order.
-    pub fn route(&mut self, deltas: &Deltas, end: Option<bool>, mut sink: impl FnMut(Routed<'_>)) {
-        for d in deltas {
-            match d {
-                Delta::Reasoning(t) => {
-                    self.flush(&mut sink);
-                    sink(Routed::Reasoning(t));
-                }
-                Delta::Content(t) => self.detector.push(t, &mut self.pieces),
-            }
-        }
-        match end {
-            Some(true) => self.detector.finish(&mut self.pieces),
-            Some(false) => self.detector.abort(&mut self.pieces),
-            None => {}
-        }
-        self.flush(&mut sink);
-    }
-
-    fn flush(&mut self, sink: &mut impl FnMut(Routed<'_>)) {
-        for p in self.pieces.drain(..) {
-            match p {
-                ToolPiece::Content(t) => sink(Routed::Content(&t)),
-                ToolPiece::Call { index, call } => sink(Routed::Call(index, call)),
-            }
-        }
-    }
-
-    /// Calls emitted so far.
-    pub fn calls(&self) -> usize {
-        self.detector.calls()
-    }
-
-    /// Malformed blocks given back as content.
-    pub fn malformed(&self) -> u64 {
-        self.detector.malformed()
-    }
-}
-
-/// One item out of [`ToolStage::route`].
-#[derive(Debug)]
-pub enum Routed<'a> {
-    Reasoning(&'a str),
-    Content(&'a str),
-    Call(usize, crate::transform::tools::ToolCall),
-}
-
-/// Upstream body → one API surface's SSE events (OpenAI chunks by default): the decoding,
-/// the reasoning split and the tool detection are shared, the wire format is `E`'s.
-#[derive(Debug)]
-pub struct ChatStream<E: Encoder = ChunkEncoder, D: Decoder = K2Decoder> {
-    decoder: D,
-    enc: E,
-    deltas: Deltas,
-    started: bool,
-    end: Option<Result<(), String>>,
-    tools: Option<Box<ToolStage>>,
-}
-
-impl ChatStream<ChunkEncoder> {
+impl ChatStream<ChunkEncoder, K2Decoder> {
     /// An OpenAI chat-chunk transformer for one response.
     pub fn new(opts: StreamOptions, format: UpstreamFormat) -> Self {
         let enc = ChunkEncoder::new(&opts.id, opts.created, &opts.model, opts.reasoning)
@@ -919,7 +804,7 @@ impl ChatStream<ChunkEncoder> {
     }
 }
 
-impl<E: Encoder> ChatStream<E> {
+impl<E: Encoder> ChatStream<E, K2Decoder> {
     /// A transformer for one K2Think response that writes with `enc`.
     pub fn with_encoder(
         enc: E,
@@ -937,140 +822,24 @@ impl<E: Encoder> ChatStream<E> {
     }
 }
 
-impl<E: Encoder, D: Decoder> ChatStream<E, D> {
-    /// A transformer for one response read by `decoder` and written with `enc`.
-    pub fn with_decoder(enc: E, decoder: D, tools: Option<&Arc<ToolSet>>) -> Self {
-        ChatStream {
-            decoder,
-            enc,
-            deltas: Deltas::new(),
-            started: false,
-            end: None,
-            tools: ToolStage::new(tools),
-        }
+impl Completion<K2Decoder> {
+    /// An aggregator for one K2Think upstream body.
+    pub fn new(format: UpstreamFormat, implicit_think: bool) -> Self {
+        Completion::with_decoder(K2Decoder::new(format, implicit_think))
     }
 
-    /// Write the first chunk (`delta: {"role":"assistant","content":""}`).
-    /// Called implicitly by the other writers when needed.
-    pub fn start(&mut self, out: &mut Vec<u8>) {
-        if !self.started {
-            self.started = true;
-            self.enc.start(out);
-        }
-    }
-
-    /// Feed upstream bytes; appends zero or more `data: {...}\n\n`.
-    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        if self.end.is_some() {
-            return;
-        }
-        self.start(out);
-        self.deltas.clear();
-        self.decoder.push(chunk, &mut self.deltas);
-        self.write_deltas(None, out);
-    }
-
-    fn write_deltas(&mut self, end: Option<bool>, out: &mut Vec<u8>) {
-        let Some(tools) = self.tools.as_mut() else {
-            for d in &self.deltas {
-                match d {
-                    Delta::Reasoning(t) => self.enc.reasoning(t, out),
-                    Delta::Content(t) => self.enc.content(t, out),
-                }
-            }
-            return;
-        };
-        let enc = &mut self.enc;
-        tools.route(&self.deltas, end, |r| match r {
-            Routed::Reasoning(t) => enc.reasoning(t, out),
-            Routed::Content(t) => enc.content(t, out),
-            Routed::Call(i, c) => enc.tool_call(i, &c, out),
-        });
-    }
-
-    /// Clean end of the upstream body. Writes the finish chunk (upstream's
-    /// `finish_reason` or `stop`), the usage chunk when asked and known, and
-    /// `data: [DONE]`. If the upstream reported an error, or sent nothing
-    /// usable, writes the error ending instead and returns the message.
-    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
-        if let Some(end) = &self.end {
-            return end.clone();
-        }
-        self.start(out);
-        self.deltas.clear();
-        self.decoder.finish(&mut self.deltas);
-        let err = match self.decoder.error() {
-            Some(e) => Some(e.to_string()),
-            None if !self.decoder.usable() => Some(NOT_AN_ANSWER.to_string()),
-            None => None,
-        };
-        self.write_deltas(Some(err.is_none()), out);
-        if let Some(msg) = err {
-            self.enc.error(chunk::UPSTREAM_STREAM_ERROR, &msg, out);
-            self.end = Some(Err(msg.clone()));
-            return Err(msg);
-        }
-        let reason = if self.tool_calls_emitted() > 0 {
-            "tool_calls"
-        } else {
-            self.decoder.finish_reason().unwrap_or("stop")
-        };
-        self.enc.finish(reason, self.decoder.usage(), out);
-        self.end = Some(Ok(()));
-        Ok(())
-    }
-
-    /// The upstream was cut or timed out mid-stream: a chunk with
-    /// `finish_reason: "error"` and an error event with `code` (see [`chunk`]); never `[DONE]`.
-    pub fn fail(&mut self, code: &str, message: &str, out: &mut Vec<u8>) {
-        if self.end.is_some() {
-            return;
-        }
-        self.start(out);
-        if self.tools.is_some() {
-            self.deltas.clear();
-            self.write_deltas(Some(false), out);
-        }
-        self.enc.error(code, message, out);
-        self.end = Some(Err(message.to_string()));
-    }
-
-    /// Tool calls written so far.
-    pub fn tool_calls_emitted(&self) -> usize {
-        self.tools.as_ref().map_or(0, |t| t.calls())
-    }
-
-    /// Tool-call blocks that were malformed and given back as content.
-    pub fn malformed_tool_blocks(&self) -> u64 {
-        self.tools.as_ref().map_or(0, |t| t.malformed())
-    }
-
-    /// The upstream error seen so far, if any.
-    pub fn upstream_error(&self) -> Option<&str> {
-        self.decoder.error()
-    }
-
-    /// Whether any reasoning or content delta was written.
-    pub fn output_started(&self) -> bool {
-        self.enc.output_started()
-    }
-
-    /// Upstream usage, when reported.
-    pub fn usage(&self) -> Option<&Usage> {
-        self.decoder.usage()
-    }
-
-    /// The decoder (for `done_seen`, `finish_reason`, …).
-    pub fn decoder(&self) -> &D {
-        &self.decoder
+    /// Read `content` values as `delivery` says (see [`K2Decoder::with_delivery`]).
+    pub fn with_delivery(mut self, delivery: ContentDelivery) -> Self {
+        self.decoder = self.decoder.with_delivery(delivery);
+        self
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::events::UPSTREAM_TIMEOUT;
     use crate::sse;
-    use crate::transform::complete::Completion;
     use serde_json::json;
 
     /// What a client assembles from our output.
@@ -1271,7 +1040,7 @@ mod tests {
             let counted = e["usage"].get("completion_tokens_details").is_some();
             if let Some(u) = usage.as_object_mut().filter(|_| !counted) {
                 let details = u.remove("completion_tokens_details");
-                let mut est = crate::transform::tokens::Estimate::default();
+                let mut est = crate::pipeline::tokens::Estimate::default();
                 est.add(&a.reasoning);
                 let completion = u["completion_tokens"].as_u64().unwrap_or(0);
                 assert_eq!(
@@ -1503,7 +1272,7 @@ mod tests {
         let mut s = ChatStream::new(opts(ReasoningMode::Field, true), UpstreamFormat::Sse);
         let mut out = Vec::new();
         s.push(b"data: {\"content\":\"<think>x</think>ok\"}\n\n", &mut out);
-        s.fail(chunk::UPSTREAM_TIMEOUT, "upstream idle timeout", &mut out);
+        s.fail(UPSTREAM_TIMEOUT, "upstream idle timeout", &mut out);
         // Later calls write nothing.
         s.push(b"data: {\"content\":\"more\"}\n\n", &mut out);
         let n = out.len();

@@ -1,27 +1,27 @@
 //! Non-stream aggregation: the same decoder as the stream, collected into one
 //! OpenAI `chat.completion`.
 //!
-//! Speculative reasoning (see [`crate::transform::split`], `implicit_think`)
+//! Speculative reasoning (see [`crate::pipeline::split`], `implicit_think`)
 //! that was retracted is kept as content only.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::core::decode::NOT_AN_ANSWER;
+use crate::core::events::ToolCall;
 use crate::core::Decoder;
-use crate::transform::split::{Delta, Deltas};
-use crate::transform::stream::{
-    ContentDelivery, K2Decoder, ReasoningMode, Routed, ToolStage, UpstreamFormat, Usage,
-    NOT_AN_ANSWER,
-};
-use crate::transform::tokens::Estimate;
-use crate::transform::tools::{ToolCall, ToolSet};
+use crate::core::ReasoningMode;
+use crate::pipeline::split::{Delta, Deltas};
+use crate::pipeline::stream::{Routed, ToolStage, Usage};
+use crate::pipeline::tokens::Estimate;
+use crate::pipeline::tools::ToolSet;
 
 /// Collects one upstream body, decoded by `D` (a K2Think decoder unless a provider gives
 /// its own through [`Completion::with_decoder`]).
 #[derive(Debug)]
-pub struct Completion<D: Decoder = K2Decoder> {
-    decoder: D,
+pub struct Completion<D: Decoder> {
+    pub(crate) decoder: D,
     deltas: Deltas,
     reasoning: String,
     content: String,
@@ -39,19 +39,6 @@ pub struct CompletionResult {
     /// Parsed tool calls (tool emulation only); `finish_reason` is then
     /// `"tool_calls"`.
     pub tool_calls: Vec<ToolCall>,
-}
-
-impl Completion {
-    /// An aggregator for one K2Think upstream body.
-    pub fn new(format: UpstreamFormat, implicit_think: bool) -> Self {
-        Completion::with_decoder(K2Decoder::new(format, implicit_think))
-    }
-
-    /// Read `content` values as `delivery` says (see [`K2Decoder::with_delivery`]).
-    pub fn with_delivery(mut self, delivery: ContentDelivery) -> Self {
-        self.decoder = self.decoder.with_delivery(delivery);
-        self
-    }
 }
 
 impl<D: Decoder> Completion<D> {
@@ -262,6 +249,7 @@ impl CompletionResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::k2think::decode::UpstreamFormat;
     use serde_json::{json, Value};
 
     fn collect(body: &str, implicit: bool) -> Result<CompletionResult, String> {
@@ -311,11 +299,9 @@ mod tests {
                 prompt_tokens: 1,
                 completion_tokens: 2,
                 total_tokens: 3,
-                completion_tokens_details: Some(
-                    crate::transform::stream::CompletionTokensDetails {
-                        reasoning_tokens: Some(1),
-                    },
-                ),
+                completion_tokens_details: Some(crate::pipeline::stream::CompletionTokensDetails {
+                    reasoning_tokens: Some(1),
+                }),
             }),
             tool_calls: Vec::new(),
         };

@@ -4,7 +4,7 @@
 
 use base64::Engine;
 
-use crate::openai::{ChatRequest, Content, Part};
+use crate::surface::chat::request::{ChatRequest, Content, Part};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

@@ -1,4 +1,6 @@
-//! Upstream wire types: the K2Think (Open WebUI) chat payload and its pieces.
+//! The K2Think provider: its wire payload (the Open WebUI chat body and its pieces), error
+//! details and refusals, the prompt-token estimate of a payload; the payload builder in
+//! [`request`], the answer decoder in [`decode`].
 //!
 //! Two body styles (k2think-protocol.md §2.2–2.3): `Minimal` is what the guest proxies and
 //! HED-B send with `stream: true` and is confirmed to stream SSE; `Webui` is the full body
@@ -9,7 +11,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::core::request::{Sampling, Turn};
+use crate::core::ids::uuid_v4;
+use crate::core::request::{Sampling, Turn, TurnContent, TurnPart};
+use crate::pipeline::tokens::estimate_tokens;
+
+pub mod decode;
+pub mod request;
 
 /// K2 Horizon, the web chat's model since 2026-09 (k2think-protocol.md §0.5 #2).
 pub const HORIZON_MODEL: &str = "IFM/K2-Horizon-375B-A23B";
@@ -207,22 +214,6 @@ impl Payload {
     }
 }
 
-/// A random RFC 4122 version 4 UUID.
-pub fn uuid_v4() -> String {
-    let mut b: [u8; 16] = rand::random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
-    format!(
-        "{}-{}-{}-{}-{}",
-        h(0..4),
-        h(4..6),
-        h(6..8),
-        h(8..10),
-        h(10..16)
-    )
-}
-
 /// Open WebUI template variables for "now" (UTC).
 fn variables(now: SystemTime) -> serde_json::Value {
     let secs = now
@@ -268,6 +259,33 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
+}
+
+/// Tokens per image in [`estimate_input_tokens`]: a mid-sized image in most vision
+/// tokenizers (the size is not known without decoding it).
+const IMAGE_TOKENS: u64 = 1000;
+/// Tokens of framing per message (role markers) in [`estimate_input_tokens`].
+const MESSAGE_TOKENS: u64 = 4;
+
+/// An estimate of the prompt tokens of what goes upstream.
+pub fn estimate_input_tokens(payload: &Payload) -> u64 {
+    payload
+        .messages
+        .iter()
+        .map(|m| {
+            MESSAGE_TOKENS
+                + match &m.content {
+                    TurnContent::Text(t) => estimate_tokens(t),
+                    TurnContent::Parts(parts) => parts
+                        .iter()
+                        .map(|p| match p {
+                            TurnPart::Text { text } => estimate_tokens(text),
+                            TurnPart::ImageUrl { .. } => IMAGE_TOKENS,
+                        })
+                        .sum(),
+                }
+        })
+        .sum()
 }
 
 #[cfg(test)]
@@ -343,5 +361,43 @@ mod tests {
         let v = variables(UNIX_EPOCH + Duration::from_secs(1_758_362_400));
         assert_eq!(v["{{CURRENT_DATETIME}}"], "2025-09-20 10:00:00");
         assert_eq!(v["{{CURRENT_WEEKDAY}}"], "Saturday");
+    }
+
+    #[test]
+    fn a_payload_counts_messages_framing_and_images() {
+        let p = Payload {
+            effort: None,
+            messages: vec![
+                crate::core::request::Turn {
+                    role: "system",
+                    content: TurnContent::Text("abcdefgh".into()),
+                    thinking: None,
+                },
+                crate::core::request::Turn {
+                    thinking: None,
+                    role: "user",
+                    content: TurnContent::Parts(vec![
+                        TurnPart::Text {
+                            text: "你好".into(),
+                        },
+                        TurnPart::ImageUrl {
+                            image_url: crate::core::request::ImageUrl {
+                                url: "data:image/png;base64,AAAA".into(),
+                                detail: None,
+                            },
+                        },
+                    ]),
+                },
+            ],
+            stream: true,
+            model: "m".into(),
+            params: crate::core::request::Sampling::default(),
+            style: BodyStyle::Minimal,
+            chat_id: String::new(),
+        };
+        assert_eq!(
+            estimate_input_tokens(&p),
+            (MESSAGE_TOKENS + 2) + (MESSAGE_TOKENS + 2 + IMAGE_TOKENS)
+        );
     }
 }

@@ -32,14 +32,20 @@
 
 use serde_json::{json, Value};
 
-use crate::fields::{self, bad, message, opt_str, req_str, wrong_type, Converted, Obj, Origin};
-use crate::openai::{ApiError, ChatRequest, Content, Effort, FunctionCall, Message, Part, Role};
-use crate::transform::chunk::{write_json_str, write_u64};
-use crate::transform::complete::CompletionResult;
-use crate::transform::encode::{random_id, Encoder, Reply};
-use crate::transform::stream::{ReasoningMode, Usage};
-use crate::transform::tokens::Estimate;
-use crate::transform::tools::ToolCall;
+use crate::core::error::ApiError;
+use crate::core::events::ToolCall;
+use crate::core::ids::random_id;
+use crate::core::json::{write_json_str, write_u64};
+use crate::core::request::Effort;
+use crate::core::Encoder;
+use crate::core::ReasoningMode;
+use crate::pipeline::complete::CompletionResult;
+use crate::pipeline::stream::Usage;
+use crate::pipeline::tokens::Estimate;
+use crate::surface::chat::request::{ChatRequest, Content, FunctionCall, Message, Part, Role};
+use crate::surface::convert::{message, Converted, Origin};
+use crate::surface::fields::{self, bad, opt_str, req_str, wrong_type, Obj};
+use crate::surface::Reply;
 
 // ---------------------------------------------------------------------------------------
 // Request conversion
@@ -482,7 +488,7 @@ fn push_call(
 ) -> Result<(), ApiError> {
     let name = req_str(obj, "name", at)?;
     let namespace = opt_str(obj, "namespace", at)?.filter(|n| !n.is_empty());
-    let call = crate::openai::ToolCall {
+    let call = crate::surface::chat::request::ToolCall {
         id: req_str(obj, "call_id", at)?.to_string(),
         kind: "function".to_string(),
         function: FunctionCall {
@@ -1407,10 +1413,10 @@ impl Encoder for ResponsesEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transform::encode::testing::{self, call, names, result};
-    use crate::transform::encode::Wire;
-    use crate::transform::stream::ChatStream;
-    use crate::transform::stream::UpstreamFormat;
+    use crate::pipeline::stream::ChatStream;
+    use crate::provider::k2think::decode::UpstreamFormat;
+    use crate::surface::testing::{self, call, names, result};
+    use crate::surface::Wire;
 
     fn parse(v: Value) -> Request {
         parse_request(v.to_string().as_bytes()).expect("valid request")
