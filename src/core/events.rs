@@ -31,36 +31,43 @@ pub struct Deltas {
 
 impl Deltas {
     /// An empty buffer.
+    #[inline]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Remove every item (keeps the allocation of the list).
+    #[inline]
     pub fn clear(&mut self) {
         self.items.clear();
     }
 
     /// Whether there is no item.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 
     /// Number of items.
+    #[inline]
     pub fn len(&self) -> usize {
         self.items.len()
     }
 
     /// The items in order.
+    #[inline]
     pub fn as_slice(&self) -> &[Delta] {
         &self.items
     }
 
     /// Iterate over the items in order.
+    #[inline]
     pub fn iter(&self) -> std::slice::Iter<'_, Delta> {
         self.items.iter()
     }
 
     /// Append reasoning text (ignored when empty).
+    #[inline]
     pub fn push_reasoning(&mut self, text: &str) {
         if text.is_empty() {
             return;
@@ -73,6 +80,7 @@ impl Deltas {
     }
 
     /// Append content text (ignored when empty).
+    #[inline]
     pub fn push_content(&mut self, text: &str) {
         if text.is_empty() {
             return;
@@ -85,11 +93,13 @@ impl Deltas {
     }
 
     /// All reasoning text concatenated.
+    #[inline]
     pub fn reasoning_text(&self) -> String {
         self.collect(true)
     }
 
     /// All content text concatenated.
+    #[inline]
     pub fn content_text(&self) -> String {
         self.collect(false)
     }
@@ -109,6 +119,7 @@ impl Deltas {
 impl<'a> IntoIterator for &'a Deltas {
     type Item = &'a Delta;
     type IntoIter = std::slice::Iter<'a, Delta>;
+    #[inline]
     fn into_iter(self) -> Self::IntoIter {
         self.items.iter()
     }

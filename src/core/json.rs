@@ -1,6 +1,7 @@
 //! Hand-written JSON pieces for the hot stream paths: numbers and escaped strings.
 
 /// Decimal digits of `n`.
+#[inline]
 pub fn write_u64(out: &mut Vec<u8>, mut n: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
@@ -16,6 +17,7 @@ pub fn write_u64(out: &mut Vec<u8>, mut n: u64) {
 }
 
 /// `s` as a quoted JSON string.
+#[inline]
 pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     write_json_str_body(out, s);
@@ -23,6 +25,7 @@ pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// `s` escaped for the inside of a JSON string (no quotes).
+#[inline]
 pub fn write_json_str_body(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();

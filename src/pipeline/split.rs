@@ -293,6 +293,7 @@ impl Splitter {
     }
 
     /// Append raw answer text.
+    #[inline]
     pub fn push(&mut self, text: &str, out: &mut Deltas) {
         if text.is_empty() || self.finished {
             return;
@@ -303,6 +304,7 @@ impl Splitter {
 
     /// Reasoning that the upstream already separated (OpenAI
     /// `reasoning_content`): goes straight to the reasoning channel.
+    #[inline]
     pub fn push_reasoning(&mut self, text: &str, out: &mut Deltas) {
         if text.is_empty() || self.finished {
             return;
