@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use k2proxy::config::providers::{CaptchaSourceKind, ProviderEntry, ZaiMode, ZaiSection};
 use k2proxy::config::Config;
-use k2proxy::mock::zai::{reply_for, Role, ZaiDirectives, ZaiMock, ZaiMockConfig};
+use k2proxy::mock::zai::{reply_for, ZaiDirectives, ZaiMock, ZaiMockConfig};
 use k2proxy::mock::MockConfig;
 use serde_json::{json, Value};
 
@@ -346,7 +346,6 @@ fn guests_may_not_use_the_members_models_and_user_tokens_may() {
     let r = env.chat(&chat_body("GLM-5", "members only", false));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(mock.guests_created(), 0);
-    let _ = Role::User;
 }
 
 #[test]

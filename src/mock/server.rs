@@ -12,15 +12,12 @@ use http::request::Parts;
 use http::{header, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::Request;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use rand::Rng;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use super::body::{ActiveGuard, MockBody};
 use super::directives::{split_token, Directives, Fault, RetryAfter};
@@ -178,7 +175,13 @@ impl MockServer {
             issued: Mutex::new(HashMap::new()),
         });
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+        let task = tokio::spawn(super::util::serve(
+            listener,
+            shared.clone(),
+            stop_rx,
+            "k2 mock",
+            handle,
+        ));
         log::info!("k2 mock listening on {addr}");
         Ok(MockServer {
             addr,
@@ -246,39 +249,6 @@ impl MockServer {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
-    }
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, _)) => {
-                    conns.spawn(serve_conn(stream, shared.clone()));
-                }
-                Err(e) => {
-                    log::warn!("k2 mock accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            _ = stop.changed() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    conns.abort_all();
-    while conns.join_next().await.is_some() {}
-}
-
-async fn serve_conn(stream: TcpStream, shared: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
-    let svc = service_fn(move |req| handle(shared.clone(), req));
-    if let Err(e) = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(stream), svc)
-        .await
-    {
-        log::debug!("k2 mock connection: {e}");
     }
 }
 

@@ -1,6 +1,21 @@
-//! Small helpers: ids, JWTs, HTTP dates.
+//! Small helpers: ids, JWTs, HTTP dates, and the HTTP/1 serve loop both mocks run.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::Response;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::body::MockBody;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -72,6 +87,57 @@ pub fn http_date(unix: u64) -> String {
         (secs / 60) % 60,
         secs % 60
     )
+}
+
+/// Serve HTTP/1 on `listener` until `stop` changes, each connection answered by
+/// `handle(shared, request)`; `label` names the mock in its log lines. Open connections are
+/// dropped at stop.
+pub(crate) async fn serve<S, H, F>(
+    listener: TcpListener,
+    shared: Arc<S>,
+    mut stop: watch::Receiver<bool>,
+    label: &'static str,
+    handle: H,
+) where
+    S: Send + Sync + 'static,
+    H: Fn(Arc<S>, Request<Incoming>) -> F + Copy + Send + Sync + 'static,
+    F: Future<Output = io::Result<Response<MockBody>>> + Send + 'static,
+{
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    conns.spawn(serve_conn(stream, shared.clone(), label, handle));
+                }
+                Err(e) => {
+                    log::warn!("{label} accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = stop.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
+}
+
+async fn serve_conn<S, H, F>(stream: TcpStream, shared: Arc<S>, label: &'static str, handle: H)
+where
+    S: Send + Sync + 'static,
+    H: Fn(Arc<S>, Request<Incoming>) -> F + Copy + Send + Sync + 'static,
+    F: Future<Output = io::Result<Response<MockBody>>> + Send + 'static,
+{
+    let _ = stream.set_nodelay(true);
+    let svc = service_fn(move |req| handle(shared.clone(), req));
+    if let Err(e) = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(stream), svc)
+        .await
+    {
+        log::debug!("{label} connection: {e}");
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ use crate::secret::Secret;
 const SIDE_ANSWER_LIMIT: usize = 2 * 1024 * 1024;
 /// Time for a side call.
 const SIDE_CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long an idle connection to Z.AI is kept for reuse.
+pub const KEEPALIVE: Duration = Duration::from_secs(60);
 /// How long cleanup of a request's chat may take after the answer.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -105,8 +107,9 @@ pub struct ZaiRuntime {
     fe: Mutex<Option<(String, Instant)>>,
     /// User tokens (user mode).
     pub pool: Pool,
-    /// Pool entries whose role was checked and found a user's.
-    checked: Mutex<std::collections::HashSet<u64>>,
+    /// Pool entries whose role was checked and found a user's, with their user id (the
+    /// signature's `user_id`), so neither the check nor the JWT is read again.
+    checked: Mutex<std::collections::HashMap<u64, String>>,
 }
 
 impl ZaiRuntime {
@@ -141,7 +144,7 @@ impl ZaiRuntime {
             creating: tokio::sync::Mutex::new(()),
             fe: Mutex::new(None),
             pool,
-            checked: Mutex::new(std::collections::HashSet::new()),
+            checked: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -163,7 +166,7 @@ impl ZaiRuntime {
                 ..self.settings()
             },
         );
-        p.options.idle_timeout = Some(Duration::from_secs(60));
+        p.options.idle_timeout = Some(KEEPALIVE);
         p
     }
 
@@ -248,10 +251,10 @@ impl ZaiRuntime {
                         return Err(NoIdentity::Exhausted(retry_after))
                     }
                 };
-                if self.is_user_token(app, &l).await {
+                if let Some(user_id) = self.user_id_of(app, &l).await {
                     return Ok(Identity {
                         id: l.id,
-                        user_id: sign::jwt_user_id(l.token.expose()).unwrap_or_default(),
+                        user_id,
                         token: l.token.clone(),
                         lease: Some(l),
                     });
@@ -275,22 +278,32 @@ impl ZaiRuntime {
         })
     }
 
-    /// Whether a user token is a logged-in user's, asked once per token with
-    /// `GET /api/v1/auths/` (`role: user`). A guest's token or one the site refuses (401) is
-    /// disabled in the pool with a warning naming it masked; a check that fails for another
-    /// reason (network, WAF) lets the token be used and is asked again next time.
-    async fn is_user_token(&self, app: &App, lease: &Lease) -> bool {
-        if lock(&self.checked).contains(&lease.id) {
-            return true;
+    /// `GET /api/v1/auths/`: with `token`, who it is; without, a new guest.
+    fn auths_request(&self, token: Option<&Secret>) -> Result<RequestHeader, String> {
+        let e = |e: Box<pingora::Error>| format!("cannot build the request: {e}");
+        let mut req = self.browser_head("GET", "/api/v1/auths/", &format!("{}/", self.origin))?;
+        req.insert_header("accept", "application/json").map_err(e)?;
+        if let Some(t) = token {
+            req.insert_header("authorization", format!("Bearer {}", t.expose()))
+                .map_err(e)?;
         }
-        let role = async {
-            let mut req =
-                self.browser_head("GET", "/api/v1/auths/", &format!("{}/", self.origin))?;
-            req.insert_header("accept", "application/json")
-                .map_err(|e| format!("cannot build the request: {e}"))?;
-            req.insert_header("authorization", format!("Bearer {}", lease.token.expose()))
-                .map_err(|e| format!("cannot build the request: {e}"))?;
-            let got = self.side_call(app, req, None).await?;
+        Ok(req)
+    }
+
+    /// The user id of a user token, when it is a logged-in user's: asked once per token
+    /// with `GET /api/v1/auths/` (`role: user`), then remembered. A guest's token or one the
+    /// site refuses (401) is disabled in the pool with a warning naming it masked (`None`); a
+    /// check that fails for another reason (network, WAF) lets the token be used with the
+    /// JWT's id and is asked again next time.
+    async fn user_id_of(&self, app: &App, lease: &Lease) -> Option<String> {
+        if let Some(id) = lock(&self.checked).get(&lease.id) {
+            return Some(id.clone());
+        }
+        let jwt_id = || sign::jwt_user_id(lease.token.expose()).unwrap_or_default();
+        let who = async {
+            let got = self
+                .side_call(app, self.auths_request(Some(&lease.token))?, None)
+                .await?;
             if got.status == 401 {
                 return Ok(None);
             }
@@ -299,20 +312,18 @@ impl ZaiRuntime {
             }
             let v: Value = serde_json::from_slice(&got.body)
                 .map_err(|_| "an answer that is not JSON".to_string())?;
-            Ok(Some(
-                v.get("role")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-            ))
+            let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+            Ok(Some((field("role"), field("id"))))
         };
-        let verdict: Result<Option<String>, String> = role.await;
+        let verdict: Result<Option<(String, String)>, String> = who.await;
         match verdict {
-            Ok(Some(role)) if role == "user" || role == "admin" => {
-                lock(&self.checked).insert(lease.id);
-                true
+            Ok(Some((role, id))) if role == "user" || role == "admin" => {
+                let id = if id.is_empty() { jwt_id() } else { id };
+                lock(&self.checked).insert(lease.id, id.clone());
+                Some(id)
             }
             Ok(found) => {
+                let found = found.map(|(role, _)| role);
                 warn!(
                     "provider {}: token {} is {}; disabled (user mode needs a logged-in user's token)",
                     self.name,
@@ -324,7 +335,7 @@ impl ZaiRuntime {
                     }
                 );
                 self.pool.disable(lease.id);
-                false
+                None
             }
             Err(e) => {
                 warn!(
@@ -332,7 +343,7 @@ impl ZaiRuntime {
                     self.name,
                     lease.token.masked()
                 );
-                true
+                Some(jwt_id())
             }
         }
     }
@@ -360,11 +371,8 @@ impl ZaiRuntime {
     }
 
     async fn new_guest(&self, app: &App) -> Result<Guest, String> {
-        let mut req = self.browser_head("GET", "/api/v1/auths/", &format!("{}/", self.origin))?;
-        req.insert_header("accept", "application/json")
-            .map_err(|e| format!("cannot build the request: {e}"))?;
         let got = self
-            .side_call(app, req, None)
+            .side_call(app, self.auths_request(None)?, None)
             .await
             .map_err(|e| format!("guest sign-in: {e}"))?;
         if got.status == 405 {

@@ -12,15 +12,12 @@ use http::request::Parts;
 use http::{header, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::Request;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use super::directives::{Thinking, ZaiDirectives, ZaiFault};
 use super::sign::{jwt, jwt_user_id, query_pairs, signature_of};
@@ -249,7 +246,13 @@ impl ZaiMock {
             shared.register(&t, Role::User);
         }
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+        let task = tokio::spawn(crate::mock::util::serve(
+            listener,
+            shared.clone(),
+            stop_rx,
+            "z.ai mock",
+            handle,
+        ));
         log::info!("z.ai mock listening on {addr}");
         Ok(ZaiMock {
             addr,
@@ -429,39 +432,6 @@ fn older_fe(current: &str) -> String {
         return "prod-fe-0.0.0".to_string();
     };
     format!("prod-fe-{}.{}.{}", older.0, older.1, older.2)
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, _)) => {
-                    conns.spawn(serve_conn(stream, shared.clone()));
-                }
-                Err(e) => {
-                    log::warn!("z.ai mock accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            _ = stop.changed() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    conns.abort_all();
-    while conns.join_next().await.is_some() {}
-}
-
-async fn serve_conn(stream: TcpStream, shared: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
-    let svc = service_fn(move |req| handle(shared.clone(), req));
-    if let Err(e) = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(stream), svc)
-        .await
-    {
-        log::debug!("z.ai mock connection: {e}");
-    }
 }
 
 struct Ctx {

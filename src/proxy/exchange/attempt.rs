@@ -72,7 +72,7 @@ impl Job<'_> {
                     connect_timeout: s.connect_timeout,
                     header_timeout: s.header_timeout,
                     idle_timeout: s.idle_timeout,
-                    keepalive: Duration::from_secs(60),
+                    keepalive: crate::proxy::zai::KEEPALIVE,
                 }
             }
         }
