@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use super::body::{ActiveGuard, MockBody};
 use super::directives::{split_token, Directives, Fault, RetryAfter};
 use super::script::{self, content_text, last_user_text, StreamSpec, Tail};
-use super::util::{http_date, jwt, random_hex, unix_now, uuid};
+use super::util::{bearer_of, cookie_token_of, http_date, jwt, random_hex, unix_now, uuid};
 use super::{MockConfig, RecordedRequest, TokenIn};
 
 type Reply = Response<MockBody>;
@@ -267,31 +267,6 @@ impl Ctx {
             .or(self.slot.cookie.as_deref())
             .filter(|t| !t.trim().is_empty())
     }
-}
-
-fn bearer_of(parts: &Parts) -> Option<String> {
-    let v = parts
-        .headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .trim();
-    let (scheme, rest) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| rest.trim().to_string())
-}
-
-fn cookie_token_of(parts: &Parts) -> Option<String> {
-    parts
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == "token")
-        .map(|(_, v)| v.to_string())
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> io::Result<Reply> {

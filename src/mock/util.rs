@@ -5,7 +5,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::Response;
+use http::request::Parts;
+use http::{header, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -138,6 +139,33 @@ where
     {
         log::debug!("{label} connection: {e}");
     }
+}
+
+/// The bearer token of a request, without its scheme.
+pub(crate) fn bearer_of(parts: &Parts) -> Option<String> {
+    let v = parts
+        .headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim();
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim().to_string())
+}
+
+/// The `token` cookie of a request (where Open WebUI also puts its JWT).
+pub(crate) fn cookie_token_of(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == "token")
+        .map(|(_, v)| v.to_string())
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use super::{Role, ZaiChat, ZaiMockConfig, ZaiRequest};
 use crate::mock::body::{ActiveGuard, MockBody};
 use crate::mock::directives::split_token;
 use crate::mock::script::last_user_text;
-use crate::mock::util::{random_hex, unix_now, uuid};
+use crate::mock::util::{bearer_of, cookie_token_of, random_hex, unix_now, uuid};
 
 type Reply = Response<MockBody>;
 type Tx = mpsc::Sender<io::Result<Bytes>>;
@@ -462,31 +462,6 @@ impl Ctx {
             .identity(t)
             .ok_or_else(|| Box::new(detail(StatusCode::UNAUTHORIZED, INVALID_TOKEN)))
     }
-}
-
-fn bearer_of(parts: &Parts) -> Option<String> {
-    let v = parts
-        .headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .trim();
-    let (scheme, rest) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| rest.trim().to_string())
-}
-
-fn cookie_token_of(parts: &Parts) -> Option<String> {
-    parts
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == "token")
-        .map(|(_, v)| v.to_string())
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> io::Result<Reply> {
