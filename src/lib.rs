@@ -32,3 +32,4 @@ pub mod sse;
 pub mod surface;
 pub mod tokens_file;
 pub mod updater;
+pub mod values;

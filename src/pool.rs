@@ -402,6 +402,15 @@ impl Pool {
         self.len() == 0
     }
 
+    /// How long until a token is usable again, when every one is cooling (`None`: one is
+    /// usable now, or none ever will be).
+    pub fn wait(&self, now: Instant) -> Option<Duration> {
+        match self.lease(&[], now) {
+            Err(LeaseError::Exhausted { retry_after }) => retry_after,
+            _ => None,
+        }
+    }
+
     /// Take the next usable token that is not in `tried`.
     pub fn lease(&self, tried: &[u64], now: Instant) -> Result<Lease, LeaseError> {
         let mut inner = self.lock();

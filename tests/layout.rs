@@ -228,3 +228,32 @@ fn the_scanner_sees_references_and_skips_tests_and_comments() {
         Some(vec!["a".to_string(), "b".to_string(), "a".to_string()])
     );
 }
+
+#[test]
+fn providers_see_neither_the_proxy_nor_the_config_and_only_the_proxy_sees_pingora() {
+    let g = graph();
+    let deps = g.get("provider").expect("src/provider");
+    for banned in ["proxy", "config", "mock"] {
+        assert!(
+            !deps.contains(banned),
+            "provider must not import `{banned}` (its settings are its own, its I/O goes through SideCalls); it imports: {}",
+            deps.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let outside: Vec<String> = files
+        .iter()
+        .filter(|f| {
+            let rel = f.strip_prefix(&src).expect("under src");
+            !(rel.starts_with("proxy") || rel.starts_with("bin") || rel == Path::new("main.rs"))
+        })
+        .filter(|f| {
+            let text = fs::read_to_string(f).expect("read");
+            code_lines(&text).iter().any(|l| l.contains("pingora::"))
+        })
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(outside.is_empty(), "Pingora outside src/proxy: {outside:?}");
+}

@@ -7,7 +7,6 @@
 
 pub mod diff;
 pub mod providers;
-mod values;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -17,8 +16,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use values::{de_duration, de_opt_string, de_string, de_string_list, de_string_map};
-pub use values::{expand_env, ByteSize};
+pub use crate::provider::target::UpstreamTarget;
+use crate::values::{de_duration, de_opt_string, de_string, de_string_list, de_string_map};
+pub use crate::values::{expand_env, ByteSize};
 
 /// A configuration that failed to load: where, which key, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,9 +293,7 @@ impl Default for HeaderSection {
     }
 }
 
-/// A current desktop Chrome (156, December 2026) on Windows, as the newest web clients of
-/// the upstream send it (k2think-protocol.md §0.5 #10).
-pub const CHROME_USER_AGENT: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36";
+pub use crate::provider::CHROME_USER_AGENT;
 /// The `sec-ch-ua` brand list of that Chrome.
 pub const CHROME_SEC_CH_UA: &str =
     "\"Chromium\";v=\"156\", \"Google Chrome\";v=\"156\", \"Not_A Brand\";v=\"99\"";
@@ -1399,74 +1397,6 @@ fn read_config_text(path: &Path) -> Result<String, String> {
         e => e.to_string(),
     })?;
     String::from_utf8(bytes).map_err(|_| "the file is not UTF-8 text".to_string())
-}
-
-/// Where the upstream lives, taken apart from `upstream.base_url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamTarget {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    /// Value of the `Host` header (host, plus the port when it is not the default).
-    pub authority: String,
-}
-
-impl UpstreamTarget {
-    pub fn parse(url: &str) -> Result<UpstreamTarget, String> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("http://") {
-            (false, r)
-        } else {
-            return Err(format!("`{url}` must start with http:// or https://"));
-        };
-        let rest = rest.trim_end_matches('/');
-        if rest.contains('/') || rest.contains('?') || rest.contains('@') {
-            return Err(format!(
-                "`{url}` must be scheme://host[:port] only; paths go in upstream.user_path/guest_path"
-            ));
-        }
-        let default_port = if tls { 443 } else { 80 };
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (h, after) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("`{url}` has an unclosed IPv6 bracket"))?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| format!("bad port in `{url}`"))?,
-                None if after.is_empty() => default_port,
-                None => return Err(format!("`{url}` is not a valid URL")),
-            };
-            (h.to_string(), port)
-        } else {
-            match rest.rsplit_once(':') {
-                Some((h, p)) => (
-                    h.to_string(),
-                    p.parse().map_err(|_| format!("bad port in `{url}`"))?,
-                ),
-                None => (rest.to_string(), default_port),
-            }
-        };
-        if host.is_empty() {
-            return Err(format!("`{url}` has no host"));
-        }
-        let authority = if port == default_port {
-            if host.contains(':') {
-                format!("[{host}]")
-            } else {
-                host.clone()
-            }
-        } else if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
-        Ok(UpstreamTarget {
-            tls,
-            host,
-            port,
-            authority,
-        })
-    }
 }
 
 #[cfg(test)]

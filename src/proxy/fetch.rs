@@ -11,6 +11,7 @@ use pingora::protocols::ALPN;
 
 use super::App;
 use crate::config::UpstreamTarget;
+use crate::provider::{Pending, SideAnswer, SideCall, SideCalls};
 
 /// Connection settings of a side call.
 #[derive(Debug, Clone, Copy)]
@@ -111,5 +112,36 @@ pub async fn fetch(
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+/// Providers' side calls go through Pingora's connector like the chat path.
+impl SideCalls for App {
+    fn send<'a>(&'a self, call: SideCall<'a>) -> Pending<'a, Result<SideAnswer, String>> {
+        Box::pin(async move {
+            let mut req = head(call.target, call.method, &call.path)?;
+            for (k, v) in call.headers {
+                req.insert_header(k, v.as_str())
+                    .map_err(|e| format!("cannot build the request: {e}"))?;
+            }
+            let got = fetch(
+                self,
+                call.target,
+                PeerSettings {
+                    connect_timeout: call.connect_timeout,
+                    read_timeout: call.read_timeout,
+                    tls_verify: call.tls_verify,
+                },
+                req,
+                call.body,
+                call.limit,
+                call.timeout,
+            )
+            .await?;
+            Ok(SideAnswer {
+                status: got.status,
+                body: got.body,
+            })
+        })
     }
 }

@@ -10,7 +10,6 @@ mod admin;
 mod client;
 mod conns;
 mod exchange;
-mod failure;
 mod fetch;
 mod metrics_app;
 pub mod probe;
@@ -19,7 +18,6 @@ mod respond;
 mod routes;
 mod updater;
 mod upstream;
-mod zai;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -43,6 +41,9 @@ use pingora::services::listening::Service;
 use crate::config::{Config, LogFormat, ModelEntry, UpstreamMode, UpstreamTarget};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolEvent, PoolSettings, Source};
+use crate::provider::k2think::runtime::{K2think, K2thinkSettings};
+use crate::provider::zai::runtime::ZaiRuntime;
+use crate::provider::Provider;
 use crate::secret::Secret;
 use crate::tokens_file;
 
@@ -58,6 +59,8 @@ pub struct Snapshot {
     /// once per config rather than per attempt.
     pub origin: String,
     pub referer: String,
+    /// The K2Think provider's settings under this config.
+    pub k2think: K2thinkSettings,
     keys: Vec<(String, Secret)>,
 }
 
@@ -80,6 +83,7 @@ impl Snapshot {
             .collect();
         Ok(Snapshot {
             mode: config.effective_mode(),
+            k2think: upstream::k2think_settings(&config, &target),
             target,
             origin: config.upstream_origin(),
             referer: config.upstream_referer(),
@@ -123,7 +127,7 @@ pub struct App {
     updater: updater::UpdaterState,
     /// Z.AI providers at run time, by name; made on first use and again when their
     /// section changes on reload.
-    zai: Mutex<std::collections::HashMap<String, Arc<zai::ZaiRuntime>>>,
+    zai: Mutex<std::collections::HashMap<String, Arc<ZaiRuntime>>>,
 }
 
 impl App {
@@ -216,19 +220,10 @@ impl App {
                 .collect()
         };
         let mut out = serde_json::Map::new();
-        let stats = self.pool.stats(Instant::now());
-        let user = snap.mode == UpstreamMode::User;
         let k2 = c.k2think_name();
-        out.insert(
-            k2.to_string(),
-            serde_json::json!({
-                "kind": "k2think",
-                "ready": !user || stats.active > 0,
-                "mode": if user { "user" } else { "guest" },
-                "tokens": {"total": stats.total, "active": stats.active, "cooling": stats.cooling, "disabled": stats.disabled},
-                "models": models(k2),
-            }),
-        );
+        let mut status = self.k2think(snap).status();
+        status["models"] = serde_json::json!(models(k2));
+        out.insert(k2.to_string(), status);
         for name in c.providers.keys() {
             if c.provider_kind(name) != Some("zai") {
                 continue;
@@ -243,8 +238,16 @@ impl App {
         out
     }
 
+    /// The K2Think provider under this snapshot's config.
+    fn k2think<'a>(&'a self, snap: &'a Snapshot) -> K2think<'a> {
+        K2think {
+            settings: &snap.k2think,
+            pool: &self.pool,
+        }
+    }
+
     /// The run-time state of the Z.AI provider `name` under this snapshot's config.
-    fn zai_runtime(&self, snap: &Snapshot, name: &str) -> Result<Arc<zai::ZaiRuntime>, String> {
+    fn zai_runtime(&self, snap: &Snapshot, name: &str) -> Result<Arc<ZaiRuntime>, String> {
         let Some(crate::config::providers::ProviderEntry::Zai(section)) =
             snap.config.providers.get(name)
         else {
@@ -256,7 +259,7 @@ impl App {
                 return Ok(Arc::clone(rt));
             }
         }
-        let rt = Arc::new(zai::ZaiRuntime::new(name, section)?);
+        let rt = Arc::new(ZaiRuntime::new(name, section)?);
         all.insert(name.to_string(), Arc::clone(&rt));
         Ok(rt)
     }

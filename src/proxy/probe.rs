@@ -238,7 +238,7 @@ impl Prober<'_> {
     async fn open(&self, req: RequestHeader, body: Option<Bytes>) -> Result<HttpSession, String> {
         let target = &self.snap.target;
         let addr = self.resolver.resolve(&target.host, target.port).await?;
-        let peer = upstream::peer(self.snap, addr);
+        let peer = upstream::peer(target, &self.snap.k2think.timing, addr);
         let (mut up, _) = self
             .connector
             .get_http_session(&peer)
@@ -264,7 +264,8 @@ impl Prober<'_> {
         let target = Target::Models {
             wanted: wanted.clone(),
         };
-        let req = match upstream::request_header(self.snap, self.token, "", 0, false) {
+        let head = self.snap.k2think.head(self.token, "", 0, false);
+        let req = match head.map(upstream::pingora_head) {
             Ok(mut req) => {
                 req.set_method(Method::GET);
                 req.set_uri(http::Uri::from_static(MODELS_PATH));
@@ -272,8 +273,7 @@ impl Prober<'_> {
                 req.remove_header("content-length");
                 req
             }
-            Err(e) => {
-                let why = format!("cannot build the request: {e}");
+            Err(why) => {
                 return Check::failed("models", target, why, started.elapsed());
             }
         };
@@ -322,16 +322,14 @@ impl Prober<'_> {
         let mut payload = super::exchange::upstream_payload(self.snap, t.entry, &req, None);
         payload.stream = stream;
         let body = Bytes::from(payload.to_bytes());
-        let head = match upstream::request_header(
-            self.snap,
-            self.token,
-            &payload.chat_id,
-            body.len(),
-            stream,
-        ) {
+        let head = self
+            .snap
+            .k2think
+            .head(self.token, &payload.chat_id, body.len(), stream)
+            .map(upstream::pingora_head);
+        let head = match head {
             Ok(h) => h,
-            Err(e) => {
-                let why = format!("cannot build the request: {e}");
+            Err(why) => {
                 return Check::failed(&name, t.target(stream), why, started.elapsed());
             }
         };

@@ -1,5 +1,5 @@
-//! The upstream peer: address resolution, connection options and the request head of one
-//! attempt.
+//! The upstream peer: address resolution, connection options, the request head as Pingora
+//! writes it, and the K2Think provider's settings from the config.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -10,9 +10,9 @@ use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::ALPN;
 
-use super::Snapshot;
-use crate::config::UpstreamMode;
-use crate::secret::Secret;
+use crate::config::{Config, UpstreamMode, UpstreamTarget};
+use crate::provider::k2think::runtime::K2thinkSettings;
+use crate::provider::Timing;
 
 const DNS_TTL: Duration = Duration::from_secs(60);
 
@@ -60,77 +60,80 @@ impl Resolver {
     }
 }
 
-/// The peer for one attempt, with every timeout set (Pingora's defaults are "none").
-pub fn peer(snap: &Snapshot, addr: SocketAddr) -> HttpPeer {
-    let up = &snap.config.upstream;
-    let mut peer = HttpPeer::new(addr, snap.target.tls, snap.target.host.clone());
+/// The peer of a completion attempt to `target`, with every timeout set (Pingora's
+/// defaults are "none").
+pub fn peer(target: &UpstreamTarget, t: &Timing, addr: SocketAddr) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, target.tls, target.host.clone());
     let o = &mut peer.options;
-    o.connection_timeout = Some(up.connect_timeout);
-    o.total_connection_timeout = Some(up.connect_timeout * 2);
-    o.read_timeout = Some(up.idle_timeout.max(up.header_timeout));
-    o.write_timeout = Some(up.connect_timeout.max(Duration::from_secs(30)));
-    o.idle_timeout = Some(up.keepalive);
-    o.verify_cert = up.tls_verify;
-    o.verify_hostname = up.tls_verify;
-    if snap.target.tls {
+    o.connection_timeout = Some(t.connect_timeout);
+    o.total_connection_timeout = Some(t.connect_timeout * 2);
+    o.read_timeout = Some(t.idle_timeout.max(t.header_timeout));
+    o.write_timeout = Some(t.connect_timeout.max(Duration::from_secs(30)));
+    o.idle_timeout = Some(t.keepalive);
+    o.verify_cert = t.tls_verify;
+    o.verify_hostname = t.tls_verify;
+    if target.tls {
         o.alpn = ALPN::H2H1;
-        o.max_h2_streams = 100;
+        if t.h2_streams > 0 {
+            o.max_h2_streams = t.h2_streams;
+        }
     }
     peer
 }
 
-/// The request head of one attempt: path per mode, browser-like headers, the bearer of
-/// this attempt's token, and the exact body length.
-pub fn request_header(
-    snap: &Snapshot,
-    token: Option<&Secret>,
-    chat_id: &str,
-    body_len: usize,
-    stream: bool,
-) -> pingora::Result<RequestHeader> {
-    let up = &snap.config.upstream;
-    let path = match snap.mode {
-        UpstreamMode::User => up.user_path.as_str(),
-        _ => up.guest_path.as_str(),
-    };
-    let mut req = RequestHeader::build("POST", path.as_bytes(), Some(12))?;
-    req.insert_header("host", snap.target.authority.as_str())?;
-    req.insert_header("content-type", "application/json")?;
-    req.insert_header("content-length", body_len.to_string())?;
-    req.insert_header(
-        "accept",
-        if stream {
-            "text/event-stream, application/json"
-        } else {
-            "application/json"
-        },
-    )?;
-    req.insert_header("accept-encoding", "identity")?;
+/// A provider's request head as Pingora writes it.
+pub fn pingora_head(parts: http::request::Parts) -> RequestHeader {
+    RequestHeader::from(parts)
+}
+
+/// The K2Think provider's settings under `config`, worked out once per config.
+pub fn k2think_settings(config: &Config, target: &UpstreamTarget) -> K2thinkSettings {
+    let up = &config.upstream;
     let h = &up.headers;
-    for (name, value) in [
+    let mut browser: Vec<(String, String)> = [
         ("user-agent", &h.user_agent),
         ("sec-ch-ua", &h.sec_ch_ua),
         ("sec-ch-ua-mobile", &h.sec_ch_ua_mobile),
         ("sec-ch-ua-platform", &h.sec_ch_ua_platform),
-    ] {
-        if !value.is_empty() {
-            req.insert_header(name, value.as_str())?;
-        }
+    ]
+    .into_iter()
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(k, v)| (k.to_string(), v.clone()))
+    .collect();
+    let origin = config.upstream_origin();
+    if !origin.is_empty() {
+        browser.push(("origin".to_string(), origin));
     }
-    if !snap.origin.is_empty() {
-        req.insert_header("origin", snap.origin.as_str())?;
-    }
-    if !snap.referer.is_empty() {
-        req.insert_header("referer", snap.referer.replace("{chat_id}", chat_id))?;
-    }
+    let mut after_referer = Vec::new();
     if !h.accept_language.is_empty() {
-        req.insert_header("accept-language", h.accept_language.as_str())?;
+        after_referer.push(("accept-language".to_string(), h.accept_language.clone()));
     }
-    for (k, v) in &h.extra {
-        req.insert_header(k.clone(), v.as_str())?;
+    after_referer.extend(h.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let user_mode = config.effective_mode() == UpstreamMode::User;
+    K2thinkSettings {
+        target: target.clone(),
+        path: if user_mode {
+            up.user_path.clone()
+        } else {
+            up.guest_path.clone()
+        },
+        user_mode,
+        stream: up.stream,
+        browser,
+        after_referer,
+        referer: config.upstream_referer(),
+        timing: Timing {
+            connect_timeout: up.connect_timeout,
+            header_timeout: up.header_timeout,
+            idle_timeout: up.idle_timeout,
+            keepalive: up.keepalive,
+            tls_verify: up.tls_verify,
+            h2_streams: 100,
+        },
+        max_attempts: config.retry.max_attempts,
+        backoff: config.retry.backoff,
+        on_status: config.retry.on_status.clone(),
+        implicit_think: config.reasoning.implicit_think,
+        delivery: up.content_delivery,
     }
-    if let Some(t) = token {
-        req.insert_header("authorization", format!("Bearer {}", t.expose()))?;
-    }
-    Ok(req)
 }

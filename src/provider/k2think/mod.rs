@@ -17,6 +17,7 @@ use crate::pipeline::tokens::estimate_tokens;
 
 pub mod decode;
 pub mod request;
+pub mod runtime;
 
 /// K2 Horizon, the web chat's model since 2026-09 (k2think-protocol.md §0.5 #2).
 pub const HORIZON_MODEL: &str = "IFM/K2-Horizon-375B-A23B";

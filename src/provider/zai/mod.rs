@@ -16,4 +16,6 @@ pub mod classify;
 pub mod decode;
 pub mod fe_version;
 pub mod models;
+pub mod runtime;
+pub mod settings;
 pub mod sign;

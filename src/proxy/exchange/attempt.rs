@@ -13,29 +13,36 @@ use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::upstreams::peer::Peer;
 use pingora::ErrorType;
 
-use super::super::failure::{pool_exhausted, Failure};
 use super::super::{upstream, App, Ctx};
-use crate::config::UpstreamMode;
 use crate::core::error::ApiError;
 use crate::core::Decoder;
 use crate::pipeline::complete::Completion;
 use crate::pipeline::stream::ChatStream;
-use crate::pool::{LeaseError, Outcome};
-use crate::provider::k2think::decode::{K2Decoder, UpstreamFormat};
-use crate::proxy::zai::{Ask, NoIdentity};
+use crate::pool::Outcome;
+use crate::provider::failure::{pool_exhausted, Failure};
+use crate::provider::{Ask, Identity, NoIdentity, Timing, UpstreamFormat};
 use crate::secret::Secret;
 
 use super::*;
 
 impl Job<'_> {
+    /// What the provider is asked, borrowed from the request.
+    pub(super) fn ask(&self) -> Ask<'_> {
+        Ask {
+            model: &self.model.id,
+            upstream_model: &self.model.upstream,
+            thinking: self.model.reasoning,
+            images: self.model.images,
+            effort: self.effort,
+            turns: &self.payload.messages,
+            sampling: &self.payload.params,
+            chat_id: &self.payload.chat_id,
+            body: &self.body,
+        }
+    }
+
     pub(super) fn new_sink(&self, format: UpstreamFormat) -> Sink {
-        let decoder: Box<dyn Decoder> = match &self.route {
-            Route::K2think => Box::new(
-                K2Decoder::new(format, self.snap.config.reasoning.implicit_think)
-                    .with_delivery(self.snap.config.upstream.content_delivery),
-            ),
-            Route::Zai(_) => Box::new(crate::provider::zai::decode::ZaiDecoder::new()),
-        };
+        let decoder = self.provider.decoder(format);
         if self.stream {
             let wire = self.surface.encoder(&self.reply);
             Sink::Stream(ChatStream::with_decoder(wire, decoder, self.tools.as_ref()))
@@ -46,93 +53,38 @@ impl Job<'_> {
 
     /// A 200 whose body carried an error or nothing usable: the provider's reading of it.
     pub(super) fn body_failure(&self, decoder: &dyn Decoder, message: String) -> Failure {
-        match &self.route {
-            Route::Zai(z) => {
-                crate::proxy::zai::inline_failure(&z.rt, decoder.error_code(), message)
-            }
-            Route::K2think => Failure::Unusable(message),
-        }
+        self.provider.body_failure(decoder.error_code(), message)
     }
 
     /// The upstream timeouts of this request's provider.
     pub(super) fn timing(&self) -> Timing {
-        match &self.route {
-            Route::K2think => {
-                let u = &self.snap.config.upstream;
-                Timing {
-                    connect_timeout: u.connect_timeout,
-                    header_timeout: u.header_timeout,
-                    idle_timeout: u.idle_timeout,
-                    keepalive: u.keepalive,
-                }
-            }
-            Route::Zai(z) => {
-                let s = &z.rt.section;
-                Timing {
-                    connect_timeout: s.connect_timeout,
-                    header_timeout: s.header_timeout,
-                    idle_timeout: s.idle_timeout,
-                    keepalive: crate::proxy::zai::KEEPALIVE,
-                }
-            }
-        }
+        self.provider.timing()
     }
 
     /// The attempt loop: a usable answer, or the error the client gets.
     pub(super) async fn exchange(&self, ctx: &mut Ctx) -> Result<Answer, ApiError> {
-        let cfg = &self.snap.config;
-        let user_mode = self.snap.mode == UpstreamMode::User;
-        let pool = &self.app.pool;
+        let provider = self.provider;
+        let ask = self.ask();
         let mut tried: Vec<u64> = Vec::new();
         let mut last: Option<Failure> = None;
-        let max_attempts = match &self.route {
-            Route::K2think => cfg.retry.max_attempts,
-            Route::Zai(z) => z.rt.section.max_attempts,
-        };
-        for attempt in 0..max_attempts {
-            let who = match &self.route {
-                Route::K2think if user_mode => match pool.lease(&tried, Instant::now()) {
-                    Ok(l) => Who::K2think(Some(l)),
-                    Err(LeaseError::Empty) => {
-                        return Err(ApiError::new(
-                            503,
-                            "server_error",
-                            "no_upstream_tokens",
-                            "No upstream token is configured (pool.tokens / pool.tokens_file)"
-                                .to_string(),
-                        ))
+        for attempt in 0..provider.max_attempts() {
+            let who = match provider.identity(self.app, &tried, attempt).await {
+                Ok(who) => who,
+                Err(NoIdentity::AllTried) => break,
+                Err(NoIdentity::Exhausted(retry_after)) => {
+                    if last.is_some() {
+                        break;
                     }
-                    Err(LeaseError::AllTried) => break,
-                    Err(LeaseError::Exhausted { retry_after }) => {
-                        if last.is_some() {
-                            break;
-                        }
-                        return Err(pool_exhausted(retry_after));
-                    }
-                },
-                Route::K2think => {
-                    if attempt > 0 && !cfg.retry.backoff.is_zero() {
-                        tokio::time::sleep(cfg.retry.backoff).await;
-                    }
-                    Who::K2think(None)
+                    return Err(pool_exhausted(retry_after));
                 }
-                Route::Zai(z) => match z.rt.identity(self.app, &tried).await {
-                    Ok(i) => Who::Zai(i),
-                    Err(NoIdentity::AllTried) => break,
-                    Err(NoIdentity::Exhausted(retry_after)) => {
-                        if last.is_some() {
-                            break;
-                        }
-                        return Err(pool_exhausted(retry_after));
-                    }
-                    Err(NoIdentity::Guest(e)) => {
-                        warn!("{}: {}: {e}", ctx.request_id, z.rt.name);
-                        last = Some(Failure::Network(e));
-                        continue;
-                    }
-                },
+                Err(NoIdentity::Final(e)) => return Err(e),
+                Err(NoIdentity::Failed(e)) => {
+                    warn!("{}: {}: {e}", ctx.request_id, provider.title());
+                    last = Some(Failure::Network(e));
+                    continue;
+                }
             };
-            if let Some(id) = who.id() {
+            if let Some(id) = who.id {
                 tried.push(id);
             }
             ctx.attempts += 1;
@@ -140,7 +92,7 @@ impl Job<'_> {
                 self.app.metrics.retries.inc();
             }
             let started = Instant::now();
-            let result = self.attempt(&who, ctx).await;
+            let result = self.attempt(&who, &ask, ctx).await;
             let elapsed = started.elapsed();
             let label = match &result {
                 Ok(_) => "200".to_string(),
@@ -161,11 +113,11 @@ impl Job<'_> {
             match result {
                 Ok(answer) => {
                     self.report(&who, &Outcome::Success);
-                    ctx.token = who.token().map(Secret::masked);
+                    ctx.token = who.token.as_ref().map(Secret::masked);
                     return Ok(answer);
                 }
                 Err(f) => {
-                    let token = who.token().map(Secret::masked);
+                    let token = who.token.as_ref().map(Secret::masked);
                     warn!(
                         "{}: attempt {} (token {}) failed after {:.0}ms: {}",
                         ctx.request_id,
@@ -175,7 +127,7 @@ impl Job<'_> {
                         f.describe()
                     );
                     self.report(&who, &f.outcome());
-                    let retry = f.retryable(&cfg.retry.on_status);
+                    let retry = provider.retries(&f);
                     last = Some(f);
                     if !retry {
                         break;
@@ -186,24 +138,19 @@ impl Job<'_> {
         Err(self.final_error(last))
     }
 
-    /// Tell the provider's pool how an attempt went.
-    pub(super) fn report(&self, who: &Who, outcome: &Outcome) {
-        match (who, &self.route) {
-            (Who::K2think(Some(l)), _) => {
-                self.app
-                    .request_refresh(self.app.pool.report(l.id, outcome, Instant::now()));
-            }
-            (Who::Zai(i), Route::Zai(z)) => z.rt.report(i, outcome),
-            _ => {}
+    /// Tell the provider how an attempt went; sign-in work goes to the updater.
+    pub(super) fn report(&self, who: &Identity, outcome: &Outcome) {
+        let events = self.provider.report(who, outcome);
+        if !events.is_empty() {
+            self.app.request_refresh(events);
         }
     }
 
-    /// Delete the upstream chats this request created (Z.AI's `cleanup: delete`).
+    /// Remove what the attempts left upstream (Z.AI's chats under `cleanup: delete`).
     pub(super) async fn clean_up(&self) {
-        let Route::Zai(z) = &self.route else { return };
-        let chats = std::mem::take(&mut *self.cleanup.lock().unwrap_or_else(|p| p.into_inner()));
-        for (token, chat) in chats {
-            z.rt.delete_chat(self.app, &token, &chat).await;
+        let left = std::mem::take(&mut *self.leftovers.lock().unwrap_or_else(|p| p.into_inner()));
+        if !left.is_empty() {
+            self.provider.clean_up(self.app, left).await;
         }
     }
 
@@ -212,74 +159,35 @@ impl Job<'_> {
         let Some(f) = last else {
             return pool_exhausted(None);
         };
-        let up = match &self.route {
-            Route::K2think => "K2Think",
-            Route::Zai(_) => "Z.AI",
-        };
-        let pool_wait = || match self.app.pool.lease(&[], Instant::now()) {
-            Err(LeaseError::Exhausted { retry_after }) => retry_after,
-            _ => None,
-        };
-        f.client_error(up, pool_wait)
+        f.client_error(self.provider.title(), || self.provider.pool_wait())
     }
 
     /// One attempt, up to a usable answer.
-    pub(super) async fn attempt(&self, who: &Who, ctx: &mut Ctx) -> Result<Answer, Failure> {
-        let snap = self.snap;
+    pub(super) async fn attempt(
+        &self,
+        who: &Identity,
+        ask: &Ask<'_>,
+        ctx: &mut Ctx,
+    ) -> Result<Answer, Failure> {
         let up_cfg = self.timing();
         let connector = &self.app.connector;
-        let (peer, req, body) = match (&self.route, who) {
-            (Route::Zai(z), Who::Zai(id)) => {
-                let rt = &z.rt;
-                let addr = self
-                    .app
-                    .resolver
-                    .resolve(&rt.target.host, rt.target.port)
-                    .await
-                    .map_err(Failure::Network)?;
-                let peer = Box::new(rt.peer(addr));
-                let ask = Ask {
-                    upstream_model: &z.upstream_model,
-                    model: &z.model,
-                    turns: &z.turns,
-                    sampling: &z.sampling,
-                    thinking: z.thinking,
-                    effort: z.effort,
-                };
-                let call = rt
-                    .call(self.app, id, &ask)
-                    .await
-                    .map_err(|e| crate::proxy::zai::prepare_failure(rt, e))?;
-                if let Some(chat) = call.created_chat {
-                    if rt.section.cleanup == crate::config::providers::ChatCleanup::Delete {
-                        self.cleanup
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push((id.token.clone(), chat));
-                    }
-                }
-                (peer, Box::new(call.header), call.body)
-            }
-            (_, who) => {
-                let addr = self
-                    .app
-                    .resolver
-                    .resolve(&snap.target.host, snap.target.port)
-                    .await
-                    .map_err(Failure::Network)?;
-                let peer = Box::new(upstream::peer(snap, addr));
-                let req = upstream::request_header(
-                    snap,
-                    who.token(),
-                    &self.chat_id,
-                    self.body.len(),
-                    snap.config.upstream.stream,
-                )
-                .map(Box::new)
-                .map_err(|e| Failure::Network(format!("cannot build the request: {e}")))?;
-                (peer, req, self.body.clone())
-            }
-        };
+        let target = self.provider.target();
+        let addr = self
+            .app
+            .resolver
+            .resolve(&target.host, target.port)
+            .await
+            .map_err(Failure::Network)?;
+        let peer = Box::new(upstream::peer(target, &up_cfg, addr));
+        let outbound = self.provider.request(self.app, who, ask).await?;
+        if let Some(left) = outbound.leftover {
+            self.leftovers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(left);
+        }
+        let req = Box::new(upstream::pingora_head(outbound.head));
+        let body = outbound.body;
         let deadline = tokio::time::Instant::now() + up_cfg.header_timeout;
 
         // A pooled connection may have been closed by the upstream meanwhile: if sending on
@@ -347,23 +255,9 @@ impl Job<'_> {
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
             let body = read_error_body(&mut up).await;
-            if let Route::Zai(z) = &self.route {
-                return Err(crate::proxy::zai::status_failure(
-                    &z.rt,
-                    status,
-                    retry_after,
-                    &content_type,
-                    &body,
-                ));
-            }
-            let detail = crate::provider::k2think::error_detail(&content_type, &body)
-                .map(|d| d.chars().take(500).collect())
-                .unwrap_or_default();
-            return Err(Failure::Status {
-                status,
-                retry_after,
-                detail,
-            });
+            return Err(self
+                .provider
+                .status_failure(status, retry_after, &content_type, &body));
         }
         if content_type.contains("text/html") {
             return Err(Failure::Unusable(
@@ -576,7 +470,7 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::failure::ceil_secs;
+    use crate::provider::failure::ceil_secs;
 
     #[test]
     fn retry_after_forms() {

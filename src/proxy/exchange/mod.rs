@@ -15,7 +15,7 @@
 //!
 //! The exchange in files: `intake` (read, parse, check, rewrite), `attempt` (the attempt
 //! loop: identity, signed request, head, first usable event; failures and their
-//! classification in `super::failure`), `relay` (commit and stream to the client).
+//! classification in `crate::provider::failure`), `relay` (commit and stream to the client).
 
 mod attempt;
 mod intake;
@@ -30,21 +30,17 @@ use pingora::prelude::HttpPeer;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 
-use super::zai::{Identity, ZaiRuntime};
 use super::{respond, App, Ctx, Snapshot};
 use crate::config::ModelEntry;
 use crate::config::{ReasoningOutput, ThinkingBlocks};
 use crate::core::error::ApiError;
-use crate::core::request::{Sampling, Turn};
 use crate::core::Decoder;
 use crate::core::ReasoningMode;
 use crate::pipeline::complete::{Completion, CompletionResult};
 use crate::pipeline::stream::ChatStream;
 use crate::pipeline::tools::ToolSet;
-use crate::pool::Lease;
 use crate::provider::k2think::Payload;
-use crate::secret::Secret;
-use crate::surface::chat::request::ChatRequest;
+use crate::provider::{Leftover, Provider};
 use crate::surface::{Reply, Surface, Wire};
 
 pub use intake::count_tokens;
@@ -131,14 +127,24 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         drop(permit);
         return respond::error(session, ctx, &e).await;
     }
-    let route = match route_for(app, snap, model, &req, &payload) {
-        Ok(r) => r,
-        Err(e) => {
-            drop(permit);
-            return respond::error(session, ctx, &e).await;
-        }
+    let provider_name = snap.config.model_provider(model);
+    let zai = match snap.config.provider_kind(provider_name) {
+        Some("zai") => match app.zai_runtime(snap, provider_name) {
+            Ok(rt) => Some(rt),
+            Err(e) => {
+                drop(permit);
+                let e = ApiError::new(503, "server_error", "provider_unavailable", e);
+                return respond::error(session, ctx, &e).await;
+            }
+        },
+        _ => None,
     };
-    ctx.provider = Some(snap.config.model_provider(model).to_string());
+    let k2think = app.k2think(snap);
+    let provider: &dyn Provider = match &zai {
+        Some(rt) => &**rt,
+        None => &k2think,
+    };
+    ctx.provider = Some(provider_name.to_string());
     let reasoning = reasoning_mode(snap, model, thinking);
     let input_tokens = if ctx.surface.reports_input_tokens() {
         crate::provider::k2think::estimate_input_tokens(&payload)
@@ -149,7 +155,12 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         app,
         snap,
         body: Bytes::from(payload.to_bytes()),
-        chat_id: payload.chat_id,
+        payload,
+        model,
+        effort: req
+            .reasoning_effort
+            .or(snap.config.reasoning.effort)
+            .map(|e| e.as_str()),
         surface: ctx.surface,
         reply: Reply {
             id: ctx.surface.new_id(),
@@ -164,8 +175,8 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         stream: req.stream,
         tools,
         deadline,
-        route,
-        cleanup: std::sync::Mutex::new(Vec::new()),
+        provider,
+        leftovers: std::sync::Mutex::new(Vec::new()),
     };
     // Waiting for the upstream can take long (prefill): a client that leaves meanwhile
     // ends the exchange at once, dropping the upstream connection.
@@ -222,42 +233,6 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
     job.clean_up().await;
 }
 
-/// Which provider serves `model`, with what it needs per attempt.
-fn route_for(
-    app: &App,
-    snap: &Snapshot,
-    model: &ModelEntry,
-    req: &ChatRequest,
-    payload: &Payload,
-) -> Result<Route, ApiError> {
-    let provider = snap.config.model_provider(model);
-    match snap.config.provider_kind(provider) {
-        Some("zai") => {
-            let rt = app
-                .zai_runtime(snap, provider)
-                .map_err(|e| ApiError::new(503, "server_error", "provider_unavailable", e))?;
-            Ok(Route::Zai(Box::new(ZaiJob {
-                rt,
-                model: crate::provider::zai::models::for_entry(
-                    &model.id,
-                    &model.upstream,
-                    model.reasoning,
-                    model.images,
-                ),
-                turns: payload.messages.clone(),
-                sampling: payload.params.clone(),
-                upstream_model: model.upstream.clone(),
-                thinking: model.reasoning,
-                effort: req
-                    .reasoning_effort
-                    .or(snap.config.reasoning.effort)
-                    .map(|e| e.as_str()),
-            })))
-        }
-        _ => Ok(Route::K2think),
-    }
-}
-
 /// Where the answer's reasoning goes: nowhere for a model that does not reason, else as
 /// `reasoning.output` says; on Messages (`thinking` known) also as
 /// `anthropic.thinking_blocks` says.
@@ -284,51 +259,16 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The provider a request goes to.
-enum Route {
-    K2think,
-    Zai(Box<ZaiJob>),
-}
-
-/// What a Z.AI request needs per attempt (the body is signed per attempt).
-struct ZaiJob {
-    rt: Arc<ZaiRuntime>,
-    model: crate::provider::zai::models::ZaiModel,
-    turns: Vec<Turn>,
-    sampling: Sampling,
-    upstream_model: String,
-    thinking: bool,
-    effort: Option<&'static str>,
-}
-
-/// Whose credentials an attempt sends.
-enum Who {
-    K2think(Option<Lease>),
-    Zai(Identity),
-}
-
-impl Who {
-    fn id(&self) -> Option<u64> {
-        match self {
-            Who::K2think(l) => l.as_ref().map(|l| l.id),
-            Who::Zai(i) => Some(i.id),
-        }
-    }
-
-    fn token(&self) -> Option<&Secret> {
-        match self {
-            Who::K2think(l) => l.as_ref().map(|l| &l.token),
-            Who::Zai(i) => Some(&i.token),
-        }
-    }
-}
-
 /// One client request on its way upstream.
 struct Job<'a> {
     app: &'a App,
     snap: &'a Snapshot,
+    /// The upstream body as built at intake (K2Think's; see [`Ask::body`]).
     body: Bytes,
-    chat_id: String,
+    /// The prompt as it goes upstream (turns with tool instructions, sampling, chat id).
+    payload: Payload,
+    model: &'a ModelEntry,
+    effort: Option<&'static str>,
     /// The API the answer is written for.
     surface: Surface,
     reply: Reply,
@@ -336,9 +276,10 @@ struct Job<'a> {
     tools: Option<Arc<ToolSet>>,
     /// `limits.request_timeout` from the request's arrival.
     deadline: tokio::time::Instant,
-    route: Route,
-    /// Upstream chats this request created, deleted after the answer (Z.AI's cleanup).
-    cleanup: std::sync::Mutex<Vec<(Secret, String)>>,
+    /// The provider serving the request's model.
+    provider: &'a dyn Provider,
+    /// What the attempts left upstream, removed after the answer (Z.AI's chats).
+    leftovers: std::sync::Mutex<Vec<Leftover>>,
 }
 
 /// A usable upstream answer.
@@ -359,15 +300,6 @@ struct Live {
     out: Vec<u8>,
     /// The upstream body already ended cleanly (the whole answer arrived before commit).
     ended: bool,
-}
-
-/// The upstream timeouts of one provider.
-#[derive(Debug, Clone, Copy)]
-struct Timing {
-    connect_timeout: Duration,
-    header_timeout: Duration,
-    idle_timeout: Duration,
-    keepalive: Duration,
 }
 
 /// The stream transformer of every provider: its decoder is picked per request.

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use super::k2think::refuses_request;
 use crate::core::error::ApiError;
 use crate::core::events;
 use crate::pool::Outcome;
-use crate::provider::k2think::refuses_request;
 
 /// Why an attempt failed, before the client saw a byte.
 #[derive(Debug)]

@@ -1,5 +1,5 @@
-//! Value types and deserializers shared by the config sections: `${ENV}` expansion,
-//! human durations (`500ms`, `30s`, `5m`, `1h`) and byte sizes (`64KiB`, `10MiB`).
+//! Values in operators' files, shared by the config and each provider's settings: `${ENV}`
+//! expansion, human durations (`500ms`, `30s`, `5m`, `1h`) and byte sizes (`64KiB`, `10MiB`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -50,12 +50,12 @@ pub fn expand_env(s: &str) -> Result<String, String> {
     Ok(out)
 }
 
-pub(super) fn de_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+pub fn de_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
     expand_env(&s).map_err(serde::de::Error::custom)
 }
 
-pub(super) fn de_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub fn de_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     match Option::<String>::deserialize(d)? {
         None => Ok(None),
         Some(s) => {
@@ -65,14 +65,14 @@ pub(super) fn de_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<St
     }
 }
 
-pub(super) fn de_string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub fn de_string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let v = Option::<Vec<String>>::deserialize(d)?.unwrap_or_default();
     v.iter()
         .map(|s| expand_env(s).map_err(serde::de::Error::custom))
         .collect()
 }
 
-pub(super) fn de_string_map<'de, D: Deserializer<'de>>(
+pub fn de_string_map<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<BTreeMap<String, String>, D::Error> {
     let v = Option::<BTreeMap<String, String>>::deserialize(d)?.unwrap_or_default();
@@ -108,7 +108,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-pub(super) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {

@@ -1,0 +1,340 @@
+//! The K2Think provider at run time: the request head of each attempt (path per mode,
+//! browser-like headers, the attempt's bearer), identities from the token pool (or none in
+//! guest mode), what a status means, and the decoder of an answer. Its settings are worked
+//! out once per config; a request borrows them with the pool ([`K2think`]).
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::decode::{ContentDelivery, K2Decoder};
+use super::error_detail;
+use crate::core::error::ApiError;
+use crate::core::Decoder;
+use crate::pool::{LeaseError, Outcome, Pool, PoolEvent};
+use crate::provider::failure::Failure;
+use crate::provider::target::UpstreamTarget;
+use crate::provider::{
+    Ask, Identity, NoIdentity, Outbound, Pending, Provider, SideCalls, Timing, UpstreamFormat,
+};
+use crate::secret::Secret;
+
+/// Characters of an error body's detail kept in a failure.
+const DETAIL_CHARS: usize = 500;
+
+/// Everything an attempt needs from the K2Think sections of the config, worked out once
+/// per config.
+#[derive(Debug, Clone)]
+pub struct K2thinkSettings {
+    pub target: UpstreamTarget,
+    /// The completion path of the mode (`user_path` or `guest_path`).
+    pub path: String,
+    /// Tokens come from the pool (else guest access, no token).
+    pub user_mode: bool,
+    /// Ask for an event stream (`upstream.stream`).
+    pub stream: bool,
+    /// Browser headers after the fixed ones: `user-agent`, `sec-ch-*`, `origin`, then
+    /// (after the Referer) `accept-language` and the operator's extra headers.
+    pub browser: Vec<(String, String)>,
+    pub after_referer: Vec<(String, String)>,
+    /// The Referer, `{chat_id}` replaced per request; empty: none.
+    pub referer: String,
+    pub timing: Timing,
+    pub max_attempts: u32,
+    /// Pause between guest-mode attempts.
+    pub backoff: Duration,
+    /// Statuses another attempt may help with (`retry.on_status`).
+    pub on_status: Vec<u16>,
+    pub implicit_think: bool,
+    pub delivery: ContentDelivery,
+}
+
+impl K2thinkSettings {
+    /// The request head of one attempt: path per mode, browser-like headers, the bearer of
+    /// this attempt's token, and the exact body length.
+    pub fn head(
+        &self,
+        token: Option<&Secret>,
+        chat_id: &str,
+        body_len: usize,
+        stream: bool,
+    ) -> Result<http::request::Parts, String> {
+        let mut b = http::Request::builder()
+            .method("POST")
+            .uri(self.path.as_str())
+            .header("host", self.target.authority.as_str())
+            .header("content-type", "application/json")
+            .header("content-length", body_len)
+            .header(
+                "accept",
+                if stream {
+                    "text/event-stream, application/json"
+                } else {
+                    "application/json"
+                },
+            )
+            .header("accept-encoding", "identity");
+        for (k, v) in &self.browser {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        if !self.referer.is_empty() {
+            b = b.header("referer", self.referer.replace("{chat_id}", chat_id));
+        }
+        for (k, v) in &self.after_referer {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {}", t.expose()));
+        }
+        b.body(())
+            .map(|r| r.into_parts().0)
+            .map_err(|e| format!("cannot build the request: {e}"))
+    }
+}
+
+/// The K2Think provider for one request: its settings and the token pool.
+pub struct K2think<'a> {
+    pub settings: &'a K2thinkSettings,
+    pub pool: &'a Pool,
+}
+
+impl Provider for K2think<'_> {
+    fn title(&self) -> &'static str {
+        "K2Think"
+    }
+
+    fn target(&self) -> &UpstreamTarget {
+        &self.settings.target
+    }
+
+    fn timing(&self) -> Timing {
+        self.settings.timing
+    }
+
+    fn max_attempts(&self) -> u32 {
+        self.settings.max_attempts
+    }
+
+    fn identity<'a>(
+        &'a self,
+        _io: &'a dyn SideCalls,
+        tried: &'a [u64],
+        attempt: u32,
+    ) -> Pending<'a, Result<Identity, NoIdentity>> {
+        Box::pin(async move {
+            let s = self.settings;
+            if !s.user_mode {
+                if attempt > 0 && !s.backoff.is_zero() {
+                    tokio::time::sleep(s.backoff).await;
+                }
+                return Ok(Identity::default());
+            }
+            match self.pool.lease(tried, Instant::now()) {
+                Ok(l) => Ok(Identity {
+                    id: Some(l.id),
+                    token: Some(l.token),
+                    user_id: String::new(),
+                    pooled: true,
+                }),
+                Err(LeaseError::Empty) => Err(NoIdentity::Final(ApiError::new(
+                    503,
+                    "server_error",
+                    "no_upstream_tokens",
+                    "No upstream token is configured (pool.tokens / pool.tokens_file)".to_string(),
+                ))),
+                Err(LeaseError::AllTried) => Err(NoIdentity::AllTried),
+                Err(LeaseError::Exhausted { retry_after }) => {
+                    Err(NoIdentity::Exhausted(retry_after))
+                }
+            }
+        })
+    }
+
+    fn report(&self, who: &Identity, outcome: &Outcome) -> Vec<PoolEvent> {
+        match who.id {
+            Some(id) if who.pooled => self.pool.report(id, outcome, Instant::now()),
+            _ => Vec::new(),
+        }
+    }
+
+    fn request<'a>(
+        &'a self,
+        _io: &'a dyn SideCalls,
+        who: &'a Identity,
+        ask: &'a Ask<'a>,
+    ) -> Pending<'a, Result<Outbound, Failure>> {
+        let s = self.settings;
+        let made = s
+            .head(who.token.as_ref(), ask.chat_id, ask.body.len(), s.stream)
+            .map(|head| Outbound {
+                head,
+                body: ask.body.clone(),
+                leftover: None,
+            })
+            .map_err(Failure::Network);
+        Box::pin(std::future::ready(made))
+    }
+
+    fn status_failure(
+        &self,
+        status: u16,
+        retry_after: Option<Duration>,
+        content_type: &str,
+        body: &[u8],
+    ) -> Failure {
+        let detail = error_detail(content_type, body)
+            .map(|d| d.chars().take(DETAIL_CHARS).collect())
+            .unwrap_or_default();
+        Failure::Status {
+            status,
+            retry_after,
+            detail,
+        }
+    }
+
+    fn body_failure(&self, _code: Option<i64>, message: String) -> Failure {
+        Failure::Unusable(message)
+    }
+
+    fn retries(&self, failure: &Failure) -> bool {
+        failure.retryable(&self.settings.on_status)
+    }
+
+    fn decoder(&self, format: UpstreamFormat) -> Box<dyn Decoder> {
+        Box::new(
+            K2Decoder::new(format, self.settings.implicit_think)
+                .with_delivery(self.settings.delivery),
+        )
+    }
+
+    fn pool_wait(&self) -> Option<Duration> {
+        self.pool.wait(Instant::now())
+    }
+
+    fn status(&self) -> Value {
+        let stats = self.pool.stats(Instant::now());
+        let user = self.settings.user_mode;
+        serde_json::json!({
+            "kind": "k2think",
+            "ready": !user || stats.active > 0,
+            "mode": if user { "user" } else { "guest" },
+            "tokens": {"total": stats.total, "active": stats.active, "cooling": stats.cooling, "disabled": stats.disabled},
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::{PoolSettings, Source};
+
+    struct NoCalls;
+    impl SideCalls for NoCalls {
+        fn send<'a>(
+            &'a self,
+            call: crate::provider::SideCall<'a>,
+        ) -> Pending<'a, Result<crate::provider::SideAnswer, String>> {
+            Box::pin(std::future::ready(Err(format!(
+                "K2Think makes no side call ({})",
+                call.path
+            ))))
+        }
+    }
+
+    fn settings(user_mode: bool) -> K2thinkSettings {
+        K2thinkSettings {
+            target: UpstreamTarget::parse("http://127.0.0.1:8080").unwrap(),
+            path: "/api/chat/completions".into(),
+            user_mode,
+            stream: true,
+            browser: vec![("user-agent".into(), "UA".into())],
+            after_referer: vec![("x-extra".into(), "1".into())],
+            referer: "http://127.0.0.1:8080/c/{chat_id}".into(),
+            timing: Timing {
+                connect_timeout: Duration::from_secs(1),
+                header_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(1),
+                keepalive: Duration::from_secs(1),
+                tls_verify: true,
+                h2_streams: 0,
+            },
+            max_attempts: 3,
+            backoff: Duration::ZERO,
+            on_status: vec![429],
+            implicit_think: true,
+            delivery: ContentDelivery::default(),
+        }
+    }
+
+    fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_user_mode_attempt_carries_its_token_and_the_request_headers() {
+        let pool = Pool::new(PoolSettings::default());
+        pool.set_tokens(vec![(Secret::new("tok-1"), Source::Inline)]);
+        let s = settings(true);
+        let k2 = K2think {
+            settings: &s,
+            pool: &pool,
+        };
+        let who = block(k2.identity(&NoCalls, &[], 0)).unwrap();
+        assert!(who.pooled && who.token.is_some());
+        let body = bytes::Bytes::from_static(b"{\"x\":1}");
+        let ask = Ask {
+            model: "m",
+            upstream_model: "m",
+            thinking: true,
+            images: false,
+            effort: None,
+            turns: &[],
+            sampling: &crate::core::request::Sampling::default(),
+            chat_id: "c1",
+            body: &body,
+        };
+        let out = block(k2.request(&NoCalls, &who, &ask)).unwrap();
+        let h = &out.head.headers;
+        assert_eq!(h["authorization"], "Bearer tok-1");
+        assert_eq!(h["referer"], "http://127.0.0.1:8080/c/c1");
+        assert_eq!(h["content-length"], "7");
+        assert_eq!(h["host"], "127.0.0.1:8080");
+        assert_eq!(h["x-extra"], "1");
+        assert_eq!(out.head.uri.path(), "/api/chat/completions");
+        assert_eq!(out.body, body);
+        // Tried already: none left for this request.
+        let tried = [who.id.unwrap()];
+        assert!(matches!(
+            block(k2.identity(&NoCalls, &tried, 1)),
+            Err(NoIdentity::AllTried)
+        ));
+    }
+
+    #[test]
+    fn guest_mode_sends_no_token_and_an_empty_user_pool_is_a_clear_error() {
+        let pool = Pool::new(PoolSettings::default());
+        let guest = settings(false);
+        let k2 = K2think {
+            settings: &guest,
+            pool: &pool,
+        };
+        let who = block(k2.identity(&NoCalls, &[], 0)).unwrap();
+        assert!(who.token.is_none() && who.id.is_none() && !who.pooled);
+        let user = settings(true);
+        let k2 = K2think {
+            settings: &user,
+            pool: &pool,
+        };
+        match block(k2.identity(&NoCalls, &[], 0)) {
+            Err(NoIdentity::Final(e)) => assert_eq!(e.code, Some("no_upstream_tokens")),
+            other => panic!("{other:?}"),
+        }
+        // A status off `retry.on_status` is final; one on it is retried.
+        assert!(k2.retries(&k2.status_failure(429, None, "", b"")));
+        assert!(!k2.retries(&k2.status_failure(502, None, "", b"")));
+    }
+}
