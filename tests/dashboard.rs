@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::{chat_body, Env, MODEL};
+use k2proxy::config::providers::{ProviderEntry, ZaiSection};
+use k2proxy::mock::zai::{ZaiMock, ZaiMockConfig};
 use k2proxy::mock::MockConfig;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -207,7 +209,18 @@ impl Browser {
             .unwrap_or_else(|| panic!("no element matches {css}"))
     }
 
+    /// Click `el`, scrolled to the middle of the window first so that a toast (bottom
+    /// right) does not cover it.
     async fn click(&self, el: &str) {
+        self.cmd(
+            Method::POST,
+            "/execute/sync",
+            Some(json!({
+                "script": "arguments[0].scrollIntoView({block: 'center', inline: 'center'});",
+                "args": [{ELEMENT: el}],
+            })),
+        )
+        .await;
         self.cmd(
             Method::POST,
             &format!("/element/{el}/click"),
@@ -348,6 +361,56 @@ async fn rows(b: &Browser) -> Vec<String> {
     b.find_all("#pool-table tbody tr[data-index]").await
 }
 
+/// A row of the providers table, as the page shows it.
+#[derive(Debug)]
+struct ProviderRow {
+    ready: String,
+    kind: String,
+    mode: String,
+    /// The badge's text.
+    badge: String,
+    capacity: String,
+    models: String,
+    /// The model ids (the models cell's tooltip).
+    models_title: String,
+    error: String,
+}
+
+/// The providers table's row for `name`, once it is there (`None` while it is not).
+async fn provider_row(b: &Browser, name: &str) -> Option<ProviderRow> {
+    let v = b
+        .try_cmd(
+            Method::POST,
+            "/execute/sync",
+            Some(json!({
+                "script": "const tr = [...document.querySelectorAll('#providers-table tbody tr[data-provider]')]
+                    .find(r => r.dataset.provider === arguments[0]);
+                if (!tr) return null;
+                const c = tr.cells;
+                return {ready: tr.dataset.ready, kind: c[1].innerText, mode: c[2].innerText,
+                        badge: c[3].innerText, capacity: c[4].innerText, models: c[5].innerText,
+                        models_title: c[5].title, error: c[6].innerText};",
+                "args": [name],
+            })),
+        )
+        .await
+        .ok()?;
+    if v.is_null() {
+        return None;
+    }
+    let f = |k: &str| v[k].as_str().unwrap_or_default().trim().to_string();
+    Some(ProviderRow {
+        ready: f("ready"),
+        kind: f("kind"),
+        mode: f("mode"),
+        badge: f("badge"),
+        capacity: f("capacity"),
+        models: f("models"),
+        models_title: f("models_title"),
+        error: f("error"),
+    })
+}
+
 fn target_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
@@ -446,6 +509,33 @@ fn dashboard_in_headless_chromium() {
                 .then_some(())
         })
         .await;
+
+        // The providers panel: K2Think alone, ready, with the pool's counts.
+        let k2 = eventually("the k2think provider row", async || {
+            provider_row(&b, "k2think").await
+        })
+        .await;
+        assert_eq!(k2.ready, "true", "{k2:?}");
+        assert_eq!(k2.badge, "ready", "{k2:?}");
+        assert_eq!(k2.kind, "k2think", "{k2:?}");
+        assert_eq!(k2.mode, "user", "{k2:?}");
+        assert!(
+            k2.capacity.contains("3 tokens") && k2.capacity.contains("1 disabled"),
+            "{k2:?}"
+        );
+        let k2_models = env.app.snapshot().config.models.len();
+        assert!(k2_models > 0);
+        assert_eq!(k2.models, k2_models.to_string(), "{k2:?}");
+        assert!(k2.models_title.contains(MODEL), "{k2:?}");
+        assert_eq!(k2.error, "—", "{k2:?}");
+        assert_eq!(
+            b.find_all("#providers-table tbody tr[data-provider]")
+                .await
+                .len(),
+            1
+        );
+        let h2 = b.text(&b.must("section.card#providers h2").await).await;
+        assert_eq!(h2, "Providers");
 
         b.screenshot(&target_dir().join("dashboard.png")).await;
 
@@ -561,4 +651,123 @@ fn dashboard_in_headless_chromium() {
     });
     drop(driver);
     eprintln!("dashboard test took {:?}", started.elapsed());
+}
+
+/// The providers panel with a Z.AI provider in guest mode next to K2Think, and one whose
+/// configuration cannot be used (not ready, its error shown).
+#[test]
+fn dashboard_shows_the_providers_in_headless_chromium() {
+    let rt = common::runtime();
+    let zai = rt
+        .block_on(ZaiMock::start(
+            "127.0.0.1:0".parse().unwrap(),
+            ZaiMockConfig::default(),
+        ))
+        .unwrap();
+    let zai_base = zai.base_url();
+    let k2 = common::start_mock(&rt, MockConfig::horizon());
+    let k2_base = k2.base_url();
+    let mut env = Env::start_with(rt, |c| {
+        c.admin.key = Some(KEY.into());
+        c.upstream.base_url = k2_base;
+        c.pool.tokens = common::tokens(&[GOOD]);
+        let z = ZaiSection {
+            base_url: zai_base,
+            guests: 2,
+            ..ZaiSection::default()
+        };
+        c.providers
+            .insert("zai".to_string(), ProviderEntry::Zai(Box::new(z)));
+        c.models.extend(k2proxy::config::zai_models("zai"));
+        let broken = ZaiSection {
+            base_url: "ftp://nowhere.invalid".to_string(),
+            ..ZaiSection::default()
+        };
+        c.providers.insert(
+            "zai-broken".to_string(),
+            ProviderEntry::Zai(Box::new(broken)),
+        );
+    });
+    env.mock = Some(k2);
+    // One request through Z.AI, so that a guest is live.
+    let r = env.chat(&chat_body("GLM-4.7", "hello", false));
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let mut driver = Driver::start();
+    env.rt.block_on(async {
+        let b = Browser::open(&mut driver).await;
+        b.goto(&env.url("/admin")).await;
+        b.type_into(&b.must("#admin-key").await, KEY).await;
+        b.click(&b.must("#connect").await).await;
+
+        eventually("three provider rows", async || {
+            (b.find_all("#providers-table tbody tr[data-provider]")
+                .await
+                .len()
+                == 3)
+                .then_some(())
+        })
+        .await;
+        assert!(b.find("#providers-table tbody tr.empty").await.is_none());
+
+        let k2 = provider_row(&b, "k2think").await.expect("the k2think row");
+        assert_eq!(
+            (k2.ready.as_str(), k2.kind.as_str(), k2.mode.as_str()),
+            ("true", "k2think", "user"),
+            "{k2:?}"
+        );
+        assert!(!k2.models_title.contains("GLM"), "{k2:?}");
+
+        let z = provider_row(&b, "zai").await.expect("the zai row");
+        assert_eq!(z.ready, "true", "{z:?}");
+        assert_eq!(z.badge, "ready", "{z:?}");
+        assert_eq!(z.kind, "zai", "{z:?}");
+        assert_eq!(z.mode, "guest", "{z:?}");
+        assert!(z.capacity.contains("/ 2 guests live"), "{z:?}");
+        let zai_models: Vec<String> = k2proxy::config::zai_models("zai")
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert!(!zai_models.is_empty());
+        assert_eq!(z.models, zai_models.len().to_string(), "{z:?}");
+        for id in &zai_models {
+            assert!(z.models_title.contains(id.as_str()), "{id} in {z:?}");
+        }
+        assert!(z.models_title.contains("GLM-4.7"), "{z:?}");
+        assert_eq!(z.error, "—", "{z:?}");
+        // The API agrees with the page.
+        let api: Value = env
+            .client
+            .get(env.url("/admin/providers"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let live = api["data"]["zai"]["guests"]["live"].as_u64().unwrap();
+        assert!(live >= 1, "{api}");
+        assert!(
+            z.capacity.starts_with(&format!("{live} / 2")),
+            "{z:?} vs {api}"
+        );
+
+        let broken = provider_row(&b, "zai-broken")
+            .await
+            .expect("the zai-broken row");
+        assert_eq!(broken.ready, "false", "{broken:?}");
+        assert_eq!(broken.badge, "not ready", "{broken:?}");
+        assert_eq!(broken.kind, "zai", "{broken:?}");
+        assert!(broken.error.contains("ftp://nowhere.invalid"), "{broken:?}");
+        let row = b
+            .must("#providers-table tbody tr[data-provider=\"zai-broken\"]")
+            .await;
+        assert_eq!(b.attr(&row, "data-ready").await.as_deref(), Some("false"));
+
+        b.screenshot(&target_dir().join("dashboard-providers.png"))
+            .await;
+        b.quit(&mut driver).await;
+    });
+    drop(driver);
 }
