@@ -140,7 +140,7 @@ impl Metrics {
         )?;
         let tool_calls = IntCounter::new(
             "k2proxy_tool_calls_total",
-            "Emulated tool calls parsed out of K2Think answers.",
+            "Emulated tool calls parsed out of upstream answers.",
         )?;
         registry.register(Box::new(tool_calls.clone()))?;
         let tool_parse_failures = IntCounter::new(

@@ -96,7 +96,7 @@ pub enum Outcome {
     ServerError(u16),
     /// No head (or first byte) in time.
     Timeout,
-    /// A 200 whose body is not a K2Think answer (an HTML challenge page, garbage).
+    /// A 200 whose body is not an answer (an HTML challenge page, garbage).
     BadResponse,
     /// Connect or I/O error before any response: not the token's fault.
     Network,

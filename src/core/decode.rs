@@ -6,8 +6,8 @@ use std::fmt::Debug;
 
 use crate::core::events::{Deltas, Usage};
 
-/// Message used when the body holds nothing K2Think-like.
-pub const NOT_AN_ANSWER: &str = "upstream returned a body that is not a K2Think answer";
+/// Message used when a body holds no answer its decoder understands.
+pub const NOT_AN_ANSWER: &str = "upstream returned a body that is not a usable answer";
 
 /// One upstream answer body → neutral events. Implementations are pure (no I/O, no clock)
 /// and give the same output whatever the byte split of the input.

@@ -22,7 +22,7 @@ pub enum Failure {
     /// The connection broke after the head, before the answer was complete (a JSON
     /// client has seen nothing yet). Not the token's fault either.
     Cut(String),
-    /// A 200 whose body is not a usable K2Think answer.
+    /// A 200 whose body is not a usable answer.
     Unusable(String),
     /// A refusal the provider classified itself: what it means for the token, whether
     /// another attempt can help, and the client's error if it is the last.

@@ -202,7 +202,7 @@ fn inline(
         };
         let name = filename.unwrap_or("(unnamed)");
         return Err(unsupported(format!(
-            "file {name} has type {shown}; only text-like files (text/*, JSON, Markdown, CSV, YAML, XML) can be sent to K2Think"
+            "file {name} has type {shown}; only text-like files (text/*, JSON, Markdown, CSV, YAML, XML) can be sent upstream"
         )));
     }
     if bytes.len() > limits.max_file_bytes {
