@@ -64,6 +64,14 @@ pub struct Metrics {
     /// Hosted tools left out of `/v1/responses` requests (`responses.hosted_tools: drop`),
     /// by type (`other` for a type this version does not know).
     pub hosted_tools_dropped: IntCounterVec,
+    /// Fleet mode: 0 single instance, 1 sharing through Redis, 2 on its own while Redis is
+    /// away; set at scrape time.
+    pub fleet_mode: IntGauge,
+    /// Fleet link counters (`events`, `resyncs`, `changes_sent`, `changes_dropped`,
+    /// `errors`); set at scrape time.
+    pub fleet_link: IntGaugeVec,
+    /// Live instances of the fleet at the last heartbeat read.
+    pub fleet_instances: IntGauge,
 }
 
 impl Metrics {
@@ -194,7 +202,28 @@ impl Metrics {
         for outcome in ["success", "failure"] {
             refreshes.with_label_values(&[outcome]);
         }
+        let fleet_mode = IntGauge::new(
+            "k2proxy_fleet_mode",
+            "Fleet mode: 0 single instance, 1 sharing state through Redis, 2 on its own state while Redis is away.",
+        )?;
+        registry.register(Box::new(fleet_mode.clone()))?;
+        let fleet_link = IntGaugeVec::new(
+            Opts::new(
+                "k2proxy_fleet_link",
+                "Fleet link counters since start: events received, resyncs, changes sent and dropped, Redis errors.",
+            ),
+            &["counter"],
+        )?;
+        registry.register(Box::new(fleet_link.clone()))?;
+        let fleet_instances = IntGauge::new(
+            "k2proxy_fleet_instances",
+            "Live instances of the fleet at the last heartbeat read.",
+        )?;
+        registry.register(Box::new(fleet_instances.clone()))?;
         Ok(Metrics {
+            fleet_mode,
+            fleet_link,
+            fleet_instances,
             registry,
             requests,
             request_duration,

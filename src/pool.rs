@@ -120,6 +120,39 @@ impl Outcome {
     }
 }
 
+/// A change a fleet shares (fleet mode only; see [`Pool::share`]): every instance applies
+/// the same rules to the shared record and hears the result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shared {
+    /// An attempt's outcome on the token with this id ([`crate::secret::token_id`]).
+    Outcome {
+        tid: String,
+        outcome: Outcome,
+    },
+    /// Operator actions.
+    Reset {
+        tid: String,
+    },
+    Disable {
+        tid: String,
+    },
+    ResetAll,
+}
+
+/// A token's state as the fleet holds it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SharedState {
+    pub strikes: u32,
+    pub disabled: bool,
+    /// End of the cooldown, Unix milliseconds (0: none).
+    pub cool_until_ms: u64,
+    /// 429s in a row.
+    pub streak: u32,
+}
+
+/// Most changes waiting for the fleet; past it the oldest go (counted by the caller).
+pub const SHARED_QUEUE_LIMIT: usize = 10_000;
+
 /// A token handed out for one attempt.
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -177,6 +210,8 @@ pub struct PoolStats {
 #[derive(Debug)]
 struct Entry {
     id: u64,
+    /// The id the fleet knows it by.
+    tid: String,
     token: Secret,
     source: Source,
     strikes: u32,
@@ -192,6 +227,7 @@ impl Entry {
     fn new(id: u64, token: Secret, source: Source) -> Entry {
         Entry {
             id,
+            tid: crate::secret::token_id(token.expose()),
             token,
             source,
             strikes: 0,
@@ -224,9 +260,23 @@ struct Inner {
     consecutive_failures: u32,
     consecutive_auth_failures: u32,
     last_auth_failure: Option<SystemTime>,
+    /// Changes for the fleet, when the pool is shared ([`Pool::share`]).
+    outbox: Option<std::collections::VecDeque<Shared>>,
+    /// Changes dropped because the queue was full.
+    dropped: u64,
 }
 
 impl Inner {
+    fn share(&mut self, change: Shared) {
+        if let Some(q) = &mut self.outbox {
+            if q.len() >= SHARED_QUEUE_LIMIT {
+                q.pop_front();
+                self.dropped += 1;
+            }
+            q.push_back(change);
+        }
+    }
+
     fn add(&mut self, token: Secret, source: Source) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
@@ -255,8 +305,70 @@ impl Pool {
                 consecutive_failures: 0,
                 consecutive_auth_failures: 0,
                 last_auth_failure: None,
+                outbox: None,
+                dropped: 0,
             }),
         }
+    }
+
+    /// Start queueing changes for a fleet (outcomes that change a token's state and
+    /// operator actions); [`Pool::take_shared`] collects them.
+    pub fn share(&self) {
+        let mut inner = self.lock();
+        if inner.outbox.is_none() {
+            inner.outbox = Some(std::collections::VecDeque::new());
+        }
+    }
+
+    /// The changes queued for the fleet, oldest first, and how many were dropped since the
+    /// last call because the queue was full.
+    pub fn take_shared(&self) -> (Vec<Shared>, u64) {
+        let mut inner = self.lock();
+        let dropped = std::mem::take(&mut inner.dropped);
+        let taken = inner
+            .outbox
+            .as_mut()
+            .map(|q| q.drain(..).collect())
+            .unwrap_or_default();
+        (taken, dropped)
+    }
+
+    /// Put changes back at the front of the queue (Redis was away), oldest first.
+    pub fn requeue_shared(&self, changes: Vec<Shared>) {
+        let mut inner = self.lock();
+        let Some(q) = &mut inner.outbox else { return };
+        for c in changes.into_iter().rev() {
+            q.push_front(c);
+        }
+        let mut dropped = 0;
+        while q.len() > SHARED_QUEUE_LIMIT {
+            q.pop_back();
+            dropped += 1;
+        }
+        inner.dropped += dropped;
+    }
+
+    /// The fleet's state for token `tid` (a report of any instance, an operator's action):
+    /// it replaces this instance's. `offset_ms` is the fleet clock minus this one's.
+    pub fn apply_shared(&self, tid: &str, state: SharedState, offset_ms: i64, now: Instant) {
+        let now_ms = unix_ms() as i64 + offset_ms;
+        let mut inner = self.lock();
+        for e in inner.entries.iter_mut().filter(|e| e.tid == tid) {
+            if state.disabled && !e.disabled && e.last_error.is_none() {
+                e.last_error = Some("disabled in the fleet".to_string());
+            }
+            e.strikes = state.strikes;
+            e.disabled = state.disabled;
+            e.rate_limit_streak = state.streak;
+            let left = state.cool_until_ms as i64 - now_ms;
+            e.cooling_until = (state.cool_until_ms > 0 && left > 0)
+                .then(|| now + Duration::from_millis(left as u64));
+        }
+    }
+
+    /// Every token's fleet id.
+    pub fn token_ids(&self) -> Vec<String> {
+        self.lock().entries.iter().map(|e| e.tid.clone()).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -346,6 +458,9 @@ impl Pool {
     /// Take a token out of rotation until a reset (operator action).
     pub fn disable(&self, id: u64) -> bool {
         let mut inner = self.lock();
+        if let Some(tid) = inner.find(id).map(|e| e.tid.clone()) {
+            inner.share(Shared::Disable { tid });
+        }
         match inner.find(id) {
             Some(e) => {
                 e.disabled = true;
@@ -462,6 +577,23 @@ impl Pool {
         };
         let mut events = Vec::new();
         let mut failed = true;
+        let had_state = e.strikes > 0 || e.rate_limit_streak > 0;
+        let tid = e.tid.clone();
+        match outcome {
+            Outcome::Network | Outcome::RequestRefused(_) => {}
+            Outcome::Success if !had_state => {}
+            _ => {
+                if inner.outbox.is_some() {
+                    inner.share(Shared::Outcome {
+                        tid,
+                        outcome: outcome.clone(),
+                    });
+                }
+            }
+        }
+        let Some(e) = inner.find(id) else {
+            return events;
+        };
         match outcome {
             Outcome::Success => {
                 e.strikes = 0;
@@ -517,6 +649,7 @@ impl Pool {
     /// Clear every token's strikes, cooldown and disabled flag.
     pub fn reset_all(&self) {
         let mut inner = self.lock();
+        inner.share(Shared::ResetAll);
         for e in &mut inner.entries {
             e.strikes = 0;
             e.disabled = false;
@@ -528,6 +661,9 @@ impl Pool {
     /// Clear strikes, cooldown and the disabled flag of one token; false if no such id.
     pub fn reset(&self, id: u64) -> bool {
         let mut inner = self.lock();
+        if let Some(tid) = inner.find(id).map(|e| e.tid.clone()) {
+            inner.share(Shared::Reset { tid });
+        }
         match inner.entries.iter_mut().find(|e| e.id == id) {
             Some(e) => {
                 e.strikes = 0;
@@ -586,6 +722,13 @@ impl Pool {
         }
         stats
     }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -824,5 +967,90 @@ mod tests {
         assert_eq!(p.remove(c).map(|(t, _)| t), Some(Secret::new("c")));
         assert_eq!(p.remove(c), None);
         assert!(!p.disable(c) && !p.reset(c));
+    }
+
+    #[test]
+    fn a_shared_pool_queues_what_changes_a_token_and_follows_the_fleet() {
+        let p = pool(&["a", "b"]);
+        let now = Instant::now();
+        let a = p.lease(&[], now).unwrap();
+        // Not shared: nothing is queued.
+        p.report(a.id, &Outcome::Rejected(401), now);
+        assert_eq!(p.take_shared(), (vec![], 0));
+        p.share();
+        let tid = crate::secret::token_id("a");
+        // A success on a struck token is news; on a clean one, a network error or a refused
+        // request is not.
+        p.report(a.id, &Outcome::Success, now);
+        p.report(a.id, &Outcome::Success, now);
+        p.report(a.id, &Outcome::Network, now);
+        p.report(a.id, &Outcome::RequestRefused(400), now);
+        p.report(a.id, &Outcome::RateLimited(None), now);
+        p.reset(a.id);
+        p.disable(a.id);
+        p.reset_all();
+        let (got, dropped) = p.take_shared();
+        assert_eq!(dropped, 0);
+        let o = |outcome| Shared::Outcome {
+            tid: tid.clone(),
+            outcome,
+        };
+        assert_eq!(
+            got,
+            vec![
+                o(Outcome::Success),
+                o(Outcome::RateLimited(None)),
+                Shared::Reset { tid: tid.clone() },
+                Shared::Disable { tid: tid.clone() },
+                Shared::ResetAll,
+            ]
+        );
+        // What could not be sent goes back in front, in order.
+        p.report(a.id, &Outcome::Timeout, now);
+        p.requeue_shared(got.clone());
+        let (again, _) = p.take_shared();
+        assert_eq!(again.len(), got.len() + 1);
+        assert_eq!(again[..got.len()], got[..]);
+
+        // The fleet's record replaces this instance's view: a cooldown in fleet time, a
+        // disable, and a clean record.
+        let cooled = SharedState {
+            cool_until_ms: unix_ms() + 5_000,
+            streak: 1,
+            ..SharedState::default()
+        };
+        p.apply_shared(&tid, cooled, 0, now);
+        let t = &p.stats(now).tokens[0];
+        assert_eq!(t.state, "cooling");
+        assert!((4..=5).contains(&t.cooling_for_secs.unwrap()), "{t:?}");
+        // The same record seen from an instance whose clock is 10 s behind the fleet's
+        // has already expired.
+        p.apply_shared(&tid, cooled, 10_000, now);
+        assert_eq!(p.stats(now).tokens[0].state, "active");
+        p.apply_shared(
+            &tid,
+            SharedState {
+                disabled: true,
+                strikes: 3,
+                ..SharedState::default()
+            },
+            0,
+            now,
+        );
+        assert_eq!(p.stats(now).tokens[0].state, "disabled");
+        p.apply_shared(&tid, SharedState::default(), 0, now);
+        assert_eq!(p.stats(now).tokens[0].state, "active");
+        assert_eq!(p.stats(now).tokens[0].strikes, 0);
+    }
+
+    #[test]
+    fn the_shared_queue_is_bounded_and_counts_what_it_drops() {
+        let p = pool(&["a"]);
+        p.share();
+        for _ in 0..SHARED_QUEUE_LIMIT + 5 {
+            p.reset_all();
+        }
+        let (got, dropped) = p.take_shared();
+        assert_eq!((got.len(), dropped), (SHARED_QUEUE_LIMIT, 5));
     }
 }

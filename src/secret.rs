@@ -49,6 +49,25 @@ impl fmt::Display for Secret {
     }
 }
 
+/// A token's id where a fleet shares its state: the first 16 hex digits of its SHA-256,
+/// so the token itself never appears in a key or an event.
+pub fn token_id(token: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A URL with its credentials (`user:password@`) masked, for logs and errors.
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find('/').unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://****@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 /// Constant-time equality for keys (the length is not hidden).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
@@ -58,6 +77,24 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_ids_are_stable_short_and_not_the_token() {
+        let a = token_id("secret-token-a");
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, token_id("secret-token-a"));
+        assert_ne!(a, token_id("secret-token-b"));
+        // SHA-256("abc") starts ba7816bf8f01cfea.
+        assert_eq!(token_id("abc"), "ba7816bf8f01cfea");
+    }
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(mask_url("redis://:pw@h:6379/0"), "redis://****@h:6379/0");
+        assert_eq!(mask_url("rediss://u:p@h"), "rediss://****@h");
+        assert_eq!(mask_url("redis://h:1"), "redis://h:1");
+        assert_eq!(mask_url("unix:///run/r.sock"), "unix:///run/r.sock");
+    }
 
     #[test]
     fn never_prints_the_value() {

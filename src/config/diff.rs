@@ -40,11 +40,12 @@ pub fn needs_restart(key: &str) -> bool {
     RESTART_PREFIXES
         .iter()
         .any(|p| key == *p || key.starts_with(&format!("{p}.")))
+        || super::fleet::RESTART_KEYS.contains(&key)
 }
 
 fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
     match (a, b) {
-        (Value::Object(x), Value::Object(y)) if !is_leaf_object(path) => {
+        (Value::Object(x), Value::Object(y)) if !is_leaf_object(path) && !is_duration(x) => {
             let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
             keys.sort();
             keys.dedup();
@@ -66,6 +67,11 @@ fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
 }
 
 /// Durations serialize as `{secs, nanos}`: report the duration's key, not its parts.
+/// A serialized `Duration` (`{secs, nanos}`) is one value, whatever its key is called.
+fn is_duration(v: &serde_json::Map<String, Value>) -> bool {
+    v.len() == 2 && v.contains_key("secs") && v.contains_key("nanos")
+}
+
 fn is_leaf_object(path: &str) -> bool {
     matches!(
         path.rsplit('.').next(),

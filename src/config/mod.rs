@@ -6,6 +6,7 @@
 //! The commented reference for every key is `conf/k2proxy.yaml`.
 
 pub mod diff;
+pub mod fleet;
 pub mod providers;
 
 use std::collections::{BTreeMap, HashSet};
@@ -65,6 +66,8 @@ pub struct Config {
     /// Upstreams by name (see [`providers`]); the K2Think provider may instead come from
     /// the top-level `upstream`, `pool` and `updater` keys.
     pub providers: providers::Providers,
+    /// Fleet mode (several instances sharing state on Redis); absent: this instance alone.
+    pub fleet: Option<fleet::FleetSection>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -1082,6 +1085,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), (String, String)> {
         let err = |k: &str, m: &str| Err((k.to_string(), m.to_string()));
+        if let Some(f) = &self.fleet {
+            f.validate()?;
+        }
         if self.server.listen.is_empty() {
             return err("server.listen", "at least one address is needed");
         }

@@ -505,3 +505,52 @@ fn zai_settings_are_checked_with_their_key() {
     let e = parse("providers:\n  zai:\n    kind: zai\n    guestz: 3\n").unwrap_err();
     assert!(e.message.contains("unknown field `guestz`"), "{e}");
 }
+
+#[test]
+fn a_fleet_section_is_read_checked_with_its_key_and_needs_a_restart_to_change_its_link() {
+    assert_eq!(parse("").unwrap().fleet, None);
+    std::env::set_var("K2P_TEST_REDIS_PW", "pw-123");
+    let c = parse(
+        "fleet:\n  name: prod\n  redis_url: unix:///run/redis.sock\n  password: ${K2P_TEST_REDIS_PW}\n  command_timeout: 20ms\n  on_redis_error: closed\n",
+    )
+    .unwrap();
+    let f = c.fleet.clone().unwrap();
+    assert_eq!(f.name, "prod");
+    assert_eq!(f.password.as_deref(), Some("pw-123"));
+    assert_eq!(f.command_timeout, Duration::from_millis(20));
+    assert_eq!(f.on_redis_error, fleet::OnRedisError::Closed);
+    assert_eq!(f.resync_interval, Duration::from_secs(10));
+    for (yaml, key) in [
+        ("name: prod", "fleet.redis_url"),
+        ("redis_url: http://h", "fleet.redis_url"),
+        ("redis_url: redis://h\n  name: 'a b'", "fleet.name"),
+        (
+            "redis_url: redis://h\n  instance_id: 'a:b'",
+            "fleet.instance_id",
+        ),
+        ("redis_url: redis://h\n  lease_ttl: 1s", "fleet.lease_ttl"),
+        (
+            "redis_url: redis://h\n  command_timeout: 0s",
+            "fleet.command_timeout",
+        ),
+    ] {
+        let e = parse(&format!("fleet:\n  {yaml}\n")).unwrap_err();
+        assert_eq!(e.key, key, "{yaml}: {e}");
+    }
+    // A URL's password never shows in an error.
+    let e = parse("fleet:\n  redis_url: ftp://u:secret@h\n").unwrap_err();
+    assert!(!e.message.contains("secret"), "{e}");
+    // The link's settings need a restart; its timings apply on reload.
+    let mut d = c.clone();
+    if let Some(f) = &mut d.fleet {
+        f.redis_url = "redis://other:6379".into();
+        f.resync_interval = Duration::from_secs(3);
+    }
+    let changes = diff::diff(&c, &d);
+    assert_eq!(changes.need_restart, ["fleet.redis_url"]);
+    assert!(changes
+        .changed
+        .contains(&"fleet.resync_interval".to_string()));
+    let none = parse("").unwrap();
+    assert_eq!(diff::diff(&none, &c).need_restart, ["fleet"]);
+}

@@ -55,6 +55,8 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
         }
         ("GET", ["config", "status"]) => ok_data(json!(app.reload_status())),
         ("GET", ["providers"]) => ok_data(json!(app.providers_status(snap))),
+        ("GET", ["fleet"]) => ok_data(super::fleet::view(app)),
+        ("POST", ["fleet", "reload"]) => fleet_reload(app, snap).await,
         ("GET", ["tokens", "stats"]) => ok_data(stats_json(&app.pool.stats(Instant::now()))),
         ("POST", ["tokens", "reset-all"]) => {
             app.pool.reset_all();
@@ -128,7 +130,7 @@ pub async fn dispatch(app: &App, snap: &Snapshot, session: &mut Session, ctx: &m
         _ => {
             let known = matches!(
                 segments.as_slice(),
-                ["config", "reload" | "status"] | ["tokens", ..] | ["providers"]
+                ["config", "reload" | "status"] | ["tokens", ..] | ["providers"] | ["fleet", ..]
             );
             let e = if known {
                 ApiError::new(
@@ -356,5 +358,26 @@ fn authorize(snap: &Snapshot, session: &Session) -> Result<(), ApiError> {
                 ))
             }
         }
+    }
+}
+
+/// `POST /admin/fleet/reload`: ask every instance of the fleet to re-read its own config
+/// file (this one included, through the same event).
+async fn fleet_reload(app: &App, snap: &super::Snapshot) -> Reply {
+    let (Some(state), Some(settings)) = (&app.fleet, &snap.config.fleet) else {
+        return Reply(
+            400,
+            json!({"status": "error", "message": "No fleet section is configured: reload this instance with POST /admin/config/reload"}),
+        );
+    };
+    match crate::fleet::link::publish_reload(settings, &state.instance_id).await {
+        Ok(heard) => ok_message(
+            &format!("Asked the fleet to reload ({heard} instance(s) listening)"),
+            None,
+        ),
+        Err(e) => Reply(
+            503,
+            json!({"status": "error", "message": format!("Redis is not reachable: {e}")}),
+        ),
     }
 }

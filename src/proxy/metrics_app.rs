@@ -36,6 +36,28 @@ impl ServeHttp for MetricsApp {
         m.pool_tokens
             .with_label_values(&["disabled"])
             .set(stats.disabled as i64);
+        match &self.app.fleet {
+            None => m.fleet_mode.set(0),
+            Some(f) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                m.fleet_mode.set(match f.mode() {
+                    crate::fleet::link::Mode::Shared => 1,
+                    crate::fleet::link::Mode::Local => 2,
+                });
+                for (name, v) in [
+                    ("events", &f.events),
+                    ("resyncs", &f.resyncs),
+                    ("changes_sent", &f.changes_sent),
+                    ("changes_dropped", &f.changes_dropped),
+                    ("errors", &f.errors),
+                ] {
+                    m.fleet_link
+                        .with_label_values(&[name])
+                        .set(v.load(Relaxed) as i64);
+                }
+                m.fleet_instances.set(f.instances().len() as i64);
+            }
+        }
         plain(200, m.render(), "text/plain; version=0.0.4; charset=utf-8")
     }
 }

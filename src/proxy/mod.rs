@@ -11,6 +11,7 @@ mod client;
 mod conns;
 mod exchange;
 mod fetch;
+mod fleet;
 mod metrics_app;
 pub mod probe;
 pub mod reload;
@@ -128,6 +129,8 @@ pub struct App {
     /// Z.AI providers at run time, by name; made on first use and again when their
     /// section changes on reload.
     zai: Mutex<std::collections::HashMap<String, Arc<ZaiRuntime>>>,
+    /// Fleet mode's link state (`fleet` section); `None`: this instance alone.
+    fleet: Option<Arc<crate::fleet::link::FleetState>>,
 }
 
 impl App {
@@ -144,7 +147,24 @@ impl App {
         let now = reload::unix_now();
         metrics.config_loaded_at.set(now as i64);
         let (refresh_tx, refresh_rx) = tokio::sync::mpsc::unbounded_channel();
+        let fleet = snapshot.config.fleet.as_ref().map(|f| {
+            pool.share();
+            let id = if f.instance_id.is_empty() {
+                let port = snapshot
+                    .config
+                    .server
+                    .listen
+                    .first()
+                    .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+                    .map(|a| a.port());
+                crate::fleet::link::default_instance_id(port)
+            } else {
+                f.instance_id.clone()
+            };
+            Arc::new(crate::fleet::link::FleetState::new(&f.name, &id))
+        });
         Ok(App {
+            fleet,
             state: ArcSwap::from_pointee(snapshot),
             pool,
             connector: Connector::new(Some(ConnectorOptions::from_server_conf(server_conf))),
@@ -406,6 +426,12 @@ pub fn build_server(
         "token updater",
         updater::UpdaterService { app: app.clone() },
     ));
+    if app.fleet.is_some() {
+        server.add_service(background_service(
+            "fleet link",
+            fleet::FleetService { app: app.clone() },
+        ));
+    }
     Ok((server, app))
 }
 

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub mod redis;
+
 use async_trait::async_trait;
 use k2proxy::config::Config;
 use k2proxy::mock::{MockConfig, MockServer, RecordedRequest};

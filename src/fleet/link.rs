@@ -1,0 +1,553 @@
+//! The instance's link to Redis: one lazily connected, reconnecting connection that
+//! carries the shared pool's changes (the `change` script), the fleet's events (RESP3
+//! pushes on the same connection), resyncs and heartbeats. It runs in the background: a
+//! request never waits on it, and while Redis is away the instance serves on its own state,
+//! queues its changes and catches up when Redis is back.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{info, warn};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
+use serde::Serialize;
+
+use super::record::{change_args, decode, Event, Keys};
+use super::scripts;
+use crate::config::fleet::FleetSection;
+use crate::pool::{Pool, PoolSettings, Shared, SharedState};
+use crate::secret::mask_url;
+
+/// How often queued changes go to Redis.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// How often a link in local mode asks whether Redis is back.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Errors in a row that switch to local mode.
+const BREAKER_ERRORS: u32 = 3;
+
+/// The fleet mode of an instance (`k2proxy_fleet_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// State shared through Redis.
+    Shared,
+    /// Redis is away: the instance serves on its own state.
+    Local,
+}
+
+/// One instance as its heartbeat shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Heartbeat {
+    pub id: String,
+    pub version: String,
+    /// SHA-256 prefix of the instance's config (drift shows as different values).
+    pub config_sha: String,
+    pub mode: String,
+    pub started_ms: u64,
+    pub seen_ms: u64,
+    pub in_flight: u64,
+    pub tokens_total: u64,
+    pub tokens_active: u64,
+    pub tokens_cooling: u64,
+    pub tokens_disabled: u64,
+}
+
+/// What the link needs from the instance it serves.
+pub trait Host: Send + Sync {
+    fn pool(&self) -> &Pool;
+    fn pool_settings(&self) -> PoolSettings;
+    /// This instance's heartbeat (without `mode` and `seen_ms`, which the link fills).
+    fn heartbeat(&self) -> Heartbeat;
+    /// Another instance asked every instance to re-read its config file.
+    fn reload(&self);
+}
+
+/// The link's state as the rest of the instance reads it (metrics, admin).
+#[derive(Debug)]
+pub struct FleetState {
+    pub instance_id: String,
+    pub fleet: String,
+    mode: AtomicU8,
+    /// Fleet clock (Redis `TIME`) minus this instance's, in ms.
+    offset_ms: AtomicI64,
+    pub events: AtomicU64,
+    pub resyncs: AtomicU64,
+    pub changes_sent: AtomicU64,
+    pub changes_dropped: AtomicU64,
+    pub errors: AtomicU64,
+    instances: Mutex<Vec<Heartbeat>>,
+}
+
+impl FleetState {
+    pub fn new(fleet: &str, instance_id: &str) -> FleetState {
+        FleetState {
+            instance_id: instance_id.to_string(),
+            fleet: fleet.to_string(),
+            // Until Redis answers, the instance is on its own.
+            mode: AtomicU8::new(1),
+            offset_ms: AtomicI64::new(0),
+            events: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
+            changes_sent: AtomicU64::new(0),
+            changes_dropped: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            instances: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        if self.mode.load(Ordering::Relaxed) == 0 {
+            Mode::Shared
+        } else {
+            Mode::Local
+        }
+    }
+
+    fn set_mode(&self, m: Mode) -> bool {
+        let v = u8::from(m == Mode::Local);
+        self.mode.swap(v, Ordering::Relaxed) != v
+    }
+
+    /// The fleet's instances at the last heartbeat read, this one included.
+    pub fn instances(&self) -> Vec<Heartbeat> {
+        self.instances
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Live instances (at least 1: this one).
+    pub fn size(&self) -> usize {
+        self.instances().len().max(1)
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The instance id when `fleet.instance_id` is empty: host name and port.
+pub fn default_instance_id(port: Option<u16>) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "k2proxy".to_string());
+    match port {
+        Some(p) => format!("{host}-{p}"),
+        None => host,
+    }
+}
+
+/// A connection manager for `settings`, lazily connected (an instance starts without
+/// Redis), speaking RESP3 so events arrive on the same connection as `pushes`.
+fn connect(
+    settings: &FleetSection,
+    pushes: tokio::sync::mpsc::UnboundedSender<PushInfo>,
+) -> Result<ConnectionManager, String> {
+    let shown = mask_url(&settings.redis_url);
+    let url = settings
+        .redis_url
+        .replace("redis+unix://", "unix://")
+        .to_string();
+    let info = url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| format!("fleet.redis_url {shown}: {e}"))?;
+    let mut redis = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    if let Some(u) = &settings.username {
+        redis = redis.set_username(u);
+    }
+    if let Some(p) = &settings.password {
+        redis = redis.set_password(p);
+    }
+    let info = info.set_redis_settings(redis);
+    let client = redis::Client::open(info).map_err(|e| format!("fleet.redis_url {shown}: {e}"))?;
+    let config = ConnectionManagerConfig::new()
+        .set_push_sender(pushes)
+        .set_automatic_resubscription()
+        .set_response_timeout(Some(settings.background_timeout))
+        .set_connection_timeout(Some(settings.background_timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client, config)
+        .map_err(|e| format!("fleet.redis_url {shown}: {e}"))
+}
+
+/// The running link.
+pub struct Link {
+    settings: FleetSection,
+    keys: Keys,
+    host: Arc<dyn Host>,
+    state: Arc<FleetState>,
+    script: redis::Script,
+    started_ms: u64,
+    errors_in_a_row: u32,
+}
+
+impl Link {
+    pub fn new(settings: FleetSection, host: Arc<dyn Host>, state: Arc<FleetState>) -> Link {
+        Link {
+            keys: Keys::new(&settings.name),
+            settings,
+            host,
+            state,
+            script: redis::Script::new(scripts::CHANGE),
+            started_ms: unix_ms(),
+            errors_in_a_row: 0,
+        }
+    }
+
+    /// Run until `stop` says so; on the way out the instance leaves the fleet's list.
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let (tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+        let mut con = match connect(&self.settings, tx) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("fleet: {e}; this instance runs on its own state");
+                return;
+            }
+        };
+        info!(
+            "fleet {}: instance {} linking to {}",
+            self.settings.name,
+            self.state.instance_id,
+            mask_url(&self.settings.redis_url)
+        );
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_heartbeat = Instant::now();
+        let mut next_resync = Instant::now();
+        let mut next_probe = Instant::now();
+        let mut subscribed = false;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                Some(p) = pushes.recv() => self.on_push(p),
+                _ = flush.tick() => {}
+            }
+            let now = Instant::now();
+            if self.state.mode() == Mode::Local {
+                if now < next_probe {
+                    continue;
+                }
+                next_probe = now + PROBE_EVERY;
+                if !self.up(&mut con, &mut subscribed).await {
+                    continue;
+                }
+                next_resync = now;
+                next_heartbeat = now;
+            }
+            if !self.flush(&mut con).await {
+                continue;
+            }
+            if now >= next_resync {
+                next_resync = now + self.settings.resync_interval;
+                if let Err(e) = self.resync(&mut con).await {
+                    self.failed(&e);
+                    continue;
+                }
+            }
+            if now >= next_heartbeat {
+                next_heartbeat = now + self.settings.heartbeat_interval;
+                if let Err(e) = self.heartbeat(&mut con).await {
+                    self.failed(&e);
+                }
+            }
+        }
+        let _ = tokio::time::timeout(self.settings.background_timeout, async {
+            let _: Result<(), _> = redis::pipe()
+                .cmd("DEL")
+                .arg(self.keys.instance(&self.state.instance_id))
+                .ignore()
+                .cmd("ZREM")
+                .arg(self.keys.instances())
+                .arg(&self.state.instance_id)
+                .ignore()
+                .query_async(&mut con)
+                .await;
+        })
+        .await;
+    }
+
+    /// Whether Redis answers (and the channel is subscribed); switches to shared mode.
+    async fn up(&mut self, con: &mut ConnectionManager, subscribed: &mut bool) -> bool {
+        let ping = tokio::time::timeout(
+            self.settings.background_timeout,
+            redis::cmd("PING").query_async::<String>(con),
+        )
+        .await;
+        if !matches!(ping, Ok(Ok(_))) {
+            return false;
+        }
+        if !*subscribed {
+            let sub = tokio::time::timeout(
+                self.settings.background_timeout,
+                con.subscribe(self.keys.events()),
+            )
+            .await;
+            if !matches!(sub, Ok(Ok(()))) {
+                return false;
+            }
+            *subscribed = true;
+        }
+        self.errors_in_a_row = 0;
+        if self.state.set_mode(Mode::Shared) {
+            info!(
+                "fleet {}: Redis is reachable; sharing state (instance {})",
+                self.settings.name, self.state.instance_id
+            );
+        }
+        true
+    }
+
+    fn failed(&mut self, e: &str) {
+        self.state.errors.fetch_add(1, Ordering::Relaxed);
+        self.errors_in_a_row += 1;
+        if self.errors_in_a_row >= BREAKER_ERRORS && self.state.set_mode(Mode::Local) {
+            warn!(
+                "fleet {}: Redis is away ({e}); serving on this instance's own state until it is back",
+                self.settings.name
+            );
+        }
+    }
+
+    fn on_push(&self, p: PushInfo) {
+        if p.kind != PushKind::Message {
+            return;
+        }
+        let Some(text) = p.data.get(1).and_then(value_text) else {
+            return;
+        };
+        let Some(event) = Event::parse(&text) else {
+            return;
+        };
+        self.state.events.fetch_add(1, Ordering::Relaxed);
+        let offset = self.state.offset_ms.load(Ordering::Relaxed);
+        let pool = self.host.pool();
+        match event {
+            Event::Token { tid, state, .. } => {
+                pool.apply_shared(&tid, state, offset, Instant::now())
+            }
+            Event::ResetAll { .. } => {
+                for tid in pool.token_ids() {
+                    pool.apply_shared(&tid, SharedState::default(), offset, Instant::now());
+                }
+            }
+            Event::Reload { origin } => {
+                info!("fleet: instance {origin} asked every instance to reload its config");
+                self.host.reload();
+            }
+        }
+    }
+
+    /// Send the queued changes; false (and the rest queued again) when Redis failed.
+    async fn flush(&mut self, con: &mut ConnectionManager) -> bool {
+        let (changes, dropped) = self.host.pool().take_shared();
+        if dropped > 0 {
+            self.state
+                .changes_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+        let settings = self.host.pool_settings();
+        let mut rest = changes.into_iter();
+        while let Some(change) = rest.next() {
+            match self.send(con, &change, &settings).await {
+                Ok(()) => {
+                    self.state.changes_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let mut back: Vec<Shared> = vec![change];
+                    back.extend(rest);
+                    self.host.pool().requeue_shared(back);
+                    self.failed(&e);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    async fn send(
+        &self,
+        con: &mut ConnectionManager,
+        change: &Shared,
+        settings: &PoolSettings,
+    ) -> Result<(), String> {
+        let (tid, kind, retry_after) = change_args(change);
+        let ms = |d: Duration| d.as_millis() as u64;
+        let mut call = self.script.key(self.keys.tokens());
+        call.key(self.keys.meta())
+            .arg(&tid)
+            .arg(kind)
+            .arg(retry_after)
+            .arg(settings.max_failures)
+            .arg(ms(settings.cooldown))
+            .arg(ms(settings.max_cooldown))
+            .arg(&self.state.instance_id)
+            .arg(self.keys.events())
+            .arg("");
+        let sent = tokio::time::timeout(
+            self.settings.background_timeout,
+            call.invoke_async::<(String, String)>(con),
+        )
+        .await
+        .map_err(|_| "no answer in time".to_string())?
+        .map_err(|e| e.to_string())?;
+        if let Ok(now) = sent.1.parse::<i64>() {
+            self.state
+                .offset_ms
+                .store(now - unix_ms() as i64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Read every shared record and make the mirror follow; a token the fleet holds
+    /// nothing about is clean.
+    async fn resync(&self, con: &mut ConnectionManager) -> Result<(), String> {
+        let all: HashMap<String, String> = tokio::time::timeout(
+            self.settings.background_timeout,
+            redis::cmd("HGETALL")
+                .arg(self.keys.tokens())
+                .query_async(con),
+        )
+        .await
+        .map_err(|_| "no answer in time".to_string())?
+        .map_err(|e| e.to_string())?;
+        let pool = self.host.pool();
+        // Changes not yet sent are newer than what Redis holds: they win.
+        let (pending, _) = pool.take_shared();
+        let offset = self.state.offset_ms.load(Ordering::Relaxed);
+        for tid in pool.token_ids() {
+            let state = all
+                .get(&tid)
+                .and_then(|r| decode(r))
+                .map(|(s, _)| s)
+                .unwrap_or_default();
+            pool.apply_shared(&tid, state, offset, Instant::now());
+        }
+        pool.requeue_shared(pending);
+        self.state.resyncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Say this instance is alive, and read who else is.
+    async fn heartbeat(&self, con: &mut ConnectionManager) -> Result<(), String> {
+        let mut hb = self.host.heartbeat();
+        hb.id = self.state.instance_id.clone();
+        hb.started_ms = self.started_ms;
+        hb.mode = "shared".to_string();
+        hb.seen_ms = unix_ms();
+        let ttl = (self.settings.heartbeat_interval * 3).as_millis() as u64;
+        let key = self.keys.instance(&hb.id);
+        let fields: Vec<(&str, String)> = vec![
+            ("version", hb.version.clone()),
+            ("config_sha", hb.config_sha.clone()),
+            ("mode", hb.mode.clone()),
+            ("started_ms", hb.started_ms.to_string()),
+            ("seen_ms", hb.seen_ms.to_string()),
+            ("in_flight", hb.in_flight.to_string()),
+            ("tokens_total", hb.tokens_total.to_string()),
+            ("tokens_active", hb.tokens_active.to_string()),
+            ("tokens_cooling", hb.tokens_cooling.to_string()),
+            ("tokens_disabled", hb.tokens_disabled.to_string()),
+        ];
+        let work = async {
+            let (_, _, _, _, ids): ((), (), (), (), Vec<String>) = redis::pipe()
+                .cmd("HSET")
+                .arg(&key)
+                .arg(&fields)
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(ttl)
+                .cmd("ZADD")
+                .arg(self.keys.instances())
+                .arg(hb.seen_ms)
+                .arg(&hb.id)
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(self.keys.instances())
+                .arg("-inf")
+                .arg(hb.seen_ms.saturating_sub(ttl))
+                .cmd("ZRANGE")
+                .arg(self.keys.instances())
+                .arg(0)
+                .arg(-1)
+                .query_async(con)
+                .await?;
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.cmd("HGETALL").arg(self.keys.instance(id));
+            }
+            let found: Vec<HashMap<String, String>> = pipe.query_async(con).await?;
+            Ok::<_, redis::RedisError>((ids, found))
+        };
+        let (ids, found) = tokio::time::timeout(self.settings.background_timeout, work)
+            .await
+            .map_err(|_| "no answer in time".to_string())?
+            .map_err(|e| e.to_string())?;
+        let mut list: Vec<Heartbeat> = ids
+            .iter()
+            .zip(found)
+            .filter(|(_, f)| !f.is_empty())
+            .map(|(id, f)| heartbeat_of(id, &f))
+            .collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        *self
+            .state
+            .instances
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = list;
+        Ok(())
+    }
+}
+
+fn heartbeat_of(id: &str, f: &HashMap<String, String>) -> Heartbeat {
+    let text = |k: &str| f.get(k).cloned().unwrap_or_default();
+    let num = |k: &str| f.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Heartbeat {
+        id: id.to_string(),
+        version: text("version"),
+        config_sha: text("config_sha"),
+        mode: text("mode"),
+        started_ms: num("started_ms"),
+        seen_ms: num("seen_ms"),
+        in_flight: num("in_flight"),
+        tokens_total: num("tokens_total"),
+        tokens_active: num("tokens_active"),
+        tokens_cooling: num("tokens_cooling"),
+        tokens_disabled: num("tokens_disabled"),
+    }
+}
+
+fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Publish a fleet-wide reload (each instance re-reads its own file).
+pub async fn publish_reload(settings: &FleetSection, origin: &str) -> Result<u64, String> {
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut con = connect(settings, tx)?;
+    let keys = Keys::new(&settings.name);
+    tokio::time::timeout(
+        settings.background_timeout,
+        redis::cmd("PUBLISH")
+            .arg(keys.events())
+            .arg(Event::reload(origin))
+            .query_async::<u64>(&mut con),
+    )
+    .await
+    .map_err(|_| "Redis did not answer in time".to_string())?
+    .map_err(|e| e.to_string())
+}

@@ -1,0 +1,123 @@
+//! Fleet mode in the server: the link to Redis as a background service (it lives for the
+//! whole process, after Pingora's fork), the instance's side of the link (its pool, its
+//! heartbeat, reloads asked by other instances), and the admin view of the fleet.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde_json::{json, Value};
+
+use super::App;
+use crate::fleet::link::{Heartbeat, Host, Link};
+use crate::pool::{Pool, PoolSettings};
+
+/// The instance as the link sees it.
+struct Instance {
+    app: Arc<App>,
+}
+
+impl Host for Instance {
+    fn pool(&self) -> &Pool {
+        &self.app.pool
+    }
+
+    fn pool_settings(&self) -> PoolSettings {
+        super::pool_settings(&self.app.snapshot().config)
+    }
+
+    fn heartbeat(&self) -> Heartbeat {
+        let stats = self.app.pool.stats(Instant::now());
+        Heartbeat {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config_sha: config_sha(&self.app),
+            in_flight: self.app.gate.open() as u64,
+            tokens_total: stats.total as u64,
+            tokens_active: stats.active as u64,
+            tokens_cooling: stats.cooling as u64,
+            tokens_disabled: stats.disabled as u64,
+            ..Heartbeat::default()
+        }
+    }
+
+    fn reload(&self) {
+        let app = self.app.clone();
+        tokio::spawn(async move {
+            app.reload("fleet").await;
+        });
+    }
+}
+
+/// The first 12 hex digits of the SHA-256 of the running config, leaving out what is each
+/// instance's own (its listen addresses and instance id): instances that show different
+/// values run different configs.
+pub fn config_sha(app: &App) -> String {
+    let mut config = app.snapshot().config.clone();
+    config.server.listen.clear();
+    config.metrics.listen = None;
+    if let Some(f) = &mut config.fleet {
+        f.instance_id.clear();
+    }
+    let text = serde_json::to_vec(&config).unwrap_or_default();
+    let d = ring::digest::digest(&ring::digest::SHA256, &text);
+    d.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs the link while the server runs.
+pub struct FleetService {
+    pub app: Arc<App>,
+}
+
+#[async_trait]
+impl BackgroundService for FleetService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let (Some(state), Some(settings)) = (
+            self.app.fleet.clone(),
+            self.app.snapshot().config.fleet.clone(),
+        ) else {
+            return;
+        };
+        let host = Arc::new(Instance {
+            app: self.app.clone(),
+        });
+        Link::new(settings, host, state).run(shutdown).await;
+    }
+}
+
+/// `GET /admin/fleet`: this instance, its mode and counters, and every live instance with
+/// its heartbeat; `drift` marks an instance whose config differs from this one's.
+pub fn view(app: &App) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(f) = &app.fleet else {
+        return json!({"enabled": false});
+    };
+    let mine = config_sha(app);
+    let instances: Vec<Value> = f
+        .instances()
+        .into_iter()
+        .map(|h| {
+            let drift = h.config_sha != mine;
+            let mut v = serde_json::to_value(&h).unwrap_or(Value::Null);
+            v["drift"] = json!(drift);
+            v["self"] = json!(h.id == f.instance_id);
+            v
+        })
+        .collect();
+    json!({
+        "enabled": true,
+        "fleet": f.fleet,
+        "instance_id": f.instance_id,
+        "mode": f.mode(),
+        "config_sha": mine,
+        "counters": {
+            "events": f.events.load(Relaxed),
+            "resyncs": f.resyncs.load(Relaxed),
+            "changes_sent": f.changes_sent.load(Relaxed),
+            "changes_dropped": f.changes_dropped.load(Relaxed),
+            "errors": f.errors.load(Relaxed),
+        },
+        "instances": instances,
+    })
+}

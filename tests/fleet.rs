@@ -1,0 +1,365 @@
+//! Fleet mode against a real `redis-server` (issue 19): several proxy instances, one mock
+//! upstream, one Redis. A token's state set on one instance reaches the others; Redis
+//! trouble never fails a client request, and the state converges when Redis is back.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::{available, RedisServer};
+use common::{chat_body, runtime, start_mock, within, Env};
+use k2proxy::config::fleet::FleetSection;
+use k2proxy::mock::{MockConfig, MockServer};
+use serde_json::Value;
+
+const GOOD: &str = "tok-good-a";
+const LIMITED: &str = "tok-b;fault=429;retry_after=30";
+
+struct Fleet {
+    redis: RedisServer,
+    instances: Vec<Env>,
+    mock: MockServer,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn fleet(tag: &str, n: usize, edit: impl Fn(&mut k2proxy::config::Config)) -> Fleet {
+    let redis = RedisServer::start(tag);
+    let rt = runtime();
+    let cfg = MockConfig::default();
+    let legacy = !cfg
+        .models
+        .iter()
+        .any(|m| m == k2proxy::provider::k2think::HORIZON_MODEL);
+    let mock = start_mock(&rt, cfg);
+    let instances = (0..n)
+        .map(|i| {
+            Env::start_with(runtime(), |c| {
+                c.upstream.base_url = mock.base_url();
+                if legacy {
+                    c.models = k2proxy::config::legacy_models();
+                }
+                c.pool.tokens = common::tokens(&[GOOD, LIMITED]);
+                c.pool.max_failures = 5;
+                c.fleet = Some(FleetSection {
+                    name: format!("test-{tag}"),
+                    instance_id: format!("i{i}"),
+                    redis_url: redis.url(),
+                    heartbeat_interval: Duration::from_millis(200),
+                    resync_interval: Duration::from_secs(1),
+                    background_timeout: Duration::from_millis(300),
+                    ..FleetSection::default()
+                });
+                edit(c);
+            })
+        })
+        .collect();
+    Fleet {
+        redis,
+        instances,
+        mock,
+        _rt: rt,
+    }
+}
+
+fn model(env: &Env) -> String {
+    env.get("/v1/models").json()["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The state of the pool's `i`-th token on `env`.
+fn state(env: &Env, i: usize) -> String {
+    env.get("/admin/tokens/stats").json()["data"]["tokens"][i]["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn fleet_view(env: &Env) -> Value {
+    env.get("/admin/fleet").json()["data"].clone()
+}
+
+fn shared(env: &Env) -> bool {
+    fleet_view(env)["mode"] == "shared"
+}
+
+/// Send requests on `env` until its pool has leased the 429 token once.
+fn hit_the_limited_token(env: &Env, model: &str) {
+    within(
+        Duration::from_secs(10),
+        "a 429 on the limited token",
+        || {
+            let r = env.chat(&chat_body(model, "hi", false));
+            assert_eq!(r.status, 200, "{}", r.text());
+            state(env, 1) == "cooling"
+        },
+    );
+}
+
+#[test]
+fn a_429_on_one_instance_cools_the_token_on_all_and_operator_actions_reach_every_instance() {
+    if !available() {
+        return;
+    }
+    let f = fleet("share", 3, |_| {});
+    let [a, b, c] = [&f.instances[0], &f.instances[1], &f.instances[2]];
+    let m = model(a);
+    for env in [a, b, c] {
+        within(Duration::from_secs(10), "shared mode", || shared(env));
+    }
+
+    // A 429 on A: B and C stop using the token within a second.
+    hit_the_limited_token(a, &m);
+    for env in [b, c] {
+        let took = within(Duration::from_secs(1), "the cooldown on the others", || {
+            state(env, 1) == "cooling"
+        });
+        assert!(took < Duration::from_secs(1));
+    }
+    // ...and no request of theirs reaches the upstream with it meanwhile.
+    let before = f.mock.requests().len();
+    for env in [b, c] {
+        for _ in 0..4 {
+            assert_eq!(env.chat(&chat_body(&m, "x", false)).status, 200);
+        }
+    }
+    let limited_after = f.mock.requests()[before..]
+        .iter()
+        .filter(|r| r.bearer.as_deref().is_some_and(|t| t.contains("fault=429")))
+        .count();
+    assert_eq!(limited_after, 0, "B and C used the cooling token");
+
+    // An operator's reset on B reaches A and C; a disable on C reaches A and B.
+    let r = b.post("/admin/tokens/reset/1", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    for env in [a, c] {
+        within(Duration::from_secs(1), "the reset on the others", || {
+            state(env, 1) == "active"
+        });
+    }
+    let r = c.post("/admin/tokens/disable/0", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    for env in [a, b] {
+        within(Duration::from_secs(1), "the disable on the others", || {
+            state(env, 0) == "disabled"
+        });
+    }
+
+    // Every instance sees the fleet: three live instances, no config drift.
+    within(
+        Duration::from_secs(3),
+        "three instances in the view",
+        || fleet_view(a)["instances"].as_array().map_or(0, Vec::len) == 3,
+    );
+    let view = fleet_view(a);
+    for i in view["instances"].as_array().unwrap() {
+        assert_eq!(i["drift"], false, "{view}");
+        assert_eq!(i["mode"], "shared", "{view}");
+    }
+}
+
+#[test]
+fn redis_killed_restarted_empty_or_frozen_fails_no_request_and_the_state_converges() {
+    if !available() {
+        return;
+    }
+    let mut f = fleet("faults", 2, |_| {});
+    let (a, b) = (&f.instances[0], &f.instances[1]);
+    let m = model(a);
+    for env in [a, b] {
+        within(Duration::from_secs(10), "shared mode", || shared(env));
+    }
+
+    // Killed under load: every request still succeeds, and both instances go local.
+    f.redis.kill();
+    for i in 0..40 {
+        let env = if i % 2 == 0 { a } else { b };
+        let r = env.chat(&chat_body(&m, "during the outage", i % 4 == 0));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    for env in [a, b] {
+        within(Duration::from_secs(10), "local mode", || {
+            fleet_view(env)["mode"] == "local"
+        });
+    }
+    // A cooldown set while Redis is away...
+    hit_the_limited_token(a, &m);
+
+    // ...reaches B once Redis is back, even empty.
+    f.redis.restart();
+    for env in [a, b] {
+        within(Duration::from_secs(10), "shared mode again", || shared(env));
+    }
+    within(Duration::from_secs(5), "the outage's cooldown on B", || {
+        state(b, 1) == "cooling"
+    });
+
+    // Frozen: requests stay served; thawed, the link comes back.
+    f.redis.freeze();
+    for i in 0..10 {
+        let env = if i % 2 == 0 { a } else { b };
+        let r = env.chat(&chat_body(&m, "while frozen", false));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    f.redis.thaw();
+    for env in [a, b] {
+        within(Duration::from_secs(10), "shared after the thaw", || {
+            shared(env)
+        });
+    }
+}
+
+#[test]
+fn an_instance_starts_and_serves_with_redis_unreachable() {
+    if !available() {
+        return;
+    }
+    let mut f = fleet("absent", 1, |c| {
+        if let Some(fl) = &mut c.fleet {
+            fl.redis_url = "unix:///nonexistent/k2proxy-test.sock".to_string();
+        }
+    });
+    let a = &f.instances[0];
+    let m = model(a);
+    for _ in 0..5 {
+        let r = a.chat(&chat_body(&m, "no redis", false));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(fleet_view(a)["mode"], "local");
+    f.redis.kill();
+}
+
+#[test]
+fn without_a_fleet_section_nothing_is_shared() {
+    let env = Env::start(MockConfig::default(), |_| {});
+    assert_eq!(env.get("/admin/fleet").json()["data"]["enabled"], false);
+    let metrics = env.app.metrics().render();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(!metrics.contains("k2proxy_fleet_mode 1"), "{metrics}");
+}
+
+/// The `change` script's rules, run in a real Redis with the clock given (`now_ms`), read
+/// back with `HGET`: the same rules as `pool.rs`.
+#[test]
+fn the_change_script_applies_the_pool_rules_with_the_fleet_clock() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start("script");
+    let keys = k2proxy::fleet::record::Keys::new("rules");
+    let (tok, meta) = (keys.tokens(), keys.meta());
+    let run = |tid: &str, kind: &str, retry_ms: i64, now: u64| -> String {
+        let (retry, now) = (retry_ms.to_string(), now.to_string());
+        redis
+            .command(&[
+                "EVAL",
+                k2proxy::fleet::scripts::CHANGE,
+                "2",
+                &tok,
+                &meta,
+                tid,
+                kind,
+                &retry,
+                "3",    // max_failures
+                "1000", // cooldown ms
+                "5000", // max_cooldown ms
+                "test",
+                "chan",
+                &now,
+            ])
+            .expect("EVAL answered")
+    };
+    let record = |tid: &str| {
+        let raw = redis.command(&["HGET", &tok, tid]).unwrap();
+        let text = raw.lines().nth(1).unwrap_or("").to_string();
+        k2proxy::fleet::record::decode(&text)
+    };
+    let t0 = 1_800_000_000_000u64;
+
+    // Strikes add up across reports and disable at max_failures.
+    run("t1", "strike", -1, t0);
+    run("t1", "strike", -1, t0);
+    assert!(!record("t1").unwrap().0.disabled);
+    run("t1", "strike", -1, t0);
+    let (s, v) = record("t1").unwrap();
+    assert_eq!((s.strikes, s.disabled, v), (3, true, 3));
+    // A success on a clean token writes nothing; on a struck one it clears strikes.
+    run("t2", "success", -1, t0);
+    assert!(record("t2").is_none());
+    run("t2", "strike", -1, t0);
+    run("t2", "success", -1, t0);
+    assert_eq!(record("t2").unwrap().0.strikes, 0);
+
+    // 429s: Retry-After when given; else cooldown doubling per streak, capped.
+    run("t3", "ratelimit", 7000, t0);
+    assert_eq!(record("t3").unwrap().0.cool_until_ms, t0 + 7000);
+    run("t4", "ratelimit", -1, t0);
+    assert_eq!(record("t4").unwrap().0.cool_until_ms, t0 + 1000);
+    run("t4", "ratelimit", -1, t0);
+    assert_eq!(record("t4").unwrap().0.cool_until_ms, t0 + 2000);
+    for _ in 0..5 {
+        run("t4", "ratelimit", -1, t0);
+    }
+    let (s, _) = record("t4").unwrap();
+    assert_eq!((s.cool_until_ms, s.streak), (t0 + 5000, 7));
+    // A later, shorter cooldown never shortens the fleet's.
+    run("t3", "ratelimit", 10, t0 + 100);
+    assert_eq!(record("t3").unwrap().0.cool_until_ms, t0 + 7000);
+
+    // Operator actions: reset one, disable one, reset all.
+    run("t1", "reset", -1, t0);
+    assert_eq!(record("t1").unwrap().0, Default::default());
+    run("t5", "disable", -1, t0);
+    assert!(record("t5").unwrap().0.disabled);
+    run("*", "reset_all", -1, t0);
+    assert!(record("t5").is_none() && record("t4").is_none());
+}
+
+/// The README's ACL user (keys and channels under `k2:` only) is all an instance needs,
+/// with its password from the environment.
+#[test]
+fn an_acl_user_limited_to_the_fleet_keys_is_enough() {
+    if !available() {
+        return;
+    }
+    std::env::set_var("K2P_FLEET_TEST_PW", "fleet-pw-0123456789");
+    let f = fleet("acl", 2, |c| {
+        if let Some(fl) = &mut c.fleet {
+            fl.username = Some("k2proxy".into());
+            fl.password = Some(k2proxy::config::expand_env("${K2P_FLEET_TEST_PW}").unwrap());
+        }
+    });
+    let acl = f.redis.command(&[
+        "ACL",
+        "SETUSER",
+        "k2proxy",
+        "on",
+        ">fleet-pw-0123456789",
+        "~k2:*",
+        "&k2:*",
+        "+@read",
+        "+@write",
+        "+@scripting",
+        "+@pubsub",
+        "+ping",
+        "+time",
+    ]);
+    assert!(
+        acl.as_deref().is_some_and(|r| r.starts_with("+OK")),
+        "{acl:?}"
+    );
+    let (a, b) = (&f.instances[0], &f.instances[1]);
+    for env in [a, b] {
+        within(
+            Duration::from_secs(10),
+            "shared mode as the ACL user",
+            || shared(env),
+        );
+    }
+    hit_the_limited_token(a, &model(a));
+    within(Duration::from_secs(1), "the cooldown on B", || {
+        state(b, 1) == "cooling"
+    });
+}
