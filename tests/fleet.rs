@@ -363,3 +363,154 @@ fn an_acl_user_limited_to_the_fleet_keys_is_enough() {
         state(b, 1) == "cooling"
     });
 }
+
+/// The `admit` script with the clock given: concurrency leases that expire (a crashed
+/// instance's slots free themselves after the lease TTL) and a GCRA rate with its burst
+/// and exact Retry-After.
+#[test]
+fn the_admit_script_counts_leases_that_expire_and_a_rate_with_its_burst() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start("admit");
+    let keys = k2proxy::fleet::record::Keys::new("limits");
+    let admit = |kid: &str, rate: &str, burst: &str, conc: &str, lease: &str, now: u64| {
+        let reply = redis
+            .command(&[
+                "EVAL",
+                k2proxy::fleet::scripts::ADMIT,
+                "2",
+                &keys.rate(kid),
+                &keys.leases(kid),
+                rate,
+                burst,
+                conc,
+                "3000", // lease TTL ms
+                lease,
+                &now.to_string(),
+            ])
+            .expect("EVAL answered");
+        // *3\r\n:1\r\n$0\r\n\r\n:0\r\n  or  *3\r\n:0\r\n$4\r\nrate\r\n:1000\r\n
+        let lines: Vec<&str> = reply.lines().collect();
+        let ok = lines.get(1) == Some(&":1");
+        let retry: i64 = lines
+            .last()
+            .and_then(|l| l.trim_start_matches(':').parse().ok())
+            .unwrap_or(-1);
+        (ok, retry, reply)
+    };
+    let t0 = 1_800_000_000_000u64;
+    // Concurrency 2: two leases from two instances, the third refused...
+    assert!(admit("k1", "0", "1", "2", "a:1", t0).0);
+    assert!(admit("k1", "0", "1", "2", "b:1", t0).0);
+    let (ok, _, reply) = admit("k1", "0", "1", "2", "a:2", t0 + 10);
+    assert!(!ok && reply.contains("concurrency"), "{reply}");
+    // ...one given back frees a slot at once...
+    redis.command(&["ZREM", &keys.leases("k1"), "b:1"]).unwrap();
+    assert!(admit("k1", "0", "1", "2", "a:3", t0 + 20).0);
+    // ...and those of an instance that died free themselves after the lease TTL.
+    assert!(!admit("k1", "0", "1", "2", "a:4", t0 + 2_000).0);
+    assert!(admit("k1", "0", "1", "2", "a:5", t0 + 3_100).0);
+
+    // Rate 1/s with a burst of 2: two at once, the third told to come back in 1 s.
+    assert!(admit("k2", "1", "2", "0", "x", t0).0);
+    assert!(admit("k2", "1", "2", "0", "x", t0).0);
+    let (ok, retry, _) = admit("k2", "1", "2", "0", "x", t0);
+    assert!(!ok);
+    assert_eq!(retry, 1000);
+    let (ok, retry, _) = admit("k2", "1", "2", "0", "x", t0 + 400);
+    assert!(!ok);
+    assert_eq!(retry, 600);
+    assert!(admit("k2", "1", "2", "0", "x", t0 + 1000).0);
+    assert!(!admit("k2", "1", "2", "0", "x", t0 + 1000).0);
+}
+
+/// `limits.per_key` holds across instances: the fleet admits what one instance would.
+#[test]
+fn per_key_limits_hold_across_instances() {
+    if !available() {
+        return;
+    }
+    let f = fleet("limits", 2, |c| {
+        c.limits.per_key.concurrency = 2;
+    });
+    let (a, b) = (&f.instances[0], &f.instances[1]);
+    let m = model(a);
+    for env in [a, b] {
+        within(Duration::from_secs(10), "shared mode", || shared(env));
+    }
+    let rt = runtime();
+    rt.block_on(async {
+        // One request held upstream on each instance: the key's two slots.
+        let held: Vec<_> = [a, b]
+            .iter()
+            .map(|env| {
+                let body = chat_body(&m, "hold [[mock: gate=g1; gate_after=1]]", true);
+                let req = env
+                    .client
+                    .post(env.url("/v1/chat/completions"))
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send();
+                tokio::spawn(req)
+            })
+            .collect();
+        for _ in 0..300 {
+            if f.mock.requests().len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(f.mock.requests().len(), 2);
+        // A third on either instance is refused, with Retry-After.
+        for env in [a, b] {
+            let r = env
+                .client
+                .post(env.url("/v1/chat/completions"))
+                .header("content-type", "application/json")
+                .body(chat_body(&m, "third", false).to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 429);
+            assert_eq!(r.headers()["retry-after"], "1");
+        }
+        f.mock.open_gate("g1");
+        for h in held {
+            assert_eq!(h.await.unwrap().unwrap().status(), 200);
+        }
+    });
+    // Both slots come back (the releases reach Redis in the background, within a flush).
+    for env in [a, b] {
+        within(Duration::from_secs(3), "the slots given back", || {
+            env.chat(&chat_body(&m, "after", false)).status == 200
+        });
+    }
+}
+
+/// `POST /admin/fleet/reload` on one instance makes every instance re-read its own file.
+#[test]
+fn a_fleet_reload_reaches_every_instance() {
+    if !available() {
+        return;
+    }
+    let f = fleet("reload", 2, |_| {});
+    let (a, b) = (&f.instances[0], &f.instances[1]);
+    for env in [a, b] {
+        within(Duration::from_secs(10), "shared mode", || shared(env));
+    }
+    let r = a.post("/admin/fleet/reload", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    for env in [a, b] {
+        within(
+            Duration::from_secs(3),
+            "a reload asked by the fleet",
+            || env.get("/admin/config/status").json()["data"]["last_attempt"]["trigger"] == "fleet",
+        );
+    }
+    // Without a fleet section the route says what to use instead.
+    let alone = Env::start(MockConfig::default(), |_| {});
+    let r = alone.post("/admin/fleet/reload", "");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("/admin/config/reload"), "{}", r.text());
+}

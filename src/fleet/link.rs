@@ -77,7 +77,18 @@ pub struct FleetState {
     pub changes_sent: AtomicU64,
     pub changes_dropped: AtomicU64,
     pub errors: AtomicU64,
+    /// Client-limit requests the fleet refused.
+    pub denials: AtomicU64,
     instances: Mutex<Vec<Heartbeat>>,
+    /// The link's connection, for the request path's admission calls.
+    con: std::sync::OnceLock<ConnectionManager>,
+    /// Request-path errors in a row (the breaker opens at [`BREAKER_ERRORS`]).
+    path_errors: std::sync::atomic::AtomicU32,
+    next_lease: AtomicU64,
+    /// Live concurrency leases (lease → client key id), renewed by the link.
+    leases: Mutex<HashMap<String, String>>,
+    /// Leases given back, for the link to remove from Redis.
+    released: Mutex<Vec<(String, String)>>,
 }
 
 impl FleetState {
@@ -93,7 +104,59 @@ impl FleetState {
             changes_sent: AtomicU64::new(0),
             changes_dropped: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            denials: AtomicU64::new(0),
             instances: Mutex::new(Vec::new()),
+            con: std::sync::OnceLock::new(),
+            path_errors: std::sync::atomic::AtomicU32::new(0),
+            next_lease: AtomicU64::new(0),
+            leases: Mutex::new(HashMap::new()),
+            released: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(super) fn connection(&self) -> Option<ConnectionManager> {
+        self.con.get().cloned()
+    }
+
+    pub(super) fn new_lease_id(&self) -> String {
+        let n = self.next_lease.fetch_add(1, Ordering::Relaxed);
+        format!("{}:{}:{n}", self.instance_id, self.started_ns())
+    }
+
+    /// A per-process value, so lease ids of a restarted instance never collide.
+    fn started_ns(&self) -> u64 {
+        static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        *STARTED.get_or_init(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        })
+    }
+
+    pub(super) fn hold(&self, kid: &str, lease: &str) {
+        lock(&self.leases).insert(lease.to_string(), kid.to_string());
+    }
+
+    pub(super) fn release(&self, kid: &str, lease: &str) {
+        lock(&self.leases).remove(lease);
+        lock(&self.released).push((kid.to_string(), lease.to_string()));
+    }
+
+    pub(super) fn path_ok(&self) {
+        self.path_errors.store(0, Ordering::Relaxed);
+    }
+
+    /// A request-path call failed; enough in a row switch the instance to local mode
+    /// until the link finds Redis again.
+    pub(super) fn path_failed(&self, e: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let n = self.path_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= BREAKER_ERRORS && self.set_mode(Mode::Local) {
+            warn!(
+                "fleet {}: Redis is away ({e}); serving on this instance's own state until it is back",
+                self.fleet
+            );
         }
     }
 
@@ -122,6 +185,10 @@ impl FleetState {
     pub fn size(&self) -> usize {
         self.instances().len().max(1)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn unix_ms() -> u64 {
@@ -216,6 +283,7 @@ impl Link {
                 return;
             }
         };
+        let _ = self.state.con.set(con.clone());
         info!(
             "fleet {}: instance {} linking to {}",
             self.settings.name,
@@ -227,6 +295,7 @@ impl Link {
         let mut next_heartbeat = Instant::now();
         let mut next_resync = Instant::now();
         let mut next_probe = Instant::now();
+        let mut next_renewal = Instant::now() + self.settings.lease_ttl / 3;
         let mut subscribed = false;
         loop {
             tokio::select! {
@@ -248,6 +317,13 @@ impl Link {
             }
             if !self.flush(&mut con).await {
                 continue;
+            }
+            if let Err(e) = self.leases(&mut con, now >= next_renewal).await {
+                self.failed(&e);
+                continue;
+            }
+            if now >= next_renewal {
+                next_renewal = now + self.settings.lease_ttl / 3;
             }
             if now >= next_resync {
                 next_resync = now + self.settings.resync_interval;
@@ -300,6 +376,7 @@ impl Link {
             *subscribed = true;
         }
         self.errors_in_a_row = 0;
+        self.state.path_ok();
         if self.state.set_mode(Mode::Shared) {
             info!(
                 "fleet {}: Redis is reachable; sharing state (instance {})",
@@ -408,6 +485,60 @@ impl Link {
                 .store(now - unix_ms() as i64, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Remove released client-limit leases; with `renew`, push the expiry of the live ones
+    /// (a stream may outlive one lease TTL).
+    async fn leases(&self, con: &mut ConnectionManager, renew: bool) -> Result<(), String> {
+        let released = std::mem::take(&mut *lock(&self.state.released));
+        let live: Vec<(String, String)> = if renew {
+            lock(&self.state.leases)
+                .iter()
+                .map(|(l, k)| (l.clone(), k.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if released.is_empty() && live.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (kid, lease) in &released {
+            pipe.cmd("ZREM")
+                .arg(self.keys.leases(kid))
+                .arg(lease)
+                .ignore();
+        }
+        let expiry = unix_ms() as i64
+            + self.state.offset_ms.load(Ordering::Relaxed)
+            + self.settings.lease_ttl.as_millis() as i64;
+        for (lease, kid) in &live {
+            pipe.cmd("ZADD")
+                .arg(self.keys.leases(kid))
+                .arg("XX")
+                .arg(expiry)
+                .arg(lease)
+                .ignore();
+        }
+        let sent = tokio::time::timeout(
+            self.settings.background_timeout,
+            pipe.query_async::<()>(con),
+        )
+        .await;
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            failed => {
+                // Leases expire by themselves; give the releases another chance.
+                let mut back = lock(&self.state.released);
+                if back.len() < 10_000 {
+                    back.extend(released);
+                }
+                Err(match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer in time".to_string(),
+                })
+            }
+        }
     }
 
     /// Read every shared record and make the mirror follow; a token the fleet holds

@@ -5,6 +5,7 @@
 //! resync closes any gap. Redis trouble never fails a request: the instance serves on its
 //! own state and catches up when Redis returns.
 
+pub mod admission;
 pub mod link;
 pub mod record;
 pub mod scripts;

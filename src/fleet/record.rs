@@ -38,6 +38,14 @@ impl Keys {
     pub fn instance(&self, id: &str) -> String {
         format!("{}:inst:{id}", self.prefix)
     }
+    /// A client key's GCRA state (its own hash tag, `kid` a [`crate::secret::token_id`]).
+    pub fn rate(&self, kid: &str) -> String {
+        format!("{}:rl:{{{kid}}}:tat", self.prefix)
+    }
+    /// A client key's in-flight leases.
+    pub fn leases(&self, kid: &str) -> String {
+        format!("{}:rl:{{{kid}}}:cc", self.prefix)
+    }
 }
 
 /// `strikes,disabled,cool_until_ms,streak,version`.

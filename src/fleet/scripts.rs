@@ -60,3 +60,44 @@ redis.call('HINCRBY', KEYS[2], 'ver', 1)
 redis.call('PUBLISH', ARGV[8], ARGV[7] .. ' ' .. tid .. ' ' .. new)
 return {new, string.format('%d', now)}
 "#;
+
+/// `admit`: one client-limit decision for a client key, both halves at once (concurrency
+/// first, as `limits.rs` does, then the rate as GCRA). Commits both or neither.
+///
+/// KEYS: the key's rate state (its theoretical arrival time), the key's in-flight leases
+/// (ZSET lease → expiry ms). ARGV: rate per second (0: none), burst (the bucket, ≥ 1),
+/// concurrency (0: none), lease TTL ms, lease id, and `now_ms` (empty: Redis `TIME`).
+///
+/// Returns `{1, '', 0}` when admitted, else `{0, 'concurrency' | 'rate', retry_after_ms}`.
+pub const ADMIT: &str = r#"
+local now = tonumber(ARGV[6])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local rate, burst, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local ttl, lease = tonumber(ARGV[4]), ARGV[5]
+if conc > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if redis.call('ZCARD', KEYS[2]) >= conc then
+    return {0, 'concurrency', 1000}
+  end
+end
+local new_tat = nil
+if rate > 0 then
+  local step = 1000 / rate
+  local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+  if tat < now then tat = now end
+  new_tat = tat + step
+  local allowed_at = new_tat - burst * step
+  if allowed_at > now then
+    return {0, 'rate', math.ceil(allowed_at - now)}
+  end
+  redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(burst * step + 1000))
+end
+if conc > 0 then
+  redis.call('ZADD', KEYS[2], now + ttl, lease)
+  redis.call('PEXPIRE', KEYS[2], ttl * 2)
+end
+return {1, '', 0}
+"#;

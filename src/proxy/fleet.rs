@@ -11,6 +11,9 @@ use pingora::services::background::BackgroundService;
 use serde_json::{json, Value};
 
 use super::App;
+use crate::config::fleet::OnRedisError;
+use crate::core::error::ApiError;
+use crate::fleet::admission::{share_of, Verdict};
 use crate::fleet::link::{Heartbeat, Host, Link};
 use crate::pool::{Pool, PoolSettings};
 
@@ -120,4 +123,53 @@ pub fn view(app: &App) -> Value {
         },
         "instances": instances,
     })
+}
+
+/// A request's client-limit slot: this instance's own, the fleet's, or none (no limit).
+/// Never read: holding it is the point, and dropping it gives the slot back.
+#[derive(Debug)]
+#[allow(dead_code)]
+pub enum Admission {
+    Local(crate::limits::Permit),
+    Fleet(Option<crate::fleet::admission::FleetPermit>),
+    Open,
+}
+
+/// Admit one request of client `who` under `limits.per_key`: alone, as before, without a
+/// fleet; with one, the fleet decides (one Redis call, only when a limit is set), and while
+/// Redis is away `fleet.on_redis_error` says what happens.
+pub async fn admit(app: &App, snap: &super::Snapshot, who: &str) -> Result<Admission, ApiError> {
+    let rules = &snap.config.limits.per_key;
+    let local = |rules: &crate::limits::Rules| {
+        app.limiter
+            .admit(who, rules, Instant::now())
+            .map(Admission::Local)
+            .map_err(|d| denied(&d))
+    };
+    let (Some(state), Some(settings)) = (&app.fleet, &snap.config.fleet) else {
+        return local(rules);
+    };
+    if rules.concurrency == 0 && rules.rate <= 0.0 {
+        return Ok(Admission::Open);
+    }
+    match crate::fleet::admission::admit(state, settings, who, rules).await {
+        Ok(Verdict::Admitted(p)) => Ok(Admission::Fleet(p)),
+        Ok(Verdict::Denied(d)) => Err(denied(&d)),
+        Err(_) => match settings.on_redis_error {
+            OnRedisError::Local => local(&share_of(rules, state.size())),
+            OnRedisError::Open => Ok(Admission::Open),
+            OnRedisError::Closed => Err(ApiError::new(
+                503,
+                "server_error",
+                "fleet_unavailable",
+                "The fleet's shared limits are unavailable (Redis is away and fleet.on_redis_error is closed); retry shortly".to_string(),
+            )
+            .with_retry_after(Some(1))),
+        },
+    }
+}
+
+fn denied(d: &crate::limits::Denied) -> ApiError {
+    ApiError::new(429, "rate_limit_error", "rate_limit_exceeded", d.message())
+        .with_retry_after(Some(d.retry_after_secs()))
 }

@@ -11,7 +11,7 @@ mod client;
 mod conns;
 mod exchange;
 mod fetch;
-mod fleet;
+pub(crate) mod fleet;
 mod metrics_app;
 pub mod probe;
 pub mod reload;

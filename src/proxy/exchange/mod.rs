@@ -22,7 +22,7 @@ mod intake;
 mod relay;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use log::debug;
@@ -89,20 +89,14 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         }
     }
     let who = client_key(ctx, session);
-    let permit = match app
-        .limiter
-        .admit(&who, &snap.config.limits.per_key, Instant::now())
-    {
+    let permit = match super::fleet::admit(app, snap, &who).await {
         Ok(p) => p,
-        Err(denied) => {
-            let err = ApiError::new(
-                429,
-                "rate_limit_error",
-                "rate_limit_exceeded",
-                denied.message(),
-            )
-            .with_retry_after(Some(denied.retry_after_secs()));
-            ctx.outcome = "rate_limited";
+        Err(err) => {
+            ctx.outcome = if err.status == 429 {
+                "rate_limited"
+            } else {
+                "overloaded"
+            };
             return respond::error(session, ctx, &err).await;
         }
     };

@@ -30,7 +30,7 @@ impl Job<'_> {
         mut live: Box<Live>,
         session: &mut Session,
         ctx: &mut Ctx,
-        permit: crate::limits::Permit,
+        permit: crate::proxy::fleet::Admission,
     ) {
         // `live` stays boxed: taking it apart would copy its parts into this future's
         // state, which every open stream holds.
