@@ -137,6 +137,15 @@ pub enum Shared {
         tid: String,
     },
     ResetAll,
+    /// A token an operator added (its id and the token, which the fleet stores).
+    Add {
+        tid: String,
+        token: Secret,
+    },
+    /// A token an operator removed.
+    Remove {
+        tid: String,
+    },
 }
 
 /// A token's state as the fleet holds it.
@@ -435,8 +444,17 @@ impl Pool {
         id
     }
 
-    /// Add a token (admin API); `None` if it is already in the pool.
+    /// Add a token (admin API); `None` if it is already in the pool. A shared pool tells
+    /// the fleet.
     pub fn add(&self, token: Secret, source: Source) -> Option<u64> {
+        let id = self.add_from_fleet(token.clone(), source)?;
+        let tid = crate::secret::token_id(token.expose());
+        self.lock().share(Shared::Add { tid, token });
+        Some(id)
+    }
+
+    /// Add a token another instance of the fleet added; `None` if it is already here.
+    pub fn add_from_fleet(&self, token: Secret, source: Source) -> Option<u64> {
         let mut inner = self.lock();
         if inner.entries.iter().any(|e| e.token == token) {
             return None;
@@ -444,7 +462,7 @@ impl Pool {
         Some(inner.add(token, source))
     }
 
-    /// Remove a token; what it was, if it existed.
+    /// Remove a token; what it was, if it existed. A shared pool tells the fleet.
     pub fn remove(&self, id: u64) -> Option<(Secret, Source)> {
         let mut inner = self.lock();
         let i = inner.entries.iter().position(|e| e.id == id)?;
@@ -452,7 +470,19 @@ impl Pool {
         if inner.cursor >= inner.entries.len() {
             inner.cursor = 0;
         }
+        inner.share(Shared::Remove { tid: e.tid.clone() });
         Some((e.token, e.source))
+    }
+
+    /// Remove the token another instance of the fleet removed; whether it was here.
+    pub fn remove_from_fleet(&self, tid: &str) -> bool {
+        let mut inner = self.lock();
+        let before = inner.entries.len();
+        inner.entries.retain(|e| e.tid != tid);
+        if inner.cursor >= inner.entries.len() {
+            inner.cursor = 0;
+        }
+        inner.entries.len() != before
     }
 
     /// Take a token out of rotation until a reset (operator action).

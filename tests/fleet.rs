@@ -514,3 +514,128 @@ fn a_fleet_reload_reaches_every_instance() {
     assert_eq!(r.status, 400);
     assert!(r.text().contains("/admin/config/reload"), "{}", r.text());
 }
+
+/// Two instances with the same accounts: one sign-in per account reaches the upstream, and
+/// both pools use its token.
+#[test]
+fn one_sign_in_per_account_for_the_whole_fleet() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start("signin");
+    let rt = runtime();
+    let accounts = [("a@x.io", "pw-a"), ("b@x.io", "pw-b")];
+    let mock = start_mock(
+        &rt,
+        MockConfig {
+            accounts: accounts
+                .iter()
+                .map(|(e, p)| k2proxy::mock::Account::new(e, p))
+                .collect(),
+            strict_tokens: true,
+            token_ttl: Duration::from_secs(3600),
+            ..MockConfig::default()
+        },
+    );
+    let dir = common::temp_dir("fleet-signin");
+    let lines: String = accounts
+        .iter()
+        .map(|(e, p)| format!("{}\n", serde_json::json!({"email": e, "k2_password": p})))
+        .collect();
+    std::fs::write(dir.join("accounts.jsonl"), lines).unwrap();
+    let instances: Vec<Env> = (0..2)
+        .map(|i| {
+            Env::start_with(runtime(), |c| {
+                c.upstream.base_url = mock.base_url();
+                c.models = k2proxy::config::legacy_models();
+                c.updater.accounts_file = Some(dir.join("accounts.jsonl").display().to_string());
+                c.pool.tokens_file =
+                    Some(dir.join(format!("tokens-{i}.txt")).display().to_string());
+                c.fleet = Some(FleetSection {
+                    name: "signin".into(),
+                    instance_id: format!("s{i}"),
+                    redis_url: redis.url(),
+                    heartbeat_interval: Duration::from_millis(200),
+                    ..FleetSection::default()
+                });
+            })
+        })
+        .collect();
+    let holds = |env: &Env| {
+        let s = env.get("/admin/tokens/stats").json()["data"].clone();
+        s["tokens"]
+            .as_array()
+            .map(|t| t.iter().filter(|t| t["source"] == "account").count())
+            .unwrap_or(0)
+    };
+    for env in &instances {
+        within(Duration::from_secs(15), "both accounts' tokens", || {
+            holds(env) == 2
+        });
+    }
+    assert_eq!(mock.signins("a@x.io"), 1, "one sign-in for a@x.io");
+    assert_eq!(mock.signins("b@x.io"), 1, "one sign-in for b@x.io");
+    // The strict mock takes only the tokens it issued: both instances answer with them.
+    let m = model(&instances[0]);
+    for env in &instances {
+        let r = env.chat(&chat_body(&m, "signed in", false));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // Each instance saved the token in its own tokens file (its cache without Redis).
+    for i in 0..2 {
+        let saved = std::fs::read_to_string(dir.join(format!("tokens-{i}.txt"))).unwrap();
+        assert!(
+            saved.contains("a@x.io") && saved.contains("b@x.io"),
+            "{saved}"
+        );
+    }
+}
+
+/// A token an operator adds or removes on one instance is added or removed on every
+/// instance (and saved in each one's tokens file), and one that was removed does not come
+/// back through a resync.
+#[test]
+fn tokens_added_or_removed_through_the_admin_api_reach_every_instance() {
+    if !available() {
+        return;
+    }
+    let dir = common::temp_dir("fleet-tokens");
+    let f = fleet("tokens", 2, |c| {
+        let port = c.server.listen[0].clone();
+        let port = port.rsplit(':').next().unwrap().to_string();
+        c.pool.tokens_file = Some(dir.join(format!("tokens-{port}.txt")).display().to_string());
+    });
+    let (a, b) = (&f.instances[0], &f.instances[1]);
+    for env in [a, b] {
+        within(Duration::from_secs(10), "shared mode", || shared(env));
+    }
+    let count = |env: &Env| {
+        env.get("/admin/tokens/stats").json()["data"]["tokens"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let r = a.post(
+        "/admin/tokens",
+        serde_json::json!({"token": "tok-added-by-an-operator"}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    within(Duration::from_secs(2), "the added token on B", || {
+        count(b) == 3
+    });
+    within(Duration::from_secs(2), "B's tokens file", || {
+        std::fs::read_dir(&dir).unwrap().flatten().any(|e| {
+            e.file_name() != format!("tokens-{}.txt", a.port).as_str()
+                && std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .contains("tok-added-by-an-operator")
+        })
+    });
+    // Removed on B (it is the pool's third token there too): gone from A, and a resync
+    // (every second here) does not bring it back.
+    let r = b.delete("/admin/tokens/2");
+    assert_eq!(r.status, 200, "{}", r.text());
+    within(Duration::from_secs(2), "the removal on A", || count(a) == 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(count(a), 2);
+    assert_eq!(count(b), 2);
+}

@@ -62,6 +62,12 @@ pub trait Host: Send + Sync {
     fn heartbeat(&self) -> Heartbeat;
     /// Another instance asked every instance to re-read its config file.
     fn reload(&self);
+    /// Another instance signed `email` in: use its token (expiry in Unix seconds).
+    fn adopt_account_token(&self, email: &str, token: String, exp: Option<u64>);
+    /// An operator added or removed a token on another instance (saved like an admin
+    /// change here).
+    fn token_added(&self, token: String);
+    fn token_removed(&self, tid: &str);
 }
 
 /// The link's state as the rest of the instance reads it (metrics, admin).
@@ -112,6 +118,20 @@ impl FleetState {
             leases: Mutex::new(HashMap::new()),
             released: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Wait until the link shares state with the fleet, at most `limit`; whether it does.
+    /// Background work that should be done once per fleet (a sign-in) waits here while the
+    /// link is still coming up.
+    pub async fn wait_shared(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while self.mode() != Mode::Shared {
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
 
     pub(super) fn connection(&self) -> Option<ConnectionManager> {
@@ -258,6 +278,10 @@ pub struct Link {
     script: redis::Script,
     started_ms: u64,
     errors_in_a_row: u32,
+    /// Accounts whose new token other instances announced, to read.
+    accounts_heard: Mutex<Vec<String>>,
+    /// Tokens other instances added, to read.
+    tokens_heard: Mutex<Vec<String>>,
 }
 
 impl Link {
@@ -270,6 +294,8 @@ impl Link {
             script: redis::Script::new(scripts::CHANGE),
             started_ms: unix_ms(),
             errors_in_a_row: 0,
+            accounts_heard: Mutex::new(Vec::new()),
+            tokens_heard: Mutex::new(Vec::new()),
         }
     }
 
@@ -316,6 +342,14 @@ impl Link {
                 next_heartbeat = now;
             }
             if !self.flush(&mut con).await {
+                continue;
+            }
+            if let Err(e) = self.adopt_tokens(&mut con).await {
+                self.failed(&e);
+                continue;
+            }
+            if let Err(e) = self.adopt_accounts(&mut con).await {
+                self.failed(&e);
                 continue;
             }
             if let Err(e) = self.leases(&mut con, now >= next_renewal).await {
@@ -423,7 +457,51 @@ impl Link {
                 info!("fleet: instance {origin} asked every instance to reload its config");
                 self.host.reload();
             }
+            Event::Account { aid, .. } => {
+                lock(&self.accounts_heard).push(aid);
+            }
+            Event::Added { tid, .. } => lock(&self.tokens_heard).push(tid),
+            Event::Removed { tid, .. } => self.host.token_removed(&tid),
         }
+    }
+
+    /// Take the tokens other instances added.
+    async fn adopt_tokens(&self, con: &mut ConnectionManager) -> Result<(), String> {
+        let heard = std::mem::take(&mut *lock(&self.tokens_heard));
+        if heard.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for tid in &heard {
+            pipe.cmd("HGET").arg(self.keys.added_tokens()).arg(tid);
+        }
+        let got: Vec<Option<String>> =
+            tokio::time::timeout(self.settings.background_timeout, pipe.query_async(con))
+                .await
+                .map_err(|_| "no answer in time".to_string())?
+                .map_err(|e| e.to_string())?;
+        for token in got.into_iter().flatten() {
+            self.host.token_added(token);
+        }
+        Ok(())
+    }
+
+    /// Take the tokens of accounts other instances signed in.
+    async fn adopt_accounts(&self, con: &mut ConnectionManager) -> Result<(), String> {
+        let heard = std::mem::take(&mut *lock(&self.accounts_heard));
+        for aid in heard {
+            let read = tokio::time::timeout(
+                self.settings.background_timeout,
+                super::signin::read_account(con, &self.keys, &aid),
+            )
+            .await
+            .map_err(|_| "no answer in time".to_string())?
+            .map_err(|e| e.to_string())?;
+            if let Some((email, token, exp)) = read {
+                self.host.adopt_account_token(&email, token, exp);
+            }
+        }
+        Ok(())
     }
 
     /// Send the queued changes; false (and the rest queued again) when Redis failed.
@@ -459,6 +537,9 @@ impl Link {
         change: &Shared,
         settings: &PoolSettings,
     ) -> Result<(), String> {
+        if let Shared::Add { .. } | Shared::Remove { .. } = change {
+            return self.send_token_change(con, change).await;
+        }
         let (tid, kind, retry_after) = change_args(change);
         let ms = |d: Duration| d.as_millis() as u64;
         let mut call = self.script.key(self.keys.tokens());
@@ -485,6 +566,57 @@ impl Link {
                 .store(now - unix_ms() as i64, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// An operator's added or removed token: stored (or tombstoned, so an instance that was
+    /// away cannot bring it back) and announced.
+    async fn send_token_change(
+        &self,
+        con: &mut ConnectionManager,
+        change: &Shared,
+    ) -> Result<(), String> {
+        let origin = &self.state.instance_id;
+        let mut pipe = redis::pipe();
+        match change {
+            Shared::Add { tid, token } => {
+                pipe.cmd("HSET")
+                    .arg(self.keys.added_tokens())
+                    .arg(tid)
+                    .arg(token.expose())
+                    .ignore()
+                    .cmd("HDEL")
+                    .arg(self.keys.removed_tokens())
+                    .arg(tid)
+                    .ignore()
+                    .cmd("PUBLISH")
+                    .arg(self.keys.events())
+                    .arg(format!("{origin} * add:{tid}"))
+                    .ignore();
+            }
+            Shared::Remove { tid } => {
+                pipe.cmd("HDEL")
+                    .arg(self.keys.added_tokens())
+                    .arg(tid)
+                    .ignore()
+                    .cmd("HSET")
+                    .arg(self.keys.removed_tokens())
+                    .arg(tid)
+                    .arg(unix_ms())
+                    .ignore()
+                    .cmd("PUBLISH")
+                    .arg(self.keys.events())
+                    .arg(format!("{origin} * del:{tid}"))
+                    .ignore();
+            }
+            _ => return Ok(()),
+        }
+        tokio::time::timeout(
+            self.settings.background_timeout,
+            pipe.query_async::<()>(con),
+        )
+        .await
+        .map_err(|_| "no answer in time".to_string())?
+        .map_err(|e| e.to_string())
     }
 
     /// Remove released client-limit leases; with `renew`, push the expiry of the live ones
@@ -553,7 +685,29 @@ impl Link {
         .await
         .map_err(|_| "no answer in time".to_string())?
         .map_err(|e| e.to_string())?;
+        let (added, removed): (HashMap<String, String>, HashMap<String, String>) =
+            tokio::time::timeout(
+                self.settings.background_timeout,
+                redis::pipe()
+                    .cmd("HGETALL")
+                    .arg(self.keys.added_tokens())
+                    .cmd("HGETALL")
+                    .arg(self.keys.removed_tokens())
+                    .query_async(con),
+            )
+            .await
+            .map_err(|_| "no answer in time".to_string())?
+            .map_err(|e| e.to_string())?;
         let pool = self.host.pool();
+        let here = pool.token_ids();
+        for tid in removed.keys().filter(|t| here.contains(t)) {
+            self.host.token_removed(tid);
+        }
+        for (tid, token) in &added {
+            if !here.contains(tid) && !removed.contains_key(tid) {
+                self.host.token_added(token.clone());
+            }
+        }
         // Changes not yet sent are newer than what Redis holds: they win.
         let (pending, _) = pool.take_shared();
         let offset = self.state.offset_ms.load(Ordering::Relaxed);

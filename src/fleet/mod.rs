@@ -9,3 +9,4 @@ pub mod admission;
 pub mod link;
 pub mod record;
 pub mod scripts;
+pub mod signin;

@@ -38,6 +38,23 @@ impl Keys {
     pub fn instance(&self, id: &str) -> String {
         format!("{}:inst:{id}", self.prefix)
     }
+    /// HASH of an account's shared sign-in state (`aid` from
+    /// [`crate::fleet::signin::account_id`]).
+    pub fn account(&self, aid: &str) -> String {
+        format!("{}:{{pool}}:acct:{aid}", self.prefix)
+    }
+    /// The lock of an account's sign-in.
+    pub fn signin_lock(&self, aid: &str) -> String {
+        format!("{}:{{pool}}:signin:{aid}", self.prefix)
+    }
+    /// HASH token id → token: tokens operators added through the admin API.
+    pub fn added_tokens(&self) -> String {
+        format!("{}:{{pool}}:tokens", self.prefix)
+    }
+    /// HASH token id → removal time (ms): tokens operators removed.
+    pub fn removed_tokens(&self) -> String {
+        format!("{}:{{pool}}:tomb", self.prefix)
+    }
     /// A client key's GCRA state (its own hash tag, `kid` a [`crate::secret::token_id`]).
     pub fn rate(&self, kid: &str) -> String {
         format!("{}:rl:{{{kid}}}:tat", self.prefix)
@@ -90,9 +107,27 @@ pub enum Event {
         version: u64,
     },
     /// Every token was reset.
-    ResetAll { origin: String },
+    ResetAll {
+        origin: String,
+    },
     /// Every instance re-reads its own config file.
-    Reload { origin: String },
+    Reload {
+        origin: String,
+    },
+    /// An account was signed in: its token is in the account's record.
+    Account {
+        origin: String,
+        aid: String,
+    },
+    /// An operator added a token (stored under its id) or removed one.
+    Added {
+        origin: String,
+        tid: String,
+    },
+    Removed {
+        origin: String,
+        tid: String,
+    },
 }
 
 impl Event {
@@ -105,6 +140,18 @@ impl Event {
         match (tid, rest) {
             ("*", "reset") => Some(Event::ResetAll { origin }),
             ("*", "reload") => Some(Event::Reload { origin }),
+            ("*", rest) if rest.starts_with("acct:") => Some(Event::Account {
+                origin,
+                aid: rest["acct:".len()..].to_string(),
+            }),
+            ("*", rest) if rest.starts_with("add:") => Some(Event::Added {
+                origin,
+                tid: rest["add:".len()..].to_string(),
+            }),
+            ("*", rest) if rest.starts_with("del:") => Some(Event::Removed {
+                origin,
+                tid: rest["del:".len()..].to_string(),
+            }),
             ("*", _) => None,
             (tid, rec) => {
                 let (state, version) = decode(rec)?;
@@ -144,6 +191,8 @@ pub fn change_args(change: &Shared) -> (String, &'static str, i64) {
         Shared::Reset { tid } => (tid.clone(), "reset", -1),
         Shared::Disable { tid } => (tid.clone(), "disable", -1),
         Shared::ResetAll => ("*".to_string(), "reset_all", -1),
+        Shared::Add { tid, .. } => (tid.clone(), "add", -1),
+        Shared::Remove { tid } => (tid.clone(), "remove", -1),
     };
     (tid, kind, retry_after)
 }
@@ -189,6 +238,13 @@ mod tests {
         assert_eq!(
             Event::parse(&Event::reload("c")),
             Some(Event::Reload { origin: "c".into() })
+        );
+        assert_eq!(
+            Event::parse("a * acct:00ff"),
+            Some(Event::Account {
+                origin: "a".into(),
+                aid: "00ff".into()
+            })
         );
         assert_eq!(Event::parse("x * other"), None);
         assert_eq!(Event::parse("x"), None);

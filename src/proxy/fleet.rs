@@ -45,6 +45,35 @@ impl Host for Instance {
         }
     }
 
+    fn adopt_account_token(&self, email: &str, token: String, exp: Option<u64>) {
+        super::updater::adopt(&self.app, email, token, exp);
+    }
+
+    fn token_added(&self, token: String) {
+        let secret = crate::secret::Secret::new(token);
+        let masked = secret.masked();
+        if self
+            .app
+            .pool
+            .add_from_fleet(secret, crate::pool::Source::File)
+            .is_some()
+        {
+            log::info!("fleet: token {masked} added by another instance");
+            if let Err(e) = self.app.persist_tokens() {
+                log::warn!("fleet: {e}");
+            }
+        }
+    }
+
+    fn token_removed(&self, tid: &str) {
+        if self.app.pool.remove_from_fleet(tid) {
+            log::info!("fleet: a token was removed by another instance");
+            if let Err(e) = self.app.persist_tokens() {
+                log::warn!("fleet: {e}");
+            }
+        }
+    }
+
     fn reload(&self) {
         let app = self.app.clone();
         tokio::spawn(async move {

@@ -20,6 +20,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use super::reload::unix_now;
 use super::{fetch, App};
+use crate::fleet::signin::{self, Claim};
 use crate::pool::PoolEvent;
 use crate::secret::Secret;
 use crate::updater::{
@@ -193,14 +194,101 @@ impl UpdaterService {
             let (app, sem) = (self.app.clone(), sem.clone());
             tasks.spawn(async move {
                 let _permit = sem.acquire().await;
-                let result = tokio::time::timeout(timeout, sign_in(&app, &account))
-                    .await
-                    .unwrap_or_else(|_| Err(format!("no answer within {}s", timeout.as_secs())));
-                record(&app, &account, result);
+                signin_once(&app, &account, timeout).await;
                 lock(&app.updater.inflight).remove(&account.email);
             });
         }
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Sign `account` in, once per fleet when there is one: another instance's fresh token is
+/// taken instead, a fleet-wide backoff is respected, and while another instance holds the
+/// account's lock this one waits for its token. Without a fleet (or with Redis away) the
+/// instance signs in alone, as before.
+async fn signin_once(app: &Arc<App>, account: &Account, timeout: Duration) {
+    let attempt = || async {
+        tokio::time::timeout(timeout, sign_in(app, account))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {}s", timeout.as_secs())))
+    };
+    let snap = app.snapshot();
+    let (Some(state), Some(settings)) = (&app.fleet, &snap.config.fleet) else {
+        return record(app, account, attempt().await);
+    };
+    let email = &account.email;
+    let current = app
+        .pool
+        .account_tokens()
+        .into_iter()
+        .find(|(a, _)| a == email)
+        .map(|(_, t)| t.expose().to_string());
+    let hold = timeout * 2;
+    match signin::claim(state, settings, email, current.as_deref(), hold).await {
+        Claim::Won { owner } => {
+            let result = attempt().await;
+            match &result {
+                Ok(token) => {
+                    if let Err(e) =
+                        signin::signed_in(state, settings, email, &owner, token, jwt_exp(token))
+                            .await
+                    {
+                        warn!("updater: signed in {email} but could not tell the fleet ({e})");
+                    }
+                }
+                Err(_) => {
+                    let interval = snap.config.updater.interval.as_secs();
+                    let _ = signin::failed(state, settings, email, &owner, |n| {
+                        Duration::from_secs(backoff_secs(n, interval))
+                    })
+                    .await;
+                }
+            }
+            record(app, account, result);
+        }
+        Claim::Taken => {
+            debug!("updater: another instance is signing {email} in; waiting for its token");
+            let due = unix_now() + hold.as_secs().max(1);
+            lock(&app.updater.due).insert(email.clone(), due);
+        }
+        Claim::Backoff(until_ms) => {
+            debug!("updater: the fleet backs off signing {email} in");
+            lock(&app.updater.due).insert(email.clone(), until_ms.div_ceil(1000));
+        }
+        Claim::Adopt { token, exp } => adopt(app, email, token, exp),
+        Claim::Away => record(app, account, attempt().await),
+    }
+}
+
+/// Seconds before the next try after `n` failures in a row.
+fn backoff_secs(n: u64, interval: u64) -> u64 {
+    (30u64 << n.min(10)).min(interval)
+}
+
+/// Use the token another instance of the fleet got for `email` (no sign-in here), and
+/// schedule the account's next refresh from its expiry.
+pub(super) fn adopt(app: &App, email: &str, token: String, exp: Option<u64>) {
+    let token = Secret::new(token);
+    let held = app
+        .pool
+        .account_tokens()
+        .into_iter()
+        .any(|(a, t)| a == email && t == token);
+    if held {
+        return;
+    }
+    let now = unix_now();
+    let cfg = app.snapshot().config.updater.clone();
+    app.pool.replace_account_token(email, token);
+    let due = refresh_due(now, exp, cfg.refresh_at, cfg.interval.as_secs());
+    lock(&app.updater.due).insert(email.to_string(), due);
+    lock(&app.updater.failures).remove(email);
+    info!(
+        "updater: took the token of {email} another instance signed in; next refresh in {}s",
+        due.saturating_sub(now)
+    );
+    if let Err(e) = app.persist_tokens() {
+        warn!("updater: {e}");
     }
 }
 
@@ -246,7 +334,7 @@ fn record(app: &App, account: &Account, result: Result<String, String>) {
                 *n += 1;
                 *n
             };
-            let backoff = (30u64 << n.min(10)).min(cfg.interval.as_secs());
+            let backoff = backoff_secs(u64::from(n), cfg.interval.as_secs());
             lock(&app.updater.due).insert(email.clone(), now + backoff);
             per.last_error = Some(e.clone());
             per.refresh_due = Some(now + backoff);

@@ -364,6 +364,10 @@ impl Env {
         self.send(self.client.get(self.url(path)))
     }
 
+    pub fn delete(&self, path: &str) -> Resp {
+        self.send(self.client.delete(self.url(path)))
+    }
+
     pub fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> Resp {
         self.send(
             self.client
