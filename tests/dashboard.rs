@@ -14,7 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::redis::{available, RedisServer};
 use common::{chat_body, Env, MODEL};
+use k2proxy::config::fleet::FleetSection;
 use k2proxy::config::providers::{ProviderEntry, ZaiSection};
 use k2proxy::mock::zai::{ZaiMock, ZaiMockConfig};
 use k2proxy::mock::MockConfig;
@@ -632,6 +634,20 @@ fn dashboard_in_headless_chromium() {
         b.screenshot(&target_dir().join("dashboard-narrow.png"))
             .await;
 
+        // No fleet section: the fleet card stays hidden, with no rows.
+        eventually("a poll after the last action", async || {
+            b.text_of("#status-line")
+                .await
+                .contains("Live")
+                .then_some(())
+        })
+        .await;
+        assert!(!b.displayed(&b.must("#fleet").await).await);
+        assert!(b
+            .find_all("#fleet-table tbody tr[data-instance]")
+            .await
+            .is_empty());
+
         // Sign out: the key form again.
         b.click(&b.must("#sign-out").await).await;
         eventually("the key form after signing out", async || {
@@ -770,4 +786,175 @@ fn dashboard_shows_the_providers_in_headless_chromium() {
         b.quit(&mut driver).await;
     });
     drop(driver);
+}
+
+/// A row of the fleet table, as the page shows it.
+#[derive(Debug)]
+struct FleetRow {
+    instance: String,
+    drift: String,
+    mode: String,
+    /// The whole row's visible text.
+    text: String,
+    /// Whether the "config differs" marker is displayed.
+    drift_marker: bool,
+}
+
+async fn fleet_rows(b: &Browser) -> Vec<FleetRow> {
+    let v = b
+        .try_cmd(
+            Method::POST,
+            "/execute/sync",
+            Some(json!({
+                "script": "return [...document.querySelectorAll('#fleet-table tbody tr[data-instance]')].map(tr => ({
+                    instance: tr.dataset.instance, drift: tr.dataset.drift, mode: tr.dataset.mode,
+                    text: tr.innerText,
+                    drift_marker: [...tr.querySelectorAll('.drift')].some(e => e.offsetParent !== null)}));",
+                "args": [],
+            })),
+        )
+        .await
+        .unwrap_or(Value::Null);
+    let f = |r: &Value, k: &str| r[k].as_str().unwrap_or_default().trim().to_string();
+    v.as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| FleetRow {
+                    instance: f(r, "instance"),
+                    drift: f(r, "drift"),
+                    mode: f(r, "mode"),
+                    text: f(r, "text"),
+                    drift_marker: r["drift_marker"].as_bool().unwrap_or(true),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The fleet panel: two instances sharing a real `redis-server`, seen from the first one's
+/// dashboard; the reload button reaches the fleet.
+#[test]
+fn dashboard_shows_the_fleet_in_headless_chromium() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start("dashboard");
+    let rt = common::runtime();
+    let cfg = MockConfig::default();
+    let legacy = !cfg
+        .models
+        .iter()
+        .any(|m| m == k2proxy::provider::k2think::HORIZON_MODEL);
+    let mock = common::start_mock(&rt, cfg);
+    // One upstream for both, so that their configurations are the same (no drift).
+    let instances: Vec<Env> = (0..2)
+        .map(|i| {
+            Env::start_with(common::runtime(), |c| {
+                c.admin.key = Some(KEY.into());
+                c.upstream.base_url = mock.base_url();
+                if legacy {
+                    c.models = k2proxy::config::legacy_models();
+                }
+                c.pool.tokens = common::tokens(&[GOOD, OK]);
+                c.fleet = Some(FleetSection {
+                    name: "test-dashboard".to_string(),
+                    instance_id: format!("i{i}"),
+                    redis_url: redis.url(),
+                    heartbeat_interval: Duration::from_millis(200),
+                    resync_interval: Duration::from_secs(1),
+                    background_timeout: Duration::from_millis(300),
+                    ..FleetSection::default()
+                });
+            })
+        })
+        .collect();
+    let env = &instances[0];
+
+    let mut driver = Driver::start();
+    env.rt.block_on(async {
+        // Both instances heard from, in shared mode.
+        let view = eventually("two instances in /admin/fleet", async || {
+            let v: Value = env
+                .client
+                .get(env.url("/admin/fleet"))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let d = v["data"].clone();
+            (d["mode"] == "shared" && d["instances"].as_array()?.len() == 2).then_some(d)
+        })
+        .await;
+        assert_eq!(view["enabled"], true, "{view}");
+        assert_eq!(view["instance_id"], "i0", "{view}");
+
+        let b = Browser::open(&mut driver).await;
+        b.goto(&env.url("/admin")).await;
+        b.type_into(&b.must("#admin-key").await, KEY).await;
+        b.click(&b.must("#connect").await).await;
+
+        let rows = eventually("the fleet card with two rows", async || {
+            let card = b.find("#fleet").await?;
+            b.displayed(&card).await.then_some(())?;
+            let rows = fleet_rows(&b).await;
+            (rows.len() == 2).then_some(rows)
+        })
+        .await;
+        assert_eq!(b.text(&b.must("#fleet h2").await).await, "Fleet");
+        assert_eq!(b.text(&b.must("#fleet-name").await).await, "test-dashboard");
+        let badge = b.must("#fleet-mode").await;
+        assert_eq!(b.text(&badge).await, "shared");
+        let class = b.attr(&badge, "class").await.unwrap_or_default();
+        assert!(class.split(' ').any(|c| c == "ready"), "{class}");
+        let body = b.text_of("#fleet-body").await;
+        assert!(
+            body.contains("This instance") && body.contains("i0"),
+            "{body}"
+        );
+
+        let ids: Vec<&str> = rows.iter().map(|r| r.instance.as_str()).collect();
+        assert_eq!(ids, ["i0", "i1"], "{rows:?}");
+        for r in &rows {
+            assert_eq!(r.mode, "shared", "{r:?}");
+            assert!(r.text.contains("shared"), "{r:?}");
+            assert_eq!(r.drift, "false", "{r:?}");
+            assert!(!r.drift_marker, "{r:?}");
+            assert!(!r.text.contains("config differs"), "{r:?}");
+            assert!(r.text.contains(env!("CARGO_PKG_VERSION")), "{r:?}");
+        }
+        assert!(rows[0].text.contains("(this one)"), "{rows:?}");
+        assert!(!rows[1].text.contains("(this one)"), "{rows:?}");
+        let own = b.must("#fleet-table tbody tr[data-instance=\"i0\"]").await;
+        assert_eq!(b.attr(&own, "data-self").await.as_deref(), Some("true"));
+
+        b.cmd(
+            Method::POST,
+            "/execute/sync",
+            Some(
+                json!({"script": "document.getElementById('fleet').scrollIntoView();", "args": []}),
+            ),
+        )
+        .await;
+        b.screenshot(&target_dir().join("dashboard-fleet.png"))
+            .await;
+
+        // The reload button asks the fleet, and says so.
+        b.click(&b.must("#fleet-reload").await).await;
+        let toast = eventually("the fleet reload toast", async || {
+            let t = b.text_of("#toasts").await;
+            t.contains("Asked the fleet to reload").then_some(t)
+        })
+        .await;
+        assert!(b.find("#toasts .toast.error").await.is_none(), "{toast}");
+
+        b.quit(&mut driver).await;
+    });
+    drop(driver);
+    drop(instances);
+    drop(mock);
+    drop(rt);
+    drop(redis);
 }
