@@ -10,7 +10,7 @@
 //! and this load client (closed loop: N virtual users, one keep-alive HTTP/1.1 connection
 //! each, a new request as soon as the previous answer is read to its end).
 //!
-//! Phases (`--only memory|throughput|paced` runs one):
+//! Phases (`--only memory|throughput|paced|fleet` runs one):
 //! 1. memory: the fresh proxy's RSS idle and with 1,000 concurrent open streams (paced mock);
 //! 2. throughput, first through the proxy and then straight at the mock: streamed and
 //!    non-streamed completions at concurrency 1, 64 and 256; req/s, latency p50/p99, time
@@ -21,6 +21,11 @@
 //!    mock take turns in ten 1 s windows, so that both are measured over the same stretch
 //!    of time (this VM's speed drifts more from one window to the next than the difference
 //!    being measured).
+//!
+//! 4. fleet (full runs and `--only fleet`, when `redis-server` is installed): 64 streams
+//!    through the proxy alone (no `fleet` section), then split over two instances sharing
+//!    one Redis (a unix socket), without and with `limits.per_key`: req/s, latency, TTFT,
+//!    CPU of the instances and Redis, and Redis commands per request (`INFO`).
 //!
 //! `--relay PORT --mock-port PORT` adds a plain reverse proxy (e.g. nginx in front of the
 //! mock) to phases 2 and 3. `LOAD_VERBOSE=1` shows the servers' stderr; `LOAD_HOLD_SECS=N`
@@ -734,6 +739,9 @@ fn main() -> ExitCode {
     if s.runs("paced") {
         failed += paced(&rt, &s, &servers);
     }
+    if s.runs("fleet") && (!s.quick || s.only.is_some()) {
+        failed += fleet(&rt, &s, &servers, &dir);
+    }
 
     let (rss_end, peak) = proxy.rss_kib();
     println!(
@@ -749,4 +757,246 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+// ---------------------------------------------------------------------------------------
+// fleet
+
+/// A `redis-server` on a unix socket in `dir` (no TCP); `None` when it is not installed.
+fn start_redis(dir: &std::path::Path) -> Option<(Proc, PathBuf)> {
+    let sock = dir.join("redis.sock");
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", "0", "--unixsocket"])
+        .arg(&sock)
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let p = Proc {
+        name: "redis-server",
+        child,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis_command(&sock, &["PING"]).is_none() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Some((p, sock))
+}
+
+fn redis_command(sock: &std::path::Path, args: &[&str]) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Commands Redis processed so far (commands a script runs count too), and the `EVALSHA`
+/// calls among them (the request path's one round trip when limits are set).
+fn redis_counts(sock: &std::path::Path) -> (u64, u64) {
+    let info = redis_command(sock, &["INFO", "all"]).unwrap_or_default();
+    let field = |prefix: &str, key: &str| -> u64 {
+        info.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| {
+                l.split([':', ','])
+                    .skip_while(|p| !p.starts_with(key))
+                    .next()
+                    .and_then(|p| p.split('=').nth(1).or(Some(p)))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    let total = info
+        .lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    (total, field("cmdstat_evalsha:", "calls"))
+}
+
+fn start_fleet_proxy(
+    port: u16,
+    mock_port: u16,
+    dir: &std::path::Path,
+    sock: &std::path::Path,
+    id: usize,
+    fleet: Option<bool>,
+) -> Proc {
+    let conf = dir.join(format!("k2proxy-fleet-{id}.yaml"));
+    let limits = if fleet == Some(true) {
+        "limits:\n  per_key: {concurrency: 100000, rate: 1000000, burst: 1000000}\n"
+    } else {
+        ""
+    };
+    let yaml = format!(
+        "server:\n  listen: [\"127.0.0.1:{port}\"]\n\
+         upstream:\n  base_url: \"http://127.0.0.1:{mock_port}\"\n\
+         pool:\n  tokens: [\"bench-a\", \"bench-b\", \"bench-c\"]\n\
+         metrics:\n  listen: null\n\
+         logging:\n  access_log: false\n\
+         {limits}{}\
+         models:\n  - {{id: \"MBZUAI-IFM/K2-Think-v2\", upstream: \"MBZUAI-IFM/K2-Think-v2\"}}\n",
+        if fleet.is_some() {
+            format!(
+                "fleet:\n  name: bench\n  instance_id: \"bench-{id}\"\n  redis_url: \"unix://{}\"\n",
+                sock.display()
+            )
+        } else {
+            String::new()
+        }
+    );
+    std::fs::write(&conf, yaml).expect("write bench config");
+    let mut p = spawn(
+        "k2proxy",
+        env!("CARGO_BIN_EXE_k2proxy"),
+        &["-c".into(), conf.display().to_string()],
+    );
+    wait_port(&mut p, port);
+    p
+}
+
+/// `users` closed-loop users split evenly over `targets` (a load balancer's round robin);
+/// CPU time summed over `servers`.
+fn run_split(
+    rt: &tokio::runtime::Runtime,
+    targets: &[Arc<Target>],
+    users: usize,
+    s: &Settings,
+    servers: &[&Proc],
+) -> Run {
+    let record = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..users)
+        .map(|i| {
+            let t = targets[i % targets.len()].clone();
+            rt.spawn(user(t, Duration::ZERO, record.clone(), stop.clone()))
+        })
+        .collect();
+    std::thread::sleep(s.warmup);
+    let cpu = || servers.iter().map(|p| p.cpu()).sum::<Duration>();
+    let cpu0 = cpu();
+    let t0 = Instant::now();
+    record.store(true, Ordering::Relaxed);
+    std::thread::sleep(s.measure);
+    stop.store(true, Ordering::Relaxed);
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu().saturating_sub(cpu0);
+    let mut samples = Samples::default();
+    rt.block_on(async {
+        for h in handles {
+            if let Ok(x) = h.await {
+                samples.merge(x);
+            }
+        }
+    });
+    Run {
+        label: String::new(),
+        users,
+        secs,
+        samples,
+        cpu,
+    }
+}
+
+/// 64 streams through one instance without a fleet, then through two sharing Redis,
+/// without and with per-key limits. Returns the failures.
+fn fleet(
+    rt: &tokio::runtime::Runtime,
+    s: &Settings,
+    sv: &Servers<'_>,
+    dir: &std::path::Path,
+) -> u64 {
+    let Some((redis, sock)) = start_redis(dir) else {
+        println!("\nfleet: skipped (redis-server is not installed)");
+        return 0;
+    };
+    let users = 64;
+    println!(
+        "\nfleet: {users} streams; two instances share one redis-server (unix socket); CPU = the instances' (and Redis's)"
+    );
+    println!(
+        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>13} {:>6}",
+        "run",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "ttft p50",
+        "cpu µs/req",
+        "redis µs/req",
+        "redis cmd/req",
+        "errors"
+    );
+    let mut failed = 0;
+    let mut line = |label: &str, r: &mut Run, redis_cpu: Duration, cmds: Option<(u64, u64)>| {
+        failed += r.samples.errors;
+        let n = r.samples.latency.len().max(1) as f64;
+        let (cmd, eval) = match cmds {
+            Some((c, e)) => (
+                format!("{:.2}", c as f64 / n),
+                format!(" ({:.2} EVALSHA)", e as f64 / n),
+            ),
+            None => ("-".to_string(), String::new()),
+        };
+        println!(
+            "{:<22} {:>9.0} {:>9.2} {:>9.2} {:>9.2} {:>11.0} {:>11.1} {:>13}{eval} {:>6}",
+            label,
+            r.rps(),
+            pct(&mut r.samples.latency, 0.5),
+            pct(&mut r.samples.latency, 0.99),
+            pct(&mut r.samples.ttft, 0.5),
+            r.cpu_per_req_us(),
+            redis_cpu.as_secs_f64() * 1e6 / n,
+            cmd,
+            r.samples.errors
+        );
+        if let Some(e) = &r.samples.first_error {
+            println!("    first error: {e}");
+        }
+    };
+    let alone = Arc::new(Target::new(Via::Proxy, sv.proxy_port, true, PROMPT));
+    let mut r = run_split(rt, &[alone], users, s, &[sv.proxy]);
+    line("one, no fleet", &mut r, Duration::ZERO, None);
+    for (label, fleet) in [
+        ("two, no fleet", None),
+        ("two, fleet", Some(false)),
+        ("two, fleet + limits", Some(true)),
+    ] {
+        let ports = [free_port(), free_port()];
+        let procs: Vec<Proc> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| start_fleet_proxy(*p, sv.mock_port, dir, &sock, i, fleet))
+            .collect();
+        // Let both link to Redis.
+        std::thread::sleep(Duration::from_millis(1500));
+        let targets: Vec<Arc<Target>> = ports
+            .iter()
+            .map(|p| Arc::new(Target::new(Via::Proxy, *p, true, PROMPT)))
+            .collect();
+        let refs: Vec<&Proc> = procs.iter().collect();
+        let (c0, e0) = redis_counts(&sock);
+        let redis_cpu0 = redis.cpu();
+        let mut r = run_split(rt, &targets, users, s, &refs);
+        let redis_cpu = redis.cpu().saturating_sub(redis_cpu0);
+        let (c1, e1) = redis_counts(&sock);
+        // The warm-up's commands are in the counts too: scale them to the measured share.
+        let share = s.measure.as_secs_f64() / (s.measure + s.warmup).as_secs_f64();
+        let scale = |d: u64| (d as f64 * share) as u64;
+        let counts = (scale(c1.saturating_sub(c0)), scale(e1.saturating_sub(e0)));
+        line(label, &mut r, redis_cpu, fleet.map(|_| counts));
+    }
+    drop(redis);
+    failed
 }
