@@ -811,8 +811,7 @@ fn redis_counts(sock: &std::path::Path) -> (u64, u64) {
             .find(|l| l.starts_with(prefix))
             .and_then(|l| {
                 l.split([':', ','])
-                    .skip_while(|p| !p.starts_with(key))
-                    .next()
+                    .find(|p| p.starts_with(key))
                     .and_then(|p| p.split('=').nth(1).or(Some(p)))
                     .and_then(|v| v.trim().parse().ok())
             })
