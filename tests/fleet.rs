@@ -556,6 +556,8 @@ fn one_sign_in_per_account_for_the_whole_fleet() {
                     instance_id: format!("s{i}"),
                     redis_url: redis.url(),
                     heartbeat_interval: Duration::from_millis(200),
+                    // The account tokens go to Redis sealed.
+                    secret: Some("signin-fleet-secret-0001".into()),
                     ..FleetSection::default()
                 });
             })
@@ -574,6 +576,15 @@ fn one_sign_in_per_account_for_the_whole_fleet() {
         });
     }
     assert_eq!(mock.signins("a@x.io"), 1, "one sign-in for a@x.io");
+    let aid = k2proxy::fleet::signin::account_id("a@x.io");
+    let raw = redis
+        .command(&[
+            "HGET",
+            &k2proxy::fleet::record::Keys::new("signin").account(&aid),
+            "token",
+        ])
+        .unwrap();
+    assert!(raw.contains("s1:") && !raw.contains("eyJhbGci"), "{raw}");
     assert_eq!(mock.signins("b@x.io"), 1, "one sign-in for b@x.io");
     // The strict mock takes only the tokens it issued: both instances answer with them.
     let m = model(&instances[0]);
@@ -638,4 +649,37 @@ fn tokens_added_or_removed_through_the_admin_api_reach_every_instance() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(count(a), 2);
     assert_eq!(count(b), 2);
+}
+
+/// With `fleet.secret`, the tokens the fleet stores in Redis are sealed: Redis never holds
+/// them in the clear, and every instance still gets them.
+#[test]
+fn with_a_fleet_secret_stored_tokens_are_sealed() {
+    if !available() {
+        return;
+    }
+    let f = fleet("sealed", 2, |c| {
+        if let Some(fl) = &mut c.fleet {
+            fl.secret = Some("fleet-secret-for-the-test-0001".into());
+        }
+    });
+    let (a, b) = (&f.instances[0], &f.instances[1]);
+    for env in [a, b] {
+        within(Duration::from_secs(10), "shared mode", || shared(env));
+    }
+    let r = a.post(
+        "/admin/tokens",
+        serde_json::json!({"token": "tok-very-secret-added"}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    within(Duration::from_secs(2), "the sealed token on B", || {
+        b.get("/admin/tokens/stats").json()["data"]["tokens"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == 3
+    });
+    let keys = k2proxy::fleet::record::Keys::new("test-sealed");
+    let raw = f.redis.command(&["HGETALL", &keys.added_tokens()]).unwrap();
+    assert!(raw.contains("s1:"), "{raw}");
+    assert!(!raw.contains("tok-very-secret-added"), "{raw}");
 }

@@ -55,6 +55,10 @@ pub struct FleetSection {
     #[serde(deserialize_with = "de_duration")]
     pub lease_ttl: Duration,
     pub on_redis_error: OnRedisError,
+    /// Seals the tokens the fleet stores in Redis (ChaCha20-Poly1305, key from this
+    /// secret); the same on every instance. `null`: stored as they are.
+    #[serde(deserialize_with = "de_opt_string")]
+    pub secret: Option<String>,
 }
 
 impl Default for FleetSection {
@@ -71,6 +75,7 @@ impl Default for FleetSection {
             heartbeat_interval: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(60),
             on_redis_error: OnRedisError::Local,
+            secret: None,
         }
     }
 }
@@ -83,6 +88,7 @@ pub const RESTART_KEYS: &[&str] = &[
     "fleet.redis_url",
     "fleet.username",
     "fleet.password",
+    "fleet.secret",
 ];
 
 impl FleetSection {
@@ -140,6 +146,9 @@ impl FleetSection {
             if d.is_zero() {
                 return Err((key(k), "must be greater than zero".to_string()));
             }
+        }
+        if self.secret.as_deref().is_some_and(|s| s.len() < 16) {
+            return Err((key("secret"), "must be at least 16 characters".to_string()));
         }
         if self.lease_ttl < Duration::from_secs(3) {
             return Err((key("lease_ttl"), "must be at least 3s".to_string()));

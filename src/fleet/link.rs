@@ -62,6 +62,8 @@ pub trait Host: Send + Sync {
     fn heartbeat(&self) -> Heartbeat;
     /// Another instance asked every instance to re-read its config file.
     fn reload(&self);
+    /// The `fleet` section as the running config has it (a reload may change its timings).
+    fn settings(&self) -> Option<FleetSection>;
     /// Another instance signed `email` in: use its token (expiry in Unix seconds).
     fn adopt_account_token(&self, email: &str, token: String, exp: Option<u64>);
     /// An operator added or removed a token on another instance (saved like an admin
@@ -324,6 +326,7 @@ impl Link {
         let mut next_renewal = Instant::now() + self.settings.lease_ttl / 3;
         let mut subscribed = false;
         loop {
+            self.follow_reload();
             tokio::select! {
                 _ = stop.changed() => break,
                 Some(p) = pushes.recv() => self.on_push(p),
@@ -386,6 +389,21 @@ impl Link {
                 .await;
         })
         .await;
+    }
+
+    /// Take the timings of a reloaded `fleet` section (the link's identity and address need
+    /// a restart, and stay).
+    fn follow_reload(&mut self) {
+        let Some(new) = self.host.settings() else {
+            return;
+        };
+        let s = &mut self.settings;
+        s.command_timeout = new.command_timeout;
+        s.background_timeout = new.background_timeout;
+        s.resync_interval = new.resync_interval;
+        s.heartbeat_interval = new.heartbeat_interval;
+        s.lease_ttl = new.lease_ttl;
+        s.on_redis_error = new.on_redis_error;
     }
 
     /// Whether Redis answers (and the channel is subscribed); switches to shared mode.
@@ -480,8 +498,11 @@ impl Link {
                 .await
                 .map_err(|_| "no answer in time".to_string())?
                 .map_err(|e| e.to_string())?;
-        for token in got.into_iter().flatten() {
-            self.host.token_added(token);
+        for stored in got.into_iter().flatten() {
+            match super::seal::open(self.settings.secret.as_deref(), &stored) {
+                Some(token) => self.host.token_added(token),
+                None => warn!("fleet: a shared token cannot be opened (is fleet.secret the same on every instance?)"),
+            }
         }
         Ok(())
     }
@@ -492,7 +513,7 @@ impl Link {
         for aid in heard {
             let read = tokio::time::timeout(
                 self.settings.background_timeout,
-                super::signin::read_account(con, &self.keys, &aid),
+                super::signin::read_account(con, &self.keys, &aid, self.settings.secret.as_deref()),
             )
             .await
             .map_err(|_| "no answer in time".to_string())?
@@ -582,7 +603,10 @@ impl Link {
                 pipe.cmd("HSET")
                     .arg(self.keys.added_tokens())
                     .arg(tid)
-                    .arg(token.expose())
+                    .arg(super::seal::seal(
+                        self.settings.secret.as_deref(),
+                        token.expose(),
+                    ))
                     .ignore()
                     .cmd("HDEL")
                     .arg(self.keys.removed_tokens())
@@ -703,9 +727,11 @@ impl Link {
         for tid in removed.keys().filter(|t| here.contains(t)) {
             self.host.token_removed(tid);
         }
-        for (tid, token) in &added {
+        for (tid, stored) in &added {
             if !here.contains(tid) && !removed.contains_key(tid) {
-                self.host.token_added(token.clone());
+                if let Some(token) = super::seal::open(self.settings.secret.as_deref(), stored) {
+                    self.host.token_added(token);
+                }
             }
         }
         // Changes not yet sent are newer than what Redis holds: they win.

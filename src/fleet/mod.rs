@@ -9,4 +9,5 @@ pub mod admission;
 pub mod link;
 pub mod record;
 pub mod scripts;
+pub mod seal;
 pub mod signin;

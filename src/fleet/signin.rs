@@ -3,7 +3,7 @@
 //! a fleet-wide backoff after failures is respected), then takes the account's lock
 //! (`SET NX PX`); the winner signs in, stores the token and tells the fleet, the others
 //! wait for the event. Passwords never leave the instance; the token is stored for the
-//! fleet (protect Redis with an ACL user and TLS, see the README).
+//! fleet, sealed with `fleet.secret` when one is set ([`super::seal`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -71,14 +71,12 @@ pub async fn claim(
         if let Some(next) = num("next_try_ms").filter(|t| *t > now) {
             return Ok(Claim::Backoff(next));
         }
-        if let Some(token) = rec.get("token").filter(|t| !t.is_empty()) {
+        let stored = rec.get("token").filter(|t| !t.is_empty());
+        if let Some(token) = stored.and_then(|t| super::seal::open(settings.secret.as_deref(), t)) {
             let exp = num("exp");
             let fresh = exp.is_none_or(|e| e > now / 1000 + 60);
             if Some(token.as_str()) != current && fresh {
-                return Ok(Claim::Adopt {
-                    token: token.clone(),
-                    exp,
-                });
+                return Ok(Claim::Adopt { token, exp });
             }
         }
         let got: Option<String> = redis::cmd("SET")
@@ -120,7 +118,10 @@ pub async fn signed_in(
     let now = unix_ms();
     let fields: Vec<(&str, String)> = vec![
         ("email", email.to_string()),
-        ("token", token.to_string()),
+        (
+            "token",
+            super::seal::seal(settings.secret.as_deref(), token),
+        ),
         ("exp", exp.unwrap_or(0).to_string()),
         ("signed_in_ms", now.to_string()),
         ("by", state.instance_id.clone()),
@@ -198,19 +199,21 @@ pub async fn read_account(
     con: &mut redis::aio::ConnectionManager,
     keys: &Keys,
     aid: &str,
+    secret: Option<&str>,
 ) -> Result<Option<(String, String, Option<u64>)>, redis::RedisError> {
     let rec: HashMap<String, String> = redis::cmd("HGETALL")
         .arg(keys.account(aid))
         .query_async(con)
         .await?;
-    let (Some(email), Some(token)) = (rec.get("email"), rec.get("token")) else {
+    let token = rec.get("token").and_then(|t| super::seal::open(secret, t));
+    let (Some(email), Some(token)) = (rec.get("email"), token) else {
         return Ok(None);
     };
     let exp = rec
         .get("exp")
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|e| *e > 0);
-    Ok(Some((email.clone(), token.clone(), exp)))
+    Ok(Some((email.clone(), token, exp)))
 }
 
 /// An account's id in key names: a SHA-256 prefix of the lower-cased email.

@@ -49,6 +49,10 @@ impl Host for Instance {
         super::updater::adopt(&self.app, email, token, exp);
     }
 
+    fn settings(&self) -> Option<crate::config::fleet::FleetSection> {
+        self.app.snapshot().config.fleet.clone()
+    }
+
     fn token_added(&self, token: String) {
         let secret = crate::secret::Secret::new(token);
         let masked = secret.masked();
