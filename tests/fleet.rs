@@ -683,3 +683,129 @@ fn with_a_fleet_secret_stored_tokens_are_sealed() {
     assert!(raw.contains("s1:"), "{raw}");
     assert!(!raw.contains("tok-very-secret-added"), "{raw}");
 }
+
+/// `rediss://`: the link speaks TLS, verifying Redis's certificate against the system's
+/// roots (here a private CA given through `SSL_CERT_FILE`, as an operator would).
+#[test]
+fn a_fleet_links_to_redis_over_tls() {
+    if !available() {
+        return;
+    }
+    let has_openssl = std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_openssl {
+        assert!(std::env::var_os("CI").is_none(), "openssl is not installed");
+        eprintln!("SKIP: openssl is not installed");
+        return;
+    }
+    let dir = common::temp_dir("fleet-tls");
+    let run = |args: &[&str]| {
+        let ok = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=k2proxy-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let port = common::free_port();
+    let mut server = std::process::Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string()])
+        .arg("--tls-cert-file")
+        .arg(dir.join("leaf.pem"))
+        .arg("--tls-key-file")
+        .arg(dir.join("leaf.key"))
+        .arg("--tls-ca-cert-file")
+        .arg(dir.join("ca.pem"))
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::env::set_var("SSL_CERT_FILE", dir.join("ca.pem"));
+    let env = Env::start(MockConfig::default(), |c| {
+        c.fleet = Some(FleetSection {
+            name: "tls".into(),
+            instance_id: "t0".into(),
+            redis_url: format!("rediss://127.0.0.1:{port}"),
+            heartbeat_interval: Duration::from_millis(200),
+            ..FleetSection::default()
+        });
+    });
+    let linked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        within(Duration::from_secs(10), "shared mode over TLS", || {
+            shared(&env)
+        });
+        within(Duration::from_secs(3), "its heartbeat read back", || {
+            fleet_view(&env)["instances"].as_array().map_or(0, Vec::len) == 1
+        });
+    }));
+    let _ = server.kill();
+    let _ = server.wait();
+    if let Err(p) = linked {
+        std::panic::resume_unwind(p);
+    }
+}

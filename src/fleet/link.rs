@@ -284,6 +284,8 @@ pub struct Link {
     accounts_heard: Mutex<Vec<String>>,
     /// Tokens other instances added, to read.
     tokens_heard: Mutex<Vec<String>>,
+    /// Why Redis cannot be reached was logged (once per spell in local mode).
+    away_logged: bool,
 }
 
 impl Link {
@@ -298,6 +300,7 @@ impl Link {
             errors_in_a_row: 0,
             accounts_heard: Mutex::new(Vec::new()),
             tokens_heard: Mutex::new(Vec::new()),
+            away_logged: false,
         }
     }
 
@@ -413,7 +416,18 @@ impl Link {
             redis::cmd("PING").query_async::<String>(con),
         )
         .await;
-        if !matches!(ping, Ok(Ok(_))) {
+        if let Err(e) = ping
+            .map_err(|_| "no answer in time".to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            if !self.away_logged {
+                self.away_logged = true;
+                warn!(
+                    "fleet {}: cannot reach Redis at {} ({e}); serving on this instance's own state until it answers",
+                    self.settings.name,
+                    mask_url(&self.settings.redis_url)
+                );
+            }
             return false;
         }
         if !*subscribed {
@@ -428,6 +442,7 @@ impl Link {
             *subscribed = true;
         }
         self.errors_in_a_row = 0;
+        self.away_logged = false;
         self.state.path_ok();
         if self.state.set_mode(Mode::Shared) {
             info!(
@@ -442,6 +457,7 @@ impl Link {
         self.state.errors.fetch_add(1, Ordering::Relaxed);
         self.errors_in_a_row += 1;
         if self.errors_in_a_row >= BREAKER_ERRORS && self.state.set_mode(Mode::Local) {
+            self.away_logged = true;
             warn!(
                 "fleet {}: Redis is away ({e}); serving on this instance's own state until it is back",
                 self.settings.name
