@@ -375,6 +375,22 @@ impl Pool {
         }
     }
 
+    /// This instance's view of token `tid` in the fleet's terms (`offset_ms`: fleet clock
+    /// minus this one's).
+    pub fn local_state(&self, tid: &str, offset_ms: i64, now: Instant) -> Option<SharedState> {
+        let now_ms = unix_ms() as i64 + offset_ms;
+        let inner = self.lock();
+        let e = inner.entries.iter().find(|e| e.tid == tid)?;
+        Some(SharedState {
+            strikes: e.strikes,
+            disabled: e.disabled,
+            cool_until_ms: e
+                .cooling(now)
+                .map_or(0, |d| (now_ms + d.as_millis() as i64).max(0) as u64),
+            streak: e.rate_limit_streak,
+        })
+    }
+
     /// Every token's fleet id.
     pub fn token_ids(&self) -> Vec<String> {
         self.lock().entries.iter().map(|e| e.tid.clone()).collect()

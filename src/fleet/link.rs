@@ -753,17 +753,69 @@ impl Link {
         // Changes not yet sent are newer than what Redis holds: they win.
         let (pending, _) = pool.take_shared();
         let offset = self.state.offset_ms.load(Ordering::Relaxed);
+        let mut lost: Vec<(String, SharedState)> = Vec::new();
         for tid in pool.token_ids() {
-            let state = all
-                .get(&tid)
-                .and_then(|r| decode(r))
-                .map(|(s, _)| s)
-                .unwrap_or_default();
-            pool.apply_shared(&tid, state, offset, Instant::now());
+            match all.get(&tid).and_then(|r| decode(r)) {
+                Some((shared, _)) => {
+                    // A cooldown this instance knows of and the fleet does not (it was
+                    // set while Redis was away) stays until it ends.
+                    let mine = pool.local_state(&tid, offset, Instant::now());
+                    let cool = mine.map_or(0, |m| m.cool_until_ms);
+                    let state = SharedState {
+                        cool_until_ms: shared.cool_until_ms.max(cool),
+                        ..shared
+                    };
+                    pool.apply_shared(&tid, state, offset, Instant::now());
+                }
+                None => {
+                    // Redis lost it (a restart) or never had it: this instance's state
+                    // stands, and goes back to the fleet when it is not clean.
+                    if let Some(mine) = pool.local_state(&tid, offset, Instant::now()) {
+                        if mine != SharedState::default() {
+                            lost.push((tid, mine));
+                        }
+                    }
+                }
+            }
         }
         pool.requeue_shared(pending);
+        for (tid, mine) in lost {
+            self.put(con, &tid, &mine).await?;
+        }
         self.state.resyncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Give the fleet this instance's state of a token Redis lost (merged in the script).
+    async fn put(
+        &self,
+        con: &mut ConnectionManager,
+        tid: &str,
+        mine: &SharedState,
+    ) -> Result<(), String> {
+        let settings = self.host.pool_settings();
+        let ms = |d: Duration| d.as_millis() as u64;
+        let record = super::record::encode(mine, 0);
+        let mut call = self.script.key(self.keys.tokens());
+        call.key(self.keys.meta())
+            .arg(tid)
+            .arg("put")
+            .arg(-1)
+            .arg(settings.max_failures)
+            .arg(ms(settings.cooldown))
+            .arg(ms(settings.max_cooldown))
+            .arg(&self.state.instance_id)
+            .arg(self.keys.events())
+            .arg("")
+            .arg(record);
+        tokio::time::timeout(
+            self.settings.background_timeout,
+            call.invoke_async::<(String, String)>(con),
+        )
+        .await
+        .map_err(|_| "no answer in time".to_string())?
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     }
 
     /// Say this instance is alive, and read who else is.

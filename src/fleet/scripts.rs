@@ -7,7 +7,8 @@
 /// KEYS: the tokens hash, the meta hash. ARGV: token id (`*` for `reset_all`), kind
 /// (`success`, `strike`, `ratelimit`, `reset`, `disable`, `reset_all`), Retry-After in ms
 /// (-1: none), `max_failures`, `cooldown` ms, `max_cooldown` ms, origin instance, channel,
-/// and `now_ms` (empty: Redis `TIME`, the fleet's one clock; tests pass their own).
+/// `now_ms` (empty: Redis `TIME`, the fleet's one clock; tests pass their own), and for
+/// `put` the instance's record (`strikes,disabled,cool_until_ms,streak`).
 ///
 /// Returns `{record, now_ms}`; the record is empty when nothing changed (a success on a
 /// clean token) or for `reset_all`.
@@ -50,6 +51,15 @@ elseif kind == 'reset' then
   s, d, c, k = 0, 0, 0, 0
 elseif kind == 'disable' then
   d = 1
+elseif kind == 'put' then
+  -- An instance's own state after Redis lost it (a restart): merged, never weakening
+  -- what the record already says.
+  local f = {}
+  for x in string.gmatch(ARGV[10] or '', '[^,]+') do f[#f + 1] = tonumber(x) end
+  s = math.max(s, f[1] or 0)
+  d = math.max(d, f[2] or 0)
+  c = math.max(c, f[3] or 0)
+  k = math.max(k, f[4] or 0)
 else
   return {'', string.format('%d', now)}
 end
