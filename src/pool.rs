@@ -624,18 +624,20 @@ impl Pool {
         let mut events = Vec::new();
         let mut failed = true;
         let had_state = e.strikes > 0 || e.rate_limit_streak > 0;
-        let tid = e.tid.clone();
-        match outcome {
-            Outcome::Network | Outcome::RequestRefused(_) => {}
-            Outcome::Success if !had_state => {}
-            _ => {
-                if inner.outbox.is_some() {
-                    inner.share(Shared::Outcome {
-                        tid,
-                        outcome: outcome.clone(),
-                    });
-                }
-            }
+        let news = match outcome {
+            Outcome::Network | Outcome::RequestRefused(_) => false,
+            Outcome::Success => had_state,
+            _ => true,
+        };
+        // Only a shared pool pays for the token id (an allocation per report otherwise).
+        let shared = (news && inner.outbox.is_some())
+            .then(|| inner.find(id).map(|e| e.tid.clone()))
+            .flatten();
+        if let Some(tid) = shared {
+            inner.share(Shared::Outcome {
+                tid,
+                outcome: outcome.clone(),
+            });
         }
         let Some(e) = inner.find(id) else {
             return events;
