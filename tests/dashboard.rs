@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::redis::{available, RedisServer};
+use common::redis::RedisServer;
 use common::{chat_body, Env, MODEL};
 use k2proxy::config::fleet::FleetSection;
 use k2proxy::config::providers::{ProviderEntry, ZaiSection};
@@ -835,9 +835,6 @@ async fn fleet_rows(b: &Browser) -> Vec<FleetRow> {
 /// dashboard; the reload button reaches the fleet.
 #[test]
 fn dashboard_shows_the_fleet_in_headless_chromium() {
-    if !available() {
-        return;
-    }
     let redis = RedisServer::start("dashboard");
     let rt = common::runtime();
     let cfg = MockConfig::default();

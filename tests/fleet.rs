@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::redis::{available, RedisServer};
+use common::redis::RedisServer;
 use common::{chat_body, runtime, start_mock, within, Env};
 use k2proxy::config::fleet::FleetSection;
 use k2proxy::mock::{MockConfig, MockServer};
@@ -100,9 +100,6 @@ fn hit_the_limited_token(env: &Env, model: &str) {
 
 #[test]
 fn a_429_on_one_instance_cools_the_token_on_all_and_operator_actions_reach_every_instance() {
-    if !available() {
-        return;
-    }
     let f = fleet("share", 3, |_| {});
     let [a, b, c] = [&f.instances[0], &f.instances[1], &f.instances[2]];
     let m = model(a);
@@ -162,9 +159,6 @@ fn a_429_on_one_instance_cools_the_token_on_all_and_operator_actions_reach_every
 
 #[test]
 fn redis_killed_restarted_empty_or_frozen_fails_no_request_and_the_state_converges() {
-    if !available() {
-        return;
-    }
     let mut f = fleet("faults", 2, |_| {});
     let (a, b) = (&f.instances[0], &f.instances[1]);
     let m = model(a);
@@ -235,9 +229,6 @@ fn redis_killed_restarted_empty_or_frozen_fails_no_request_and_the_state_converg
 
 #[test]
 fn an_instance_starts_and_serves_with_redis_unreachable() {
-    if !available() {
-        return;
-    }
     let mut f = fleet("absent", 1, |c| {
         if let Some(fl) = &mut c.fleet {
             fl.redis_url = "unix:///nonexistent/k2proxy-test.sock".to_string();
@@ -266,9 +257,6 @@ fn without_a_fleet_section_nothing_is_shared() {
 /// back with `HGET`: the same rules as `pool.rs`.
 #[test]
 fn the_change_script_applies_the_pool_rules_with_the_fleet_clock() {
-    if !available() {
-        return;
-    }
     let redis = RedisServer::start("script");
     let keys = k2proxy::fleet::record::Keys::new("rules");
     let (tok, meta) = (keys.tokens(), keys.meta());
@@ -371,9 +359,6 @@ fn the_change_script_applies_the_pool_rules_with_the_fleet_clock() {
 /// with its password from the environment.
 #[test]
 fn an_acl_user_limited_to_the_fleet_keys_is_enough() {
-    if !available() {
-        return;
-    }
     std::env::set_var("K2P_FLEET_TEST_PW", "fleet-pw-0123456789");
     let f = fleet("acl", 2, |c| {
         if let Some(fl) = &mut c.fleet {
@@ -419,9 +404,6 @@ fn an_acl_user_limited_to_the_fleet_keys_is_enough() {
 /// and exact Retry-After.
 #[test]
 fn the_admit_script_counts_leases_that_expire_and_a_rate_with_its_burst() {
-    if !available() {
-        return;
-    }
     let redis = RedisServer::start("admit");
     let keys = k2proxy::fleet::record::Keys::new("limits");
     let admit = |kid: &str, rate: &str, burst: &str, conc: &str, lease: &str, now: u64| {
@@ -478,9 +460,6 @@ fn the_admit_script_counts_leases_that_expire_and_a_rate_with_its_burst() {
 /// `limits.per_key` holds across instances: the fleet admits what one instance would.
 #[test]
 fn per_key_limits_hold_across_instances() {
-    if !available() {
-        return;
-    }
     let f = fleet("limits", 2, |c| {
         c.limits.per_key.concurrency = 2;
     });
@@ -541,9 +520,6 @@ fn per_key_limits_hold_across_instances() {
 /// `POST /admin/fleet/reload` on one instance makes every instance re-read its own file.
 #[test]
 fn a_fleet_reload_reaches_every_instance() {
-    if !available() {
-        return;
-    }
     let f = fleet("reload", 2, |_| {});
     let (a, b) = (&f.instances[0], &f.instances[1]);
     for env in [a, b] {
@@ -569,9 +545,6 @@ fn a_fleet_reload_reaches_every_instance() {
 /// both pools use its token.
 #[test]
 fn one_sign_in_per_account_for_the_whole_fleet() {
-    if !available() {
-        return;
-    }
     let redis = RedisServer::start("signin");
     let rt = runtime();
     let accounts = [("a@x.io", "pw-a"), ("b@x.io", "pw-b")];
@@ -657,9 +630,6 @@ fn one_sign_in_per_account_for_the_whole_fleet() {
 /// back through a resync.
 #[test]
 fn tokens_added_or_removed_through_the_admin_api_reach_every_instance() {
-    if !available() {
-        return;
-    }
     let dir = common::temp_dir("fleet-tokens");
     let f = fleet("tokens", 2, |c| {
         let port = c.server.listen[0].clone();
@@ -705,9 +675,6 @@ fn tokens_added_or_removed_through_the_admin_api_reach_every_instance() {
 /// them in the clear, and every instance still gets them.
 #[test]
 fn with_a_fleet_secret_stored_tokens_are_sealed() {
-    if !available() {
-        return;
-    }
     let f = fleet("sealed", 2, |c| {
         if let Some(fl) = &mut c.fleet {
             fl.secret = Some("fleet-secret-for-the-test-0001".into());
@@ -738,25 +705,13 @@ fn with_a_fleet_secret_stored_tokens_are_sealed() {
 /// roots (here a private CA given through `SSL_CERT_FILE`, as an operator would).
 #[test]
 fn a_fleet_links_to_redis_over_tls() {
-    if !available() {
-        return;
-    }
-    let has_openssl = std::process::Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_openssl {
-        assert!(std::env::var_os("CI").is_none(), "openssl is not installed");
-        eprintln!("SKIP: openssl is not installed");
-        return;
-    }
     let dir = common::temp_dir("fleet-tls");
     let run = |args: &[&str]| {
         let ok = std::process::Command::new("openssl")
             .args(args)
             .current_dir(&dir)
             .output()
-            .unwrap();
+            .expect("openssl runs (the TLS test needs the Debian package openssl)");
         assert!(
             ok.status.success(),
             "{}",
