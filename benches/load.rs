@@ -408,40 +408,14 @@ fn run_level(
     server: &Proc,
     stagger: Duration,
 ) -> Run {
-    let record = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let handles: Vec<_> = (0..users)
-        .map(|i| {
-            let delay = stagger * i as u32 / users as u32;
-            rt.spawn(user(t.clone(), delay, record.clone(), stop.clone()))
-        })
-        .collect();
-    std::thread::sleep(s.warmup);
-    let cpu0 = server.cpu();
-    let t0 = Instant::now();
-    record.store(true, Ordering::Relaxed);
-    std::thread::sleep(s.measure);
-    stop.store(true, Ordering::Relaxed);
-    let secs = t0.elapsed().as_secs_f64();
-    let cpu = server.cpu().saturating_sub(cpu0);
-    let mut samples = Samples::default();
-    rt.block_on(async {
-        for h in handles {
-            if let Ok(x) = h.await {
-                samples.merge(x);
-            }
-        }
-    });
+    let label = format!(
+        "{} {}",
+        t.via.label(),
+        if t.stream { "stream" } else { "json" }
+    );
     Run {
-        label: format!(
-            "{} {}",
-            t.via.label(),
-            if t.stream { "stream" } else { "json" }
-        ),
-        users,
-        secs,
-        samples,
-        cpu,
+        label,
+        ..run_split(rt, &[t], users, s, &[server], stagger)
     }
 }
 
@@ -866,21 +840,23 @@ fn start_fleet_proxy(
     p
 }
 
-/// `users` closed-loop users split evenly over `targets` (a load balancer's round robin);
-/// CPU time summed over `servers`.
+/// `users` closed-loop users split evenly over `targets` (a load balancer's round robin),
+/// their starts spread over `stagger`; CPU time summed over `servers`.
 fn run_split(
     rt: &tokio::runtime::Runtime,
     targets: &[Arc<Target>],
     users: usize,
     s: &Settings,
     servers: &[&Proc],
+    stagger: Duration,
 ) -> Run {
     let record = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let handles: Vec<_> = (0..users)
         .map(|i| {
             let t = targets[i % targets.len()].clone();
-            rt.spawn(user(t, Duration::ZERO, record.clone(), stop.clone()))
+            let delay = stagger * i as u32 / users as u32;
+            rt.spawn(user(t, delay, record.clone(), stop.clone()))
         })
         .collect();
     std::thread::sleep(s.warmup);
@@ -965,7 +941,7 @@ fn fleet(
         }
     };
     let alone = Arc::new(Target::new(Via::Proxy, sv.proxy_port, true, PROMPT));
-    let mut r = run_split(rt, &[alone], users, s, &[sv.proxy]);
+    let mut r = run_split(rt, &[alone], users, s, &[sv.proxy], Duration::ZERO);
     line("one, no fleet", &mut r, Duration::ZERO, None);
     for (label, fleet) in [
         ("two, no fleet", None),
@@ -987,7 +963,7 @@ fn fleet(
         let refs: Vec<&Proc> = procs.iter().collect();
         let (c0, e0) = redis_counts(&sock);
         let redis_cpu0 = redis.cpu();
-        let mut r = run_split(rt, &targets, users, s, &refs);
+        let mut r = run_split(rt, &targets, users, s, &refs, Duration::ZERO);
         let redis_cpu = redis.cpu().saturating_sub(redis_cpu0);
         let (c1, e1) = redis_counts(&sock);
         // The warm-up's commands are in the counts too: scale them to the measured share.

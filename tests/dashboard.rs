@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use common::redis::RedisServer;
 use common::{chat_body, Env, MODEL};
-use k2proxy::config::fleet::FleetSection;
 use k2proxy::config::providers::{ProviderEntry, ZaiSection};
 use k2proxy::mock::zai::{ZaiMock, ZaiMockConfig};
 use k2proxy::mock::MockConfig;
@@ -853,15 +852,7 @@ fn dashboard_shows_the_fleet_in_headless_chromium() {
                     c.models = k2proxy::config::legacy_models();
                 }
                 c.pool.tokens = common::tokens(&[GOOD, OK]);
-                c.fleet = Some(FleetSection {
-                    name: "test-dashboard".to_string(),
-                    instance_id: format!("i{i}"),
-                    redis_url: redis.url(),
-                    heartbeat_interval: Duration::from_millis(200),
-                    resync_interval: Duration::from_secs(1),
-                    background_timeout: Duration::from_millis(300),
-                    ..FleetSection::default()
-                });
+                c.fleet = Some(redis.fleet("test-dashboard", &format!("i{i}")));
             })
         })
         .collect();

@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::link::{FleetState, Mode};
-use super::record::Keys;
-use super::scripts;
 use crate::config::fleet::FleetSection;
 use crate::limits::{Denied, Rules};
 
@@ -66,7 +64,7 @@ pub async fn admit(
     let Some(mut con) = state.connection() else {
         return Err("not linked yet".to_string());
     };
-    let keys = Keys::new(&settings.name);
+    let keys = &state.keys;
     let kid = crate::secret::token_id(key);
     let lease = state.new_lease_id();
     let bucket = if rules.burst > 0 {
@@ -74,8 +72,7 @@ pub async fn admit(
     } else {
         rules.rate.max(1.0)
     };
-    let script = redis::Script::new(scripts::ADMIT);
-    let mut call = script.key(keys.rate(&kid));
+    let mut call = state.scripts.admit.key(keys.rate(&kid));
     call.key(keys.leases(&kid))
         .arg(rules.rate)
         .arg(bucket)

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -17,6 +17,7 @@ use serde::Serialize;
 use super::record::{change_args, decode, Event, Keys};
 use super::scripts;
 use crate::config::fleet::FleetSection;
+use crate::core::clock::unix_ms;
 use crate::pool::{Pool, PoolSettings, Shared, SharedState};
 use crate::secret::mask_url;
 
@@ -97,6 +98,11 @@ pub struct FleetState {
     leases: Mutex<HashMap<String, String>>,
     /// Leases given back, for the link to remove from Redis.
     released: Mutex<Vec<(String, String)>>,
+    /// The fleet's keys and scripts, made once.
+    pub(super) keys: Keys,
+    pub(super) scripts: scripts::Scripts,
+    /// When this process made the state (ms): lease ids of a restarted instance differ.
+    epoch: u64,
 }
 
 impl FleetState {
@@ -119,6 +125,9 @@ impl FleetState {
             next_lease: AtomicU64::new(0),
             leases: Mutex::new(HashMap::new()),
             released: Mutex::new(Vec::new()),
+            keys: Keys::new(fleet),
+            scripts: scripts::Scripts::default(),
+            epoch: unix_ms(),
         }
     }
 
@@ -142,18 +151,7 @@ impl FleetState {
 
     pub(super) fn new_lease_id(&self) -> String {
         let n = self.next_lease.fetch_add(1, Ordering::Relaxed);
-        format!("{}:{}:{n}", self.instance_id, self.started_ns())
-    }
-
-    /// A per-process value, so lease ids of a restarted instance never collide.
-    fn started_ns(&self) -> u64 {
-        static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-        *STARTED.get_or_init(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0)
-        })
+        format!("{}:{}:{n}", self.instance_id, self.epoch)
     }
 
     pub(super) fn hold(&self, kid: &str, lease: &str) {
@@ -213,13 +211,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// The instance id when `fleet.instance_id` is empty: host name and port.
 pub fn default_instance_id(port: Option<u16>) -> String {
     let host = std::fs::read_to_string("/etc/hostname")
@@ -274,10 +265,8 @@ fn connect(
 /// The running link.
 pub struct Link {
     settings: FleetSection,
-    keys: Keys,
     host: Arc<dyn Host>,
     state: Arc<FleetState>,
-    script: redis::Script,
     started_ms: u64,
     errors_in_a_row: u32,
     /// Accounts whose new token other instances announced, to read.
@@ -291,11 +280,9 @@ pub struct Link {
 impl Link {
     pub fn new(settings: FleetSection, host: Arc<dyn Host>, state: Arc<FleetState>) -> Link {
         Link {
-            keys: Keys::new(&settings.name),
             settings,
             host,
             state,
-            script: redis::Script::new(scripts::CHANGE),
             started_ms: unix_ms(),
             errors_in_a_row: 0,
             accounts_heard: Mutex::new(Vec::new()),
@@ -382,10 +369,10 @@ impl Link {
         let _ = tokio::time::timeout(self.settings.background_timeout, async {
             let _: Result<(), _> = redis::pipe()
                 .cmd("DEL")
-                .arg(self.keys.instance(&self.state.instance_id))
+                .arg(self.state.keys.instance(&self.state.instance_id))
                 .ignore()
                 .cmd("ZREM")
-                .arg(self.keys.instances())
+                .arg(self.state.keys.instances())
                 .arg(&self.state.instance_id)
                 .ignore()
                 .query_async(&mut con)
@@ -433,7 +420,7 @@ impl Link {
         if !*subscribed {
             let sub = tokio::time::timeout(
                 self.settings.background_timeout,
-                con.subscribe(self.keys.events()),
+                con.subscribe(self.state.keys.events()),
             )
             .await;
             if !matches!(sub, Ok(Ok(()))) {
@@ -507,7 +494,9 @@ impl Link {
         }
         let mut pipe = redis::pipe();
         for tid in &heard {
-            pipe.cmd("HGET").arg(self.keys.added_tokens()).arg(tid);
+            pipe.cmd("HGET")
+                .arg(self.state.keys.added_tokens())
+                .arg(tid);
         }
         let got: Vec<Option<String>> =
             tokio::time::timeout(self.settings.background_timeout, pipe.query_async(con))
@@ -529,7 +518,12 @@ impl Link {
         for aid in heard {
             let read = tokio::time::timeout(
                 self.settings.background_timeout,
-                super::signin::read_account(con, &self.keys, &aid, self.settings.secret.as_deref()),
+                super::signin::read_account(
+                    con,
+                    &self.state.keys,
+                    &aid,
+                    self.settings.secret.as_deref(),
+                ),
             )
             .await
             .map_err(|_| "no answer in time".to_string())?
@@ -548,6 +542,9 @@ impl Link {
             self.state
                 .changes_dropped
                 .fetch_add(dropped, Ordering::Relaxed);
+        }
+        if changes.is_empty() {
+            return true;
         }
         let settings = self.host.pool_settings();
         let mut rest = changes.into_iter();
@@ -579,8 +576,8 @@ impl Link {
         }
         let (tid, kind, retry_after) = change_args(change);
         let ms = |d: Duration| d.as_millis() as u64;
-        let mut call = self.script.key(self.keys.tokens());
-        call.key(self.keys.meta())
+        let mut call = self.state.scripts.change.key(self.state.keys.tokens());
+        call.key(self.state.keys.meta())
             .arg(&tid)
             .arg(kind)
             .arg(retry_after)
@@ -588,7 +585,7 @@ impl Link {
             .arg(ms(settings.cooldown))
             .arg(ms(settings.max_cooldown))
             .arg(&self.state.instance_id)
-            .arg(self.keys.events())
+            .arg(self.state.keys.events())
             .arg("");
         let sent = tokio::time::timeout(
             self.settings.background_timeout,
@@ -617,7 +614,7 @@ impl Link {
         match change {
             Shared::Add { tid, token } => {
                 pipe.cmd("HSET")
-                    .arg(self.keys.added_tokens())
+                    .arg(self.state.keys.added_tokens())
                     .arg(tid)
                     .arg(super::seal::seal(
                         self.settings.secret.as_deref(),
@@ -625,26 +622,26 @@ impl Link {
                     ))
                     .ignore()
                     .cmd("HDEL")
-                    .arg(self.keys.removed_tokens())
+                    .arg(self.state.keys.removed_tokens())
                     .arg(tid)
                     .ignore()
                     .cmd("PUBLISH")
-                    .arg(self.keys.events())
+                    .arg(self.state.keys.events())
                     .arg(format!("{origin} * add:{tid}"))
                     .ignore();
             }
             Shared::Remove { tid } => {
                 pipe.cmd("HDEL")
-                    .arg(self.keys.added_tokens())
+                    .arg(self.state.keys.added_tokens())
                     .arg(tid)
                     .ignore()
                     .cmd("HSET")
-                    .arg(self.keys.removed_tokens())
+                    .arg(self.state.keys.removed_tokens())
                     .arg(tid)
                     .arg(unix_ms())
                     .ignore()
                     .cmd("PUBLISH")
-                    .arg(self.keys.events())
+                    .arg(self.state.keys.events())
                     .arg(format!("{origin} * del:{tid}"))
                     .ignore();
             }
@@ -677,7 +674,7 @@ impl Link {
         let mut pipe = redis::pipe();
         for (kid, lease) in &released {
             pipe.cmd("ZREM")
-                .arg(self.keys.leases(kid))
+                .arg(self.state.keys.leases(kid))
                 .arg(lease)
                 .ignore();
         }
@@ -686,7 +683,7 @@ impl Link {
             + self.settings.lease_ttl.as_millis() as i64;
         for (lease, kid) in &live {
             pipe.cmd("ZADD")
-                .arg(self.keys.leases(kid))
+                .arg(self.state.keys.leases(kid))
                 .arg("XX")
                 .arg(expiry)
                 .arg(lease)
@@ -719,7 +716,7 @@ impl Link {
         let all: HashMap<String, String> = tokio::time::timeout(
             self.settings.background_timeout,
             redis::cmd("HGETALL")
-                .arg(self.keys.tokens())
+                .arg(self.state.keys.tokens())
                 .query_async(con),
         )
         .await
@@ -730,9 +727,9 @@ impl Link {
                 self.settings.background_timeout,
                 redis::pipe()
                     .cmd("HGETALL")
-                    .arg(self.keys.added_tokens())
+                    .arg(self.state.keys.added_tokens())
                     .cmd("HGETALL")
-                    .arg(self.keys.removed_tokens())
+                    .arg(self.state.keys.removed_tokens())
                     .query_async(con),
             )
             .await
@@ -796,8 +793,8 @@ impl Link {
         let settings = self.host.pool_settings();
         let ms = |d: Duration| d.as_millis() as u64;
         let record = super::record::encode(mine, 0);
-        let mut call = self.script.key(self.keys.tokens());
-        call.key(self.keys.meta())
+        let mut call = self.state.scripts.change.key(self.state.keys.tokens());
+        call.key(self.state.keys.meta())
             .arg(tid)
             .arg("put")
             .arg(-1)
@@ -805,7 +802,7 @@ impl Link {
             .arg(ms(settings.cooldown))
             .arg(ms(settings.max_cooldown))
             .arg(&self.state.instance_id)
-            .arg(self.keys.events())
+            .arg(self.state.keys.events())
             .arg("")
             .arg(record);
         tokio::time::timeout(
@@ -826,7 +823,7 @@ impl Link {
         hb.mode = "shared".to_string();
         hb.seen_ms = unix_ms();
         let ttl = (self.settings.heartbeat_interval * 3).as_millis() as u64;
-        let key = self.keys.instance(&hb.id);
+        let key = self.state.keys.instance(&hb.id);
         let fields: Vec<(&str, String)> = vec![
             ("version", hb.version.clone()),
             ("config_sha", hb.config_sha.clone()),
@@ -848,22 +845,22 @@ impl Link {
                 .arg(&key)
                 .arg(ttl)
                 .cmd("ZADD")
-                .arg(self.keys.instances())
+                .arg(self.state.keys.instances())
                 .arg(hb.seen_ms)
                 .arg(&hb.id)
                 .cmd("ZREMRANGEBYSCORE")
-                .arg(self.keys.instances())
+                .arg(self.state.keys.instances())
                 .arg("-inf")
                 .arg(hb.seen_ms.saturating_sub(ttl))
                 .cmd("ZRANGE")
-                .arg(self.keys.instances())
+                .arg(self.state.keys.instances())
                 .arg(0)
                 .arg(-1)
                 .query_async(con)
                 .await?;
             let mut pipe = redis::pipe();
             for id in &ids {
-                pipe.cmd("HGETALL").arg(self.keys.instance(id));
+                pipe.cmd("HGETALL").arg(self.state.keys.instance(id));
             }
             let found: Vec<HashMap<String, String>> = pipe.query_async(con).await?;
             Ok::<_, redis::RedisError>((ids, found))
@@ -914,16 +911,17 @@ fn value_text(v: &Value) -> Option<String> {
     }
 }
 
-/// Publish a fleet-wide reload (each instance re-reads its own file).
-pub async fn publish_reload(settings: &FleetSection, origin: &str) -> Result<u64, String> {
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut con = connect(settings, tx)?;
-    let keys = Keys::new(&settings.name);
+/// Publish a fleet-wide reload (each instance re-reads its own file), on the link's
+/// connection; how many instances heard it.
+pub async fn publish_reload(state: &FleetState, timeout: Duration) -> Result<u64, String> {
+    let mut con = state
+        .connection()
+        .ok_or_else(|| "the link has not started".to_string())?;
     tokio::time::timeout(
-        settings.background_timeout,
+        timeout,
         redis::cmd("PUBLISH")
-            .arg(keys.events())
-            .arg(Event::reload(origin))
+            .arg(state.keys.events())
+            .arg(Event::reload(&state.instance_id))
             .query_async::<u64>(&mut con),
     )
     .await

@@ -2,6 +2,42 @@
 //! applies the same rules as `pool.rs` to the shared record, so reports from several
 //! instances add up, and publishes the result so every mirror follows.
 
+/// The fleet's scripts, hashed once per instance (not per call).
+#[derive(Debug)]
+pub struct Scripts {
+    pub change: redis::Script,
+    pub admit: redis::Script,
+    pub release: redis::Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Scripts {
+            change: redis::Script::new(CHANGE),
+            admit: redis::Script::new(ADMIT),
+            release: redis::Script::new(RELEASE),
+        }
+    }
+}
+
+/// The fleet's clock: `now_ms` from the caller (tests), else Redis `TIME`. Every script
+/// starts with it.
+macro_rules! fleet_now {
+    ($arg:literal) => {
+        concat!(
+            "local now = tonumber(ARGV[",
+            $arg,
+            "])\nif not now then\n  local t = redis.call('TIME')\n  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\nend\n"
+        )
+    };
+}
+
+/// Compare-and-delete: release a lock only if its owner (`ARGV[1]`) still holds it.
+pub const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
 /// `change`: apply one pool change to a token's shared record.
 ///
 /// KEYS: the tokens hash, the meta hash. ARGV: token id (`*` for `reset_all`), kind
@@ -12,12 +48,9 @@
 ///
 /// Returns `{record, now_ms}`; the record is empty when nothing changed (a success on a
 /// clean token) or for `reset_all`.
-pub const CHANGE: &str = r#"
-local now = tonumber(ARGV[9])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+pub const CHANGE: &str = concat!(
+    fleet_now!("9"),
+    r#"
 local tid, kind = ARGV[1], ARGV[2]
 if kind == 'reset_all' then
   redis.call('DEL', KEYS[1])
@@ -69,7 +102,8 @@ redis.call('HSET', KEYS[1], tid, new)
 redis.call('HINCRBY', KEYS[2], 'ver', 1)
 redis.call('PUBLISH', ARGV[8], ARGV[7] .. ' ' .. tid .. ' ' .. new)
 return {new, string.format('%d', now)}
-"#;
+"#
+);
 
 /// `admit`: one client-limit decision for a client key, both halves at once (concurrency
 /// first, as `limits.rs` does, then the rate as GCRA). Commits both or neither.
@@ -79,12 +113,9 @@ return {new, string.format('%d', now)}
 /// concurrency (0: none), lease TTL ms, lease id, and `now_ms` (empty: Redis `TIME`).
 ///
 /// Returns `{1, '', 0}` when admitted, else `{0, 'concurrency' | 'rate', retry_after_ms}`.
-pub const ADMIT: &str = r#"
-local now = tonumber(ARGV[6])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+pub const ADMIT: &str = concat!(
+    fleet_now!("6"),
+    r#"
 local rate, burst, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl, lease = tonumber(ARGV[4]), ARGV[5]
 if conc > 0 then
@@ -110,4 +141,5 @@ if conc > 0 then
   redis.call('PEXPIRE', KEYS[2], ttl * 2)
 end
 return {1, '', 0}
-"#;
+"#
+);

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::link::FleetState;
-use super::record::Keys;
 use crate::config::fleet::FleetSection;
+use crate::core::clock::unix_ms;
 
 /// What an instance should do about a due account.
 #[derive(Debug, PartialEq, Eq)]
@@ -26,19 +26,6 @@ pub enum Claim {
     Adopt { token: String, exp: Option<u64> },
     /// Redis is away: decide alone.
     Away,
-}
-
-/// Compare-and-delete: release the lock only if this instance still holds it.
-const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Claim the sign-in of `email`, whose token on this instance is `current`. The lock
@@ -58,7 +45,7 @@ pub async fn claim(
     let Some(mut con) = state.connection() else {
         return Claim::Away;
     };
-    let keys = Keys::new(&settings.name);
+    let keys = &state.keys;
     let aid = account_id(email);
     let owner = format!("{}:{}", state.instance_id, unix_ms());
     let work = async {
@@ -113,7 +100,7 @@ pub async fn signed_in(
     let Some(mut con) = state.connection() else {
         return Err("not linked".to_string());
     };
-    let keys = Keys::new(&settings.name);
+    let keys = &state.keys;
     let aid = account_id(email);
     let now = unix_ms();
     let fields: Vec<(&str, String)> = vec![
@@ -128,7 +115,6 @@ pub async fn signed_in(
         ("fails", "0".to_string()),
         ("next_try_ms", "0".to_string()),
     ];
-    let script = redis::Script::new(RELEASE);
     let work = async {
         redis::pipe()
             .cmd("HSET")
@@ -141,11 +127,7 @@ pub async fn signed_in(
             .ignore()
             .query_async::<()>(&mut con)
             .await?;
-        script
-            .key(keys.signin_lock(&aid))
-            .arg(owner)
-            .invoke_async::<i64>(&mut con)
-            .await
+        release(state, &mut con, &aid, owner).await
     };
     tokio::time::timeout(settings.background_timeout, work)
         .await
@@ -164,9 +146,8 @@ pub async fn failed(
     backoff: impl Fn(u64) -> Duration,
 ) -> Option<u64> {
     let mut con = state.connection()?;
-    let keys = Keys::new(&settings.name);
+    let keys = &state.keys;
     let aid = account_id(email);
-    let script = redis::Script::new(RELEASE);
     let work = async {
         let fails: u64 = redis::cmd("HINCRBY")
             .arg(keys.account(&aid))
@@ -181,11 +162,7 @@ pub async fn failed(
             .arg(next)
             .query_async::<()>(&mut con)
             .await?;
-        script
-            .key(keys.signin_lock(&aid))
-            .arg(owner)
-            .invoke_async::<i64>(&mut con)
-            .await?;
+        release(state, &mut con, &aid, owner).await?;
         Ok::<_, redis::RedisError>(fails)
     };
     tokio::time::timeout(settings.background_timeout, work)
@@ -194,10 +171,26 @@ pub async fn failed(
         .ok()
 }
 
+/// Release the account's lock if this instance (`owner`) still holds it.
+async fn release(
+    state: &FleetState,
+    con: &mut redis::aio::ConnectionManager,
+    aid: &str,
+    owner: &str,
+) -> Result<i64, redis::RedisError> {
+    state
+        .scripts
+        .release
+        .key(state.keys.signin_lock(aid))
+        .arg(owner)
+        .invoke_async(con)
+        .await
+}
+
 /// The account's shared token (after an event), with its email and expiry.
 pub async fn read_account(
     con: &mut redis::aio::ConnectionManager,
-    keys: &Keys,
+    keys: &super::record::Keys,
     aid: &str,
     secret: Option<&str>,
 ) -> Result<Option<(String, String, Option<u64>)>, redis::RedisError> {

@@ -370,7 +370,7 @@ async fn fleet_reload(app: &App, snap: &super::Snapshot) -> Reply {
             json!({"status": "error", "message": "No fleet section is configured: reload this instance with POST /admin/config/reload"}),
         );
     };
-    match crate::fleet::link::publish_reload(settings, &state.instance_id).await {
+    match crate::fleet::link::publish_reload(state, settings.background_timeout).await {
         Ok(heard) => ok_message(
             &format!("Asked the fleet to reload ({heard} instance(s) listening)"),
             None,

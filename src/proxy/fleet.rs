@@ -35,7 +35,7 @@ impl Host for Instance {
         let stats = self.app.pool.stats(Instant::now());
         Heartbeat {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            config_sha: config_sha(&self.app),
+            config_sha: self.app.snapshot().config_sha.clone(),
             in_flight: self.app.gate.open() as u64,
             tokens_total: stats.total as u64,
             tokens_active: stats.active as u64,
@@ -86,21 +86,6 @@ impl Host for Instance {
     }
 }
 
-/// The first 12 hex digits of the SHA-256 of the running config, leaving out what is each
-/// instance's own (its listen addresses and instance id): instances that show different
-/// values run different configs.
-pub fn config_sha(app: &App) -> String {
-    let mut config = app.snapshot().config.clone();
-    config.server.listen.clear();
-    config.metrics.listen = None;
-    if let Some(f) = &mut config.fleet {
-        f.instance_id.clear();
-    }
-    let text = serde_json::to_vec(&config).unwrap_or_default();
-    let d = ring::digest::digest(&ring::digest::SHA256, &text);
-    d.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Runs the link while the server runs.
 pub struct FleetService {
     pub app: Arc<App>,
@@ -129,7 +114,7 @@ pub fn view(app: &App) -> Value {
     let Some(f) = &app.fleet else {
         return json!({"enabled": false});
     };
-    let mine = config_sha(app);
+    let mine = app.snapshot().config_sha.clone();
     let instances: Vec<Value> = f
         .instances()
         .into_iter()

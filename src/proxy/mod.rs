@@ -62,6 +62,9 @@ pub struct Snapshot {
     pub referer: String,
     /// The K2Think provider's settings under this config.
     pub k2think: K2thinkSettings,
+    /// The config's fingerprint in a fleet's heartbeats (see [`config_sha`]), worked out
+    /// once per config.
+    pub config_sha: String,
     keys: Vec<(String, Secret)>,
 }
 
@@ -85,6 +88,7 @@ impl Snapshot {
         Ok(Snapshot {
             mode: config.effective_mode(),
             k2think: upstream::k2think_settings(&config, &target),
+            config_sha: config_sha(&config),
             target,
             origin: config.upstream_origin(),
             referer: config.upstream_referer(),
@@ -283,6 +287,21 @@ impl App {
         all.insert(name.to_string(), Arc::clone(&rt));
         Ok(rt)
     }
+}
+
+/// The first 12 hex digits of the SHA-256 of the running config, leaving out what is each
+/// instance's own (its listen addresses and instance id): instances that show different
+/// values run different configs.
+fn config_sha(config: &Config) -> String {
+    let mut config = config.clone();
+    config.server.listen.clear();
+    config.metrics.listen = None;
+    if let Some(f) = &mut config.fleet {
+        f.instance_id.clear();
+    }
+    let text = serde_json::to_vec(&config).unwrap_or_default();
+    let d = ring::digest::digest(&ring::digest::SHA256, &text);
+    d.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn pool_settings(c: &Config) -> PoolSettings {

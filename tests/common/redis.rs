@@ -14,6 +14,20 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// A `fleet` section for instance `id` of fleet `name` on this server, with the quick
+    /// timings the tests use (heartbeats every 200 ms, a resync every second).
+    pub fn fleet(&self, name: &str, id: &str) -> k2proxy::config::fleet::FleetSection {
+        k2proxy::config::fleet::FleetSection {
+            name: name.to_string(),
+            instance_id: id.to_string(),
+            redis_url: self.url(),
+            heartbeat_interval: Duration::from_millis(200),
+            resync_interval: Duration::from_secs(1),
+            background_timeout: Duration::from_millis(300),
+            ..Default::default()
+        }
+    }
+
     pub fn start(tag: &str) -> RedisServer {
         let dir = std::env::temp_dir().join(format!(
             "k2p-redis-{tag}-{}-{}",

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use log::{info, warn};
@@ -15,6 +15,7 @@ use serde_json::Value;
 use super::classify::{classify, classify_inline, Refusal};
 use super::settings::{CaptchaSourceKind, ChatCleanup, ZaiMode, ZaiSection};
 use super::{body, fe_version, models, sign};
+use crate::core::clock::unix_ms;
 use crate::core::error::ApiError;
 use crate::core::Decoder;
 use crate::pool::{LeaseError, Outcome, Pool, PoolEvent, PoolSettings, Source};
@@ -37,13 +38,6 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// An anonymous identity from `GET /api/v1/auths/`.
@@ -499,7 +493,7 @@ impl ZaiRuntime {
         let fe = self.fe_version(io).await.map_err(prepare)?;
         let captcha = self.captcha(io).await.map_err(prepare)?;
         let model = models::for_entry(ask.model, ask.upstream_model, ask.thinking, ask.images);
-        let now = now_ms();
+        let now = unix_ms();
         let message_id = crate::core::ids::uuid_v4();
         let user_message_id = crate::core::ids::uuid_v4();
         let input = body::CompletionInput {
