@@ -706,6 +706,13 @@ fn fifo_over(path: &Path) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// Put a regular file with `text` at `path`, renamed over whatever is there.
+fn rename_in(path: &Path, text: &str) {
+    let tmp = path.with_extension("new~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 /// Put a symlink to `/dev/zero` at `path`.
 fn dev_zero_over(path: &Path) {
     let tmp = path.with_extension("zero~");
@@ -774,10 +781,11 @@ fn a_fifo_or_dev_zero_at_the_config_or_tokens_path_fails_the_reload_and_nothing_
             "/health keeps answering"
         );
         assert_eq!(token_count(), 1, "the previous tokens keep serving");
-        // the file back (removed first: writing into a FIFO would block the test)
-        std::fs::remove_file(target).unwrap();
-        std::fs::write(&path, &text).unwrap();
-        std::fs::write(&tokens, "tok-from-file-0001\n").unwrap();
+        // The files back, each renamed over what is there (writing into a FIFO would block
+        // the test). Never removed or truncated first: the watcher may reload at any moment,
+        // and a missing or empty tokens file is a valid file with no tokens.
+        rename_in(&path, &text);
+        rename_in(&tokens, "tok-from-file-0001\n");
     }
     let (status, v) = admin_post(port, "/admin/config/reload");
     assert!(status.starts_with("HTTP/1.1 200"), "{status} {v}");
