@@ -147,6 +147,9 @@ pub enum Shared {
     Remove {
         tid: String,
     },
+    /// The fleet's failures-in-a-row counter back to 0: a success after failures, or an
+    /// operator's reset.
+    ClearConsecutive,
 }
 
 /// A token's state as the fleet holds it.
@@ -274,6 +277,9 @@ struct Inner {
     outbox: Option<std::collections::VecDeque<Shared>>,
     /// Changes dropped because the queue was full.
     dropped: u64,
+    /// The failures-in-a-row counter is the fleet's (Redis answers): this pool mirrors it,
+    /// and the fleet's change script, not this pool, asks for a refresh of every account.
+    fleet_counts: bool,
 }
 
 impl Inner {
@@ -317,6 +323,7 @@ impl Pool {
                 last_auth_failure: None,
                 outbox: None,
                 dropped: 0,
+                fleet_counts: false,
             }),
         }
     }
@@ -542,13 +549,27 @@ impl Pool {
             .collect()
     }
 
-    /// Clear both failure-in-a-row counters; the previous `consecutive_failures`.
+    /// Clear both failure-in-a-row counters (the fleet's too, in a fleet); the previous
+    /// `consecutive_failures`.
     pub fn reset_consecutive(&self) -> u32 {
         let mut inner = self.lock();
         let prev = inner.consecutive_failures;
         inner.consecutive_failures = 0;
         inner.consecutive_auth_failures = 0;
+        inner.share(Shared::ClearConsecutive);
         prev
+    }
+
+    /// Whether the fleet counts failures in a row (fleet mode while Redis answers); while
+    /// it does not, this pool counts and asks for refreshes on its own, as without a fleet.
+    pub fn count_in_fleet(&self, on: bool) {
+        let mut inner = self.lock();
+        inner.fleet_counts = on && inner.outbox.is_some();
+    }
+
+    /// The fleet's failures-in-a-row count, as its change script last published it.
+    pub fn apply_consecutive(&self, count: u32) {
+        self.lock().consecutive_failures = count;
     }
 
     pub fn len(&self) -> usize {
@@ -679,8 +700,13 @@ impl Pool {
             }
         }
         if !failed {
+            let after_failures = inner.consecutive_failures > 0;
             inner.consecutive_failures = 0;
             inner.consecutive_auth_failures = 0;
+            if after_failures && inner.fleet_counts {
+                // Once per run of failures, not per success: the steady state sends nothing.
+                inner.share(Shared::ClearConsecutive);
+            }
             return events;
         }
         if matches!(outcome, Outcome::Rejected(_)) {
@@ -688,6 +714,11 @@ impl Pool {
             inner.last_auth_failure = Some(SystemTime::now());
         }
         inner.consecutive_failures += 1;
+        if inner.fleet_counts {
+            // The failure went to the fleet with the token's change; the fleet's count
+            // decides, and its answer replaces this mirror.
+            return events;
+        }
         if pool_size > 2 && inner.consecutive_failures >= settings.consecutive_threshold {
             inner.consecutive_failures = 0;
             events.push(PoolEvent::RefreshAll);
@@ -1009,6 +1040,50 @@ mod tests {
         assert_eq!(p.remove(c).map(|(t, _)| t), Some(Secret::new("c")));
         assert_eq!(p.remove(c), None);
         assert!(!p.disable(c) && !p.reset(c));
+    }
+
+    #[test]
+    fn in_a_fleet_the_fleet_counts_failures_in_a_row_and_a_success_clears_it_once() {
+        let now = Instant::now();
+        let p = pool(&["a", "b", "c"]);
+        p.count_in_fleet(true);
+        assert_eq!(p.stats(now).consecutive_failures, 0);
+        // Not shared yet: the flag needs a fleet, and the pool counts on its own.
+        p.report(1, &Outcome::ServerError(500), now);
+        assert_eq!(
+            p.report(2, &Outcome::Timeout, now),
+            vec![PoolEvent::RefreshAll]
+        );
+        p.share();
+        p.count_in_fleet(true);
+        // Shared: failures go out with the tokens' changes and never ask for a refresh
+        // here (the fleet's script decides); the mirror counts meanwhile.
+        for id in [1, 2, 3, 1] {
+            assert!(p.report(id, &Outcome::ServerError(500), now).is_empty());
+        }
+        assert_eq!(p.stats(now).consecutive_failures, 4);
+        // The fleet's count replaces the mirror.
+        p.apply_consecutive(7);
+        assert_eq!(p.stats(now).consecutive_failures, 7);
+        p.take_shared();
+        // The first success after failures clears the fleet's count; the next ones send
+        // nothing (a success on a clean token is not news).
+        p.reset(3);
+        p.take_shared();
+        p.report(3, &Outcome::Success, now);
+        p.report(3, &Outcome::Success, now);
+        assert_eq!(p.take_shared().0, vec![Shared::ClearConsecutive]);
+        assert_eq!(p.stats(now).consecutive_failures, 0);
+        // An operator's reset clears the fleet's count too.
+        p.reset_consecutive();
+        assert_eq!(p.take_shared().0, vec![Shared::ClearConsecutive]);
+        // With Redis away the pool counts and asks on its own again.
+        p.count_in_fleet(false);
+        p.report(1, &Outcome::ServerError(500), now);
+        assert_eq!(
+            p.report(2, &Outcome::ServerError(500), now),
+            vec![PoolEvent::RefreshAll]
+        );
     }
 
     #[test]

@@ -270,7 +270,8 @@ fn the_change_script_applies_the_pool_rules_with_the_fleet_clock() {
     let redis = RedisServer::start("script");
     let keys = k2proxy::fleet::record::Keys::new("rules");
     let (tok, meta) = (keys.tokens(), keys.meta());
-    // One `change` call; `rec` is the record a `put` carries (empty otherwise).
+    // One `change` call; `rec` is the record a `put` carries (empty otherwise); the
+    // failures-in-a-row threshold is 4 and the pool holds 3 tokens.
     let change = |tid: &str, kind: &str, retry_ms: i64, now: u64, rec: &str| -> String {
         let (retry, now) = (retry_ms.to_string(), now.to_string());
         let mut args = vec![
@@ -289,9 +290,7 @@ fn the_change_script_applies_the_pool_rules_with_the_fleet_clock() {
             "chan",
             &now,
         ];
-        if !rec.is_empty() {
-            args.push(rec);
-        }
+        args.extend([rec, "4", "3"]);
         redis.command(&args).expect("EVAL answered")
     };
     let run = |tid: &str, kind: &str, retry_ms: i64, now: u64| change(tid, kind, retry_ms, now, "");
@@ -339,6 +338,29 @@ fn the_change_script_applies_the_pool_rules_with_the_fleet_clock() {
     assert_eq!((s.strikes, s.cool_until_ms, s.streak), (1, t0 + 9000, 2));
     put("t6", &format!("0,0,{},0,0", t0 + 10));
     assert_eq!(record("t6").unwrap().0.cool_until_ms, t0 + 9000);
+
+    // Every strike and 429 above counted in the fleet's failures in a row: 13 of them, a
+    // refresh asked at 4, 8 and 12, so 1 stands; a success does not touch it,
+    // `clear_consec` does.
+    let consec = || {
+        let raw = redis.command(&["HGET", &meta, "consec"]).unwrap();
+        raw.lines().nth(1).unwrap_or("").parse::<u32>().unwrap_or(0)
+    };
+    assert_eq!(consec(), 1);
+    run("*", "clear_consec", -1, t0);
+    run("t7", "strike", -1, t0);
+    run("t7", "ratelimit", -1, t0);
+    run("t7", "success", -1, t0);
+    assert_eq!(consec(), 2);
+    run("*", "clear_consec", -1, t0);
+    assert_eq!(consec(), 0);
+    for _ in 0..3 {
+        run("t7", "strike", -1, t0);
+    }
+    assert_eq!(consec(), 3);
+    // The fourth reaches the threshold: back to 0 (and `* refresh` published).
+    run("t7", "strike", -1, t0);
+    assert_eq!(consec(), 0);
 
     // Operator actions: reset one, disable one, reset all.
     run("t1", "reset", -1, t0);
@@ -598,6 +620,105 @@ fn one_sign_in_per_account_for_the_whole_fleet() {
             "{saved}"
         );
     }
+}
+
+/// Failures in a row are counted for the fleet: two instances' failures add up to the
+/// threshold, which refreshes the accounts once for the whole fleet; an operator's reset of
+/// the count on one instance reaches the other.
+#[test]
+fn failures_in_a_row_add_up_across_the_fleet_and_refresh_once() {
+    let redis = RedisServer::start("consec");
+    let rt = runtime();
+    let mock = start_mock(
+        &rt,
+        MockConfig {
+            accounts: vec![k2proxy::mock::Account::new("a@x.io", "pw-a")],
+            token_ttl: Duration::from_secs(3600),
+            ..MockConfig::default()
+        },
+    );
+    let dir = common::temp_dir("fleet-consec");
+    std::fs::write(
+        dir.join("accounts.jsonl"),
+        "{\"email\":\"a@x.io\",\"k2_password\":\"pw-a\"}\n",
+    )
+    .unwrap();
+    let instances: Vec<Env> = (0..2)
+        .map(|i| {
+            Env::start_with(runtime(), |c| {
+                c.upstream.base_url = mock.base_url();
+                c.models = k2proxy::config::legacy_models();
+                c.pool.tokens = common::tokens(&["t1;fault=500", "t2;fault=500"]);
+                c.pool.max_failures = 50;
+                c.pool.consecutive_failures = 4;
+                c.updater.accounts_file = Some(dir.join("accounts.jsonl").display().to_string());
+                c.fleet = Some(redis.fleet("consec", &format!("c{i}")));
+            })
+        })
+        .collect();
+    let [a, b] = [&instances[0], &instances[1]];
+    let count = |env: &Env| {
+        env.get("/admin/tokens/consecutive-failures").json()["data"]["consecutive_failures"]
+            .as_u64()
+            .unwrap()
+    };
+    let account_index = |env: &Env| {
+        let s = env.get("/admin/tokens/stats").json()["data"].clone();
+        s["tokens"]
+            .as_array()
+            .and_then(|t| t.iter().position(|t| t["source"] == "account"))
+    };
+    for env in [a, b] {
+        within(Duration::from_secs(15), "the account's token", || {
+            account_index(env).is_some() && shared(env)
+        });
+    }
+    assert_eq!(mock.signins("a@x.io"), 1);
+    // Only the failing tokens are left (the account's disabled on A, so on B too): every
+    // request fails twice and succeeds never.
+    let i = account_index(a).unwrap();
+    assert_eq!(
+        a.post(&format!("/admin/tokens/disable/{i}"), "").status,
+        200
+    );
+    within(Duration::from_secs(1), "the disable on B", || {
+        state(b, account_index(b).unwrap()) == "disabled"
+    });
+    let m = model(a);
+    let fail_once = |env: &Env| {
+        let r = env.chat(&chat_body(&m, "x", false));
+        assert_ne!(r.status, 200, "{}", r.text());
+    };
+    fail_once(a);
+    within(
+        Duration::from_secs(1),
+        "A's two failures counted on B",
+        || count(b) == 2,
+    );
+    // An operator's reset on B reaches A.
+    assert_eq!(b.post("/admin/tokens/reset-consecutive", "").status, 200);
+    within(Duration::from_secs(1), "the reset on A", || count(a) == 0);
+    // Two on A and two on B reach the threshold of 4: the count starts again everywhere,
+    // and the account is signed in once more, once for the fleet.
+    fail_once(a);
+    within(Duration::from_secs(1), "A's failures on B", || {
+        count(b) == 2
+    });
+    fail_once(b);
+    within(Duration::from_secs(5), "a refresh for the fleet", || {
+        mock.signins("a@x.io") == 2
+    });
+    for env in [a, b] {
+        within(Duration::from_secs(1), "the count back to 0", || {
+            count(env) == 0
+        });
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        mock.signins("a@x.io"),
+        2,
+        "one sign-in for the fleet's refresh"
+    );
 }
 
 /// A token an operator adds or removes on one instance is added or removed on every

@@ -63,6 +63,8 @@ pub trait Host: Send + Sync {
     fn heartbeat(&self) -> Heartbeat;
     /// Another instance asked every instance to re-read its config file.
     fn reload(&self);
+    /// Refresh every account this instance holds (the fleet's failures in a row).
+    fn refresh_all(&self);
     /// The `fleet` section as the running config has it (a reload may change its timings).
     fn settings(&self) -> Option<FleetSection>;
     /// Another instance signed `email` in: use its token (expiry in Unix seconds).
@@ -317,6 +319,11 @@ impl Link {
         let mut subscribed = false;
         loop {
             self.follow_reload();
+            // Failures in a row are the fleet's count while Redis answers, this pool's own
+            // while it does not.
+            self.host
+                .pool()
+                .count_in_fleet(self.state.mode() == Mode::Shared);
             tokio::select! {
                 _ = stop.changed() => break,
                 Some(p) = pushes.recv() => self.on_push(p),
@@ -478,6 +485,12 @@ impl Link {
                 info!("fleet: instance {origin} asked every instance to reload its config");
                 self.host.reload();
             }
+            Event::Consecutive { count, .. } => pool.apply_consecutive(count),
+            Event::RefreshAll { origin } => {
+                pool.apply_consecutive(0);
+                info!("fleet: failures in a row across the fleet (the last on {origin}); refreshing every account");
+                self.host.refresh_all();
+            }
             Event::Account { aid, .. } => {
                 lock(&self.accounts_heard).push(aid);
             }
@@ -586,7 +599,10 @@ impl Link {
             .arg(ms(settings.max_cooldown))
             .arg(&self.state.instance_id)
             .arg(self.state.keys.events())
-            .arg("");
+            .arg("")
+            .arg("")
+            .arg(settings.consecutive_threshold)
+            .arg(self.host.pool().len());
         let sent = tokio::time::timeout(
             self.settings.background_timeout,
             call.invoke_async::<(String, String)>(con),
@@ -722,20 +738,28 @@ impl Link {
         .await
         .map_err(|_| "no answer in time".to_string())?
         .map_err(|e| e.to_string())?;
-        let (added, removed): (HashMap<String, String>, HashMap<String, String>) =
-            tokio::time::timeout(
-                self.settings.background_timeout,
-                redis::pipe()
-                    .cmd("HGETALL")
-                    .arg(self.state.keys.added_tokens())
-                    .cmd("HGETALL")
-                    .arg(self.state.keys.removed_tokens())
-                    .query_async(con),
-            )
-            .await
-            .map_err(|_| "no answer in time".to_string())?
-            .map_err(|e| e.to_string())?;
+        type Rest = (
+            HashMap<String, String>,
+            HashMap<String, String>,
+            Option<u32>,
+        );
+        let (added, removed, consec): Rest = tokio::time::timeout(
+            self.settings.background_timeout,
+            redis::pipe()
+                .cmd("HGETALL")
+                .arg(self.state.keys.added_tokens())
+                .cmd("HGETALL")
+                .arg(self.state.keys.removed_tokens())
+                .cmd("HGET")
+                .arg(self.state.keys.meta())
+                .arg("consec")
+                .query_async(con),
+        )
+        .await
+        .map_err(|_| "no answer in time".to_string())?
+        .map_err(|e| e.to_string())?;
         let pool = self.host.pool();
+        pool.apply_consecutive(consec.unwrap_or(0));
         let here = pool.token_ids();
         for tid in removed.keys().filter(|t| here.contains(t)) {
             self.host.token_removed(tid);

@@ -119,6 +119,16 @@ pub enum Event {
         origin: String,
         aid: String,
     },
+    /// The fleet's failures-in-a-row count changed.
+    Consecutive {
+        origin: String,
+        count: u32,
+    },
+    /// The fleet's count reached the threshold (and went back to 0): every instance
+    /// refreshes its accounts (one sign-in per account for the whole fleet).
+    RefreshAll {
+        origin: String,
+    },
     /// An operator added a token (stored under its id) or removed one.
     Added {
         origin: String,
@@ -131,7 +141,8 @@ pub enum Event {
 }
 
 impl Event {
-    /// `<origin> <tid> <record>`, `<origin> * reset`, `<origin> * reload`.
+    /// `<origin> <tid> <record>`, `<origin> * reset`, `<origin> * reload`, `<origin> * refresh`,
+    /// `<origin> * consec:<n>`, `<origin> * acct:<aid>`, `<origin> * add:<tid>`, `<origin> * del:<tid>`.
     pub fn parse(text: &str) -> Option<Event> {
         let mut parts = text.splitn(3, ' ');
         let origin = parts.next()?.to_string();
@@ -140,6 +151,11 @@ impl Event {
         match (tid, rest) {
             ("*", "reset") => Some(Event::ResetAll { origin }),
             ("*", "reload") => Some(Event::Reload { origin }),
+            ("*", "refresh") => Some(Event::RefreshAll { origin }),
+            ("*", rest) if rest.starts_with("consec:") => Some(Event::Consecutive {
+                origin,
+                count: rest["consec:".len()..].parse().ok()?,
+            }),
             ("*", rest) if rest.starts_with("acct:") => Some(Event::Account {
                 origin,
                 aid: rest["acct:".len()..].to_string(),
@@ -193,6 +209,7 @@ pub fn change_args(change: &Shared) -> (String, &'static str, i64) {
         Shared::ResetAll => ("*".to_string(), "reset_all", -1),
         Shared::Add { tid, .. } => (tid.clone(), "add", -1),
         Shared::Remove { tid } => (tid.clone(), "remove", -1),
+        Shared::ClearConsecutive => ("*".to_string(), "clear_consec", -1),
     };
     (tid, kind, retry_after)
 }
@@ -246,6 +263,18 @@ mod tests {
                 aid: "00ff".into()
             })
         );
+        assert_eq!(
+            Event::parse("a * consec:3"),
+            Some(Event::Consecutive {
+                origin: "a".into(),
+                count: 3
+            })
+        );
+        assert_eq!(
+            Event::parse("a * refresh"),
+            Some(Event::RefreshAll { origin: "a".into() })
+        );
+        assert_eq!(Event::parse("a * consec:x"), None);
         assert_eq!(Event::parse("x * other"), None);
         assert_eq!(Event::parse("x"), None);
     }

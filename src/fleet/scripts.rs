@@ -40,14 +40,22 @@ return 0
 
 /// `change`: apply one pool change to a token's shared record.
 ///
-/// KEYS: the tokens hash, the meta hash. ARGV: token id (`*` for `reset_all`), kind
-/// (`success`, `strike`, `ratelimit`, `reset`, `disable`, `reset_all`), Retry-After in ms
-/// (-1: none), `max_failures`, `cooldown` ms, `max_cooldown` ms, origin instance, channel,
-/// `now_ms` (empty: Redis `TIME`, the fleet's one clock; tests pass their own), and for
-/// `put` the instance's record (`strikes,disabled,cool_until_ms,streak`).
+/// KEYS: the tokens hash, the meta hash. ARGV: token id (`*` for `reset_all` and
+/// `clear_consec`), kind (`success`, `strike`, `ratelimit`, `reset`, `disable`, `put`,
+/// `reset_all`, `clear_consec`), Retry-After in ms (-1: none), `max_failures`, `cooldown`
+/// ms, `max_cooldown` ms, origin instance, channel, `now_ms` (empty: Redis `TIME`, the
+/// fleet's one clock; tests pass their own), for `put` the instance's record
+/// (`strikes,disabled,cool_until_ms,streak`), then the failures-in-a-row threshold and the
+/// origin's pool size.
+///
+/// A strike or a 429 also counts in the fleet's failures in a row (meta `consec`): at the
+/// threshold, with more than two tokens in the pool (the rule of `pool.rs`), the count goes
+/// back to 0 and `* refresh` asks every instance to refresh its accounts; below it,
+/// `* consec:<n>` tells the mirrors the count. `clear_consec` (a success after failures, an
+/// operator's reset) sets it to 0.
 ///
 /// Returns `{record, now_ms}`; the record is empty when nothing changed (a success on a
-/// clean token) or for `reset_all`.
+/// clean token) or for `reset_all` and `clear_consec`.
 pub const CHANGE: &str = concat!(
     fleet_now!("9"),
     r#"
@@ -56,6 +64,13 @@ if kind == 'reset_all' then
   redis.call('DEL', KEYS[1])
   redis.call('HINCRBY', KEYS[2], 'ver', 1)
   redis.call('PUBLISH', ARGV[8], ARGV[7] .. ' * reset')
+  return {'', string.format('%d', now)}
+end
+if kind == 'clear_consec' then
+  if tonumber(redis.call('HGET', KEYS[2], 'consec') or '0') ~= 0 then
+    redis.call('HSET', KEYS[2], 'consec', 0)
+    redis.call('PUBLISH', ARGV[8], ARGV[7] .. ' * consec:0')
+  end
   return {'', string.format('%d', now)}
 end
 local s, d, c, k, v = 0, 0, 0, 0, 0
@@ -101,6 +116,16 @@ local new = string.format('%d,%d,%d,%d,%d', s, d, c, k, v)
 redis.call('HSET', KEYS[1], tid, new)
 redis.call('HINCRBY', KEYS[2], 'ver', 1)
 redis.call('PUBLISH', ARGV[8], ARGV[7] .. ' ' .. tid .. ' ' .. new)
+if kind == 'strike' or kind == 'ratelimit' then
+  local consec = redis.call('HINCRBY', KEYS[2], 'consec', 1)
+  local limit, size = tonumber(ARGV[11] or ''), tonumber(ARGV[12] or '')
+  if limit and size and size > 2 and consec >= limit then
+    redis.call('HSET', KEYS[2], 'consec', 0)
+    redis.call('PUBLISH', ARGV[8], ARGV[7] .. ' * refresh')
+  else
+    redis.call('PUBLISH', ARGV[8], ARGV[7] .. ' * consec:' .. consec)
+  end
+end
 return {new, string.format('%d', now)}
 "#
 );

@@ -78,6 +78,11 @@ impl Host for Instance {
         }
     }
 
+    fn refresh_all(&self) {
+        self.app
+            .request_refresh(vec![crate::pool::PoolEvent::RefreshAll]);
+    }
+
     fn reload(&self) {
         let app = self.app.clone();
         tokio::spawn(async move {
