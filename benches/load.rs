@@ -57,8 +57,11 @@ const PACE_MS: u64 = 20;
 #[derive(Clone)]
 struct Settings {
     quick: bool,
-    /// `--only memory|throughput|paced`: run one phase.
+    /// `--only memory|throughput|paced|anchor|fleet`: run one phase.
     only: Option<String>,
+    /// `--proxy-bin PATH`: another k2proxy binary to measure (an older build, to compare
+    /// before and after a change in alternating runs); default: this build's.
+    proxy_bin: Option<String>,
     /// `--mock-port N`: where the mock listens (default: a free port).
     mock_port: Option<u16>,
     /// `--relay N`: also drive the mock through a plain reverse proxy listening on port N
@@ -91,11 +94,16 @@ impl Settings {
         };
         let only = value("--only");
         let mock_port = value("--mock-port").and_then(|v| v.parse().ok());
+        let proxy_bin = value("--proxy-bin");
         let relay = value("--relay").and_then(|v| v.parse().ok());
-        if quick {
+        // `--levels 1,64`: other concurrency levels for the throughput phase.
+        let levels_arg: Option<Vec<usize>> =
+            value("--levels").map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect());
+        let s = if quick {
             Settings {
                 quick,
                 only: only.clone(),
+                proxy_bin: proxy_bin.clone(),
                 mock_port,
                 relay,
                 levels: vec![1, 16],
@@ -111,6 +119,7 @@ impl Settings {
             Settings {
                 quick,
                 only: only.clone(),
+                proxy_bin: proxy_bin.clone(),
                 mock_port,
                 relay,
                 levels: vec![1, 64, 256],
@@ -122,6 +131,10 @@ impl Settings {
                 paced_warmup: Duration::from_millis(300),
                 open_streams: 1000,
             }
+        };
+        Settings {
+            levels: levels_arg.unwrap_or(s.levels.clone()),
+            ..s
         }
     }
 }
@@ -147,7 +160,7 @@ fn start_mock(port: u16) -> Proc {
     p
 }
 
-fn start_proxy(port: u16, mock_port: u16, dir: &std::path::Path) -> Proc {
+fn start_proxy(port: u16, mock_port: u16, dir: &std::path::Path, bin: Option<&str>) -> Proc {
     let metrics = free_port();
     let conf = dir.join("k2proxy-bench.yaml");
     let yaml = format!(
@@ -160,7 +173,7 @@ fn start_proxy(port: u16, mock_port: u16, dir: &std::path::Path) -> Proc {
     std::fs::write(&conf, yaml).expect("write bench config");
     let mut p = spawn(
         "k2proxy",
-        env!("CARGO_BIN_EXE_k2proxy"),
+        bin.unwrap_or(env!("CARGO_BIN_EXE_k2proxy")),
         &["-c".into(), conf.display().to_string()],
     );
     wait_port(&mut p, port);
@@ -176,6 +189,8 @@ enum Via {
     Mock,
     /// The mock through a plain reverse proxy (`--relay`).
     Relay,
+    /// The mock through the bare Pingora pass-through (`examples/passthrough.rs`).
+    Bare,
 }
 
 impl Via {
@@ -184,6 +199,7 @@ impl Via {
             Via::Proxy => "proxy",
             Via::Mock => "mock",
             Via::Relay => "relay",
+            Via::Bare => "pingora",
         }
     }
 }
@@ -203,7 +219,7 @@ impl Target {
         // (and the bearer, see `one`) differ.
         let path = match via {
             Via::Proxy => "/v1/chat/completions",
-            Via::Mock | Via::Relay => "/api/chat/completions",
+            Via::Mock | Via::Relay | Via::Bare => "/api/chat/completions",
         };
         let body = serde_json::json!({
             "model": MODEL,
@@ -255,7 +271,9 @@ fn answer_ok(t: &Target, body: &[u8]) -> Result<(), String> {
         (Via::Proxy, true) => {
             text.trim_end().ends_with("data: [DONE]") && !text.contains("\"error\"")
         }
-        (Via::Mock | Via::Relay, true) => text.contains("[DONE]") || text.contains("\"done\":true"),
+        (Via::Mock | Via::Relay | Via::Bare, true) => {
+            text.contains("[DONE]") || text.contains("\"done\":true")
+        }
         (_, false) => text.contains("\"content\""),
     };
     if ok {
@@ -284,6 +302,8 @@ async fn one(
     req = match t.via {
         Via::Proxy => req,
         Via::Mock | Via::Relay => req.header("authorization", "Bearer bench-a"),
+        // The pass-through adds the bearer itself (its one header).
+        Via::Bare => req,
     };
     let req = req
         .body(Full::new(t.body.clone()))
@@ -680,7 +700,7 @@ fn main() -> ExitCode {
     let _ = std::fs::create_dir_all(&dir);
     let (mock_port, proxy_port) = (s.mock_port.unwrap_or_else(free_port), free_port());
     let mock = start_mock(mock_port);
-    let proxy = start_proxy(proxy_port, mock_port, &dir);
+    let proxy = start_proxy(proxy_port, mock_port, &dir, s.proxy_bin.as_deref());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -713,6 +733,9 @@ fn main() -> ExitCode {
     if s.runs("paced") {
         failed += paced(&rt, &s, &servers);
     }
+    if s.runs("anchor") {
+        failed += anchor(&rt, &s, &servers);
+    }
     if s.runs("fleet") && (!s.quick || s.only.is_some()) {
         failed += fleet(&rt, &s, &servers, &dir);
     }
@@ -731,6 +754,147 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+// ---------------------------------------------------------------------------------------
+// anchor
+
+/// The pass-through example next to this bench (`target/<profile>/examples/passthrough`),
+/// when it was built.
+fn passthrough_bin() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("examples").join("passthrough");
+    bin.is_file().then_some(bin)
+}
+
+/// k2proxy next to what Pingora itself needs to move the same answer (the bare
+/// pass-through, `examples/passthrough.rs`), the mock straight, and nginx with `--relay`:
+/// 64 closed-loop streams of a short answer (8 content events), every target taking turns
+/// in windows of one run, the order alternating. Returns the failures.
+fn anchor(rt: &tokio::runtime::Runtime, s: &Settings, sv: &Servers<'_>) -> u64 {
+    let Some(bin) = passthrough_bin() else {
+        println!(
+            "\nanchor: the pass-through is not built; run `cargo build --release --example passthrough` first"
+        );
+        return u64::from(s.only.as_deref() == Some("anchor"));
+    };
+    let port = free_port();
+    let mut bare = spawn(
+        "passthrough",
+        &bin.display().to_string(),
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--upstream".into(),
+            format!("127.0.0.1:{}", sv.mock_port),
+        ],
+    );
+    wait_port(&mut bare, port);
+    let prompt = "hi [[mock: chunk=16]]";
+    let mut targets: Vec<(Via, Arc<Target>, &Proc)> = sv
+        .both()
+        .into_iter()
+        .map(|(via, p, server)| (via, Arc::new(Target::new(via, p, true, prompt)), server))
+        .collect();
+    targets.insert(
+        1,
+        (
+            Via::Bare,
+            Arc::new(Target::new(Via::Bare, port, true, prompt)),
+            &bare,
+        ),
+    );
+    let users = if s.quick { 16 } else { 64 };
+    let rounds = if s.quick { 2 } else { 6 };
+    let window = Settings {
+        warmup: if s.quick {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_millis(300)
+        },
+        measure: if s.quick {
+            Duration::from_millis(400)
+        } else {
+            Duration::from_secs(2)
+        },
+        ..s.clone()
+    };
+    let mut failed = 0;
+    // Per target: req/s and CPU µs per request of each round.
+    let mut rps: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let mut p50: Vec<Vec<u32>> = vec![Vec::new(); targets.len()];
+    for round in 0..rounds {
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for k in order {
+            let (_, t, server) = &targets[k];
+            let mut r = run_split(
+                rt,
+                std::slice::from_ref(t),
+                users,
+                &window,
+                &[server],
+                Duration::ZERO,
+            );
+            failed += r.samples.errors;
+            if let Some(e) = &r.samples.first_error {
+                println!("    first error ({}): {e}", t.via.label());
+            }
+            rps[k].push(r.rps());
+            cpu[k].push(r.cpu_per_req_us());
+            p50[k].append(&mut r.samples.latency);
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    println!(
+        "\nanchor: {users} streams, 8 content events per answer, {rounds} rounds of {:.1} s per target (turns); medians of the rounds",
+        window.measure.as_secs_f64()
+    );
+    println!(
+        "{:<9} {:>9} {:>9} {:>12} {:>11}  per-round req/s",
+        "target", "req/s", "p50 ms", "cpu µs/req", "× pingora"
+    );
+    let bare_rps = median(&rps[1]);
+    for (k, (via, _, _)) in targets.iter().enumerate() {
+        let r = median(&rps[k]);
+        println!(
+            "{:<9} {:>9.0} {:>9.2} {:>12.0} {:>11.2}  {}",
+            via.label(),
+            r,
+            pct(&mut p50[k], 0.5),
+            median(&cpu[k]),
+            r / bare_rps,
+            rps[k]
+                .iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    // The ratio of each round (both measured in the same stretch), then its median.
+    for (k, (via, _, _)) in targets.iter().enumerate().skip(2) {
+        if *via == Via::Relay {
+            let per_round: Vec<f64> = rps[0].iter().zip(&rps[k]).map(|(a, b)| a / b).collect();
+            println!(
+                "k2proxy / nginx req/s: {:.2} (median of rounds)",
+                median(&per_round)
+            );
+        }
+    }
+    let per_round: Vec<f64> = rps[0].iter().zip(&rps[1]).map(|(a, b)| a / b).collect();
+    println!(
+        "k2proxy / pingora pass-through req/s: {:.2} (median of rounds)",
+        median(&per_round)
+    );
+    drop(bare);
+    failed
 }
 
 // ---------------------------------------------------------------------------------------

@@ -9,11 +9,12 @@
 //! `k2think`, `zai`), `sse` (event stream codec), `config` (YAML schema), `admin_guard`
 //! (the admin API's cross-site, Host and forwarding checks), `files` (reading
 //! operator-named files safely), `pool` (token pool), `limits` (client limits), `secret`
-//! (masked secrets), `tokens_file`, `updater` (sign-in schedule), `fleet` (fleet mode: the shared pool on Redis), `metrics`, `probe` (the
+//! (masked secrets), `tokens_file`, `updater` (sign-in schedule), `fleet` (fleet mode: the shared pool on Redis), `metrics`, `access_log` (the log writer off the worker threads), `probe` (the
 //! upstream checks of `k2proxy probe`), `proxy` (the only module that touches Pingora),
 //! `mock` (feature `mock` only: the mock upstreams, K2Think and Z.AI, behind one harness,
 //! used by tests, benches and the `k2mock` binary; not in the production binary).
 
+pub mod access_log;
 pub mod admin_guard;
 pub mod config;
 pub mod core;

@@ -96,7 +96,13 @@ fn main() -> ExitCode {
         conf: None,
     };
     match k2proxy::proxy::build_server(config, Some(cli.conf.clone()), Some(opt)) {
-        Ok((server, _app)) => server.run_forever(),
+        Ok((server, app)) => {
+            server.run(k2proxy::proxy::RunArgs::default());
+            // The server has stopped (grace period over): the queued access-log lines go
+            // out before the process ends.
+            app.access_log.close();
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("k2proxy: cannot start: {e}");
             ExitCode::from(1)

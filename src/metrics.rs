@@ -51,6 +51,8 @@ pub struct Metrics {
     pub tool_calls: IntCounter,
     /// Tool-call blocks that could not be used (returned as content instead).
     pub tool_parse_failures: IntCounter,
+    /// Access-log lines dropped because the log writer fell behind.
+    pub access_log_dropped: IntCounter,
     /// Configuration reloads by result (`success`, `failure`) and trigger.
     pub reloads: IntCounterVec,
     /// Unix time of the last successful reload (or start).
@@ -156,6 +158,11 @@ impl Metrics {
             "Tool-call blocks that were malformed and returned as content.",
         )?;
         registry.register(Box::new(tool_parse_failures.clone()))?;
+        let access_log_dropped = IntCounter::new(
+            "k2proxy_access_log_dropped_total",
+            "Access-log lines dropped because the log writer fell behind (its queue was full).",
+        )?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
         let reloads = counter_vec(
             "k2proxy_config_reloads_total",
             "Configuration reload attempts by result and trigger.",
@@ -238,6 +245,7 @@ impl Metrics {
             refreshes,
             tool_calls,
             tool_parse_failures,
+            access_log_dropped,
             reloads,
             config_loaded_at,
             client_connections,

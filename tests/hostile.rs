@@ -451,6 +451,9 @@ fn client_model_names_cannot_forge_or_bloat_access_log_lines() {
             &out[..out.len().min(300)]
         );
     }
+    // The access log's writer puts its lines out at least every 100 ms (a SIGKILL loses
+    // what it has not written yet).
+    std::thread::sleep(k2proxy::access_log::FLUSH_EVERY * 3);
     let _ = proc.child.kill();
     let mut log = String::new();
     proc.child

@@ -620,6 +620,47 @@ fn sighup_reloads_the_binary_and_sigterm_lets_a_stream_finish() {
     drop(rt);
 }
 
+/// The access log is written off the worker threads in batches (issue 20); a graceful
+/// shutdown still writes every line: the requests answered just before SIGTERM included.
+#[test]
+fn every_access_log_line_is_written_on_a_graceful_shutdown() {
+    let (_rt, mock) = mock_runtime();
+    let dir = temp_dir("accesslog-shutdown");
+    let path = dir.join("k2proxy.yaml");
+    let port = common::free_port();
+    let text = yaml(
+        &mock.base_url(),
+        port,
+        &["sk-log-key-000000000"],
+        &["tok"],
+        &[],
+    )
+    .replace(
+        "server:\n",
+        "server:\n  grace_period: 0s\n  graceful_shutdown_timeout: 1s\n",
+    )
+    .replace("access_log: false", "access_log: true");
+    std::fs::write(&path, text).unwrap();
+    let mut proc = spawn_proxy(&path, port);
+    let stdout = proc.child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = BufReader::new(stdout).read_to_string(&mut all);
+        all
+    });
+    let body = chat_body(MODEL, "hi", false).to_string();
+    for _ in 0..40 {
+        assert!(post(port, "sk-log-key-000000000", &body).starts_with("HTTP/1.1 200"));
+    }
+    // SIGTERM right after the last answer: its line is still queued (the writer puts its
+    // batch out every 100 ms), and must be written before the process ends.
+    signal(&proc, "-TERM");
+    let status = proc.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let log = reader.join().unwrap();
+    assert_eq!(log.lines().count(), 40, "{log}");
+}
+
 #[test]
 fn json_access_log_has_every_field_and_no_secrets() {
     let (rt, mock) = mock_runtime();

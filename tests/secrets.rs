@@ -261,6 +261,9 @@ fn no_secret_appears_in_logs_errors_metrics_or_admin_output() {
 
 /// Stop the proxy so its output is complete.
 fn stop(proc: &mut common::Proc) -> std::process::ExitStatus {
+    // The access log's writer puts its lines out at least every 100 ms (a SIGKILL loses
+    // what it has not written yet).
+    std::thread::sleep(k2proxy::access_log::FLUSH_EVERY * 3);
     let _ = proc.child.kill();
     proc.child.wait().unwrap()
 }

@@ -78,6 +78,11 @@ pub struct ServerSection {
     pub listen: Vec<String>,
     /// Worker threads of the proxy service.
     pub threads: usize,
+    /// Let idle worker threads take over other threads' tasks (Pingora's work stealing, on
+    /// by default as in Pingora). Off, each connection stays on the thread that accepted
+    /// it, without a shared scheduler's cross-thread wake-ups: faster in the load bench
+    /// (BENCHMARKS.md, issue 20), not yet the default (see there).
+    pub work_stealing: bool,
     /// Accept cleartext HTTP/2 (prior knowledge) next to HTTP/1.1 on the same port.
     pub h2c: bool,
     /// On SIGTERM/SIGQUIT, keep serving in-flight streams this long.
@@ -107,6 +112,7 @@ impl Default for ServerSection {
         ServerSection {
             listen: vec!["0.0.0.0:8080".to_string()],
             threads: 2,
+            work_stealing: true,
             h2c: true,
             grace_period: Duration::from_secs(60),
             graceful_shutdown_timeout: Duration::from_secs(5),

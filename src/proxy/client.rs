@@ -25,6 +25,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -199,6 +200,23 @@ pub struct ClientStream {
     /// A bare Pingora error answer being written in its place, with a JSON body: the bytes,
     /// how many are out, and the length of the answer it replaces.
     replacing: Option<(Bytes, usize, usize)>,
+    /// Flushes are held ([`ClientStream::hold`]): writes gather in `pending`.
+    held: AtomicBool,
+    /// Bytes written while flushes were held, and how many of them are out.
+    pending: Vec<u8>,
+    pending_sent: usize,
+}
+
+/// Past this many held bytes a hold is ignored (it is meant for a head and one batch).
+const MOST_HELD: usize = 256 * 1024;
+
+/// The client stream under `session`, when it is an HTTP/1 connection this module accepted.
+pub fn client_stream(session: &Session) -> Option<&ClientStream> {
+    session
+        .as_downstream()
+        .stream()?
+        .as_any()
+        .downcast_ref::<ClientStream>()
 }
 
 impl ClientStream {
@@ -218,7 +236,59 @@ impl ClientStream {
             probing: false,
             probed: false,
             replacing: None,
+            held: AtomicBool::new(false),
+            pending: Vec::new(),
+            pending_sent: 0,
         }
+    }
+
+    /// Hold flushes until [`ClientStream::release`]: what is written meanwhile leaves with
+    /// the next flush after it, in one syscall. Pingora flushes a chunked response's head on
+    /// its own, each chunk, and the body's end; the relay holds the head's flush when the
+    /// first bytes are ready to follow it, and the last chunk's when the end follows it.
+    pub fn hold(&self) {
+        self.held.store(true, Ordering::Relaxed);
+    }
+
+    pub fn release(&self) {
+        self.held.store(false, Ordering::Relaxed);
+    }
+
+    fn holding(&self) -> bool {
+        self.held.load(Ordering::Relaxed) && self.pending.len() < MOST_HELD
+    }
+
+    /// Write out what gathered while flushes were held.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.pending_sent < self.pending.len() {
+            let (pending, from) = (std::mem::take(&mut self.pending), self.pending_sent);
+            let r = self.guarded(cx, |s, cx| s.poll_write(cx, &pending[from..]));
+            self.pending = pending;
+            match r {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.pending_sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.pending.clear();
+        self.pending_sent = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Take `bufs` into `pending` when flushes are held or bytes wait there already (they
+    /// go first); `None` when the write goes straight through.
+    fn gather(&mut self, bufs: &[&[u8]]) -> Option<usize> {
+        if !self.holding() && self.pending.is_empty() {
+            return None;
+        }
+        let mut n = 0;
+        for b in bufs {
+            self.clock.on_write(b);
+            self.pending.extend_from_slice(b);
+            n += b.len();
+        }
+        Some(n)
     }
 
     fn write_timed_out(&self) -> io::Error {
@@ -383,6 +453,9 @@ impl AsyncWrite for ClientStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(n) = this.gather(&[buf]) {
+            return Poll::Ready(Ok(n));
+        }
         if this.replacing.is_none() {
             if let Some(answer) = error_body_for(buf) {
                 this.replacing = Some((answer, 0, buf.len()));
@@ -417,6 +490,12 @@ impl AsyncWrite for ClientStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.holding() || !this.pending.is_empty() {
+            let slices: Vec<&[u8]> = bufs.iter().map(|b| &b[..]).collect();
+            if let Some(n) = this.gather(&slices) {
+                return Poll::Ready(Ok(n));
+            }
+        }
         let r = this.guarded(cx, |s, cx| s.poll_write_vectored(cx, bufs));
         if let (Poll::Ready(Ok(n)), Some(first)) = (&r, bufs.iter().find(|b| !b.is_empty())) {
             this.clock.on_write(&first[..(*n).min(first.len())]);
@@ -429,11 +508,18 @@ impl AsyncWrite for ClientStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().guarded(cx, |s, cx| s.poll_flush(cx))
+        let this = self.get_mut();
+        if this.holding() {
+            return Poll::Ready(Ok(()));
+        }
+        std::task::ready!(this.poll_pending(cx))?;
+        this.guarded(cx, |s, cx| s.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().guarded(cx, |s, cx| s.poll_shutdown(cx))
+        let this = self.get_mut();
+        std::task::ready!(this.poll_pending(cx))?;
+        this.guarded(cx, |s, cx| s.poll_shutdown(cx))
     }
 }
 

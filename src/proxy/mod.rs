@@ -20,7 +20,6 @@ mod routes;
 mod updater;
 mod upstream;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -118,6 +117,8 @@ pub struct App {
     auto_max_connections: usize,
     resolver: upstream::Resolver,
     metrics: Metrics,
+    /// Access-log lines, written off the worker threads.
+    pub access_log: crate::access_log::AccessLog,
     /// The file reloads read; `None` for a server built from an in-memory config.
     config_path: Option<PathBuf>,
     reload_status: Mutex<reload::ReloadStatus>,
@@ -177,6 +178,7 @@ impl App {
             gate: crate::limits::Gate::new(),
             auto_max_connections: client::auto_max_connections(),
             resolver: upstream::Resolver::default(),
+            access_log: crate::access_log::AccessLog::stdout(metrics.access_log_dropped.clone()),
             metrics,
             reload_status: Mutex::new(reload::ReloadStatus {
                 config_file: config_path.as_ref().map(|p| p.display().to_string()),
@@ -353,6 +355,7 @@ pub fn server_conf(c: &Config) -> ServerConf {
         error_log: s.error_log.clone(),
         ca_file: s.ca_file.clone(),
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        work_stealing: s.work_stealing,
         ..ServerConf::default()
     };
     if let Some(p) = &s.pid_file {
@@ -591,8 +594,7 @@ impl ProxyHttp for K2Proxy {
                 req.uri.path(),
                 ctx,
             );
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(line.as_bytes());
+            self.app.access_log.log(line);
         }
     }
 }

@@ -8,14 +8,14 @@
 //! a file that stalls its reader (a FIFO, a hung network mount) fails the trigger with a
 //! clear message after a few seconds while the running configuration keeps serving.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use inotify::{Inotify, WatchDescriptor, WatchMask};
 use log::{error, info, warn};
-use notify::{EventKind, RecursiveMode, Watcher};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Serialize;
@@ -249,17 +249,54 @@ impl ConfigWatcher {
     }
 }
 
-/// Whether `path` has the file name of one of the `watched` files. Compares names only, no
-/// syscall: this runs for every event in the watched directories (a log file written next
-/// to the config makes one per line), so every other file's events stop here, for nothing.
-fn is_watched_name(path: &Path, watched: [Option<&Path>; 2]) -> bool {
-    let Some(name) = path.file_name() else {
-        return false;
-    };
-    watched
-        .into_iter()
-        .flatten()
-        .any(|w| w.file_name() == Some(name))
+/// What the kernel reports of a watched file's directory: its entries changing (a file
+/// created, renamed in or out, deleted: how editors and `mv` replace a file). Never a write
+/// to another file in it, so a log file next to the config costs the watcher nothing: not
+/// an event, not a read, not a syscall.
+const DIR_EVENTS: WatchMask = WatchMask::CREATE
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::DELETE)
+    .union(WatchMask::ONLYDIR);
+/// What the kernel reports of a watched file itself: writes in place and their end,
+/// attribute changes (`touch`), and the file going away.
+const FILE_EVENTS: WatchMask = WatchMask::MODIFY
+    .union(WatchMask::CLOSE_WRITE)
+    .union(WatchMask::ATTRIB)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::MOVE_SELF);
+
+/// The kernel watches of the watched files and their directories, by descriptor.
+struct Armed {
+    watches: inotify::Watches,
+    paths: HashMap<WatchDescriptor, PathBuf>,
+}
+
+impl Armed {
+    /// Watch every file in `files` and its directory. A file's watch follows its inode, so
+    /// it is armed again after each change (a rename put a new file there); a file that
+    /// does not exist yet is seen through its directory.
+    fn arm(&mut self, files: &HashSet<PathBuf>) {
+        for f in files {
+            if let Some(dir) = f.parent() {
+                if let Ok(wd) = self.watches.add(dir, DIR_EVENTS) {
+                    self.paths.insert(wd, dir.to_path_buf());
+                }
+            }
+            if let Ok(wd) = self.watches.add(f, FILE_EVENTS) {
+                self.paths.insert(wd, f.clone());
+            }
+        }
+    }
+
+    /// The path an event is about: the directory's entry, or the watched file itself.
+    fn path_of(&self, wd: &WatchDescriptor, name: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+        let base = self.paths.get(wd)?;
+        Some(match name {
+            Some(n) => base.join(n),
+            None => base.clone(),
+        })
+    }
 }
 
 /// `path` with its directory made canonical (the file itself may not exist yet).
@@ -276,46 +313,31 @@ fn absolute(path: &Path) -> PathBuf {
 #[async_trait]
 impl BackgroundService for ConfigWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let files = self.watched_files();
+        let mut files = self.watched_files();
         if files.is_empty() {
             return;
         }
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<PathBuf>>();
-        let app = self.app.clone();
-        let mut watcher = match notify::recommended_watcher(
-            move |res: notify::Result<notify::Event>| {
-                let Ok(ev) = res else { return };
-                if matches!(ev.kind, EventKind::Access(_)) {
-                    return;
-                }
-                // By file name first: other files' events are not even sent on. The tokens
-                // file is read from the running config, so a reload that renames it is
-                // followed.
-                let snap = app.state.load();
-                let watched = [
-                    app.config_path.as_deref(),
-                    snap.config.pool.tokens_file.as_deref().map(Path::new),
-                ];
-                if ev.paths.iter().any(|p| is_watched_name(p, watched)) {
-                    let _ = tx.send(ev.paths);
-                }
-            },
-        ) {
-            Ok(w) => w,
-            Err(e) => {
-                warn!("cannot watch the configuration for changes ({e}); SIGHUP and the admin API still reload it");
-                return;
-            }
+        let cannot = |e: std::io::Error| {
+            warn!("cannot watch the configuration for changes ({e}); SIGHUP and the admin API still reload it");
         };
-        let dirs: HashSet<PathBuf> = files
-            .iter()
-            .filter_map(|f| f.parent().map(Path::to_path_buf))
-            .collect();
-        for d in &dirs {
-            if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
-                warn!("cannot watch {} ({e})", d.display());
-            }
-        }
+        let inotify = match Inotify::init() {
+            Ok(i) => i,
+            Err(e) => return cannot(e),
+        };
+        let mut armed = Armed {
+            watches: inotify.watches(),
+            paths: HashMap::new(),
+        };
+        armed.arm(&files);
+        // SAFETY: `Inotify` owns its descriptor, which stays open and the same until the
+        // `AsyncFd` (which owns the `Inotify`) is dropped.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(inotify, tokio::io::Interest::READABLE)
+        };
+        let fd = match registered {
+            Ok(fd) => fd,
+            Err(e) => return cannot(e.into()),
+        };
         info!(
             "watching {} for changes",
             files
@@ -324,21 +346,43 @@ impl BackgroundService for ConfigWatcher {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        let mut buf = [0u8; 4096];
+        let mut fd = fd;
         loop {
-            tokio::select! {
-                _ = shutdown.changed() => break,
-                paths = rx.recv() => {
-                    let Some(paths) = paths else { break };
-                    // Only events that name a watched file get here; now the full paths.
-                    let files = self.watched_files();
-                    if !paths.iter().any(|p| files.contains(&absolute(p))) {
-                        continue;
+            // Only entries of a watched name and the watched files' own events are ours;
+            // the paths in `armed` are already canonical, like those in `files`.
+            let ours = {
+                let mut guard = tokio::select! {
+                    _ = shutdown.changed() => break,
+                    g = fd.readable_mut() => match g {
+                        Ok(g) => g,
+                        Err(e) => return cannot(e),
+                    },
+                };
+                let mut ours = false;
+                match guard.get_inner_mut().read_events(&mut buf) {
+                    Ok(events) => {
+                        for ev in events {
+                            if let Some(p) = armed.path_of(&ev.wd, ev.name) {
+                                ours |= files.contains(&p);
+                            }
+                        }
                     }
-                    tokio::time::sleep(DEBOUNCE).await;
-                    while rx.try_recv().is_ok() {}
-                    self.app.reload("file").await;
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => guard.clear_ready(),
+                    Err(e) => return cannot(e),
                 }
+                ours
+            };
+            if !ours {
+                continue;
             }
+            tokio::time::sleep(DEBOUNCE).await;
+            // What arrived meanwhile belongs to the same change.
+            while fd.get_mut().read_events(&mut buf).is_ok() {}
+            self.app.reload("file").await;
+            // A reload may name another tokens file; a replaced file is a new inode.
+            files = self.watched_files();
+            armed.arm(&files);
         }
     }
 }
@@ -377,38 +421,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn events_are_filtered_by_file_name_alone() {
-        let config = Path::new("/etc/k2proxy/k2proxy.yaml");
-        let tokens = Path::new("/var/lib/k2proxy/tokens.txt");
-        let watched = [Some(config), Some(tokens)];
-        for hit in [
-            "/etc/k2proxy/k2proxy.yaml",
-            "/var/lib/k2proxy/tokens.txt",
-            // another spelling of the directory: the full-path compare settles it later
-            "/etc/./k2proxy/k2proxy.yaml",
-            "k2proxy.yaml",
-        ] {
-            assert!(is_watched_name(Path::new(hit), watched), "{hit}");
+    fn the_kernel_reports_the_watched_files_and_nothing_else_in_their_directory() {
+        let dir = std::env::temp_dir().join(format!("k2p-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = dir.canonicalize().unwrap();
+        let config = dir.join("k2proxy.yaml");
+        std::fs::write(&config, "a: 1\n").unwrap();
+        let mut inotify = Inotify::init().unwrap();
+        let mut armed = Armed {
+            watches: inotify.watches(),
+            paths: HashMap::new(),
+        };
+        let files: HashSet<PathBuf> = [config.clone()].into_iter().collect();
+        armed.arm(&files);
+        fn seen(inotify: &mut Inotify, armed: &Armed) -> Vec<PathBuf> {
+            let mut buf = [0u8; 4096];
+            let mut out = Vec::new();
+            while let Ok(events) = inotify.read_events(&mut buf) {
+                out.extend(events.filter_map(|e| armed.path_of(&e.wd, e.name)));
+            }
+            out
         }
-        for miss in [
-            "/etc/k2proxy/k2proxy.stderr.log",
-            "/etc/k2proxy/.k2proxy.yaml.swp",
-            "/etc/k2proxy/k2proxy.yaml~",
-            "/etc/k2proxy/tokens.txt.tmp.42",
-            "/etc/k2proxy",
-            "/",
-        ] {
-            assert!(!is_watched_name(Path::new(miss), watched), "{miss}");
+        // A log file next to the config, written 10,000 times: not one event.
+        let log = dir.join("k2proxy.log");
+        let mut f = std::fs::File::create(&log).unwrap();
+        let _ = seen(&mut inotify, &armed); // its creation is a directory entry
+        for i in 0..10_000 {
+            use std::io::Write;
+            writeln!(f, "line {i}").unwrap();
         }
-        assert!(is_watched_name(
-            Path::new("/x/k2proxy.yaml"),
-            [Some(config), None]
-        ));
-        assert!(!is_watched_name(
-            Path::new("/x/tokens.txt"),
-            [Some(config), None]
-        ));
+        assert_eq!(seen(&mut inotify, &armed), Vec::<PathBuf>::new());
+        // A write to the config in place, and a replacement by rename, are seen.
+        std::fs::write(&config, "a: 2\n").unwrap();
+        assert!(seen(&mut inotify, &armed).contains(&config));
+        let tmp = dir.join("k2proxy.yaml.new");
+        std::fs::write(&tmp, "a: 3\n").unwrap();
+        std::fs::rename(&tmp, &config).unwrap();
+        assert!(seen(&mut inotify, &armed).contains(&config));
+        // The new file is a new inode: armed again, its writes in place are seen too.
+        armed.arm(&files);
+        std::fs::write(&config, "a: 4\n").unwrap();
+        assert!(seen(&mut inotify, &armed).contains(&config));
+        let _ = std::fs::remove_dir_all(&dir);
     }
+
     use pingora::server::configuration::ServerConf;
     use std::time::Instant;
 

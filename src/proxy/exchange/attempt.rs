@@ -198,7 +198,7 @@ impl Job<'_> {
                 .idle
                 .take(peer.reuse_hash(), up_cfg.keepalive)
                 .map(|s| HttpSession::H1(Http1Session::new_with_options(s, &*peer)));
-            let (mut up, reused) = match idle {
+            let (up, reused) = match idle {
                 Some(up) => (up, true),
                 // Boxed: Pingora's connect future is the largest part of an attempt's
                 // state (~9 KB), and a reused connection does not need it.
@@ -206,18 +206,21 @@ impl Job<'_> {
                     .await
                     .map_err(|e| connect_failure(&e))?,
             };
-            up.set_read_timeout(Some(up_cfg.header_timeout));
-            up.set_write_timeout(Some(up_cfg.connect_timeout.max(Duration::from_secs(30))));
-            let sent = tokio::time::timeout_at(deadline, async {
-                up.write_request_header(req.clone()).await?;
-                up.write_request_body(body.clone(), true).await?;
-                up.finish_request_body().await?;
-                up.read_response_header().await
-            })
+            let sent = until(
+                deadline,
+                upstream::send_request(
+                    up,
+                    req.clone(),
+                    body.clone(),
+                    &peer,
+                    Some(up_cfg.header_timeout),
+                    Some(up_cfg.connect_timeout.max(Duration::from_secs(30))),
+                ),
+            )
             .await;
             match sent {
                 Err(_) => return Err(Failure::Timeout("the response head")),
-                Ok(Ok(())) => break up,
+                Ok(Ok(up)) => break up,
                 Ok(Err(e)) if reused => {
                     debug!(
                         "{}: reused upstream connection failed ({e}); reconnecting",
@@ -283,7 +286,7 @@ impl Job<'_> {
             } else {
                 deadline
             };
-            let chunk = match tokio::time::timeout_at(wait, up.read_response_body()).await {
+            let chunk = match until(wait, up.read_response_body()).await {
                 // The answer is complete; the upstream just did not close the body.
                 Err(_) | Ok(Err(_)) if done => None,
                 Err(_) => return Err(Failure::Timeout("the answer")),
@@ -441,7 +444,7 @@ pub(super) fn is_timeout(t: &ErrorType) -> bool {
 /// at most 2 s), for the provider to explain.
 pub(super) async fn read_error_body(up: &mut HttpSession) -> Vec<u8> {
     let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(2), async {
+    let read = within(Duration::from_secs(2), async {
         while buf.len() < ERROR_BODY_LIMIT {
             match up.read_response_body().await {
                 Ok(Some(c)) => buf.extend_from_slice(&c),

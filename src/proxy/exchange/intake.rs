@@ -9,6 +9,7 @@ use log::warn;
 use pingora::proxy::Session;
 
 use super::super::{respond, routes, App, Ctx, Snapshot};
+use super::within;
 use crate::config::ModelEntry;
 use crate::config::{EffortPlacement, HostedTools, PayloadStyle};
 use crate::core::error::ApiError;
@@ -46,7 +47,7 @@ pub(super) async fn prepare<'s>(
     count_tokens: bool,
 ) -> Result<Prepared<'s>, ApiError> {
     let body_timeout = snap.config.limits.client_body_timeout;
-    let body = match tokio::time::timeout(body_timeout, read_body(snap, session, ctx)).await {
+    let body = match within(body_timeout, read_body(snap, session, ctx)).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => return Err(e),
         Err(_) => {

@@ -45,7 +45,12 @@ impl Job<'_> {
         };
         ctx.status = 200;
         ctx.streamed = true;
-        if let Err(e) = session.write_response_header(Box::new(head), false).await {
+        // The head leaves with the first bytes when they are ready (one write, not two).
+        let first_ready = !live.out.is_empty();
+        hold_flushes(session, first_ready);
+        let wrote = session.write_response_header(Box::new(head), false).await;
+        hold_flushes(session, false);
+        if let Err(e) = wrote {
             debug!("{}: client went away before the head: {e}", ctx.request_id);
             ctx.outcome = "client_abort";
             return;
@@ -177,10 +182,14 @@ impl Job<'_> {
                 .or(Some("upstream failed mid-stream".into()));
         }
         drop(permit);
-        if !self.write(session, ctx, &mut live.out).await {
+        // The last bytes leave with the body's end (one write, not two).
+        hold_flushes(session, !live.out.is_empty());
+        let wrote = self.write(session, ctx, &mut live.out).await;
+        hold_flushes(session, false);
+        if !wrote {
             return;
         }
-        let end = tokio::time::timeout_at(self.deadline, session.write_response_body(None, true));
+        let end = until(self.deadline, session.write_response_body(None, true));
         if let Ok(Err(e)) | Err(e) = end.await.map_err(|_| too_slow(ctx)) {
             debug!("{}: could not end the response: {e}", ctx.request_id);
             ctx.outcome = "client_abort";
@@ -203,7 +212,7 @@ impl Job<'_> {
         out: &mut Vec<u8>,
     ) -> bool {
         let metrics = &self.app.metrics;
-        match tokio::time::timeout_at(self.deadline, write(session, ctx, metrics, out)).await {
+        match until(self.deadline, write(session, ctx, metrics, out)).await {
             Ok(written) => written,
             Err(_) => {
                 too_slow(ctx);
@@ -276,14 +285,14 @@ pub(super) async fn unless_client_leaves<F: Future>(
     mut fut: std::pin::Pin<&mut F>,
 ) -> Result<Option<F::Output>, pingora::Error> {
     let short = limit.min(WATCH_CLIENT_AFTER);
-    match tokio::time::timeout(short, &mut fut).await {
+    match within(short, &mut fut).await {
         Ok(v) => return Ok(Some(v)),
         Err(_) if short == limit => return Ok(None),
         Err(_) => {}
     }
     tokio::select! {
         biased;
-        r = tokio::time::timeout(limit - short, &mut fut) => Ok(r.ok()),
+        r = within(limit - short, &mut fut) => Ok(r.ok()),
         gone = client_gone(session) => Err(gone),
     }
 }
@@ -338,6 +347,19 @@ pub(super) async fn write(
             debug!("{}: client went away mid-stream: {e}", ctx.request_id);
             ctx.outcome = "client_abort";
             false
+        }
+    }
+}
+
+/// Hold (or release) the client connection's flushes, so that the writes in between
+/// leave together with the next flush (HTTP/1 connections only; see
+/// [`crate::proxy::client::ClientStream::hold`]).
+fn hold_flushes(session: &Session, hold: bool) {
+    if let Some(c) = crate::proxy::client::client_stream(session) {
+        if hold {
+            c.hold();
+        } else {
+            c.release();
         }
     }
 }
