@@ -62,6 +62,8 @@ struct Settings {
     /// `--proxy-bin PATH`: another k2proxy binary to measure (an older build, to compare
     /// before and after a change in alternating runs); default: this build's.
     proxy_bin: Option<String>,
+    /// `--no-work-stealing`: the proxy with `server.work_stealing: false`.
+    no_steal: bool,
     /// `--mock-port N`: where the mock listens (default: a free port).
     mock_port: Option<u16>,
     /// `--relay N`: also drive the mock through a plain reverse proxy listening on port N
@@ -95,6 +97,7 @@ impl Settings {
         let only = value("--only");
         let mock_port = value("--mock-port").and_then(|v| v.parse().ok());
         let proxy_bin = value("--proxy-bin");
+        let no_steal = args.iter().any(|a| a == "--no-work-stealing");
         let relay = value("--relay").and_then(|v| v.parse().ok());
         // `--levels 1,64`: other concurrency levels for the throughput phase.
         let levels_arg: Option<Vec<usize>> =
@@ -104,6 +107,7 @@ impl Settings {
                 quick,
                 only: only.clone(),
                 proxy_bin: proxy_bin.clone(),
+                no_steal,
                 mock_port,
                 relay,
                 levels: vec![1, 16],
@@ -120,6 +124,7 @@ impl Settings {
                 quick,
                 only: only.clone(),
                 proxy_bin: proxy_bin.clone(),
+                no_steal,
                 mock_port,
                 relay,
                 levels: vec![1, 64, 256],
@@ -160,7 +165,13 @@ fn start_mock(port: u16) -> Proc {
     p
 }
 
-fn start_proxy(port: u16, mock_port: u16, dir: &std::path::Path, bin: Option<&str>) -> Proc {
+fn start_proxy(
+    port: u16,
+    mock_port: u16,
+    dir: &std::path::Path,
+    bin: Option<&str>,
+    no_steal: bool,
+) -> Proc {
     let metrics = free_port();
     let conf = dir.join("k2proxy-bench.yaml");
     let yaml = format!(
@@ -170,6 +181,11 @@ fn start_proxy(port: u16, mock_port: u16, dir: &std::path::Path, bin: Option<&st
          metrics:\n  listen: \"127.0.0.1:{metrics}\"\n\
              models:\n  - {{id: \"MBZUAI-IFM/K2-Think-v2\", upstream: \"MBZUAI-IFM/K2-Think-v2\"}}\n"
     );
+    let yaml = if no_steal {
+        yaml.replacen("server:\n", "server:\n  work_stealing: false\n", 1)
+    } else {
+        yaml
+    };
     std::fs::write(&conf, yaml).expect("write bench config");
     let mut p = spawn(
         "k2proxy",
@@ -551,6 +567,32 @@ fn memory(rt: &tokio::runtime::Runtime, s: &Settings, sv: &Servers<'_>) -> u64 {
         );
     }
     std::thread::sleep(Duration::from_millis(500));
+    // Pingora's own floor: the bare pass-through holding the same streams.
+    if let Some(bin) = passthrough_bin() {
+        let port = free_port();
+        let mut bare = spawn(
+            "passthrough",
+            &bin.display().to_string(),
+            &[
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--upstream".into(),
+                format!("127.0.0.1:{}", sv.mock_port),
+            ],
+        );
+        wait_port(&mut bare, port);
+        let (fresh, _) = bare.rss_kib();
+        let t = Arc::new(Target::new(Via::Bare, port, true, &slow));
+        let (rss, seen, samples) = open_streams(rt, t, s.open_streams, &bare);
+        failed += samples.errors;
+        println!(
+            "pingora pass-through RSS: {:.1} MiB at start; {:.1} MiB with {seen}/{} streams open\n",
+            fresh as f64 / 1024.0,
+            rss as f64 / 1024.0,
+            s.open_streams,
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     failed
 }
@@ -700,7 +742,13 @@ fn main() -> ExitCode {
     let _ = std::fs::create_dir_all(&dir);
     let (mock_port, proxy_port) = (s.mock_port.unwrap_or_else(free_port), free_port());
     let mock = start_mock(mock_port);
-    let proxy = start_proxy(proxy_port, mock_port, &dir, s.proxy_bin.as_deref());
+    let proxy = start_proxy(
+        proxy_port,
+        mock_port,
+        &dir,
+        s.proxy_bin.as_deref(),
+        s.no_steal,
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

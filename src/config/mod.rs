@@ -78,10 +78,9 @@ pub struct ServerSection {
     pub listen: Vec<String>,
     /// Worker threads of the proxy service.
     pub threads: usize,
-    /// Let idle worker threads take over other threads' tasks (Pingora's work stealing, on
-    /// by default as in Pingora). Off, each connection stays on the thread that accepted
-    /// it, without a shared scheduler's cross-thread wake-ups: faster in the load bench
-    /// (BENCHMARKS.md, issue 20), not yet the default (see there).
+    /// Let idle worker threads take over other threads' tasks (Pingora's work stealing).
+    /// Off by default: each connection stays on the thread that accepted it, without a
+    /// shared scheduler's cross-thread wake-ups, which is faster (BENCHMARKS.md, issue 20).
     pub work_stealing: bool,
     /// Accept cleartext HTTP/2 (prior knowledge) next to HTTP/1.1 on the same port.
     pub h2c: bool,
@@ -112,7 +111,7 @@ impl Default for ServerSection {
         ServerSection {
             listen: vec!["0.0.0.0:8080".to_string()],
             threads: 2,
-            work_stealing: true,
+            work_stealing: false,
             h2c: true,
             grace_period: Duration::from_secs(60),
             graceful_shutdown_timeout: Duration::from_secs(5),

@@ -375,6 +375,17 @@ pub fn build_server(
     config_path: Option<PathBuf>,
     opt: Option<Opt>,
 ) -> Result<(Server, Arc<App>), String> {
+    build_server_with(config, config_path, opt, |_| {})
+}
+
+/// [`build_server`] with Pingora's settings adjusted after they are made from the config
+/// (for servers embedded in another process, such as the tests': see `tests/common`).
+pub fn build_server_with(
+    config: Config,
+    config_path: Option<PathBuf>,
+    opt: Option<Opt>,
+    adjust: impl FnOnce(&mut ServerConf),
+) -> Result<(Server, Arc<App>), String> {
     let listen = config.server.listen.clone();
     let metrics_listen = config.metrics.listen.clone();
     let h2c = config.server.h2c;
@@ -382,7 +393,9 @@ pub fn build_server(
         warn!("auth.api_keys is empty: the API is open to every client that can reach it");
     }
     let open_files = client::raise_open_files_limit();
-    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
+    let mut conf = server_conf(&config);
+    adjust(&mut conf);
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
     let app = Arc::new(App::new(config, config_path, &server.configuration)?);
     let snap = app.snapshot();

@@ -12,7 +12,7 @@ pub mod redis;
 use async_trait::async_trait;
 use k2proxy::config::Config;
 use k2proxy::mock::{MockConfig, MockServer, RecordedRequest};
-use k2proxy::proxy::{build_server, App, RunArgs, ShutdownSignal, ShutdownSignalWatch};
+use k2proxy::proxy::{build_server_with, App, RunArgs, ShutdownSignal, ShutdownSignalWatch};
 use serde_json::Value;
 
 pub mod grammar;
@@ -304,7 +304,13 @@ impl Env {
         path: Option<std::path::PathBuf>,
         port: u16,
     ) -> Env {
-        let (server, app) = build_server(config, path, None).unwrap();
+        // Many servers run one after another in one test process. Pingora 0.9.1's
+        // no-steal runtimes find their threads' handles in a process-wide thread-local
+        // keyed by thread id; a later server's threads can be handed an earlier, stopped
+        // server's runtime, and its listeners never open. One server per process (the
+        // binary) is not affected; in-process servers use work stealing.
+        let (server, app) =
+            build_server_with(config, path, None, |c| c.work_stealing = true).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::spawn(move || {
             server.run(RunArgs {
