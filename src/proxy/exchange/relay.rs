@@ -45,6 +45,18 @@ impl Job<'_> {
         };
         ctx.status = 200;
         ctx.streamed = true;
+        // What the upstream delivered with the first event is transformed now, so that it
+        // leaves in the first write; when that was the whole answer, the head, the answer
+        // and the end leave in one write.
+        let mut early = if ended {
+            None
+        } else {
+            match ready_batch(&mut live).await {
+                Some(Step::End) => Some(Step::End),
+                Some(Step::Lost(e)) => Some(Step::Lost(e)),
+                _ => None,
+            }
+        };
         // The head leaves with the first bytes when they are ready (one write, not two).
         let first_ready = !live.out.is_empty();
         hold_flushes(session, first_ready);
@@ -60,7 +72,9 @@ impl Job<'_> {
         let mut failed = false;
         if !ended {
             loop {
-                if !live.out.is_empty() {
+                // A complete answer already decoded waits for the end, to leave with it.
+                let complete = matches!(early, Some(Step::End));
+                if !live.out.is_empty() && !complete {
                     if first && live.stream.output_started() {
                         ctx.ttft = Some(ctx.started.elapsed());
                         first = false;
@@ -69,43 +83,42 @@ impl Job<'_> {
                         return;
                     }
                 }
-                let wait = if live.stream.decoder().done_seen() {
-                    AFTER_DONE_WAIT
+                let step = if let Some(step) = early.take() {
+                    step
                 } else {
-                    idle
-                }
-                .min(
-                    self.deadline
-                        .saturating_duration_since(tokio::time::Instant::now()),
-                );
-                let waited = {
-                    let read = std::pin::pin!(read_into(&mut live.up, |b| live
-                        .stream
-                        .push(b, &mut live.out)));
-                    unless_client_leaves(session, wait, read).await
-                };
-                let mut step = match waited {
-                    Ok(Some(r)) => Step::from(r),
-                    Ok(None) => Step::Stalled,
-                    // Dropping `up` on return closes the upstream connection.
-                    Err(gone) => {
-                        debug!("{}: client went away mid-stream: {gone}", ctx.request_id);
-                        ctx.outcome = "client_abort";
-                        return;
+                    let wait = if live.stream.decoder().done_seen() {
+                        AFTER_DONE_WAIT
+                    } else {
+                        idle
+                    }
+                    .min(
+                        self.deadline
+                            .saturating_duration_since(tokio::time::Instant::now()),
+                    );
+                    let waited = {
+                        let read = std::pin::pin!(read_into(&mut live.up, |b| live
+                            .stream
+                            .push(b, &mut live.out)));
+                        unless_client_leaves(session, wait, read).await
+                    };
+                    let step = match waited {
+                        Ok(Some(r)) => Step::from(r),
+                        Ok(None) => Step::Stalled,
+                        // Dropping `up` on return closes the upstream connection.
+                        Err(gone) => {
+                            debug!("{}: client went away mid-stream: {gone}", ctx.request_id);
+                            ctx.outcome = "client_abort";
+                            return;
+                        }
+                    };
+                    // What the upstream already delivered goes out in the same write: one
+                    // syscall for a burst of events instead of one per event, and no
+                    // waiting.
+                    match step {
+                        Step::More => ready_batch(&mut live).await.unwrap_or(Step::More),
+                        other => other,
                     }
                 };
-                // What the upstream already delivered goes out in the same write: one
-                // syscall for a burst of events instead of one per event, and no waiting.
-                while matches!(step, Step::More) && live.out.len() < WRITE_BATCH {
-                    match ready_now(read_into(&mut live.up, |b| {
-                        live.stream.push(b, &mut live.out)
-                    }))
-                    .await
-                    {
-                        Some(r) => step = Step::from(r),
-                        None => break,
-                    }
-                }
                 match step {
                     Step::More => {}
                     Step::End => {
@@ -312,6 +325,30 @@ pub(super) async fn client_gone(session: &mut Session) -> pingora::Error {
 /// Poll `fut` once, in the calling task's context: its output when it is ready right now,
 /// `None` (dropping it) otherwise. Pingora's body reads are cancel-safe: a read that is not
 /// ready has consumed nothing.
+/// Transform what the upstream has already delivered, without waiting, up to
+/// [`WRITE_BATCH`] bytes of output: the last step taken (`More` when it stopped for want of
+/// data or room), or `None` when nothing was ready.
+async fn ready_batch(live: &mut Live) -> Option<Step> {
+    let mut last = None;
+    while live.out.len() < WRITE_BATCH {
+        let Live {
+            up, stream, out, ..
+        } = live;
+        match ready_now(read_into(up, |b| stream.push(b, out))).await {
+            Some(r) => {
+                let step = Step::from(r);
+                let more = matches!(step, Step::More);
+                last = Some(step);
+                if !more {
+                    break;
+                }
+            }
+            None => break,
+        }
+    }
+    last
+}
+
 pub(super) async fn ready_now<F: Future>(fut: F) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
     std::future::poll_fn(|cx| {
