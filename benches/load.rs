@@ -569,18 +569,7 @@ fn memory(rt: &tokio::runtime::Runtime, s: &Settings, sv: &Servers<'_>) -> u64 {
     std::thread::sleep(Duration::from_millis(500));
     // Pingora's own floor: the bare pass-through holding the same streams.
     if let Some(bin) = passthrough_bin() {
-        let port = free_port();
-        let mut bare = spawn(
-            "passthrough",
-            &bin.display().to_string(),
-            &[
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--upstream".into(),
-                format!("127.0.0.1:{}", sv.mock_port),
-            ],
-        );
-        wait_port(&mut bare, port);
+        let (bare, port) = start_passthrough(&bin, sv.mock_port);
         let (fresh, _) = bare.rss_kib();
         let t = Arc::new(Target::new(Via::Bare, port, true, &slow));
         let (rss, seen, samples) = open_streams(rt, t, s.open_streams, &bare);
@@ -815,6 +804,23 @@ fn passthrough_bin() -> Option<PathBuf> {
     bin.is_file().then_some(bin)
 }
 
+/// Start the pass-through on a free port in front of the mock: the process and its port.
+fn start_passthrough(bin: &std::path::Path, mock_port: u16) -> (Proc, u16) {
+    let port = free_port();
+    let mut bare = spawn(
+        "passthrough",
+        &bin.display().to_string(),
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--upstream".into(),
+            format!("127.0.0.1:{mock_port}"),
+        ],
+    );
+    wait_port(&mut bare, port);
+    (bare, port)
+}
+
 /// k2proxy next to what Pingora itself needs to move the same answer (the bare
 /// pass-through, `examples/passthrough.rs`), the mock straight, and nginx with `--relay`:
 /// 64 closed-loop streams of a short answer (8 content events), every target taking turns
@@ -826,18 +832,7 @@ fn anchor(rt: &tokio::runtime::Runtime, s: &Settings, sv: &Servers<'_>) -> u64 {
         );
         return u64::from(s.only.as_deref() == Some("anchor"));
     };
-    let port = free_port();
-    let mut bare = spawn(
-        "passthrough",
-        &bin.display().to_string(),
-        &[
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--upstream".into(),
-            format!("127.0.0.1:{}", sv.mock_port),
-        ],
-    );
-    wait_port(&mut bare, port);
+    let (bare, port) = start_passthrough(&bin, sv.mock_port);
     let prompt = "hi [[mock: chunk=16]]";
     let mut targets: Vec<(Via, Arc<Target>, &Proc)> = sv
         .both()

@@ -93,14 +93,7 @@ impl AccessLog {
         let Some(writer) = self.writer.get() else {
             return;
         };
-        writer.stop.store(true, Ordering::Release);
-        let thread = writer
-            .thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(t) = thread {
-            t.thread().unpark();
+        if let Some(t) = writer.stop() {
             let _ = t.join();
         }
     }
@@ -126,13 +119,23 @@ impl AccessLog {
         };
         // Two first lines at once: one writer wins, the other's thread ends with its queue.
         if let Err(lost) = self.writer.set(candidate) {
-            lost.stop.store(true, Ordering::Release);
-            let taken = lost.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(t) = taken {
-                t.thread().unpark();
-            }
+            lost.stop();
         }
         self.writer.get()
+    }
+}
+
+impl Writer {
+    /// Tell the thread to write what is queued and end; its handle, to wait for it.
+    fn stop(&self) -> Option<JoinHandle<()>> {
+        self.stop.store(true, Ordering::Release);
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        thread.thread().unpark();
+        Some(thread)
     }
 }
 

@@ -588,21 +588,7 @@ impl Link {
             return self.send_token_change(con, change).await;
         }
         let (tid, kind, retry_after) = change_args(change);
-        let ms = |d: Duration| d.as_millis() as u64;
-        let mut call = self.state.scripts.change.key(self.state.keys.tokens());
-        call.key(self.state.keys.meta())
-            .arg(&tid)
-            .arg(kind)
-            .arg(retry_after)
-            .arg(settings.max_failures)
-            .arg(ms(settings.cooldown))
-            .arg(ms(settings.max_cooldown))
-            .arg(&self.state.instance_id)
-            .arg(self.state.keys.events())
-            .arg("")
-            .arg("")
-            .arg(settings.consecutive_threshold)
-            .arg(self.host.pool().len());
+        let call = self.change_call(&tid, kind, retry_after, "", settings);
         let sent = tokio::time::timeout(
             self.settings.background_timeout,
             call.invoke_async::<(String, String)>(con),
@@ -807,6 +793,35 @@ impl Link {
         Ok(())
     }
 
+    /// One call of the `change` script (its arguments are documented there): the pool's
+    /// rules, the fleet's clock, and the failures-in-a-row threshold with this pool's size;
+    /// `record` is what a `put` carries (empty otherwise).
+    fn change_call(
+        &self,
+        tid: &str,
+        kind: &str,
+        retry_after: i64,
+        record: &str,
+        settings: &PoolSettings,
+    ) -> redis::ScriptInvocation<'_> {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let mut call = self.state.scripts.change.key(self.state.keys.tokens());
+        call.key(self.state.keys.meta())
+            .arg(tid)
+            .arg(kind)
+            .arg(retry_after)
+            .arg(settings.max_failures)
+            .arg(ms(settings.cooldown))
+            .arg(ms(settings.max_cooldown))
+            .arg(&self.state.instance_id)
+            .arg(self.state.keys.events())
+            .arg("")
+            .arg(record)
+            .arg(settings.consecutive_threshold)
+            .arg(self.host.pool().len());
+        call
+    }
+
     /// Give the fleet this instance's state of a token Redis lost (merged in the script).
     async fn put(
         &self,
@@ -815,20 +830,8 @@ impl Link {
         mine: &SharedState,
     ) -> Result<(), String> {
         let settings = self.host.pool_settings();
-        let ms = |d: Duration| d.as_millis() as u64;
         let record = super::record::encode(mine, 0);
-        let mut call = self.state.scripts.change.key(self.state.keys.tokens());
-        call.key(self.state.keys.meta())
-            .arg(tid)
-            .arg("put")
-            .arg(-1)
-            .arg(settings.max_failures)
-            .arg(ms(settings.cooldown))
-            .arg(ms(settings.max_cooldown))
-            .arg(&self.state.instance_id)
-            .arg(self.state.keys.events())
-            .arg("")
-            .arg(record);
+        let call = self.change_call(tid, "put", -1, &record, &settings);
         tokio::time::timeout(
             self.settings.background_timeout,
             call.invoke_async::<(String, String)>(con),
