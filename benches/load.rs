@@ -652,8 +652,14 @@ fn paced(rt: &tokio::runtime::Runtime, s: &Settings, sv: &Servers<'_>) -> u64 {
         measure: s.paced_time / s.paced_rounds as u32,
         ..s.clone()
     };
-    let targets: Vec<_> = sv
-        .both()
+    // Pingora's own added time: the bare pass-through in front of the same mock, in turn
+    // with the others.
+    let bare = passthrough_bin().map(|bin| start_passthrough(&bin, sv.mock_port));
+    let mut servers = sv.both();
+    if let Some((proc, port)) = &bare {
+        servers.push((Via::Bare, *port, proc));
+    }
+    let targets: Vec<_> = servers
         .into_iter()
         .map(|(via, port, server)| (via, Arc::new(Target::new(via, port, true, &paced)), server))
         .collect();

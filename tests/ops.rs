@@ -414,17 +414,28 @@ fn metrics_count_requests_attempts_streams_and_pool_state() {
             .unwrap_or(-1.0)
     };
     let m = format!("model=\"{MODEL}\"");
-    within(Duration::from_secs(2), "request counters", || {
+    // A request is counted once its answer has ended, which the client may see first;
+    // the last scrape is shown if the counts never arrive.
+    let counted = Instant::now();
+    loop {
         let t = scrape();
-        value(
+        let ok = value(
             &t,
             &format!("k2proxy_requests_total{{{m},route=\"chat\",status=\"200\"}}"),
         ) == 3.0
             && value(
                 &t,
                 "k2proxy_requests_total{model=\"unknown\",route=\"chat\",status=\"404\"}",
-            ) == 1.0
-    });
+            ) == 1.0;
+        if ok {
+            break;
+        }
+        assert!(
+            counted.elapsed() < Duration::from_secs(10),
+            "request counters not within 10 s:\n{t}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let t = scrape();
     assert_eq!(
         value(&t, "k2proxy_upstream_attempts_total{result=\"429\"}"),

@@ -79,8 +79,10 @@ pub struct ServerSection {
     /// Worker threads of the proxy service.
     pub threads: usize,
     /// Let idle worker threads take over other threads' tasks (Pingora's work stealing).
-    /// Off by default: each connection stays on the thread that accepted it, without a
-    /// shared scheduler's cross-thread wake-ups, which is faster (BENCHMARKS.md, issue 20).
+    /// Off by default: each connection stays on one thread, its socket registered with
+    /// that thread's runtime, and idle upstream connections are reused first on the
+    /// thread that opened them, so a read wakes only the thread that serves it (faster:
+    /// BENCHMARKS.md, issue 20).
     pub work_stealing: bool,
     /// Accept cleartext HTTP/2 (prior knowledge) next to HTTP/1.1 on the same port.
     pub h2c: bool,

@@ -762,6 +762,51 @@ async fn refuse_connection(mut stream: Stream, limit: usize) {
 pub struct ClientApp {
     pub proxy: Arc<HttpProxy<K2Proxy>>,
     pub app: Arc<App>,
+    /// Register each connection with the runtime of the thread that serves it
+    /// ([`rehome`]); for Pingora's runtime without work stealing.
+    pub rehome: bool,
+}
+
+/// Register an accepted TCP connection with the runtime of the calling thread, and return
+/// it as a stream of that runtime.
+///
+/// Without work stealing each worker thread runs a runtime of its own. Pingora accepts on
+/// one of them and hands each connection to a random one, but the socket stays registered
+/// with the accepting runtime: every read that has to wait is then woken by the accepting
+/// thread, which wakes the serving one in turn (an eventfd write and a second wake-up per
+/// read, for half of all connections on two threads). The socket is duplicated, the
+/// duplicate registered here, and the accepted copy dropped (deregistered and closed); the
+/// connection itself is untouched, and bytes the client already sent wait in the socket.
+/// A stream that is not a TCP connection, or whose duplicate cannot be made, is returned as
+/// it is.
+pub fn rehome(stream: Stream) -> Stream {
+    use pingora::protocols::l4::stream::Stream as L4Stream;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let Some(l4) = stream.as_any().downcast_ref::<L4Stream>() else {
+        return stream;
+    };
+    let peer = match l4.get_socket_digest().and_then(|d| d.peer_addr().cloned()) {
+        Some(peer @ pingora::protocols::l4::socket::SocketAddr::Inet(_)) => peer,
+        _ => return stream,
+    };
+    // SAFETY: duplicates a descriptor `stream` owns and keeps open for this call; the
+    // result is a new descriptor (or -1).
+    let fd = unsafe { libc::fcntl(l4.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return stream;
+    }
+    // SAFETY: `fd` was just made and nothing else owns it. It shares the accepted socket's
+    // file status flags, so it is non-blocking already, as tokio requires.
+    let dup = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let Ok(dup) = tokio::net::TcpStream::from_std(dup) else {
+        return stream;
+    };
+    drop(stream);
+    let mut rehomed = L4Stream::from(dup);
+    let digest = SocketDigest::from_raw_fd(fd);
+    let _ = digest.peer_addr.set(Some(peer));
+    rehomed.set_socket_digest(digest);
+    Box::new(rehomed)
 }
 
 #[async_trait]
@@ -786,10 +831,12 @@ impl ServerApp for ClientApp {
                 .overload_refusals
                 .with_label_values(&["max_connections"])
                 .inc();
-            refuse_connection(stream, limit).await;
+            // Boxed: its 4 KiB drain buffer would otherwise sit in every connection's future.
+            Box::pin(refuse_connection(stream, limit)).await;
             return None;
         }
         drop(snap);
+        let stream = if self.rehome { rehome(stream) } else { stream };
         let stream: Stream = Box::new(ClientStream::new(stream, header, write));
         ServerApp::process_new(&self.proxy, stream, shutdown).await
     }
@@ -802,6 +849,91 @@ impl ServerApp for ClientApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection accepted on one runtime as Pingora accepts it (an l4 stream with its
+    /// peer address), the client's end, and the accepting runtime.
+    fn accepted_elsewhere() -> (Stream, std::net::TcpStream, tokio::runtime::Runtime) {
+        let accepting = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (stream, client) = accepting.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (tcp, peer) = l.accept().await.unwrap();
+            let mut s = pingora::protocols::l4::stream::Stream::from(tcp);
+            let digest = SocketDigest::from_raw_fd(std::os::fd::AsRawFd::as_raw_fd(&s));
+            digest.peer_addr.set(Some(peer.into())).unwrap();
+            s.set_socket_digest(digest);
+            (Box::new(s) as Stream, client)
+        });
+        (stream, client, accepting)
+    }
+
+    #[test]
+    fn a_rehomed_connection_is_served_by_its_new_runtime_alone_and_loses_nothing() {
+        use std::io::{Read, Write};
+        let (stream, mut client, accepting) = accepted_elsewhere();
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().cloned());
+        let old_fd = stream.id();
+        // The client speaks before the connection moves.
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let serving = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut moved = serving.block_on(async { rehome(stream) });
+        assert_ne!(moved.id(), old_fd, "a new descriptor");
+        assert_eq!(
+            moved
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().cloned()),
+            peer,
+            "the peer address carries over"
+        );
+        // Only the new runtime is left: a stream still registered with the accepting one
+        // could not wait for input any more.
+        drop(accepting);
+        serving.block_on(async {
+            let mut got = [0u8; 18];
+            moved.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"GET / HTTP/1.1\r\n\r\n");
+            // A read that has to wait is woken by this runtime.
+            let later = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                client.write_all(b"more").unwrap();
+                client
+            });
+            let mut more = [0u8; 4];
+            tokio::time::timeout(Duration::from_secs(5), moved.read_exact(&mut more))
+                .await
+                .expect("woken by the serving runtime")
+                .unwrap();
+            assert_eq!(&more, b"more");
+            moved.write_all(b"answer").await.unwrap();
+            moved.flush().await.unwrap();
+            let mut client = later.join().unwrap();
+            let mut answer = [0u8; 6];
+            client.read_exact(&mut answer).unwrap();
+            assert_eq!(&answer, b"answer");
+        });
+    }
+
+    #[test]
+    fn a_stream_that_is_not_a_tcp_connection_is_left_as_it_is() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (a, _b) = tokio::net::UnixStream::pair().unwrap();
+            let s: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(a));
+            let fd = s.id();
+            assert_eq!(rehome(s).id(), fd);
+        });
+    }
 
     const T: Duration = Duration::from_secs(10);
 

@@ -427,6 +427,7 @@ pub fn build_server_with(
         client::ClientApp {
             proxy: Arc::new(proxy),
             app: app.clone(),
+            rehome: !server.configuration.work_stealing,
         },
     );
     for addr in &listen {

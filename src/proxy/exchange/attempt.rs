@@ -192,19 +192,31 @@ impl Job<'_> {
 
         // A pooled connection may have been closed by the upstream meanwhile: if sending on
         // a reused one fails before any response, try once more on a fresh connection.
+        let mut home;
         let mut up = loop {
             let idle = self
                 .app
                 .idle
-                .take(peer.reuse_hash(), up_cfg.keepalive)
-                .map(|s| HttpSession::H1(Http1Session::new_with_options(s, &*peer)));
+                .take(peer.reuse_hash(), up_cfg.keepalive, Home::here())
+                .map(|(s, home)| {
+                    (
+                        HttpSession::H1(Http1Session::new_with_options(s, &*peer)),
+                        home,
+                    )
+                });
             let (up, reused) = match idle {
-                Some(up) => (up, true),
+                Some((up, from)) => {
+                    home = from;
+                    (up, true)
+                }
                 // Boxed: Pingora's connect future is the largest part of an attempt's
                 // state (~9 KB), and a reused connection does not need it.
-                None => Box::pin(connector.get_http_session(&*peer))
-                    .await
-                    .map_err(|e| connect_failure(&e))?,
+                None => {
+                    home = Home::here();
+                    Box::pin(connector.get_http_session(&*peer))
+                        .await
+                        .map_err(|e| connect_failure(&e))?
+                }
             };
             let sent = until(
                 deadline,
@@ -309,7 +321,7 @@ impl Job<'_> {
                             Ok(r) => r,
                             Err(e) => return Err(self.body_failure(c.decoder(), e)),
                         };
-                        release(self.app, up, &peer, up_cfg.keepalive).await;
+                        release(self.app, up, &peer, up_cfg.keepalive, home).await;
                         Ok(Answer::Complete(result, c.malformed_tool_blocks()))
                     }
                     Sink::Stream(mut stream) => {
@@ -318,6 +330,7 @@ impl Job<'_> {
                         }
                         Ok(Answer::Stream(Box::new(Live {
                             up,
+                            home,
                             peer,
                             stream,
                             out,
@@ -362,6 +375,7 @@ impl Job<'_> {
         match sink {
             Some(Sink::Stream(stream)) => Ok(Answer::Stream(Box::new(Live {
                 up,
+                home,
                 peer,
                 stream,
                 out,
@@ -383,6 +397,7 @@ pub(super) fn release<'a>(
     mut up: HttpSession,
     peer: &'a HttpPeer,
     keepalive: Duration,
+    home: Home,
 ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
     Box::pin(async move {
         if !up.response_done() {
@@ -392,7 +407,7 @@ pub(super) fn release<'a>(
             HttpSession::H1(mut h1) => {
                 h1.respect_keepalive();
                 if let Some(stream) = h1.reuse().await {
-                    app.idle.put(peer.reuse_hash(), stream);
+                    app.idle.put(peer.reuse_hash(), stream, home);
                 }
             }
             other => {

@@ -30,6 +30,7 @@ use pingora::prelude::HttpPeer;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 
+use super::conns::Home;
 use super::{respond, App, Ctx, Snapshot};
 use crate::config::ModelEntry;
 use crate::config::{ReasoningOutput, ThinkingBlocks};
@@ -310,6 +311,8 @@ enum Answer {
 /// answer, so its parts are not copied into the stream's own state.
 struct Live {
     up: HttpSession,
+    /// The thread `up` was opened on (see [`crate::proxy::conns::Home`]).
+    home: Home,
     /// Boxed: `HttpPeer` is 672 bytes, and every await of an attempt keeps it.
     peer: Box<HttpPeer>,
     stream: LiveStream,

@@ -208,8 +208,8 @@ impl Job<'_> {
             ctx.outcome = "client_abort";
         }
         if clean_end && !failed {
-            let Live { up, peer, .. } = *live;
-            release(self.app, up, &peer, self.timing().keepalive).await;
+            let Live { up, peer, home, .. } = *live;
+            release(self.app, up, &peer, self.timing().keepalive, home).await;
         }
     }
 }
