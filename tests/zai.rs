@@ -121,6 +121,36 @@ fn a_guest_streams_reasoning_and_answer_through_chat_completions() {
 }
 
 #[test]
+fn a_client_that_leaves_before_the_answer_still_has_its_chat_deleted() {
+    use std::io::Write;
+    let z = Zai::start(ZaiMockConfig::default(), |_, _| {});
+    // The upstream takes its time: no event until the gate opens.
+    let body = chat_body(
+        "GLM-4.7",
+        "Take your time [[mock: gate=held; gate_after=0]]",
+        true,
+    )
+    .to_string();
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", z.env.port)).unwrap();
+    write!(
+        client,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    within(Duration::from_secs(5), "the completion upstream", || {
+        z.completions().len() == 1
+    });
+    assert_eq!(z.mock.chats_created(), 1);
+    assert_eq!(z.mock.chats_deleted(), 0);
+    drop(client);
+    within(Duration::from_secs(5), "the chat deleted", || {
+        z.mock.chats_deleted() == 1
+    });
+    z.mock.open_gate("held");
+}
+
+#[test]
 fn messages_and_responses_work_with_a_zai_model() {
     let z = Zai::start(ZaiMockConfig::default(), |_, _| {});
     let prompt = "Both other surfaces too";

@@ -58,12 +58,25 @@ pub fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> D
     }
 }
 
+/// A port that was free a moment ago and that no other test in this process was given.
+///
+/// The port is released before the server under test binds it, and the kernel may hand the
+/// same port to the next `bind(0)`. Two tests given one port start two proxies on it: the
+/// second one's bind fails and is retried in the background, while its test's requests go
+/// to the first test's proxy (and its mock). So a port is never given out twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<std::collections::BTreeSet<u16>> =
+        Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 pub fn wait_port(port: u16) {

@@ -63,7 +63,7 @@ impl Job<'_> {
 
     /// The attempt loop: a usable answer, or the error the client gets.
     pub(super) async fn exchange(&self, ctx: &mut Ctx) -> Result<Answer, ApiError> {
-        let provider = self.provider;
+        let provider: &dyn Provider = &*self.provider;
         let ask = self.ask();
         let mut tried: Vec<u64> = Vec::new();
         let mut last: Option<Failure> = None;

@@ -40,7 +40,9 @@ use crate::core::ReasoningMode;
 use crate::pipeline::complete::{Completion, CompletionResult};
 use crate::pipeline::stream::ChatStream;
 use crate::pipeline::tools::ToolSet;
+use crate::provider::k2think::runtime::K2think;
 use crate::provider::k2think::Payload;
+use crate::provider::zai::runtime::ZaiRuntime;
 use crate::provider::{Leftover, Provider};
 use crate::surface::{Reply, Surface, Wire};
 
@@ -89,6 +91,48 @@ const CLIENT_CLOSED: u16 = 499;
 const WRITE_BATCH: usize = 32 * 1024;
 
 pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut Ctx) {
+    // Boxed: admission, intake and the attempts (the parsed request, the prompt, the
+    // attempts' state) are freed once the answer is usable, instead of staying in this
+    // future's state, which every open stream holds, for as long as the answer streams.
+    let Some((job, answer, permit)) = Box::pin(begin(app, snap, session, ctx)).await else {
+        return;
+    };
+    match answer {
+        Ok(Answer::Stream(live)) => job.stream(live, session, ctx, permit).await,
+        Ok(Answer::Complete(result, malformed)) => {
+            drop(permit);
+            ctx.tool_calls = result.tool_calls.len();
+            ctx.tool_malformed = malformed;
+            let body = job.surface.complete(&result, &job.reply);
+            ctx.outcome = "complete";
+            ctx.ttft = Some(ctx.started.elapsed());
+            if let Err(e) = respond::json(session, ctx, 200, body, &[]).await {
+                debug!("{}: client went away: {e}", ctx.request_id);
+                ctx.outcome = "client_abort";
+            }
+        }
+        Err(e) => {
+            drop(permit);
+            ctx.outcome = "upstream_error";
+            respond::error(session, ctx, &e).await
+        }
+    }
+    job.clean_up().await;
+}
+
+/// Everything up to a usable answer: admission, intake, the provider, the attempts. The
+/// request's job, its answer (or why there is none) and its `limits.per_key` permit;
+/// `None` when the request was answered already (refused, invalid) or its client left.
+async fn begin<'a>(
+    app: &'a App,
+    snap: &'a Snapshot,
+    session: &mut Session,
+    ctx: &mut Ctx,
+) -> Option<(
+    Job<'a>,
+    Result<Answer, ApiError>,
+    crate::proxy::fleet::Admission,
+)> {
     // The process-wide cap, then per-key limits: a refused request costs no body read.
     match app.gate.enter(snap.config.limits.max_requests) {
         Some(slot) => ctx.slot = Some(slot),
@@ -108,7 +152,8 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
             )
             .with_retry_after(Some(1));
             ctx.outcome = "overloaded";
-            return respond::error(session, ctx, &err).await;
+            respond::error(session, ctx, &err).await;
+            return None;
         }
     }
     let who = client_key(ctx, session);
@@ -120,7 +165,8 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
             } else {
                 "overloaded"
             };
-            return respond::error(session, ctx, &err).await;
+            respond::error(session, ctx, &err).await;
+            return None;
         }
     };
     let deadline = tokio::time::Instant::from_std(ctx.started) + snap.config.limits.request_timeout;
@@ -137,12 +183,14 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
         Ok(p) => p,
         Err(e) => {
             drop(permit);
-            return respond::error(session, ctx, &e).await;
+            respond::error(session, ctx, &e).await;
+            return None;
         }
     };
     if let Err(e) = hosted_tools(app, snap, ctx, &hosted) {
         drop(permit);
-        return respond::error(session, ctx, &e).await;
+        respond::error(session, ctx, &e).await;
+        return None;
     }
     let provider_name = snap.config.model_provider(model);
     let zai = match snap.config.provider_kind(provider_name) {
@@ -151,15 +199,15 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
             Err(e) => {
                 drop(permit);
                 let e = ApiError::new(503, "server_error", "provider_unavailable", e);
-                return respond::error(session, ctx, &e).await;
+                respond::error(session, ctx, &e).await;
+                return None;
             }
         },
         _ => None,
     };
-    let k2think = app.k2think(snap);
-    let provider: &dyn Provider = match &zai {
-        Some(rt) => &**rt,
-        None => &k2think,
+    let provider = match zai {
+        Some(rt) => Serving::Zai(rt),
+        None => Serving::K2think(app.k2think(snap)),
     };
     ctx.provider = Some(provider_name.to_string());
     let reasoning = reasoning_mode(snap, model, thinking);
@@ -198,12 +246,9 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
     // Waiting for the upstream can take long (prefill): a client that leaves meanwhile
     // ends the exchange at once, dropping the upstream connection.
     let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
-    // Boxed: the attempts' state (the upstream connect and request, the first events) is
-    // freed once the answer is usable, instead of staying in this future's state for as
-    // long as the answer streams.
     let waited = {
-        let mut exchange = Box::pin(job.exchange(ctx));
-        unless_client_leaves(session, limit, exchange.as_mut()).await
+        let exchange = std::pin::pin!(job.exchange(ctx));
+        unless_client_leaves(session, limit, exchange).await
     };
     let answer = match waited {
         Ok(Some(a)) => a,
@@ -224,30 +269,12 @@ pub async fn handle(app: &App, snap: &Snapshot, session: &mut Session, ctx: &mut
             ctx.outcome = "client_abort";
             ctx.status = CLIENT_CLOSED;
             ctx.streamed = job.stream;
-            return;
+            // What the abandoned attempts left upstream goes all the same.
+            job.clean_up().await;
+            return None;
         }
     };
-    match answer {
-        Ok(Answer::Stream(live)) => job.stream(live, session, ctx, permit).await,
-        Ok(Answer::Complete(result, malformed)) => {
-            drop(permit);
-            ctx.tool_calls = result.tool_calls.len();
-            ctx.tool_malformed = malformed;
-            let body = job.surface.complete(&result, &job.reply);
-            ctx.outcome = "complete";
-            ctx.ttft = Some(ctx.started.elapsed());
-            if let Err(e) = respond::json(session, ctx, 200, body, &[]).await {
-                debug!("{}: client went away: {e}", ctx.request_id);
-                ctx.outcome = "client_abort";
-            }
-        }
-        Err(e) => {
-            drop(permit);
-            ctx.outcome = "upstream_error";
-            respond::error(session, ctx, &e).await
-        }
-    }
-    job.clean_up().await;
+    Some((job, answer, permit))
 }
 
 /// Where the answer's reasoning goes: nowhere for a model that does not reason, else as
@@ -294,9 +321,26 @@ struct Job<'a> {
     /// `limits.request_timeout` from the request's arrival.
     deadline: tokio::time::Instant,
     /// The provider serving the request's model.
-    provider: &'a dyn Provider,
+    provider: Serving<'a>,
     /// What the attempts left upstream, removed after the answer (Z.AI's chats).
     leftovers: std::sync::Mutex<Vec<Leftover>>,
+}
+
+/// The provider serving a request, owned by its job (which outlives the step that picks it).
+enum Serving<'a> {
+    K2think(K2think<'a>),
+    Zai(Arc<ZaiRuntime>),
+}
+
+impl<'a> std::ops::Deref for Serving<'a> {
+    type Target = dyn Provider + 'a;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Serving::K2think(k) => k,
+            Serving::Zai(z) => &**z,
+        }
+    }
 }
 
 /// A usable upstream answer.
