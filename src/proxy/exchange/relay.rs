@@ -322,9 +322,6 @@ pub(super) async fn client_gone(session: &mut Session) -> pingora::Error {
     }
 }
 
-/// Poll `fut` once, in the calling task's context: its output when it is ready right now,
-/// `None` (dropping it) otherwise. Pingora's body reads are cancel-safe: a read that is not
-/// ready has consumed nothing.
 /// Transform what the upstream has already delivered, without waiting, up to
 /// [`WRITE_BATCH`] bytes of output: the last step taken (`More` when it stopped for want of
 /// data or room), or `None` when nothing was ready.
@@ -349,6 +346,9 @@ async fn ready_batch(live: &mut Live) -> Option<Step> {
     last
 }
 
+/// Poll `fut` once, in the calling task's context: its output when it is ready right now,
+/// `None` (dropping it) otherwise. Pingora's body reads are cancel-safe: a read that is not
+/// ready has consumed nothing.
 pub(super) async fn ready_now<F: Future>(fut: F) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
     std::future::poll_fn(|cx| {
