@@ -177,6 +177,12 @@ mod tests {
         writes: Arc<AtomicUsize>,
     }
 
+    impl Recorder {
+        fn text(&self) -> String {
+            String::from_utf8(self.bytes.lock().unwrap().clone()).unwrap()
+        }
+    }
+
     impl Write for Recorder {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             self.writes.fetch_add(1, Ordering::Relaxed);
@@ -207,7 +213,7 @@ mod tests {
         // Nothing is written on this thread: the writer's first batch comes later.
         assert!(rec.writes.load(Ordering::Relaxed) <= 1);
         log.close();
-        let text = String::from_utf8(rec.bytes.lock().unwrap().clone()).unwrap();
+        let text = rec.text();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 1000);
         assert_eq!(lines[999], "line 999");
@@ -216,9 +222,7 @@ mod tests {
         assert_eq!(log.dropped(), 0);
         // After close, a line is written at once.
         log.log("late\n".into());
-        assert!(String::from_utf8(rec.bytes.lock().unwrap().clone())
-            .unwrap()
-            .ends_with("late\n"));
+        assert!(rec.text().ends_with("late\n"));
         log.close();
     }
 
@@ -232,10 +236,7 @@ mod tests {
         let dropped = log.dropped();
         assert!(dropped >= 800, "dropped {dropped}");
         log.close();
-        let written = String::from_utf8(rec.bytes.lock().unwrap().clone())
-            .unwrap()
-            .lines()
-            .count() as u64;
+        let written = rec.text().lines().count() as u64;
         assert_eq!(written + dropped, 1000);
     }
 

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    chat_body, raw, spawn_proxy, temp_dir, within, Env, Proc, Sse, LEGACY_MODELS_YAML, MODEL,
+    chat_body, raw, spawn_proxy, temp_dir, within, within_showing, Env, Proc, Sse,
+    LEGACY_MODELS_YAML, MODEL,
 };
 use k2proxy::mock::{MockConfig, MockServer};
 use serde_json::{json, Value};
@@ -416,10 +417,9 @@ fn metrics_count_requests_attempts_streams_and_pool_state() {
     let m = format!("model=\"{MODEL}\"");
     // A request is counted once its answer has ended, which the client may see first;
     // the last scrape is shown if the counts never arrive.
-    let counted = Instant::now();
-    loop {
+    within_showing(Duration::from_secs(10), "request counters", || {
         let t = scrape();
-        let ok = value(
+        let counted = value(
             &t,
             &format!("k2proxy_requests_total{{{m},route=\"chat\",status=\"200\"}}"),
         ) == 3.0
@@ -427,15 +427,12 @@ fn metrics_count_requests_attempts_streams_and_pool_state() {
                 &t,
                 "k2proxy_requests_total{model=\"unknown\",route=\"chat\",status=\"404\"}",
             ) == 1.0;
-        if ok {
-            break;
+        if counted {
+            Ok(())
+        } else {
+            Err(t)
         }
-        assert!(
-            counted.elapsed() < Duration::from_secs(10),
-            "request counters not within 10 s:\n{t}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    });
     let t = scrape();
     assert_eq!(
         value(&t, "k2proxy_upstream_attempts_total{result=\"429\"}"),

@@ -276,19 +276,21 @@ impl ClientStream {
         Poll::Ready(Ok(()))
     }
 
-    /// Take `bufs` into `pending` when flushes are held or bytes wait there already (they
-    /// go first); `None` when the write goes straight through.
-    fn gather(&mut self, bufs: &[&[u8]]) -> Option<usize> {
-        if !self.holding() && self.pending.is_empty() {
-            return None;
-        }
+    /// Whether a write goes to `pending`: flushes are held, or bytes wait there already
+    /// (they go first).
+    fn gathering(&self) -> bool {
+        self.holding() || !self.pending.is_empty()
+    }
+
+    /// Take `bufs` into `pending`; the bytes taken.
+    fn gather<'b>(&mut self, bufs: impl IntoIterator<Item = &'b [u8]>) -> usize {
         let mut n = 0;
         for b in bufs {
             self.clock.on_write(b);
             self.pending.extend_from_slice(b);
             n += b.len();
         }
-        Some(n)
+        n
     }
 
     fn write_timed_out(&self) -> io::Error {
@@ -453,8 +455,8 @@ impl AsyncWrite for ClientStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if let Some(n) = this.gather(&[buf]) {
-            return Poll::Ready(Ok(n));
+        if this.gathering() {
+            return Poll::Ready(Ok(this.gather([buf])));
         }
         if this.replacing.is_none() {
             if let Some(answer) = error_body_for(buf) {
@@ -490,11 +492,8 @@ impl AsyncWrite for ClientStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.holding() || !this.pending.is_empty() {
-            let slices: Vec<&[u8]> = bufs.iter().map(|b| &b[..]).collect();
-            if let Some(n) = this.gather(&slices) {
-                return Poll::Ready(Ok(n));
-            }
+        if this.gathering() {
+            return Poll::Ready(Ok(this.gather(bufs.iter().map(|b| &b[..]))));
         }
         let r = this.guarded(cx, |s, cx| s.poll_write_vectored(cx, bufs));
         if let (Poll::Ready(Ok(n)), Some(first)) = (&r, bufs.iter().find(|b| !b.is_empty())) {

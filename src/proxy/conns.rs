@@ -15,8 +15,8 @@
 //!
 //! Nothing watches an idle connection, so one the upstream closed meanwhile is found out on
 //! use; the exchange then retries once on a fresh connection before anything reached the
-//! client (`attempt.rs`). Entries older than `upstream.keepalive` are dropped when met, and
-//! the pool holds at most `server.upstream_keepalive_pool_size` connections. HTTP/2 sessions
+//! client (`attempt.rs`). Entries older than `upstream.keepalive` are closed by the next take
+//! for their peer, and the pool holds at most `server.upstream_keepalive_pool_size` connections. HTTP/2 sessions
 //! stay with Pingora's connector, which multiplexes them.
 
 use std::collections::HashMap;

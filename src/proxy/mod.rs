@@ -17,6 +17,7 @@ pub mod probe;
 pub mod reload;
 mod respond;
 mod routes;
+mod timeouts;
 mod updater;
 mod upstream;
 

@@ -334,7 +334,7 @@ impl BackgroundService for ConfigWatcher {
         let registered = unsafe {
             tokio::io::unix::AsyncFd::register_with_interest(inotify, tokio::io::Interest::READABLE)
         };
-        let fd = match registered {
+        let mut fd = match registered {
             Ok(fd) => fd,
             Err(e) => return cannot(e.into()),
         };
@@ -347,7 +347,6 @@ impl BackgroundService for ConfigWatcher {
                 .join(", ")
         );
         let mut buf = [0u8; 4096];
-        let mut fd = fd;
         loop {
             // Only entries of a watched name and the watched files' own events are ours;
             // the paths in `armed` are already canonical, like those in `files`.

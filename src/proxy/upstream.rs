@@ -16,6 +16,7 @@ use pingora::protocols::ALPN;
 use pingora::ErrorType;
 use tokio::io::AsyncWriteExt;
 
+use super::timeouts::within;
 use crate::config::{Config, UpstreamMode, UpstreamTarget};
 use crate::provider::k2think::runtime::K2thinkSettings;
 use crate::provider::Timing;
@@ -171,20 +172,14 @@ pub async fn send_request(
                 stream.write_all(&wire).await?;
                 stream.flush().await
             };
-            match write_timeout {
-                Some(t) => tokio::time::timeout(t, write)
-                    .await
-                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))
-                    .and_then(|r| r),
+            let written = match write_timeout {
+                Some(t) => within(t, write).await.map_err(|_| {
+                    pingora::Error::explain(ErrorType::WriteTimedout, "while writing the request")
+                })?,
                 None => write.await,
-            }
-            .map_err(|e| {
-                let kind = if e.kind() == std::io::ErrorKind::TimedOut {
-                    ErrorType::WriteTimedout
-                } else {
-                    ErrorType::WriteError
-                };
-                pingora::Error::because(kind, "while writing the request", e)
+            };
+            written.map_err(|e| {
+                pingora::Error::because(ErrorType::WriteError, "while writing the request", e)
             })?;
             HttpSession::H1(Http1Session::new_with_options(stream, peer))
         }

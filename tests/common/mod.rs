@@ -48,12 +48,32 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
 
 /// Poll `check` until it holds; panics after `limit`. Returns how long it took.
 pub fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    within_showing(limit, what, || {
+        if check() {
+            Ok(())
+        } else {
+            Err(String::new())
+        }
+    })
+}
+
+/// [`within`], for a check that says what it saw when it fails: the last failure's text
+/// is in the panic message.
+pub fn within_showing(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<(), String>,
+) -> Duration {
     let start = Instant::now();
     loop {
-        if check() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        let seen = match check() {
+            Ok(()) => return start.elapsed(),
+            Err(seen) => seen,
+        };
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not within {limit:?}\n{seen}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

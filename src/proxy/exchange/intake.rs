@@ -8,8 +8,8 @@ use bytes::{Bytes, BytesMut};
 use log::warn;
 use pingora::proxy::Session;
 
+use super::super::timeouts::within;
 use super::super::{respond, routes, App, Ctx, Snapshot};
-use super::within;
 use crate::config::ModelEntry;
 use crate::config::{EffortPlacement, HostedTools, PayloadStyle};
 use crate::core::error::ApiError;

@@ -31,6 +31,7 @@ use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 
 use super::conns::Home;
+use super::timeouts::{until, within};
 use super::{respond, App, Ctx, Snapshot};
 use crate::config::ModelEntry;
 use crate::config::{ReasoningOutput, ThinkingBlocks};
@@ -50,28 +51,6 @@ pub use intake::count_tokens;
 pub(super) use intake::upstream_payload;
 use intake::{hosted_tools, prepare, Prepared};
 use relay::unless_client_leaves;
-
-/// A timeout on the request path, on Pingora's timer thread (`fast_timeout`, 10 ms
-/// resolution): arming one is an insert into a map of this thread's timers. A tokio timer
-/// that ends before the runtime's next wake-up makes tokio unpark its driver (an eventfd
-/// write) when it is armed, and a streamed request arms several: two to three writes each.
-pub(super) fn within<F: std::future::Future>(
-    limit: Duration,
-    fut: F,
-) -> pingora::time::Timeout<F, pingora::time::fast_timeout::FastOrTokioTimeout> {
-    pingora::time::fast_timeout::fast_timeout(limit, fut)
-}
-
-/// [`within`] until `deadline`.
-pub(super) fn until<F: std::future::Future>(
-    deadline: tokio::time::Instant,
-    fut: F,
-) -> pingora::time::Timeout<F, pingora::time::fast_timeout::FastOrTokioTimeout> {
-    within(
-        deadline.saturating_duration_since(tokio::time::Instant::now()),
-        fut,
-    )
-}
 
 /// Most upstream bytes read before the answer proves usable; past it the answer is junk.
 const PRECOMMIT_LIMIT: usize = 1 << 20;

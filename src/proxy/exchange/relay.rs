@@ -51,11 +51,9 @@ impl Job<'_> {
         let mut early = if ended {
             None
         } else {
-            match ready_batch(&mut live).await {
-                Some(Step::End) => Some(Step::End),
-                Some(Step::Lost(e)) => Some(Step::Lost(e)),
-                _ => None,
-            }
+            ready_batch(&mut live)
+                .await
+                .filter(|step| !matches!(step, Step::More))
         };
         // The head leaves with the first bytes when they are ready (one write, not two).
         let first_ready = !live.out.is_empty();
