@@ -18,6 +18,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use criterion::{black_box, criterion_group, BenchmarkId, Criterion, Throughput};
 use k2proxy::core::ReasoningMode;
@@ -29,6 +30,10 @@ use k2proxy::pipeline::stream::ChatStream;
 use k2proxy::pipeline::tools::{function_calls_block, ToolDetector, ToolSet};
 use k2proxy::provider::k2think::decode::{ContentDelivery, StreamOptions, UpstreamFormat};
 use k2proxy::provider::k2think::request::{to_k2think, RewriteOptions};
+use k2proxy::provider::k2think::runtime::K2thinkSettings;
+use k2proxy::provider::target::UpstreamTarget;
+use k2proxy::provider::Timing;
+use k2proxy::secret::Secret;
 use k2proxy::sse;
 use k2proxy::surface::chat::request::ChatRequest;
 use k2proxy::surface::{Reply, Surface};
@@ -471,6 +476,57 @@ fn bench_rewrite(c: &mut Criterion) {
     group.finish();
 }
 
+/// The request head of one K2Think attempt (a browser's header set, the Referer with the
+/// chat id, the bearer), as `upstream.headers` configures it by default.
+fn bench_k2think_head(c: &mut Criterion) {
+    let settings = K2thinkSettings {
+        target: UpstreamTarget::parse("https://www.k2think.ai").unwrap_or_else(|e| panic!("{e}")),
+        path: "/api/chat/completions".into(),
+        user_mode: true,
+        stream: true,
+        browser: vec![
+            ("user-agent".into(), "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36".into()),
+            ("sec-ch-ua".into(), "\"Google Chrome\";v=\"131\", \"Chromium\";v=\"131\", \"Not_A Brand\";v=\"24\"".into()),
+            ("sec-ch-ua-mobile".into(), "?0".into()),
+            ("sec-ch-ua-platform".into(), "\"Windows\"".into()),
+            ("origin".into(), "https://www.k2think.ai".into()),
+        ],
+        after_referer: vec![("accept-language".into(), "en-US,en;q=0.9".into())],
+        referer: "https://www.k2think.ai/c/{chat_id}".into(),
+        timing: Timing {
+            connect_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(120),
+            keepalive: Duration::from_secs(60),
+            tls_verify: true,
+            h2_streams: 0,
+        },
+        max_attempts: 3,
+        backoff: Duration::ZERO,
+        on_status: vec![429],
+        implicit_think: true,
+        delivery: ContentDelivery::default(),
+        fixed: Default::default(),
+    };
+    let token = Secret::new("eyJhbGciOiJIUzI1NiJ9.eyJpZCI6IjEyMyJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ");
+    let mut group = c.benchmark_group("k2think-head");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("attempt", |b| {
+        b.iter(|| {
+            let parts = settings
+                .head(
+                    Some(&token),
+                    black_box("0f3c2a9e-7d41-4c55-9a0e-3b2f1e6d8c7a"),
+                    black_box(880),
+                    true,
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+            parts.headers.len()
+        })
+    });
+    group.finish();
+}
+
 /// The tool-call detector over the content channel in 8-character pieces: an answer that
 /// holds a `<function_calls>` block, and plain text (the cost of watching for one).
 fn bench_tools(c: &mut Criterion) {
@@ -518,6 +574,7 @@ fn bench_tools(c: &mut Criterion) {
 
 criterion_group!(
     benches,
+    bench_k2think_head,
     bench_chat_stream,
     bench_surfaces,
     bench_forms,

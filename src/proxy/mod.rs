@@ -532,6 +532,11 @@ impl Drop for Held {
 impl ProxyHttp for K2Proxy {
     type CTX = Ctx;
 
+    /// None. Pingora's default adds a response-compression module at level 0 (off), which
+    /// still builds its state for every request and runs on every body write; k2proxy
+    /// never compresses (an event stream is read as it arrives).
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             started: Instant::now(),

@@ -142,6 +142,7 @@ pub fn k2think_settings(config: &Config, target: &UpstreamTarget) -> K2thinkSett
         on_status: config.retry.on_status.clone(),
         implicit_think: config.reasoning.implicit_think,
         delivery: up.content_delivery,
+        fixed: std::sync::OnceLock::new(),
     }
 }
 

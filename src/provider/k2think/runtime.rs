@@ -3,7 +3,10 @@
 //! guest mode), what a status means, and the decoder of an answer. Its settings are worked
 //! out once per config; a request borrows them with the pool ([`K2think`]).
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use serde_json::Value;
 
@@ -47,6 +50,9 @@ pub struct K2thinkSettings {
     pub on_status: Vec<u16>,
     pub implicit_think: bool,
     pub delivery: ContentDelivery,
+    /// What of the head the fields above fix, parsed on first use ([`FixedHead`]); a new
+    /// config builds new settings, so it never goes stale.
+    pub fixed: OnceLock<Result<FixedHead, String>>,
 }
 
 impl K2thinkSettings {
@@ -59,36 +65,84 @@ impl K2thinkSettings {
         body_len: usize,
         stream: bool,
     ) -> Result<http::request::Parts, String> {
-        let mut b = http::Request::builder()
-            .method("POST")
-            .uri(self.path.as_str())
-            .header("host", self.target.authority.as_str())
-            .header("content-type", "application/json")
-            .header("content-length", body_len)
-            .header(
-                "accept",
-                if stream {
-                    "text/event-stream, application/json"
-                } else {
-                    "application/json"
-                },
-            )
-            .header("accept-encoding", "identity");
-        for (k, v) in &self.browser {
-            b = b.header(k.as_str(), v.as_str());
+        let invalid = |e: &dyn std::fmt::Display| format!("cannot build the request: {e}");
+        let fixed = self
+            .fixed
+            .get_or_init(|| FixedHead::parse(self))
+            .as_ref()
+            .map_err(|e| invalid(e))?;
+        let mut h = HeaderMap::with_capacity(8 + fixed.browser.len() + fixed.after_referer.len());
+        h.append(header::HOST, fixed.host.clone());
+        h.append(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.append(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+        h.append(
+            header::ACCEPT,
+            HeaderValue::from_static(if stream {
+                "text/event-stream, application/json"
+            } else {
+                "application/json"
+            }),
+        );
+        h.append(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        for (k, v) in &fixed.browser {
+            h.append(k.clone(), v.clone());
         }
         if !self.referer.is_empty() {
-            b = b.header("referer", self.referer.replace("{chat_id}", chat_id));
+            let referer = HeaderValue::from_str(&self.referer.replace("{chat_id}", chat_id))
+                .map_err(|e| invalid(&e))?;
+            h.append(header::REFERER, referer);
         }
-        for (k, v) in &self.after_referer {
-            b = b.header(k.as_str(), v.as_str());
+        for (k, v) in &fixed.after_referer {
+            h.append(k.clone(), v.clone());
         }
         if let Some(t) = token {
-            b = b.header("authorization", format!("Bearer {}", t.expose()));
+            let bearer = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
+                .map_err(|e| invalid(&e))?;
+            h.append(header::AUTHORIZATION, bearer);
         }
-        b.body(())
-            .map(|r| r.into_parts().0)
-            .map_err(|e| format!("cannot build the request: {e}"))
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = http::Method::POST;
+        parts.uri = fixed.uri.clone();
+        parts.headers = h;
+        Ok(parts)
+    }
+}
+
+/// The parts of the request head that only the config decides, parsed and checked once
+/// (on the first attempt): an attempt clones them, which only counts references.
+#[derive(Debug, Clone)]
+pub struct FixedHead {
+    uri: http::Uri,
+    host: HeaderValue,
+    browser: Vec<(HeaderName, HeaderValue)>,
+    after_referer: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl FixedHead {
+    fn parse(s: &K2thinkSettings) -> Result<FixedHead, String> {
+        let fields = |list: &[(String, String)]| {
+            list.iter()
+                .map(|(k, v)| {
+                    let name =
+                        HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("{k}: {e}"))?;
+                    let value = HeaderValue::from_str(v).map_err(|e| format!("{k}: {e}"))?;
+                    Ok((name, value))
+                })
+                .collect::<Result<Vec<_>, String>>()
+        };
+        Ok(FixedHead {
+            uri: s.path.parse().map_err(|e| format!("{}: {e}", s.path))?,
+            host: HeaderValue::from_str(s.target.authority.as_str())
+                .map_err(|e| format!("host: {e}"))?,
+            browser: fields(&s.browser)?,
+            after_referer: fields(&s.after_referer)?,
+        })
     }
 }
 
@@ -263,6 +317,51 @@ mod tests {
             on_status: vec![429],
             implicit_think: true,
             delivery: ContentDelivery::default(),
+            fixed: OnceLock::new(),
+        }
+    }
+
+    #[test]
+    fn the_head_keeps_the_browser_order_and_fills_in_each_attempts_fields() {
+        let s = settings(true);
+        let token = Secret::new("tok-123");
+        for chat in ["abc", "def"] {
+            let parts = s.head(Some(&token), chat, 42, true).unwrap();
+            assert_eq!(parts.method, http::Method::POST);
+            assert_eq!(parts.uri, "/api/chat/completions");
+            let fields: Vec<(&str, &str)> = parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+                .collect();
+            let referer = format!("http://127.0.0.1:8080/c/{chat}");
+            assert_eq!(
+                fields,
+                [
+                    ("host", "127.0.0.1:8080"),
+                    ("content-type", "application/json"),
+                    ("content-length", "42"),
+                    ("accept", "text/event-stream, application/json"),
+                    ("accept-encoding", "identity"),
+                    ("user-agent", "UA"),
+                    ("referer", referer.as_str()),
+                    ("x-extra", "1"),
+                    ("authorization", "Bearer tok-123"),
+                ]
+            );
+        }
+        let guest = s.head(None, "abc", 7, false).unwrap();
+        assert_eq!(guest.headers["accept"], "application/json");
+        assert!(guest.headers.get("authorization").is_none());
+    }
+
+    #[test]
+    fn a_header_the_config_got_wrong_fails_every_attempt_with_its_name() {
+        let mut s = settings(true);
+        s.browser = vec![("user-agent".into(), "bad\nvalue".into())];
+        for _ in 0..2 {
+            let e = s.head(None, "abc", 1, true).unwrap_err();
+            assert!(e.starts_with("cannot build the request: user-agent"), "{e}");
         }
     }
 
