@@ -30,7 +30,7 @@ use k2proxy::pipeline::stream::ChatStream;
 use k2proxy::pipeline::tools::{function_calls_block, ToolDetector, ToolSet};
 use k2proxy::provider::k2think::decode::{ContentDelivery, StreamOptions, UpstreamFormat};
 use k2proxy::provider::k2think::request::{to_k2think, RewriteOptions};
-use k2proxy::provider::k2think::runtime::K2thinkSettings;
+use k2proxy::provider::k2think::runtime::{FixedHead, K2thinkSettings};
 use k2proxy::provider::target::UpstreamTarget;
 use k2proxy::provider::Timing;
 use k2proxy::secret::Secret;
@@ -479,19 +479,21 @@ fn bench_rewrite(c: &mut Criterion) {
 /// The request head of one K2Think attempt (a browser's header set, the Referer with the
 /// chat id, the bearer), as `upstream.headers` configures it by default.
 fn bench_k2think_head(c: &mut Criterion) {
+    let target = UpstreamTarget::parse("https://www.k2think.ai").unwrap_or_else(|e| panic!("{e}"));
+    let browser = [
+        ("user-agent", "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"),
+        ("sec-ch-ua", "\"Google Chrome\";v=\"131\", \"Chromium\";v=\"131\", \"Not_A Brand\";v=\"24\""),
+        ("sec-ch-ua-mobile", "?0"),
+        ("sec-ch-ua-platform", "\"Windows\""),
+        ("origin", "https://www.k2think.ai"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    let after_referer = [("accept-language".to_string(), "en-US,en;q=0.9".to_string())];
     let settings = K2thinkSettings {
-        target: UpstreamTarget::parse("https://www.k2think.ai").unwrap_or_else(|e| panic!("{e}")),
-        path: "/api/chat/completions".into(),
+        fixed_head: FixedHead::new("/api/chat/completions", &target, &browser, &after_referer),
+        target,
         user_mode: true,
         stream: true,
-        browser: vec![
-            ("user-agent".into(), "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36".into()),
-            ("sec-ch-ua".into(), "\"Google Chrome\";v=\"131\", \"Chromium\";v=\"131\", \"Not_A Brand\";v=\"24\"".into()),
-            ("sec-ch-ua-mobile".into(), "?0".into()),
-            ("sec-ch-ua-platform".into(), "\"Windows\"".into()),
-            ("origin".into(), "https://www.k2think.ai".into()),
-        ],
-        after_referer: vec![("accept-language".into(), "en-US,en;q=0.9".into())],
         referer: "https://www.k2think.ai/c/{chat_id}".into(),
         timing: Timing {
             connect_timeout: Duration::from_secs(10),
@@ -506,7 +508,6 @@ fn bench_k2think_head(c: &mut Criterion) {
         on_status: vec![429],
         implicit_think: true,
         delivery: ContentDelivery::default(),
-        fixed: Default::default(),
     };
     let token = Secret::new("eyJhbGciOiJIUzI1NiJ9.eyJpZCI6IjEyMyJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ");
     let mut group = c.benchmark_group("k2think-head");

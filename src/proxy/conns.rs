@@ -16,8 +16,8 @@
 //! Nothing watches an idle connection, so one the upstream closed meanwhile is found out on
 //! use; the exchange then retries once on a fresh connection before anything reached the
 //! client (`attempt.rs`). Entries older than `upstream.keepalive` are closed by the next take
-//! for their peer, and the pool holds at most `server.upstream_keepalive_pool_size` connections. HTTP/2 sessions
-//! stay with Pingora's connector, which multiplexes them.
+//! for their peer, and the pool holds at most `server.upstream_keepalive_pool_size`
+//! connections. HTTP/2 sessions stay with Pingora's connector, which multiplexes them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::timeouts::within;
 use crate::config::{Config, UpstreamMode, UpstreamTarget};
-use crate::provider::k2think::runtime::K2thinkSettings;
+use crate::provider::k2think::runtime::{FixedHead, K2thinkSettings};
 use crate::provider::Timing;
 
 const DNS_TTL: Duration = Duration::from_secs(60);
@@ -117,17 +117,16 @@ pub fn k2think_settings(config: &Config, target: &UpstreamTarget) -> K2thinkSett
     }
     after_referer.extend(h.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
     let user_mode = config.effective_mode() == UpstreamMode::User;
+    let path = if user_mode {
+        &up.user_path
+    } else {
+        &up.guest_path
+    };
     K2thinkSettings {
+        fixed_head: FixedHead::new(path, target, &browser, &after_referer),
         target: target.clone(),
-        path: if user_mode {
-            up.user_path.clone()
-        } else {
-            up.guest_path.clone()
-        },
         user_mode,
         stream: up.stream,
-        browser,
-        after_referer,
         referer: config.upstream_referer(),
         timing: Timing {
             connect_timeout: up.connect_timeout,
@@ -142,7 +141,6 @@ pub fn k2think_settings(config: &Config, target: &UpstreamTarget) -> K2thinkSett
         on_status: config.retry.on_status.clone(),
         implicit_think: config.reasoning.implicit_think,
         delivery: up.content_delivery,
-        fixed: std::sync::OnceLock::new(),
     }
 }
 

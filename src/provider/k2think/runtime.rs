@@ -3,7 +3,6 @@
 //! guest mode), what a status means, and the decoder of an answer. Its settings are worked
 //! out once per config; a request borrows them with the pool ([`K2think`]).
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -30,16 +29,13 @@ const DETAIL_CHARS: usize = 500;
 #[derive(Debug, Clone)]
 pub struct K2thinkSettings {
     pub target: UpstreamTarget,
-    /// The completion path of the mode (`user_path` or `guest_path`).
-    pub path: String,
     /// Tokens come from the pool (else guest access, no token).
     pub user_mode: bool,
     /// Ask for an event stream (`upstream.stream`).
     pub stream: bool,
-    /// Browser headers after the fixed ones: `user-agent`, `sec-ch-*`, `origin`, then
-    /// (after the Referer) `accept-language` and the operator's extra headers.
-    pub browser: Vec<(String, String)>,
-    pub after_referer: Vec<(String, String)>,
+    /// What the config fixes of every attempt's head ([`FixedHead::new`]), or why a
+    /// configured header makes it unusable (each attempt then fails with it).
+    pub fixed_head: Result<FixedHead, String>,
     /// The Referer, `{chat_id}` replaced per request; empty: none.
     pub referer: String,
     pub timing: Timing,
@@ -50,9 +46,6 @@ pub struct K2thinkSettings {
     pub on_status: Vec<u16>,
     pub implicit_think: bool,
     pub delivery: ContentDelivery,
-    /// What of the head the fields above fix, parsed on first use ([`FixedHead`]); a new
-    /// config builds new settings, so it never goes stale.
-    pub fixed: OnceLock<Result<FixedHead, String>>,
 }
 
 impl K2thinkSettings {
@@ -66,11 +59,7 @@ impl K2thinkSettings {
         stream: bool,
     ) -> Result<http::request::Parts, String> {
         let invalid = |e: &dyn std::fmt::Display| format!("cannot build the request: {e}");
-        let fixed = self
-            .fixed
-            .get_or_init(|| FixedHead::parse(self))
-            .as_ref()
-            .map_err(|e| invalid(e))?;
+        let fixed = self.fixed_head.as_ref().map_err(|e| invalid(e))?;
         let mut h = HeaderMap::with_capacity(8 + fixed.browser.len() + fixed.after_referer.len());
         h.append(header::HOST, fixed.host.clone());
         h.append(
@@ -115,7 +104,7 @@ impl K2thinkSettings {
 }
 
 /// The parts of the request head that only the config decides, parsed and checked once
-/// (on the first attempt): an attempt clones them, which only counts references.
+/// per config: an attempt clones them, which only counts references.
 #[derive(Debug, Clone)]
 pub struct FixedHead {
     uri: http::Uri,
@@ -125,7 +114,16 @@ pub struct FixedHead {
 }
 
 impl FixedHead {
-    fn parse(s: &K2thinkSettings) -> Result<FixedHead, String> {
+    /// The completion `path` of the mode (`user_path` or `guest_path`), `Host` from
+    /// `target`, the browser headers that follow the fixed ones (`user-agent`, `sec-ch-*`,
+    /// `origin`) and those after the Referer (`accept-language`, the operator's extra
+    /// headers), in order.
+    pub fn new(
+        path: &str,
+        target: &UpstreamTarget,
+        browser: &[(String, String)],
+        after_referer: &[(String, String)],
+    ) -> Result<FixedHead, String> {
         let fields = |list: &[(String, String)]| {
             list.iter()
                 .map(|(k, v)| {
@@ -137,11 +135,10 @@ impl FixedHead {
                 .collect::<Result<Vec<_>, String>>()
         };
         Ok(FixedHead {
-            uri: s.path.parse().map_err(|e| format!("{}: {e}", s.path))?,
-            host: HeaderValue::from_str(s.target.authority.as_str())
-                .map_err(|e| format!("host: {e}"))?,
-            browser: fields(&s.browser)?,
-            after_referer: fields(&s.after_referer)?,
+            uri: path.parse().map_err(|e| format!("{path}: {e}"))?,
+            host: HeaderValue::from_str(&target.authority).map_err(|e| format!("host: {e}"))?,
+            browser: fields(browser)?,
+            after_referer: fields(after_referer)?,
         })
     }
 }
@@ -296,13 +293,17 @@ mod tests {
     }
 
     fn settings(user_mode: bool) -> K2thinkSettings {
+        let target = UpstreamTarget::parse("http://127.0.0.1:8080").unwrap();
         K2thinkSettings {
-            target: UpstreamTarget::parse("http://127.0.0.1:8080").unwrap(),
-            path: "/api/chat/completions".into(),
+            fixed_head: FixedHead::new(
+                "/api/chat/completions",
+                &target,
+                &[("user-agent".into(), "UA".into())],
+                &[("x-extra".into(), "1".into())],
+            ),
+            target,
             user_mode,
             stream: true,
-            browser: vec![("user-agent".into(), "UA".into())],
-            after_referer: vec![("x-extra".into(), "1".into())],
             referer: "http://127.0.0.1:8080/c/{chat_id}".into(),
             timing: Timing {
                 connect_timeout: Duration::from_secs(1),
@@ -317,7 +318,6 @@ mod tests {
             on_status: vec![429],
             implicit_think: true,
             delivery: ContentDelivery::default(),
-            fixed: OnceLock::new(),
         }
     }
 
@@ -358,7 +358,12 @@ mod tests {
     #[test]
     fn a_header_the_config_got_wrong_fails_every_attempt_with_its_name() {
         let mut s = settings(true);
-        s.browser = vec![("user-agent".into(), "bad\nvalue".into())];
+        s.fixed_head = FixedHead::new(
+            "/api/chat/completions",
+            &s.target,
+            &[("user-agent".into(), "bad\nvalue".into())],
+            &[],
+        );
         for _ in 0..2 {
             let e = s.head(None, "abc", 1, true).unwrap_err();
             assert!(e.starts_with("cannot build the request: user-agent"), "{e}");
